@@ -1,0 +1,1683 @@
+//! The TURN server state machine (RFC 8656 with RFC 8489 long-term authentication).
+//!
+//! See the crate documentation for the run-loop contract. Internally every allocation lives in
+//! one map keyed by an id, with redundant indices so that each relayed packet costs O(1) hash
+//! lookups: client [`FiveTuple`] → allocation, relay address → allocation, and per allocation
+//! peer IP → [`Permission`], channel → [`ChannelBinding`], peer address → channel.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::auth::{NonceCodec, RestUsername, long_term_key, rest_password};
+use crate::channel::{ChannelNumber, parse_channel_data};
+use crate::policy::PeerPolicy;
+use crate::stun::{
+    Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code, family,
+};
+
+/// Lifetime of a permission (RFC 8656 §9: 300 s, not negotiable).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Lifetime of a channel binding (RFC 8656 §12: 600 s).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a channel binding expires, neither its number nor its peer may be rebound to something
+/// else for this long (RFC 8656 §12: 5 minutes).
+pub const CHANNEL_REBIND_GUARD: Duration = Duration::from_secs(300);
+/// XOR-PEER-ADDRESS attributes considered per CreatePermission; more → 508. Above every sane
+/// `max_permissions_per_allocation`.
+pub const MAX_PEERS_PER_REQUEST: usize = 16;
+/// Unknown comprehension-required attribute types listed in a 420 response.
+const MAX_UNKNOWN: usize = 16;
+/// Buckets of the per-source-IP 401 rate limiter (hashed; a collision only makes limiting
+/// stricter). 4096 × 4 bytes, reset once per second.
+const RATE_BUCKETS: usize = 4096;
+/// Deadlines further away than this are clamped (protects `Instant` arithmetic from overflow).
+const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Settings of a [`Server`]. Build with [`ServerConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// REALM sent in 401/438 and required in requests (RFC 8489 §14.9), e.g. `"duet"`.
+    pub realm: String,
+    /// TURN REST secrets; a credential made with any of them is accepted (rotation). With none,
+    /// every authenticated request fails with 401.
+    pub auth_secrets: Vec<Vec<u8>>,
+    /// Key of the stateless nonce MAC.
+    pub nonce_secret: [u8; 32],
+    /// How long a nonce stays valid before 438 Stale Nonce (default 600 s).
+    pub nonce_lifetime: Duration,
+    /// SOFTWARE attribute value; `None` (default) sends none (research/turn.md §3.2 #17).
+    pub software: Option<String>,
+    /// Allocation lifetime when the client requests none (RFC 8656 §3.2: 600 s).
+    pub default_lifetime: Duration,
+    /// Upper bound on an allocation lifetime (default 3600 s).
+    pub max_lifetime: Duration,
+    /// Which peers permissions and channels may name.
+    pub peer_policy: PeerPolicy,
+    /// Allocations per username (credential); beyond → 486 (default 4).
+    pub max_allocations_per_credential: u32,
+    /// Allocations per client source IP; beyond → 486 (default 16).
+    pub max_allocations_per_source_ip: u32,
+    /// Allocations in total (including ones waiting for a relay socket); beyond → 508
+    /// (default 10 000).
+    pub max_allocations_total: u32,
+    /// Permissions (peer IPs) per allocation; beyond → 508 (default 10).
+    pub max_permissions_per_allocation: u32,
+    /// Channel bindings per allocation; beyond → 508 (default 10).
+    pub max_channels_per_allocation: u32,
+    /// Replies to unauthenticated requests (401, 400, 420 before authentication) per source IP
+    /// per second; beyond it requests are dropped silently and counted (default 10).
+    pub max_unauthenticated_replies_per_source_per_sec: u32,
+    /// Relay address families the driver can bind; REQUESTED-ADDRESS-FAMILY outside → 440
+    /// (default `[V4]`; RFC 8656 §7.2: without the attribute, IPv4 is allocated).
+    pub relay_families: Vec<AddressFamily>,
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults documented on each field and a default-deny peer
+    /// policy ([`PeerPolicy::default`]).
+    pub fn new(
+        realm: impl Into<String>,
+        auth_secrets: Vec<Vec<u8>>,
+        nonce_secret: [u8; 32],
+    ) -> Self {
+        ServerConfig {
+            realm: realm.into(),
+            auth_secrets,
+            nonce_secret,
+            nonce_lifetime: Duration::from_secs(600),
+            software: None,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            peer_policy: PeerPolicy::default(),
+            max_allocations_per_credential: 4,
+            max_allocations_per_source_ip: 16,
+            max_allocations_total: 10_000,
+            max_permissions_per_allocation: 10,
+            max_channels_per_allocation: 10,
+            max_unauthenticated_replies_per_source_per_sec: 10,
+            relay_families: vec![AddressFamily::V4],
+        }
+    }
+}
+
+/// Transport between client and server (RFC 8656 §2: the "transport" of the 5-tuple).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP (RFC 8656 §3.1).
+    Tcp,
+    /// TLS over TCP (TURNS).
+    Tls,
+}
+
+/// The client side 5-tuple (RFC 8656 §2 "5-tuple"): transport + server listener address +
+/// client address. Identifies at most one allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// Transport protocol.
+    pub transport: Transport,
+    /// The server's listener address the client talks to.
+    pub server: SocketAddr,
+    /// The client's address as seen by the server (its server-reflexive address).
+    pub client: SocketAddr,
+}
+
+/// Client → peer datagram to send: the driver sends `payload` from the relay socket bound at
+/// `relay` to `peer`. `payload` borrows the client's packet (no copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTransmit<'a> {
+    /// Local address of the relay socket (as passed to [`Server::handle_relay_bound`] as `bound`).
+    pub relay: SocketAddr,
+    /// Destination peer.
+    pub peer: SocketAddr,
+    /// Application data to send as one UDP datagram.
+    pub payload: &'a [u8],
+}
+
+/// Peer → client delivery chosen by the server for a datagram received on a relay socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientDelivery {
+    /// Channel bound: the driver writes the 4-byte ChannelData header in place before the
+    /// payload ([`crate::channel::write_channel_data_header`]) and sends 4 + len bytes (+ padding
+    /// to 4 for TCP/TLS, RFC 8656 §12.5) to `to`.
+    ChannelData {
+        /// The allocation's client 5-tuple.
+        to: FiveTuple,
+        /// The channel bound to the peer.
+        channel: ChannelNumber,
+    },
+    /// No channel, permission exists: the driver encodes a Data indication with
+    /// [`encode_data_indication`] (RFC 8656 §11.4) and sends it to `to`.
+    DataIndication {
+        /// The allocation's client 5-tuple.
+        to: FiveTuple,
+    },
+}
+
+/// Encodes a Data indication (RFC 8656 §11.4) carrying `payload` from `peer` into `out`
+/// (cleared first; its capacity is reused). The transaction ID is derived from the content
+/// (indications need no random ID; the server has no RNG).
+///
+/// If the message would exceed 65 535 bytes of attributes (a near-64 KiB IPv6 datagram), `out`
+/// is left empty and the datagram must be dropped.
+pub fn encode_data_indication(peer: SocketAddr, payload: &[u8], out: &mut Vec<u8>) {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&payload[..payload.len().min(64)]);
+    let crc = h.finalize();
+    let mut tid = [0u8; 12];
+    tid[..4].copy_from_slice(&crc.to_be_bytes());
+    tid[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    tid[8..10].copy_from_slice(&peer.port().to_be_bytes());
+    tid[10..12].copy_from_slice(b"dt");
+    let buf = std::mem::take(out);
+    let mut enc =
+        MessageEncoder::with_buffer(buf, Class::Indication, Method::DATA, TransactionId(tid));
+    enc.attribute(&Attribute::XorPeerAddress(peer))
+        .attribute(&Attribute::Data(payload));
+    match enc.finish() {
+        Ok(v) => *out = v,
+        Err(_) => out.clear(),
+    }
+}
+
+/// Work for the driver, drained with [`Server::poll_command`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send a STUN message (response/error) to a client. Not the hot path.
+    SendToClient {
+        /// Destination 5-tuple (the connection for TCP/TLS).
+        to: FiveTuple,
+        /// The encoded STUN message.
+        message: Vec<u8>,
+    },
+    /// An authenticated Allocate passed every check: bind a relay UDP socket of `family` (port
+    /// from the driver's range; `even_port` asks for an even port per RFC 8656 §7.2 EVEN-PORT),
+    /// then call [`Server::handle_relay_bound`] with `pending`.
+    BindRelay {
+        /// Token to pass back.
+        pending: PendingAllocation,
+        /// Address family of the relay socket.
+        family: AddressFamily,
+        /// Whether the port must be even.
+        even_port: bool,
+    },
+    /// Close the relay socket bound at this address: its allocation is gone (expired,
+    /// refreshed to 0, revoked, credential expired, client connection closed).
+    FreeRelay {
+        /// The `bound` address given to [`Server::handle_relay_bound`].
+        relay: SocketAddr,
+    },
+}
+
+/// Token for an Allocate waiting for its relay socket (see [`Command::BindRelay`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PendingAllocation(u64);
+
+/// IP address family of a relay socket (RFC 8656 §7.2, RFC 6156).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddressFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl AddressFamily {
+    /// The family of an address.
+    pub fn of(addr: SocketAddr) -> Self {
+        if addr.is_ipv4() {
+            AddressFamily::V4
+        } else {
+            AddressFamily::V6
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            AddressFamily::V4 => family::IPV4,
+            AddressFamily::V6 => family::IPV6,
+        }
+    }
+}
+
+/// Plain counters and gauges for the daemon's metrics exporter. All values are counts since
+/// [`Server::new`] except the `allocations_active_*` gauges. No usernames, no per-client labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Binding requests answered (RFC 8489).
+    pub binding_requests: u64,
+    /// Allocations created (relay socket bound and success sent).
+    pub allocations_created: u64,
+    /// Gauge: active allocations whose client uses UDP.
+    pub allocations_active_udp: u64,
+    /// Gauge: active allocations whose client uses TCP.
+    pub allocations_active_tcp: u64,
+    /// Gauge: active allocations whose client uses TLS.
+    pub allocations_active_tls: u64,
+    /// Allocate results: success.
+    pub allocate_ok: u64,
+    /// Allocate results: 401 for a bad username format, wrong realm or wrong MESSAGE-INTEGRITY.
+    pub allocate_auth_failed: u64,
+    /// Allocate results: 401 because the credential's expiry has passed.
+    pub allocate_expired: u64,
+    /// Allocate results: 401 because the booking is revoked.
+    pub allocate_revoked: u64,
+    /// Allocate results: 486 Allocation Quota Reached.
+    pub allocate_quota: u64,
+    /// Allocate results: 508 Insufficient Capacity (total cap, relay bind failure, EVEN-PORT R).
+    pub allocate_capacity: u64,
+    /// Allocate results: 400 / 420 (malformed, missing REQUESTED-TRANSPORT, unknown attribute).
+    pub allocate_bad_request: u64,
+    /// Allocate results: 437 Allocation Mismatch (5-tuple already allocated).
+    pub allocate_mismatch: u64,
+    /// Allocate results: 440 / 442 (address family or transport not supported).
+    pub allocate_unsupported: u64,
+    /// Allocations ended because their lifetime passed.
+    pub allocations_expired: u64,
+    /// Allocations ended by Refresh with LIFETIME 0.
+    pub allocations_deleted: u64,
+    /// Allocations ended because the credential expiry (booking hard end) passed.
+    pub allocations_credential_expired: u64,
+    /// Allocations ended by [`Server::revoke_booking`].
+    pub allocations_revoked: u64,
+    /// Allocations ended because the client's TCP/TLS connection closed.
+    pub allocations_client_closed: u64,
+    /// Payload bytes relayed client → peer.
+    pub relayed_bytes_to_peer: u64,
+    /// Payload bytes relayed peer → client.
+    pub relayed_bytes_to_client: u64,
+    /// Datagrams relayed client → peer.
+    pub relayed_packets_to_peer: u64,
+    /// Datagrams relayed peer → client.
+    pub relayed_packets_to_client: u64,
+    /// Inputs dropped: not STUN/ChannelData, bad header, bad FINGERPRINT, unexpected class.
+    pub drops_malformed: u64,
+    /// Data dropped: no allocation for the 5-tuple / relay address.
+    pub drops_no_allocation: u64,
+    /// Data dropped: no (live) permission for the peer.
+    pub drops_no_permission: u64,
+    /// CreatePermission/ChannelBind refused with 403 by the peer policy (per request).
+    pub drops_peer_denied: u64,
+    /// Requests dropped silently by the unauthenticated-reply rate limit.
+    pub drops_rate_limited: u64,
+    /// ChannelData dropped: channel not bound (or binding expired).
+    pub drops_unknown_channel: u64,
+    /// 401 challenges sent to requests without credentials (the normal first round trip).
+    pub auth_challenges: u64,
+    /// Authenticated requests refused (bad username, realm, MESSAGE-INTEGRITY, expired or revoked
+    /// credential, wrong credentials for the allocation).
+    pub auth_failures: u64,
+    /// 438 Stale Nonce responses.
+    pub stale_nonces: u64,
+    /// 486 responses (per-credential and per-source-IP quotas).
+    pub quota_refusals: u64,
+    /// 508 responses for permission/channel caps and total capacity.
+    pub capacity_refusals: u64,
+    /// Replies to unauthenticated requests suppressed by the rate limit (same events as
+    /// `drops_rate_limited`).
+    pub unauthenticated_replies_suppressed: u64,
+}
+
+/// A permission towards one peer IP (RFC 8656 §9). Port is ignored.
+#[derive(Clone, Copy, Debug)]
+struct Permission {
+    expires_at: Instant,
+}
+
+impl Allocation {
+    /// Whether a live permission exists for `ip` (RFC 8656 §9).
+    fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .get(&ip)
+            .is_some_and(|p| now < p.expires_at)
+    }
+}
+
+/// A channel binding (RFC 8656 §12).
+#[derive(Clone, Copy, Debug)]
+struct ChannelBinding {
+    peer: SocketAddr,
+    /// Relaying stops here; the binding is removed `CHANNEL_REBIND_GUARD` later.
+    expires_at: Instant,
+}
+
+/// An allocation (RFC 8656 §2, §5).
+#[derive(Debug)]
+struct Allocation {
+    five_tuple: FiveTuple,
+    relay: SocketAddr,
+    family: AddressFamily,
+    username: Box<str>,
+    booking: Box<str>,
+    credential_expiry_unix: u64,
+    expires_at: Instant,
+    permissions: HashMap<IpAddr, Permission>,
+    channels: HashMap<ChannelNumber, ChannelBinding>,
+    channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
+    allocate_tid: TransactionId,
+    allocate_response: Vec<u8>,
+    /// Earliest live entry of this allocation in the timer heap.
+    scheduled: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    five_tuple: FiveTuple,
+    tid: TransactionId,
+    username: Box<str>,
+    booking: Box<str>,
+    credential_expiry_unix: u64,
+    lifetime: Duration,
+    family: AddressFamily,
+    key: [u8; 16],
+    fingerprint: bool,
+    refuse_additional_v6: bool,
+    /// Client closed or booking revoked while binding: free the socket when it arrives.
+    cancelled: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Pending(u64),
+    Active(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum EndReason {
+    Expired,
+    Deleted,
+    CredentialExpired,
+    Revoked,
+    ClientClosed,
+}
+
+/// Monotonic ↔ Unix time mapping, re-based on every `handle_timeout`.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    base: Instant,
+    base_unix: Duration,
+}
+
+impl Clock {
+    fn unix_secs(&self, now: Instant) -> u64 {
+        let unix = match now.checked_duration_since(self.base) {
+            Some(d) => self.base_unix.saturating_add(d),
+            None => self
+                .base_unix
+                .saturating_sub(self.base.saturating_duration_since(now)),
+        };
+        unix.as_secs()
+    }
+
+    /// The instant at which Unix time reaches `unix_secs` (clamped to `now`..now+10 years).
+    fn instant_of(&self, now: Instant, unix_secs: u64) -> Instant {
+        let now_unix = self.unix_secs(now);
+        let ahead = Duration::from_secs(unix_secs.saturating_sub(now_unix));
+        add(now, ahead)
+    }
+}
+
+fn add(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d.min(MAX_HORIZON)).unwrap_or(t)
+}
+
+/// Per-source-IP reply limiter: hashed buckets, one-second windows, no allocation after start.
+#[derive(Debug)]
+struct RateLimiter {
+    window: u64,
+    counts: Vec<u32>,
+    hasher: RandomState,
+}
+
+impl RateLimiter {
+    fn new() -> Self {
+        RateLimiter {
+            window: 0,
+            counts: vec![0; RATE_BUCKETS],
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn allow(&mut self, window: u64, ip: IpAddr, limit: u32) -> bool {
+        if window != self.window {
+            self.window = window;
+            self.counts.fill(0);
+        }
+        let i = (self.hasher.hash_one(ip) as usize) % RATE_BUCKETS;
+        match self.counts.get_mut(i) {
+            Some(c) if *c < limit => {
+                *c += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The attributes of a request the server acts on, gathered in one pass (no allocation).
+#[derive(Debug, Default)]
+struct Request<'a> {
+    username: Option<&'a str>,
+    realm: Option<&'a str>,
+    nonce: Option<&'a str>,
+    integrity: bool,
+    lifetime: Option<u32>,
+    requested_transport: Option<u8>,
+    requested_family: Option<u8>,
+    additional_family: Option<u8>,
+    even_port: Option<bool>,
+    reservation_token: bool,
+    channel: Option<u16>,
+    data: Option<&'a [u8]>,
+    peers: [Option<SocketAddr>; MAX_PEERS_PER_REQUEST],
+    peer_count: usize,
+    unknown: [u16; MAX_UNKNOWN],
+    unknown_count: usize,
+    malformed: bool,
+}
+
+impl<'a> Request<'a> {
+    fn parse(msg: &Message<'a>) -> Self {
+        let tid = msg.transaction_id();
+        let mut r = Request::default();
+        for raw in msg.raw_attributes() {
+            // RFC 8489 §14.5: attributes after MESSAGE-INTEGRITY (other than
+            // MESSAGE-INTEGRITY-SHA256 and FINGERPRINT) are ignored.
+            if r.integrity {
+                continue;
+            }
+            let a = match raw.parse(&tid) {
+                Ok(a) => a,
+                Err(_) => {
+                    r.malformed = true;
+                    continue;
+                }
+            };
+            match a {
+                Attribute::Username(u) => {
+                    r.username.get_or_insert(u);
+                }
+                Attribute::Realm(v) => {
+                    r.realm.get_or_insert(v);
+                }
+                Attribute::Nonce(v) => {
+                    r.nonce.get_or_insert(v);
+                }
+                Attribute::MessageIntegrity(_) => r.integrity = true,
+                Attribute::Lifetime(v) => {
+                    r.lifetime.get_or_insert(v);
+                }
+                Attribute::RequestedTransport(v) => {
+                    r.requested_transport.get_or_insert(v);
+                }
+                Attribute::RequestedAddressFamily(v) => {
+                    r.requested_family.get_or_insert(v);
+                }
+                Attribute::AdditionalAddressFamily(v) => {
+                    r.additional_family.get_or_insert(v);
+                }
+                Attribute::EvenPort(v) => {
+                    r.even_port.get_or_insert(v);
+                }
+                Attribute::ReservationToken(_) => r.reservation_token = true,
+                Attribute::ChannelNumber(v) => {
+                    r.channel.get_or_insert(v);
+                }
+                Attribute::Data(v) => {
+                    r.data.get_or_insert(v);
+                }
+                Attribute::XorPeerAddress(p) => {
+                    if let Some(slot) = r.peers.get_mut(r.peer_count) {
+                        *slot = Some(p);
+                    }
+                    r.peer_count = r.peer_count.saturating_add(1);
+                }
+                Attribute::Unknown { typ, .. } if attr::is_comprehension_required(typ) => {
+                    if let Some(slot) = r.unknown.get_mut(r.unknown_count) {
+                        *slot = typ;
+                        r.unknown_count += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.peers.iter().flatten().copied()
+    }
+}
+
+/// Outcome of successful long-term authentication.
+struct Authed<'a> {
+    key: [u8; 16],
+    username: &'a str,
+    user: RestUsername<'a>,
+}
+
+/// Everything needed to answer one request.
+#[derive(Clone, Copy)]
+struct Reply {
+    to: FiveTuple,
+    method: Method,
+    tid: TransactionId,
+    fingerprint: bool,
+}
+
+/// The sans-IO STUN/TURN server. See the crate documentation for the run-loop contract.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    nonces: NonceCodec,
+    clock: Clock,
+    epoch: Instant,
+    next_id: u64,
+    allocations: HashMap<u64, Allocation>,
+    pending: HashMap<u64, Pending>,
+    by_five_tuple: HashMap<FiveTuple, Slot>,
+    by_relay: HashMap<SocketAddr, u64>,
+    per_username: HashMap<Box<str>, u32>,
+    per_source_ip: HashMap<IpAddr, u32>,
+    revoked: HashMap<Box<str>, u64>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    commands: VecDeque<Command>,
+    limiter: RateLimiter,
+    stats: Stats,
+}
+
+impl Server {
+    /// A server with no allocations. `now` is the monotonic clock; `unix_now` the wall clock as
+    /// a Duration since the Unix epoch. The server keeps the mapping and re-bases it in every
+    /// [`Server::handle_timeout`] call.
+    pub fn new(config: ServerConfig, now: Instant, unix_now: Duration) -> Self {
+        let nonces = NonceCodec::new(config.nonce_secret, config.nonce_lifetime);
+        Server {
+            config,
+            nonces,
+            clock: Clock {
+                base: now,
+                base_unix: unix_now,
+            },
+            epoch: now,
+            next_id: 1,
+            allocations: HashMap::new(),
+            pending: HashMap::new(),
+            by_five_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_username: HashMap::new(),
+            per_source_ip: HashMap::new(),
+            revoked: HashMap::new(),
+            timers: BinaryHeap::new(),
+            commands: VecDeque::new(),
+            limiter: RateLimiter::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// One datagram (UDP) or one complete frame (TCP/TLS, see
+    /// [`crate::framing::stream_frame_len`]) from a client.
+    ///
+    /// Returns `Some` only for ChannelData / Send indications that are to be relayed now (the
+    /// hot path: no allocation, O(1) lookups); every other outcome (responses, errors) is
+    /// queued as a [`Command`]. Malformed input is dropped and counted (never panics).
+    pub fn handle_client_input<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &'a [u8],
+    ) -> Option<PeerTransmit<'a>> {
+        match packet.first().map(|b| b >> 6) {
+            Some(0b01) => self.handle_channel_data(now, from, packet),
+            Some(0b00) => self.handle_stun(now, from, packet),
+            _ => {
+                self.stats.drops_malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn handle_channel_data<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &'a [u8],
+    ) -> Option<PeerTransmit<'a>> {
+        let Ok((channel, payload)) = parse_channel_data(packet) else {
+            self.stats.drops_malformed += 1;
+            return None;
+        };
+        let Some(alloc) = self.active(from, now) else {
+            self.stats.drops_no_allocation += 1;
+            return None;
+        };
+        let Some(binding) = alloc.channels.get(&channel).filter(|b| now < b.expires_at) else {
+            self.stats.drops_unknown_channel += 1;
+            return None;
+        };
+        let peer = binding.peer;
+        if !alloc.permits(peer.ip(), now) {
+            self.stats.drops_no_permission += 1;
+            return None;
+        }
+        let relay = alloc.relay;
+        self.stats.relayed_packets_to_peer += 1;
+        self.stats.relayed_bytes_to_peer += payload.len() as u64;
+        Some(PeerTransmit {
+            relay,
+            peer,
+            payload,
+        })
+    }
+
+    /// The live allocation of a 5-tuple.
+    fn active(&self, from: FiveTuple, now: Instant) -> Option<&Allocation> {
+        match self.by_five_tuple.get(&from) {
+            Some(Slot::Active(id)) => self.allocations.get(id).filter(|a| now < a.expires_at),
+            _ => None,
+        }
+    }
+
+    fn handle_stun<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &'a [u8],
+    ) -> Option<PeerTransmit<'a>> {
+        let Ok(msg) = Message::decode(packet) else {
+            self.stats.drops_malformed += 1;
+            return None;
+        };
+        if msg.has_fingerprint() && msg.verify_fingerprint().is_err() {
+            // RFC 8489 §7.3: a bad FINGERPRINT means "not STUN": discard.
+            self.stats.drops_malformed += 1;
+            return None;
+        }
+        match (msg.class(), msg.method()) {
+            (Class::Indication, Method::SEND) => self.handle_send(now, from, &msg),
+            (Class::Indication, Method::BINDING) => None, // keepalive (RFC 8489 §6.3.2)
+            (Class::Request, Method::BINDING) => {
+                self.handle_binding(now, from, &msg);
+                None
+            }
+            (Class::Request, _) => {
+                self.handle_turn_request(now, from, &msg);
+                None
+            }
+            _ => {
+                self.stats.drops_malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn handle_send<'a>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'a>,
+    ) -> Option<PeerTransmit<'a>> {
+        let req = Request::parse(msg);
+        let (Some(peer), Some(payload), 1, false, 0) = (
+            req.peers[0],
+            req.data,
+            req.peer_count,
+            req.malformed,
+            req.unknown_count,
+        ) else {
+            // RFC 8656 §11.2: missing/extra attributes → discard silently.
+            self.stats.drops_malformed += 1;
+            return None;
+        };
+        let Some(alloc) = self.active(from, now) else {
+            self.stats.drops_no_allocation += 1;
+            return None;
+        };
+        if AddressFamily::of(peer) != alloc.family || !alloc.permits(peer.ip(), now) {
+            self.stats.drops_no_permission += 1;
+            return None;
+        }
+        let relay = alloc.relay;
+        self.stats.relayed_packets_to_peer += 1;
+        self.stats.relayed_bytes_to_peer += payload.len() as u64;
+        Some(PeerTransmit {
+            relay,
+            peer,
+            payload,
+        })
+    }
+
+    fn handle_binding(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>) {
+        let req = Request::parse(msg);
+        let reply = Reply {
+            to: from,
+            method: Method::BINDING,
+            tid: msg.transaction_id(),
+            fingerprint: msg.has_fingerprint(),
+        };
+        if req.malformed {
+            self.error_unauthenticated(now, reply, error_code::BAD_REQUEST, &req);
+            return;
+        }
+        if req.unknown_count > 0 {
+            self.error_unauthenticated(now, reply, error_code::UNKNOWN_ATTRIBUTE, &req);
+            return;
+        }
+        self.stats.binding_requests += 1;
+        let attrs = [Attribute::XorMappedAddress(from.client)];
+        if let Some(m) = self.encode(reply, Class::SuccessResponse, &attrs, &[], None) {
+            self.commands.push_back(Command::SendToClient {
+                to: from,
+                message: m,
+            });
+        }
+    }
+
+    /// Encodes a response: attributes, optional UNKNOWN-ATTRIBUTES, SOFTWARE, MI, FINGERPRINT.
+    fn encode(
+        &self,
+        reply: Reply,
+        class: Class,
+        attrs: &[Attribute<'_>],
+        unknown: &[u16],
+        key: Option<&[u8; 16]>,
+    ) -> Option<Vec<u8>> {
+        let mut e = MessageEncoder::new(class, reply.method, reply.tid);
+        for a in attrs {
+            e.attribute(a);
+        }
+        if !unknown.is_empty() {
+            e.unknown_attributes(unknown);
+        }
+        if let Some(s) = &self.config.software {
+            e.attribute(&Attribute::Software(s));
+        }
+        if let Some(k) = key {
+            e.message_integrity(k);
+        }
+        if reply.fingerprint {
+            e.fingerprint();
+        }
+        e.finish().ok()
+    }
+
+    fn count_allocate_error(&mut self, method: Method, code: u16) {
+        if method != Method::ALLOCATE {
+            return;
+        }
+        let s = &mut self.stats;
+        match code {
+            error_code::ALLOCATION_QUOTA_REACHED => s.allocate_quota += 1,
+            error_code::INSUFFICIENT_CAPACITY => s.allocate_capacity += 1,
+            error_code::BAD_REQUEST | error_code::UNKNOWN_ATTRIBUTE => s.allocate_bad_request += 1,
+            error_code::ALLOCATION_MISMATCH => s.allocate_mismatch += 1,
+            error_code::ADDRESS_FAMILY_NOT_SUPPORTED
+            | error_code::UNSUPPORTED_TRANSPORT_PROTOCOL => s.allocate_unsupported += 1,
+            _ => {}
+        }
+    }
+
+    /// An error response before authentication: no MESSAGE-INTEGRITY, rate-limited per source
+    /// IP. 401 carries REALM + NONCE; 420 carries UNKNOWN-ATTRIBUTES.
+    fn error_unauthenticated(&mut self, now: Instant, reply: Reply, code: u16, req: &Request<'_>) {
+        self.count_allocate_error(reply.method, code);
+        let window = now.saturating_duration_since(self.epoch).as_secs();
+        let limit = self.config.max_unauthenticated_replies_per_source_per_sec;
+        if !self.limiter.allow(window, reply.to.client.ip(), limit) {
+            self.stats.drops_rate_limited += 1;
+            self.stats.unauthenticated_replies_suppressed += 1;
+            return;
+        }
+        let nonce;
+        let mut attrs = [
+            Attribute::ErrorCode {
+                code,
+                reason: error_code::reason(code),
+            },
+            Attribute::DontFragment,
+            Attribute::DontFragment,
+        ];
+        let mut n = 1;
+        if code == error_code::UNAUTHENTICATED {
+            nonce = self.nonces.issue(self.clock.unix_secs(now));
+            attrs[1] = Attribute::Realm(&self.config.realm);
+            attrs[2] = Attribute::Nonce(&nonce);
+            n = 3;
+        }
+        let unknown = if code == error_code::UNKNOWN_ATTRIBUTE {
+            &req.unknown[..req.unknown_count]
+        } else {
+            &[]
+        };
+        if let Some(m) = self.encode(reply, Class::ErrorResponse, &attrs[..n], unknown, None) {
+            self.commands.push_back(Command::SendToClient {
+                to: reply.to,
+                message: m,
+            });
+        }
+    }
+
+    /// An error response after authentication: carries MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
+    fn error_authenticated(
+        &mut self,
+        reply: Reply,
+        code: u16,
+        key: &[u8; 16],
+        extra: &[Attribute<'_>],
+    ) {
+        self.count_allocate_error(reply.method, code);
+        let mut attrs: [Attribute<'_>; 4] = [Attribute::DontFragment; 4];
+        attrs[0] = Attribute::ErrorCode {
+            code,
+            reason: error_code::reason(code),
+        };
+        let n = 1 + extra.len().min(3);
+        attrs[1..n].copy_from_slice(&extra[..n - 1]);
+        if let Some(m) = self.encode(reply, Class::ErrorResponse, &attrs[..n], &[], Some(key)) {
+            self.commands.push_back(Command::SendToClient {
+                to: reply.to,
+                message: m,
+            });
+        }
+    }
+
+    fn success(
+        &mut self,
+        reply: Reply,
+        attrs: &[Attribute<'_>],
+        key: &[u8; 16],
+    ) -> Option<Vec<u8>> {
+        let m = self.encode(reply, Class::SuccessResponse, attrs, &[], Some(key))?;
+        self.commands.push_back(Command::SendToClient {
+            to: reply.to,
+            message: m.clone(),
+        });
+        Some(m)
+    }
+
+    /// Long-term authentication (RFC 8489 §9.2.4) with TURN REST credentials and the
+    /// revocation set. `None` when a reply (or a silent drop) has been taken care of.
+    fn authenticate<'a>(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        msg: &Message<'a>,
+        req: &Request<'a>,
+    ) -> Option<Authed<'a>> {
+        if !req.integrity {
+            self.stats.auth_challenges += 1;
+            self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+            return None;
+        }
+        let (Some(username), Some(realm), Some(nonce)) = (req.username, req.realm, req.nonce)
+        else {
+            self.error_unauthenticated(now, reply, error_code::BAD_REQUEST, req);
+            return None;
+        };
+        let unix_now = self.clock.unix_secs(now);
+        let is_allocate = reply.method == Method::ALLOCATE;
+        let fail = |s: &mut Self, counter: fn(&mut Stats) -> &mut u64| {
+            s.stats.auth_failures += 1;
+            if is_allocate {
+                *counter(&mut s.stats) += 1;
+            }
+        };
+        let Some(user) = RestUsername::parse(username).filter(|_| realm == self.config.realm)
+        else {
+            fail(self, |s| &mut s.allocate_auth_failed);
+            self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+            return None;
+        };
+        if user.expiry_unix <= unix_now {
+            fail(self, |s| &mut s.allocate_expired);
+            self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+            return None;
+        }
+        if self
+            .revoked
+            .get(user.booking)
+            .is_some_and(|until| unix_now < *until)
+        {
+            fail(self, |s| &mut s.allocate_revoked);
+            self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+            return None;
+        }
+        let key = self.config.auth_secrets.iter().find_map(|secret| {
+            let password = rest_password(secret, username);
+            let key = long_term_key(username, realm, &password);
+            msg.verify_integrity(&key).is_ok().then_some(key)
+        });
+        let Some(key) = key else {
+            fail(self, |s| &mut s.allocate_auth_failed);
+            self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+            return None;
+        };
+        if self.nonces.verify(nonce, unix_now).is_err() {
+            self.stats.stale_nonces += 1;
+            let fresh = self.nonces.issue(unix_now);
+            let realm = self.config.realm.clone();
+            self.error_authenticated(
+                reply,
+                error_code::STALE_NONCE,
+                &key,
+                &[Attribute::Realm(&realm), Attribute::Nonce(&fresh)],
+            );
+            return None;
+        }
+        Some(Authed {
+            key,
+            username,
+            user,
+        })
+    }
+
+    fn handle_turn_request(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>) {
+        let req = Request::parse(msg);
+        let reply = Reply {
+            to: from,
+            method: msg.method(),
+            tid: msg.transaction_id(),
+            fingerprint: msg.has_fingerprint(),
+        };
+        let known = matches!(
+            msg.method(),
+            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+        );
+        if !known || req.malformed {
+            self.error_unauthenticated(now, reply, error_code::BAD_REQUEST, &req);
+            return;
+        }
+        if req.unknown_count > 0 {
+            self.error_unauthenticated(now, reply, error_code::UNKNOWN_ATTRIBUTE, &req);
+            return;
+        }
+        let Some(authed) = self.authenticate(now, reply, msg, &req) else {
+            return;
+        };
+        match msg.method() {
+            Method::ALLOCATE => self.handle_allocate(reply, &req, &authed),
+            Method::REFRESH => self.handle_refresh(now, reply, &req, &authed),
+            Method::CREATE_PERMISSION => self.handle_create_permission(now, reply, &req, &authed),
+            _ => self.handle_channel_bind(now, reply, &req, &authed),
+        }
+    }
+
+    /// The allocation of `reply.to` for Refresh/CreatePermission/ChannelBind, or an error sent.
+    fn allocation_for(&mut self, now: Instant, reply: Reply, authed: &Authed<'_>) -> Option<u64> {
+        let id = match self.by_five_tuple.get(&reply.to) {
+            Some(Slot::Active(id)) => Some(*id),
+            _ => None,
+        }
+        .filter(|id| self.allocations.get(id).is_some_and(|a| now < a.expires_at));
+        let Some(id) = id else {
+            self.error_authenticated(reply, error_code::ALLOCATION_MISMATCH, &authed.key, &[]);
+            return None;
+        };
+        if self
+            .allocations
+            .get(&id)
+            .is_some_and(|a| *a.username != *authed.username)
+        {
+            // RFC 8656 §5: later requests must use the allocation's credentials.
+            self.stats.auth_failures += 1;
+            self.error_authenticated(reply, error_code::WRONG_CREDENTIALS, &authed.key, &[]);
+            return None;
+        }
+        Some(id)
+    }
+
+    fn handle_allocate(&mut self, reply: Reply, req: &Request<'_>, authed: &Authed<'_>) {
+        let key = &authed.key;
+        match self.by_five_tuple.get(&reply.to).copied() {
+            Some(Slot::Active(id)) => {
+                if let Some(a) = self.allocations.get(&id)
+                    && a.allocate_tid == reply.tid
+                {
+                    // Retransmission: replay the success (RFC 8656 §7.2).
+                    let message = a.allocate_response.clone();
+                    self.commands.push_back(Command::SendToClient {
+                        to: reply.to,
+                        message,
+                    });
+                    return;
+                }
+                self.error_authenticated(reply, error_code::ALLOCATION_MISMATCH, key, &[]);
+                return;
+            }
+            Some(Slot::Pending(id)) => {
+                if self.pending.get(&id).is_some_and(|p| p.tid == reply.tid) {
+                    return; // retransmission while the relay socket is being bound
+                }
+                self.error_authenticated(reply, error_code::ALLOCATION_MISMATCH, key, &[]);
+                return;
+            }
+            None => {}
+        }
+        let Some(transport) = req.requested_transport else {
+            self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+            return;
+        };
+        if transport != crate::stun::PROTOCOL_UDP {
+            self.error_authenticated(reply, error_code::UNSUPPORTED_TRANSPORT_PROTOCOL, key, &[]);
+            return;
+        }
+        if req.reservation_token && (req.even_port.is_some() || req.requested_family.is_some()) {
+            self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+            return;
+        }
+        if req.reservation_token || req.even_port == Some(true) {
+            // We never reserve ports, so no token we could be shown is valid, and we cannot
+            // promise to keep the next port (RFC 8656 §7.2: 508).
+            self.stats.capacity_refusals += 1;
+            self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, key, &[]);
+            return;
+        }
+        if req.requested_family.is_some() && req.additional_family.is_some() {
+            self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+            return;
+        }
+        let mut refuse_additional_v6 = false;
+        let family = match (req.requested_family, req.additional_family) {
+            (Some(family::IPV4), _) | (None, None) => AddressFamily::V4,
+            (Some(family::IPV6), _) => AddressFamily::V6,
+            (None, Some(family::IPV6)) => {
+                // Dual allocation (RFC 8656 §7.2): we allocate IPv4 only and say so.
+                refuse_additional_v6 = true;
+                AddressFamily::V4
+            }
+            (None, Some(_)) => {
+                self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+                return;
+            }
+            (Some(_), _) => {
+                self.error_authenticated(reply, error_code::ADDRESS_FAMILY_NOT_SUPPORTED, key, &[]);
+                return;
+            }
+        };
+        if !self.config.relay_families.contains(&family) {
+            self.error_authenticated(reply, error_code::ADDRESS_FAMILY_NOT_SUPPORTED, key, &[]);
+            return;
+        }
+        let per_user = self.per_username.get(authed.username).copied().unwrap_or(0);
+        let per_ip = self
+            .per_source_ip
+            .get(&reply.to.client.ip())
+            .copied()
+            .unwrap_or(0);
+        if per_user >= self.config.max_allocations_per_credential
+            || per_ip >= self.config.max_allocations_per_source_ip
+        {
+            self.stats.quota_refusals += 1;
+            self.error_authenticated(reply, error_code::ALLOCATION_QUOTA_REACHED, key, &[]);
+            return;
+        }
+        let total = self.allocations.len() + self.pending.len();
+        if total >= self.config.max_allocations_total as usize {
+            self.stats.capacity_refusals += 1;
+            self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, key, &[]);
+            return;
+        }
+        let lifetime = match req.lifetime {
+            None | Some(0) => self.config.default_lifetime,
+            Some(s) => Duration::from_secs(u64::from(s)).min(self.config.max_lifetime),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let username: Box<str> = authed.username.into();
+        *self.per_username.entry(username.clone()).or_insert(0) += 1;
+        *self.per_source_ip.entry(reply.to.client.ip()).or_insert(0) += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                five_tuple: reply.to,
+                tid: reply.tid,
+                username,
+                booking: authed.user.booking.into(),
+                credential_expiry_unix: authed.user.expiry_unix,
+                lifetime,
+                family,
+                key: authed.key,
+                fingerprint: reply.fingerprint,
+                refuse_additional_v6,
+                cancelled: false,
+            },
+        );
+        self.by_five_tuple.insert(reply.to, Slot::Pending(id));
+        self.commands.push_back(Command::BindRelay {
+            pending: PendingAllocation(id),
+            family,
+            even_port: req.even_port.is_some(),
+        });
+    }
+
+    /// Completes a [`Command::BindRelay`]. `Ok((bound, advertised))`: `bound` is the socket's
+    /// local address (the key for [`Server::handle_peer_input`] and [`Command::FreeRelay`]),
+    /// `advertised` the public address sent as XOR-RELAYED-ADDRESS (usually equal to `bound`).
+    /// The Allocate is answered with XOR-RELAYED-ADDRESS, XOR-MAPPED-ADDRESS and LIFETIME.
+    /// `Err(())` → 508 Insufficient Capacity.
+    ///
+    /// Unknown or cancelled (client closed, booking revoked) tokens: the socket, if any, is
+    /// freed again with [`Command::FreeRelay`].
+    pub fn handle_relay_bound(
+        &mut self,
+        now: Instant,
+        pending: PendingAllocation,
+        result: Result<(SocketAddr, SocketAddr), ()>,
+    ) {
+        let id = pending.0;
+        let Some(p) = self.pending.remove(&id) else {
+            if let Ok((bound, _)) = result {
+                self.commands.push_back(Command::FreeRelay { relay: bound });
+            }
+            return;
+        };
+        if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(id)) {
+            self.by_five_tuple.remove(&p.five_tuple);
+        }
+        let reply = Reply {
+            to: p.five_tuple,
+            method: Method::ALLOCATE,
+            tid: p.tid,
+            fingerprint: p.fingerprint,
+        };
+        let bound = match result {
+            Ok((bound, advertised))
+                if !p.cancelled
+                    && !self.by_relay.contains_key(&bound)
+                    && AddressFamily::of(bound) == p.family =>
+            {
+                Some((bound, advertised))
+            }
+            Ok((bound, _)) => {
+                self.commands.push_back(Command::FreeRelay { relay: bound });
+                None
+            }
+            Err(()) => None,
+        };
+        let Some((bound, advertised)) = bound else {
+            self.release_quota(&p.username, p.five_tuple.client.ip());
+            if !p.cancelled {
+                self.stats.capacity_refusals += 1;
+                self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, &p.key, &[]);
+            }
+            return;
+        };
+        let lifetime_secs = u32::try_from(p.lifetime.as_secs()).unwrap_or(u32::MAX);
+        let address_error = Attribute::AddressErrorCode {
+            family: AddressFamily::V6.code(),
+            code: error_code::ADDRESS_FAMILY_NOT_SUPPORTED,
+            reason: error_code::reason(error_code::ADDRESS_FAMILY_NOT_SUPPORTED),
+        };
+        let attrs = [
+            Attribute::XorRelayedAddress(advertised),
+            Attribute::XorMappedAddress(p.five_tuple.client),
+            Attribute::Lifetime(lifetime_secs),
+            address_error,
+        ];
+        let n = if p.refuse_additional_v6 { 4 } else { 3 };
+        let response = self.success(reply, &attrs[..n], &p.key).unwrap_or_default();
+        let alloc = Allocation {
+            five_tuple: p.five_tuple,
+            relay: bound,
+            family: p.family,
+            username: p.username,
+            booking: p.booking,
+            credential_expiry_unix: p.credential_expiry_unix,
+            expires_at: add(now, p.lifetime),
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_by_peer: HashMap::new(),
+            allocate_tid: p.tid,
+            allocate_response: response,
+            scheduled: None,
+        };
+        self.by_five_tuple.insert(p.five_tuple, Slot::Active(id));
+        self.by_relay.insert(bound, id);
+        *self.active_gauge(p.five_tuple.transport) += 1;
+        self.stats.allocations_created += 1;
+        self.stats.allocate_ok += 1;
+        self.allocations.insert(id, alloc);
+        self.reschedule(now, id);
+    }
+
+    fn active_gauge(&mut self, t: Transport) -> &mut u64 {
+        match t {
+            Transport::Udp => &mut self.stats.allocations_active_udp,
+            Transport::Tcp => &mut self.stats.allocations_active_tcp,
+            Transport::Tls => &mut self.stats.allocations_active_tls,
+        }
+    }
+
+    fn release_quota(&mut self, username: &str, ip: IpAddr) {
+        if let Some(c) = self.per_username.get_mut(username) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.per_username.remove(username);
+            }
+        }
+        if let Some(c) = self.per_source_ip.get_mut(&ip) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.per_source_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn destroy(&mut self, id: u64, reason: EndReason) {
+        let Some(a) = self.allocations.remove(&id) else {
+            return;
+        };
+        if self.by_five_tuple.get(&a.five_tuple) == Some(&Slot::Active(id)) {
+            self.by_five_tuple.remove(&a.five_tuple);
+        }
+        if self.by_relay.get(&a.relay) == Some(&id) {
+            self.by_relay.remove(&a.relay);
+        }
+        self.release_quota(&a.username, a.five_tuple.client.ip());
+        let g = self.active_gauge(a.five_tuple.transport);
+        *g = g.saturating_sub(1);
+        let s = &mut self.stats;
+        match reason {
+            EndReason::Expired => s.allocations_expired += 1,
+            EndReason::Deleted => s.allocations_deleted += 1,
+            EndReason::CredentialExpired => s.allocations_credential_expired += 1,
+            EndReason::Revoked => s.allocations_revoked += 1,
+            EndReason::ClientClosed => s.allocations_client_closed += 1,
+        }
+        self.commands
+            .push_back(Command::FreeRelay { relay: a.relay });
+    }
+
+    /// Recomputes the next wake-up of an allocation and pushes a timer if it moved earlier.
+    fn reschedule(&mut self, now: Instant, id: u64) {
+        let clock = self.clock;
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let mut wake = a
+            .expires_at
+            .min(clock.instant_of(now, a.credential_expiry_unix));
+        for p in a.permissions.values() {
+            wake = wake.min(p.expires_at);
+        }
+        for c in a.channels.values() {
+            wake = wake.min(add(c.expires_at, CHANNEL_REBIND_GUARD));
+        }
+        if a.scheduled.is_none_or(|s| wake < s) {
+            a.scheduled = Some(wake);
+            self.timers.push(Reverse((wake, id)));
+        }
+    }
+
+    fn handle_refresh(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        req: &Request<'_>,
+        authed: &Authed<'_>,
+    ) {
+        let Some(id) = self.allocation_for(now, reply, authed) else {
+            return;
+        };
+        if let Some(f) = req.requested_family
+            && self
+                .allocations
+                .get(&id)
+                .is_some_and(|a| a.family.code() != f)
+        {
+            self.error_authenticated(
+                reply,
+                error_code::PEER_ADDRESS_FAMILY_MISMATCH,
+                &authed.key,
+                &[],
+            );
+            return;
+        }
+        let lifetime = match req.lifetime {
+            Some(0) => {
+                self.success(reply, &[Attribute::Lifetime(0)], &authed.key);
+                self.destroy(id, EndReason::Deleted);
+                return;
+            }
+            None => self.config.default_lifetime,
+            Some(s) => Duration::from_secs(u64::from(s)).min(self.config.max_lifetime),
+        };
+        if let Some(a) = self.allocations.get_mut(&id) {
+            a.expires_at = add(now, lifetime);
+            // The credential may be a fresh one for the same booking; keep the latest expiry.
+            a.credential_expiry_unix = authed.user.expiry_unix;
+        }
+        let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+        self.success(reply, &[Attribute::Lifetime(secs)], &authed.key);
+        self.reschedule(now, id);
+    }
+
+    /// Checks a peer for CreatePermission/ChannelBind: family (443) and policy (403).
+    fn check_peer(&mut self, reply: Reply, id: u64, peer: SocketAddr, key: &[u8; 16]) -> bool {
+        let family = self.allocations.get(&id).map(|a| a.family);
+        if family != Some(AddressFamily::of(peer)) {
+            self.error_authenticated(reply, error_code::PEER_ADDRESS_FAMILY_MISMATCH, key, &[]);
+            return false;
+        }
+        if self.config.peer_policy.check(peer).is_err() {
+            self.stats.drops_peer_denied += 1;
+            self.error_authenticated(reply, error_code::FORBIDDEN, key, &[]);
+            return false;
+        }
+        true
+    }
+
+    fn handle_create_permission(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        req: &Request<'_>,
+        authed: &Authed<'_>,
+    ) {
+        let key = &authed.key;
+        let Some(id) = self.allocation_for(now, reply, authed) else {
+            return;
+        };
+        if req.peer_count == 0 {
+            self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+            return;
+        }
+        if req.peer_count > MAX_PEERS_PER_REQUEST {
+            self.stats.capacity_refusals += 1;
+            self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, key, &[]);
+            return;
+        }
+        for peer in req.peers() {
+            if !self.check_peer(reply, id, peer, key) {
+                return;
+            }
+        }
+        let max = self.config.max_permissions_per_allocation as usize;
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let mut new = 0usize;
+        for (i, peer) in req.peers().enumerate() {
+            let fresh = !a.permissions.contains_key(&peer.ip())
+                && !req.peers().take(i).any(|p| p.ip() == peer.ip());
+            new += usize::from(fresh);
+        }
+        if a.permissions.len() + new > max {
+            self.stats.capacity_refusals += 1;
+            self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, key, &[]);
+            return;
+        }
+        let expires_at = add(now, PERMISSION_LIFETIME);
+        for peer in req.peers() {
+            a.permissions.insert(peer.ip(), Permission { expires_at });
+        }
+        self.success(reply, &[], key);
+        self.reschedule(now, id);
+    }
+
+    fn handle_channel_bind(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        req: &Request<'_>,
+        authed: &Authed<'_>,
+    ) {
+        let key = &authed.key;
+        let Some(id) = self.allocation_for(now, reply, authed) else {
+            return;
+        };
+        let (Some(channel), Some(peer), 1) = (
+            req.channel.and_then(ChannelNumber::new),
+            req.peers[0],
+            req.peer_count,
+        ) else {
+            self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+            return;
+        };
+        let conflict = self.allocations.get(&id).is_some_and(|a| {
+            a.channels.get(&channel).is_some_and(|b| b.peer != peer)
+                || a.channel_by_peer.get(&peer).is_some_and(|c| *c != channel)
+        });
+        if conflict {
+            self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
+            return;
+        }
+        if !self.check_peer(reply, id, peer, key) {
+            return;
+        }
+        let max_channels = self.config.max_channels_per_allocation as usize;
+        let max_perms = self.config.max_permissions_per_allocation as usize;
+        let Some(a) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let new_channel = !a.channels.contains_key(&channel);
+        let new_perm = !a.permissions.contains_key(&peer.ip());
+        if (new_channel && a.channels.len() >= max_channels)
+            || (new_perm && a.permissions.len() >= max_perms)
+        {
+            self.stats.capacity_refusals += 1;
+            self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, key, &[]);
+            return;
+        }
+        a.channels.insert(
+            channel,
+            ChannelBinding {
+                peer,
+                expires_at: add(now, CHANNEL_LIFETIME),
+            },
+        );
+        a.channel_by_peer.insert(peer, channel);
+        a.permissions.insert(
+            peer.ip(),
+            Permission {
+                expires_at: add(now, PERMISSION_LIFETIME),
+            },
+        );
+        self.success(reply, &[], key);
+        self.reschedule(now, id);
+    }
+
+    /// A datagram of `payload_len` bytes received by the relay socket bound at `relay` from
+    /// `peer`. `Some` when a permission exists (RFC 8656 §9): [`ClientDelivery::ChannelData`]
+    /// when a channel is bound to `peer`, else [`ClientDelivery::DataIndication`]. `None`:
+    /// dropped and counted. Hot path: no allocation, O(1) lookups.
+    pub fn handle_peer_input(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        payload_len: usize,
+    ) -> Option<ClientDelivery> {
+        let Some(a) = self
+            .by_relay
+            .get(&relay)
+            .and_then(|id| self.allocations.get(id))
+        else {
+            self.stats.drops_no_allocation += 1;
+            return None;
+        };
+        if now >= a.expires_at {
+            self.stats.drops_no_allocation += 1;
+            return None;
+        }
+        if !a.permits(peer.ip(), now) {
+            self.stats.drops_no_permission += 1;
+            return None;
+        }
+        let to = a.five_tuple;
+        let channel = a
+            .channel_by_peer
+            .get(&peer)
+            .filter(|c| a.channels.get(c).is_some_and(|b| now < b.expires_at))
+            .copied();
+        self.stats.relayed_packets_to_client += 1;
+        self.stats.relayed_bytes_to_client += payload_len as u64;
+        Some(match channel {
+            Some(channel) => ClientDelivery::ChannelData { to, channel },
+            None => ClientDelivery::DataIndication { to },
+        })
+    }
+
+    /// The client's TCP/TLS connection closed: its allocation ends (RFC 8656 §3.1: an
+    /// allocation over TCP lives no longer than the connection). Also valid for UDP (frees it).
+    pub fn handle_client_closed(&mut self, now: Instant, from: FiveTuple) {
+        let _ = now;
+        match self.by_five_tuple.get(&from).copied() {
+            Some(Slot::Active(id)) => self.destroy(id, EndReason::ClientClosed),
+            Some(Slot::Pending(id)) => {
+                self.by_five_tuple.remove(&from);
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.cancelled = true;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The next [`Command`] for the driver, in order; `None` when there is nothing to do.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Earliest instant at which [`Server::handle_timeout`] must be called (allocation,
+    /// permission, channel expiry; credential expiry of an allocation's username, i.e. the
+    /// booking's hard end). May be earlier than necessary, never later. `None`: no timers.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Advances time: re-bases the Unix clock mapping, ends allocations whose lifetime or
+    /// credential expiry passed ([`Command::FreeRelay`]), prunes expired permissions and
+    /// channels, forgets revocations that have lapsed.
+    pub fn handle_timeout(&mut self, now: Instant, unix_now: Duration) {
+        self.clock = Clock {
+            base: now,
+            base_unix: unix_now,
+        };
+        let unix_secs = unix_now.as_secs();
+        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(a) = self.allocations.get_mut(&id) else {
+                continue;
+            };
+            if a.scheduled != Some(t) {
+                continue; // superseded by an earlier entry that already fired
+            }
+            a.scheduled = None;
+            if now >= a.expires_at {
+                self.destroy(id, EndReason::Expired);
+                continue;
+            }
+            if a.credential_expiry_unix <= unix_secs {
+                self.destroy(id, EndReason::CredentialExpired);
+                continue;
+            }
+            a.permissions.retain(|_, p| now < p.expires_at);
+            let guard_passed = |b: &ChannelBinding| add(b.expires_at, CHANNEL_REBIND_GUARD) <= now;
+            let channels = &mut a.channels;
+            a.channel_by_peer
+                .retain(|_, c| channels.get(c).is_some_and(|b| !guard_passed(b)));
+            channels.retain(|_, b| !guard_passed(b));
+            self.reschedule(now, id);
+        }
+        self.revoked.retain(|_, until| unix_secs < *until);
+    }
+
+    /// Booking cancelled (or ended early): the booking's credentials are refused until
+    /// `until_unix` (Unix seconds, normally their expiry), and every allocation whose username
+    /// names this booking is torn down now ([`Command::FreeRelay`]). Allocations still waiting
+    /// for a relay socket are cancelled. Returns how many allocations were torn down
+    /// (including cancelled pending ones).
+    pub fn revoke_booking(&mut self, now: Instant, booking: &str, until_unix: u64) -> usize {
+        let _ = now;
+        let entry = self.revoked.entry(booking.into()).or_insert(0);
+        *entry = (*entry).max(until_unix);
+        let ids: Vec<u64> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| &*a.booking == booking)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut n = ids.len();
+        for id in ids {
+            self.destroy(id, EndReason::Revoked);
+        }
+        for (id, p) in self.pending.iter_mut() {
+            if &*p.booking == booking && !p.cancelled {
+                p.cancelled = true;
+                n += 1;
+                if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(*id)) {
+                    self.by_five_tuple.remove(&p.five_tuple);
+                }
+            }
+        }
+        n
+    }
+
+    /// Replaces the TURN REST secrets (rotation). Existing allocations stay; their next request
+    /// must verify with one of the new secrets.
+    pub fn set_auth_secrets(&mut self, secrets: Vec<Vec<u8>>) {
+        self.config.auth_secrets = secrets;
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Number of active allocations (relay socket bound).
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_maps_and_clamps() {
+        let t0 = Instant::now();
+        let c = Clock {
+            base: t0,
+            base_unix: Duration::from_secs(1_000),
+        };
+        assert_eq!(c.unix_secs(t0 + Duration::from_secs(5)), 1_005);
+        assert_eq!(c.instant_of(t0, 1_010), t0 + Duration::from_secs(10));
+        assert_eq!(c.instant_of(t0, 10), t0);
+        // A far-future expiry is clamped instead of overflowing.
+        assert!(c.instant_of(t0, u64::MAX) > t0);
+    }
+
+    #[test]
+    fn rate_limiter_resets_each_window() {
+        let mut r = RateLimiter::new();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(r.allow(0, ip, 2));
+        assert!(r.allow(0, ip, 2));
+        assert!(!r.allow(0, ip, 2));
+        assert!(r.allow(1, ip, 2));
+    }
+
+    #[test]
+    fn data_indication_roundtrip() {
+        let mut out = vec![1, 2, 3];
+        let peer: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        encode_data_indication(peer, b"payload", &mut out);
+        let m = Message::decode(&out).unwrap();
+        assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+        assert_eq!(
+            m.get(attr::XOR_PEER_ADDRESS),
+            Some(Ok(Attribute::XorPeerAddress(peer)))
+        );
+        assert_eq!(m.get(attr::DATA), Some(Ok(Attribute::Data(b"payload"))));
+    }
+}

@@ -1,0 +1,688 @@
+//! The hub: connections, rooms, timers and the output queue.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use crate::event::{CloseReason, DropReason, HubEvent, LeaveReason, Output};
+use crate::native::{self, ClientMsg, ErrorCode};
+use crate::rate::TokenBucket;
+use crate::room::{Peer, Room};
+use crate::stats::Stats;
+use crate::{ConnectionId, Role, close_code};
+
+/// What the daemon has verified (session token, booking live) before handing a socket to the hub.
+///
+/// The hub trusts these values: it does not re-check the token or the booking.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    /// Booking id, e.g. `"bkg_…"`: the room key.
+    pub booking: String,
+    /// Participant id `"par_…"`: the peer id on the wire (`you.peer`, `from`, `peer.peer`).
+    pub participant: String,
+    /// The participant's role, i.e. the slot it takes.
+    pub role: Role,
+    /// Pre-serialised JSON array of RTCIceServer objects, embedded verbatim in `welcome` as `ice_servers`.
+    pub ice_servers: Box<RawValue>,
+    /// Pre-serialised JSON object `{host_opens_at, opens_at, join_cutoff_at, hard_end_at}` (RFC 3339 strings),
+    /// embedded verbatim in `welcome` as `window`.
+    pub window: Box<RawValue>,
+    /// Monotonic instant of the booking's `hard_end_at` (DESIGN.md §3): warnings before it, close 4003 at it. The
+    /// newest admission of a booking sets the room's hard end (so an extended booking moves it).
+    pub hard_end_at: Instant,
+    /// The same instant as RFC 3339 text, sent as `closes_at` in `window` warnings.
+    pub hard_end_at_rfc3339: String,
+}
+
+/// Tuning of the hub. [`HubConfig::default`] gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Largest accepted frame in bytes (default 65 536, the signalhub cap; a simple-peer SDP is well under it, research
+    /// §10.2 rule 5). A bigger frame gets `error too_big` and close 1009.
+    pub max_message_bytes: usize,
+    /// Sustained per-socket frame rate (token bucket, burst = 2 × rate); default 50/s (research §10.2 rule 5, which
+    /// leaves room for a trickle-ICE burst of candidates). Over it: `error rate_limited` and close 4029. 0 disables
+    /// the limit.
+    pub messages_per_second: u32,
+    /// Interval of the driver's WebSocket pings (default 20 s); the hub only reports it in `welcome` as
+    /// `ping_interval_s` (whole seconds).
+    pub ping_interval: Duration,
+    /// Lead times of the `window` closing warnings before `hard_end_at` (default 300 s and 60 s, DESIGN.md §3). Order
+    /// does not matter; zero and duplicate entries are ignored.
+    pub warn_before_end: Vec<Duration>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_message_bytes: 65_536,
+            messages_per_second: 50,
+            ping_interval: Duration::from_secs(20),
+            warn_before_end: vec![Duration::from_secs(300), Duration::from_secs(60)],
+        }
+    }
+}
+
+/// Per-connection state. The redundant `room` index makes a relayed signal cost one hash lookup.
+#[derive(Debug)]
+struct Conn {
+    /// Index into `Hub::rooms`.
+    room: usize,
+    /// The slot this connection holds.
+    role: Role,
+    /// Message rate limiter.
+    bucket: TokenBucket,
+}
+
+/// The sans-IO signaling hub (native v1). See the crate documentation for the run loop and the invariants.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    /// `config.warn_before_end` without zeros and duplicates, longest lead first.
+    warn: Vec<Duration>,
+    /// Live connections. Every entry's room exists and holds this connection in `role`'s slot.
+    conns: HashMap<ConnectionId, Conn>,
+    /// Room slab; `None` entries are listed in `free_rooms`.
+    rooms: Vec<Option<Room>>,
+    free_rooms: Vec<usize>,
+    /// Booking id -> index into `rooms`.
+    by_booking: HashMap<String, usize>,
+    /// One entry `(room.deadline, index)` per open room.
+    timers: BTreeSet<(Instant, usize)>,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig) -> Self {
+        let mut warn: Vec<Duration> = config
+            .warn_before_end
+            .iter()
+            .copied()
+            .filter(|d| !d.is_zero())
+            .collect();
+        warn.sort_unstable_by(|a, b| b.cmp(a));
+        warn.dedup();
+        Hub {
+            config,
+            warn,
+            conns: HashMap::new(),
+            rooms: Vec::new(),
+            free_rooms: Vec::new(),
+            by_booking: HashMap::new(),
+            timers: BTreeSet::new(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A socket admitted to its booking's room.
+    ///
+    /// Sends `welcome`; if the other role is present, `ready` to both with the room's `session` incremented (a
+    /// per-room counter starting at 1). If the same role is already connected, the old connection gets Close 4008
+    /// "replaced" and the other peer gets `peer-left` (reason `replaced`) and then `ready` again with a new session.
+    /// If `now` is already at or past `admission.hard_end_at`, the socket is closed with 4003 and nothing else
+    /// happens. Reusing the id of a live connection first disconnects the old one (as [`Hub::handle_disconnect`]).
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnectionId, admission: Admission) {
+        if self.conns.contains_key(&conn) {
+            self.detach(conn, LeaveReason::Closed, None);
+        }
+        if now >= admission.hard_end_at {
+            self.close(
+                conn,
+                close_code::OUTSIDE_WINDOW,
+                CloseReason::WindowClosed.text(),
+            );
+            return;
+        }
+        let Admission {
+            booking,
+            participant,
+            role,
+            ice_servers,
+            window,
+            hard_end_at,
+            hard_end_at_rfc3339,
+        } = admission;
+
+        let idx = self.room_for(now, booking, hard_end_at, hard_end_at_rfc3339);
+        let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
+            // Unreachable: `room_for` returns the index of an open room.
+            return;
+        };
+
+        // Newest connection per role wins.
+        if let Some(old) = room.take(role) {
+            self.conns.remove(&old.conn);
+            self.stats.connections = self.conns.len();
+            self.stats.closes.bump(close_code::REPLACED);
+            self.out.push_back(Output::Close {
+                conn: old.conn,
+                code: close_code::REPLACED,
+                reason: "replaced",
+            });
+            if let Some(partner) = room.slot(role.other()) {
+                self.out.push_back(Output::Send {
+                    conn: partner.conn,
+                    text: native::peer_left(
+                        room.session,
+                        &old.participant,
+                        LeaveReason::Replaced.peer_left_reason(),
+                    ),
+                });
+            }
+            self.out.push_back(Output::Event(HubEvent::Left {
+                booking: room.booking.clone(),
+                participant: old.participant,
+                role,
+                reason: LeaveReason::Replaced,
+            }));
+        }
+
+        self.out.push_back(Output::Send {
+            conn,
+            text: native::welcome(&native::Welcome {
+                booking: &room.booking,
+                participant: &participant,
+                role,
+                ice_servers: &ice_servers,
+                window: &window,
+                ping_interval_s: self.config.ping_interval.as_secs(),
+            }),
+        });
+        self.out.push_back(Output::Event(HubEvent::Joined {
+            booking: room.booking.clone(),
+            participant: participant.clone(),
+            role,
+        }));
+        let paired = room.occupy(role, Peer { conn, participant });
+        self.conns.insert(
+            conn,
+            Conn {
+                room: idx,
+                role,
+                bucket: TokenBucket::new(now, self.config.messages_per_second),
+            },
+        );
+        self.stats.connections = self.conns.len();
+        self.stats.connections_total = self.stats.connections_total.saturating_add(1);
+
+        if let Some(session) = paired {
+            // Both slots are occupied right after `occupy` returned a session.
+            if let (Some(me), Some(partner)) = (room.slot(role), room.slot(role.other())) {
+                self.out.push_back(Output::Send {
+                    conn: me.conn,
+                    text: native::ready(session, &partner.participant, role.other()),
+                });
+                self.out.push_back(Output::Send {
+                    conn: partner.conn,
+                    text: native::ready(session, &me.participant, role),
+                });
+            }
+            self.out.push_back(Output::Event(HubEvent::Ready {
+                booking: room.booking.clone(),
+                session,
+            }));
+            self.stats.ready_total = self.stats.ready_total.saturating_add(1);
+        }
+    }
+
+    /// One text frame from a connection.
+    ///
+    /// Client messages: `{"type":"signal","session":N?,"data":{…}}`, `{"type":"ping","t":…}`, `{"type":"leave"}`.
+    /// - `signal` is relayed to the partner as `{"type":"signal","session":N,"from":"<participant>","data":<data>}`
+    ///   with `data` byte-identical. No partner: `error no_peer` (dropped, never queued). `session` present and not the
+    ///   room's current one: `error stale_session` (dropped). `data` not an object with a truthy `sdp`, `candidate`,
+    ///   `renegotiate` or `transceiverRequest`: `error bad_message`.
+    /// - `ping` gets `{"type":"pong","t":<t verbatim>}`.
+    /// - `leave` closes the socket with 1000 and the partner gets `peer-left` (reason `left`).
+    /// - Invalid JSON, a non-object or an unknown `type`: `error bad_message`; the socket stays open.
+    /// - Text longer than `max_message_bytes`: `error too_big`, then Close 1009. Over the message rate: `error
+    ///   rate_limited`, then Close 4029. The partner gets `peer-left` (reason `closed`) in both cases.
+    ///
+    /// A frame for an unknown (closed or replaced) connection is counted as dropped and ignored.
+    pub fn handle_text(&mut self, now: Instant, conn: ConnectionId, text: &str) {
+        let Some((room_idx, role)) = self.admit_frame(now, conn, text.len()) else {
+            return;
+        };
+        let msg = match native::parse(text) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.reject(
+                    conn,
+                    ErrorCode::BadMessage,
+                    e.message(),
+                    DropReason::BadMessage,
+                );
+                return;
+            }
+        };
+        match msg {
+            ClientMsg::Signal { session, data } => self.relay(conn, room_idx, role, session, data),
+            ClientMsg::Ping { t } => {
+                self.stats.pongs = self.stats.pongs.saturating_add(1);
+                self.out.push_back(Output::Send {
+                    conn,
+                    text: native::pong(t),
+                });
+            }
+            ClientMsg::Leave => {
+                self.detach(conn, LeaveReason::Left, Some((close_code::NORMAL, "left")));
+            }
+        }
+    }
+
+    /// A binary frame of `len` bytes. Binary frames are not part of native v1: `error bad_message`, dropped. Size and
+    /// rate limits apply as for text (Close 1009 / 4029).
+    pub fn handle_binary(&mut self, now: Instant, conn: ConnectionId, len: usize) {
+        if self.admit_frame(now, conn, len).is_some() {
+            self.reject(
+                conn,
+                ErrorCode::BadMessage,
+                "binary frames are not supported; send JSON text",
+                DropReason::Binary,
+            );
+        }
+    }
+
+    /// The transport closed. The partner gets `peer-left` (reason `closed`).
+    ///
+    /// A connection the hub no longer knows (already closed by the hub, or replaced by a newer connection for its
+    /// role) is ignored, so the late close of a replaced socket never clears its replacement's slot (the Virtual Y
+    /// close race, research/signaling.md §1.3).
+    pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnectionId) {
+        self.detach(conn, LeaveReason::Closed, None);
+    }
+
+    /// The driver's WebSocket pings went unanswered and it dropped the connection: like [`Hub::handle_disconnect`],
+    /// but the partner's `peer-left` says `timeout`. (Addition to the API contract.)
+    pub fn handle_liveness_timeout(&mut self, _now: Instant, conn: ConnectionId) {
+        self.detach(conn, LeaveReason::Timeout, None);
+    }
+
+    /// Closes every socket of the booking's room with `reason`'s code (4003 window closed, 4004 cancelled, 1001
+    /// shutdown) and forgets the room (its session counter restarts if the booking is admitted again). Unknown
+    /// booking: no-op.
+    pub fn close_booking(&mut self, _now: Instant, booking: &str, reason: CloseReason) {
+        if let Some(&idx) = self.by_booking.get(booking) {
+            self.close_room(idx, reason);
+        }
+    }
+
+    /// Closes every room and socket (shutdown).
+    pub fn close_all(&mut self, _now: Instant, reason: CloseReason) {
+        for idx in 0..self.rooms.len() {
+            self.close_room(idx, reason);
+        }
+    }
+
+    /// The next output, in the order the hub produced them; `None` when the queue is empty.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next instant [`Hub::handle_timeout`] has work: the earliest pending window warning (T-5 min, T-1 min by
+    /// default) or hard end among all rooms. `None` when no room is open.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// Acts on every deadline at or before `now`: sends `{"type":"window","event":"closing","closes_at":…,
+    /// "in_s":N}` to the room's sockets (`in_s` = whole seconds left, rounded; if several warnings are overdue only
+    /// the latest is sent), and at `hard_end_at` closes the room's sockets with 4003 and forgets the room.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, idx)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, idx));
+            let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            if now >= room.hard_end_at {
+                self.close_room(idx, CloseReason::WindowClosed);
+                continue;
+            }
+            // The latest warning already due; `room.next_warning` is due because `at` is its deadline.
+            let mut i = room.next_warning;
+            while i + 1 < self.warn.len() && room.deadline_from(i + 1, &self.warn) <= now {
+                i += 1;
+            }
+            let left = room.hard_end_at.saturating_duration_since(now);
+            let in_s =
+                u64::try_from(left.as_millis().saturating_add(500) / 1000).unwrap_or(u64::MAX);
+            for (_, peer) in room.peers() {
+                self.out.push_back(Output::Send {
+                    conn: peer.conn,
+                    text: native::window_closing(&room.hard_end_at_rfc3339, in_s),
+                });
+                self.stats.window_warnings = self.stats.window_warnings.saturating_add(1);
+            }
+            room.next_warning = i + 1;
+            room.deadline = room.deadline_from(room.next_warning, &self.warn);
+            self.timers.insert((room.deadline, idx));
+        }
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Connections currently holding a slot.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Rooms currently open.
+    pub fn room_count(&self) -> usize {
+        self.by_booking.len()
+    }
+
+    // ----- internals -----
+
+    /// The index of the booking's room, opening it if needed; the newest admission sets the hard end.
+    fn room_for(
+        &mut self,
+        now: Instant,
+        booking: String,
+        hard_end_at: Instant,
+        rfc3339: String,
+    ) -> usize {
+        if let Some(&idx) = self.by_booking.get(&booking)
+            && let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut)
+        {
+            if room.hard_end_at != hard_end_at || room.hard_end_at_rfc3339 != rfc3339 {
+                self.timers.remove(&(room.deadline, idx));
+                room.hard_end_at = hard_end_at;
+                room.hard_end_at_rfc3339 = rfc3339;
+                room.schedule(now, &self.warn);
+                self.timers.insert((room.deadline, idx));
+            }
+            return idx;
+        }
+        let mut room = Room::new(booking.clone(), hard_end_at, rfc3339);
+        room.schedule(now, &self.warn);
+        let deadline = room.deadline;
+        let idx = match self.free_rooms.pop() {
+            Some(idx) if idx < self.rooms.len() => {
+                self.rooms[idx] = Some(room);
+                idx
+            }
+            _ => {
+                self.rooms.push(Some(room));
+                self.rooms.len() - 1
+            }
+        };
+        self.timers.insert((deadline, idx));
+        self.by_booking.insert(booking.clone(), idx);
+        self.stats.rooms = self.by_booking.len();
+        self.stats.rooms_total = self.stats.rooms_total.saturating_add(1);
+        self.out
+            .push_back(Output::Event(HubEvent::RoomOpened { booking }));
+        idx
+    }
+
+    /// Common gate for every client frame: known connection, size limit, rate limit. Returns the connection's room and
+    /// role when the frame may be processed.
+    fn admit_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+        len: usize,
+    ) -> Option<(usize, Role)> {
+        let rate = self.config.messages_per_second;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            self.drop_frame(DropReason::UnknownConnection);
+            return None;
+        };
+        let (room, role) = (c.room, c.role);
+        if len > self.config.max_message_bytes {
+            self.out.push_back(Output::Send {
+                conn,
+                text: native::error(ErrorCode::TooBig, "frame exceeds the size limit"),
+            });
+            self.detach(
+                conn,
+                LeaveReason::TooBig,
+                Some((close_code::TOO_BIG, "too big")),
+            );
+            return None;
+        }
+        if !c.bucket.take(now, rate) {
+            self.out.push_back(Output::Send {
+                conn,
+                text: native::error(ErrorCode::RateLimited, "message rate exceeded"),
+            });
+            self.detach(
+                conn,
+                LeaveReason::RateLimited,
+                Some((close_code::RATE_LIMITED, "rate limited")),
+            );
+            return None;
+        }
+        Some((room, role))
+    }
+
+    /// Relays one validated signal to the partner, or answers `no_peer` / `stale_session`.
+    fn relay(
+        &mut self,
+        conn: ConnectionId,
+        room_idx: usize,
+        role: Role,
+        session: Option<u64>,
+        data: &RawValue,
+    ) {
+        let Some(room) = self.rooms.get(room_idx).and_then(Option::as_ref) else {
+            return;
+        };
+        let (Some(me), Some(partner)) = (room.slot(role), room.slot(role.other())) else {
+            self.reject(
+                conn,
+                ErrorCode::NoPeer,
+                "no peer connected; signal dropped",
+                DropReason::NoPeer,
+            );
+            return;
+        };
+        if session.is_some_and(|s| s != room.session) {
+            self.reject(
+                conn,
+                ErrorCode::StaleSession,
+                "signal for an old session; dropped",
+                DropReason::StaleSession,
+            );
+            return;
+        }
+        let bytes = data.get().len();
+        self.out.push_back(Output::Send {
+            conn: partner.conn,
+            text: native::signal(room.session, &me.participant, data),
+        });
+        self.out
+            .push_back(Output::Event(HubEvent::Relayed { bytes }));
+        self.stats.signals_relayed = self.stats.signals_relayed.saturating_add(1);
+        self.stats.signal_bytes_relayed = self
+            .stats
+            .signal_bytes_relayed
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// Sends an `error` frame to `conn` and counts the drop.
+    fn reject(&mut self, conn: ConnectionId, code: ErrorCode, message: &str, reason: DropReason) {
+        self.out.push_back(Output::Send {
+            conn,
+            text: native::error(code, message),
+        });
+        self.drop_frame(reason);
+    }
+
+    fn drop_frame(&mut self, reason: DropReason) {
+        self.stats.drops.bump(reason);
+        self.out
+            .push_back(Output::Event(HubEvent::Dropped { reason }));
+    }
+
+    /// Pushes a Close output and counts it.
+    fn close(&mut self, conn: ConnectionId, code: u16, reason: &'static str) {
+        self.stats.closes.bump(code);
+        self.out.push_back(Output::Close { conn, code, reason });
+    }
+
+    /// Removes a known connection from its slot: optional Close, `Left` event, `peer-left` to the partner.
+    /// Unknown connections are ignored (this is the close-race fix together with `Room::vacate`).
+    fn detach(
+        &mut self,
+        conn: ConnectionId,
+        reason: LeaveReason,
+        close: Option<(u16, &'static str)>,
+    ) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.stats.connections = self.conns.len();
+        if let Some((code, text)) = close {
+            self.close(conn, code, text);
+        }
+        let Some(room) = self.rooms.get_mut(c.room).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(peer) = room.vacate(c.role, conn) else {
+            return;
+        };
+        if let Some(partner) = room.slot(c.role.other()) {
+            self.out.push_back(Output::Send {
+                conn: partner.conn,
+                text: native::peer_left(room.session, &peer.participant, reason.peer_left_reason()),
+            });
+        }
+        self.out.push_back(Output::Event(HubEvent::Left {
+            booking: room.booking.clone(),
+            participant: peer.participant,
+            role: c.role,
+            reason,
+        }));
+    }
+
+    /// Closes every connection of room `idx` and forgets the room.
+    fn close_room(&mut self, idx: usize, reason: CloseReason) {
+        let Some(mut room) = self.rooms.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        self.timers.remove(&(room.deadline, idx));
+        self.by_booking.remove(&room.booking);
+        self.free_rooms.push(idx);
+        for role in [Role::Host, Role::Guest] {
+            let Some(peer) = room.take(role) else {
+                continue;
+            };
+            self.conns.remove(&peer.conn);
+            self.close(peer.conn, reason.code(), reason.text());
+            self.out.push_back(Output::Event(HubEvent::Left {
+                booking: room.booking.clone(),
+                participant: peer.participant,
+                role,
+                reason: reason.into(),
+            }));
+        }
+        self.stats.connections = self.conns.len();
+        self.stats.rooms = self.by_booking.len();
+        self.out.push_back(Output::Event(HubEvent::RoomClosed {
+            booking: room.booking,
+            reason,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(t0: Instant, booking: &str, role: Role) -> Admission {
+        let raw = |s: &str| RawValue::from_string(s.to_owned());
+        let (Ok(ice_servers), Ok(window)) = (raw("[]"), raw("{}")) else {
+            panic!("constant JSON")
+        };
+        Admission {
+            booking: booking.to_owned(),
+            participant: format!("par_{}", role.as_str()),
+            role,
+            ice_servers,
+            window,
+            hard_end_at: t0 + Duration::from_secs(3600),
+            hard_end_at_rfc3339: "2026-01-01T11:15:00Z".to_owned(),
+        }
+    }
+
+    /// Internal indices agree: every connection's room holds it in its slot, one timer per open room.
+    fn assert_consistent(hub: &Hub) {
+        for (id, c) in &hub.conns {
+            let room = hub.rooms[c.room].as_ref();
+            assert_eq!(room.and_then(|r| r.slot(c.role)).map(|p| p.conn), Some(*id));
+        }
+        assert_eq!(hub.timers.len(), hub.by_booking.len());
+        for &(at, idx) in &hub.timers {
+            let room = hub.rooms[idx].as_ref();
+            assert_eq!(room.map(|r| r.deadline), Some(at));
+        }
+        for (booking, &idx) in &hub.by_booking {
+            assert_eq!(
+                hub.rooms[idx].as_ref().map(|r| r.booking.as_str()),
+                Some(booking.as_str())
+            );
+        }
+        assert_eq!(hub.stats.connections, hub.conns.len());
+        assert_eq!(hub.stats.rooms, hub.by_booking.len());
+    }
+
+    #[test]
+    fn warn_list_is_sorted_descending_without_zero_or_duplicates() {
+        let hub = Hub::new(HubConfig {
+            warn_before_end: vec![
+                Duration::from_secs(60),
+                Duration::ZERO,
+                Duration::from_secs(300),
+                Duration::from_secs(60),
+            ],
+            ..HubConfig::default()
+        });
+        assert_eq!(
+            hub.warn,
+            [Duration::from_secs(300), Duration::from_secs(60)]
+        );
+    }
+
+    #[test]
+    fn room_slots_are_reused_and_indices_stay_consistent() {
+        let t0 = crate::virtual_base();
+        let mut hub = Hub::new(HubConfig::default());
+        hub.handle_connect(t0, ConnectionId(1), admission(t0, "a", Role::Host));
+        hub.handle_connect(t0, ConnectionId(2), admission(t0, "b", Role::Host));
+        hub.handle_connect(t0, ConnectionId(3), admission(t0, "b", Role::Guest));
+        assert_consistent(&hub);
+        hub.close_booking(t0, "a", CloseReason::Cancelled);
+        assert_consistent(&hub);
+        hub.handle_connect(t0, ConnectionId(4), admission(t0, "c", Role::Guest));
+        assert_eq!(hub.rooms.len(), 2, "the freed slab entry is reused");
+        assert_consistent(&hub);
+        hub.handle_timeout(t0 + Duration::from_secs(3300));
+        assert_consistent(&hub);
+        hub.close_all(t0, CloseReason::Shutdown);
+        assert_consistent(&hub);
+        assert!(hub.timers.is_empty() && hub.conns.is_empty());
+    }
+
+    #[test]
+    fn a_reused_connection_id_leaves_its_old_slot_first() {
+        let t0 = crate::virtual_base();
+        let mut hub = Hub::new(HubConfig::default());
+        hub.handle_connect(t0, ConnectionId(1), admission(t0, "a", Role::Host));
+        hub.handle_connect(t0, ConnectionId(1), admission(t0, "b", Role::Guest));
+        assert_consistent(&hub);
+        assert_eq!(hub.connection_count(), 1);
+        let a = hub.by_booking.get("a").and_then(|&i| hub.rooms[i].as_ref());
+        assert_eq!(a.map(|r| r.peers().count()), Some(0));
+    }
+}

@@ -1,0 +1,179 @@
+//! Sans-IO signaling hub for Duet: rooms, slots and sessions for scheduled 1-on-1 WebRTC meetings.
+//!
+//! Browsers exchange simple-peer signals (offer, answer, candidate, renegotiate, transceiverRequest) over WebSocket.
+//! This crate holds the whole signaling state machine and does no IO: it never opens a socket, reads a file, spawns a
+//! task or reads a clock. The daemon (`src/signal_io/`) owns the sockets and the clock and drives a [`Hub`].
+//!
+//! # Run loop
+//!
+//! The driver owns one [`Hub`] and feeds it everything that happens, each call carrying the current `now`:
+//!
+//! ```text
+//! loop {
+//!     // 1. feed inputs
+//!     accepted socket (token and booking verified) -> hub.handle_connect(now, conn, admission)
+//!     text frame                                   -> hub.handle_text(now, conn, &text)
+//!     binary frame                                 -> hub.handle_binary(now, conn, len)
+//!     socket closed / ping timeout                 -> hub.handle_disconnect(now, conn)
+//!     booking cancelled                            -> hub.close_booking(now, booking, CloseReason::Cancelled)
+//!     shutdown                                     -> hub.close_all(now, CloseReason::Shutdown)
+//!     timer fired                                  -> hub.handle_timeout(now)
+//!     // 2. drain outputs after every input
+//!     while let Some(out) = hub.poll_output() {
+//!         Output::Send { conn, text }          => write one text frame to conn
+//!         Output::Close { conn, code, reason } => send a close frame; the hub has already forgotten conn
+//!         Output::Event(event)                 => metrics, webhooks, logs
+//!     }
+//!     // 3. re-arm the single timer
+//!     sleep until hub.poll_timeout()   (None: no timer needed)
+//! }
+//! ```
+//!
+//! [`Hub::handle_timeout`] may be called early or late; it only acts on deadlines that are due at `now`. The hub keeps
+//! no queue of its own beyond the outputs not yet polled, so the driver must drain [`Hub::poll_output`] after every
+//! call. WebSocket ping/pong control frames are the driver's job (the hub only announces
+//! [`HubConfig::ping_interval`] in `welcome`); a missed pong is reported with [`Hub::handle_liveness_timeout`].
+//!
+//! # Invariants
+//!
+//! - **One room per booking.** Rooms are keyed by booking id and created on the first admitted connection. A room
+//!   outlives its connections (its `session` counter keeps counting across reconnects) until the booking's hard end,
+//!   its cancellation or shutdown.
+//! - **One slot per role.** A room has exactly two slots, `host` and `guest`; room capacity is 2.
+//! - **Newest connection per role wins.** A second connection for an occupied role replaces the first, which is
+//!   closed with [`close_code::REPLACED`] (4008); the partner sees `peer-left` (reason `replaced`) and then `ready`
+//!   with a new session.
+//! - **Close race fixed.** A connection's disconnect only clears a slot that still holds *that* connection, so the late
+//!   close of a replaced socket never evicts its replacement (the Virtual Y server bug, research/signaling.md §1.3).
+//! - **No queueing.** A signal sent while the partner is absent is dropped with an `error no_peer`; clients rebuild
+//!   their peers on `ready`.
+//! - **Opaque payloads.** The `data` of a relayed `signal` is forwarded byte-identical (never re-serialised).
+//! - **Never panics on input.** Every malformed frame is data: an `error` frame, a counted drop or a close code.
+//! - **Outputs are addressed by [`ConnectionId`], rooms by booking id**, so that a later `Bus` seam can carry outputs for
+//!   peers connected to another node.
+//!
+//! # Protocol
+//!
+//! The wire protocol is `native` v1 (research/signaling.md §10.3, DESIGN.md §5): JSON text frames with a `type`
+//! field. Wire encoding lives in its own module, apart from the room model, so that the `vy` (verbatim relay plus the
+//! literal text `ready`) and `peerjs` modes can later share the same rooms and slots.
+
+mod event;
+mod hub;
+mod native;
+mod rate;
+mod room;
+mod stats;
+
+use std::fmt;
+
+pub use event::{CloseReason, DropReason, HubEvent, LeaveReason, Output};
+pub use hub::{Admission, Hub, HubConfig};
+pub use stats::{CloseCounts, DropCounts, Stats};
+
+/// Identifies one WebSocket connection. Chosen by the driver; must be unique among live connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// A participant's role in a booking, which is also the slot it occupies in the room.
+///
+/// On the wire it is `"host"` or `"guest"`. The host is the simple-peer initiator (like the Virtual Y instructor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The booking's host (clinician, trainer, support rep): the WebRTC initiator.
+    Host,
+    /// The booking's guest (patient, client, customer).
+    Guest,
+}
+
+impl Role {
+    /// The role of the other slot in the room.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Host => Role::Guest,
+            Role::Guest => Role::Host,
+        }
+    }
+
+    /// The wire name: `"host"` or `"guest"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Guest => "guest",
+        }
+    }
+
+    /// Whether this role starts the WebRTC negotiation (`initiator` in `welcome`): true for the host.
+    pub fn is_initiator(self) -> bool {
+        self == Role::Host
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes used by Duet's signaling (DESIGN.md §5; RFC 6455 §7.4.1 for the 1xxx codes, the 4xxx range
+/// is application-defined per RFC 6455 §7.4.2).
+///
+/// The hub itself emits [`NORMAL`](close_code::NORMAL), [`SHUTDOWN`](close_code::SHUTDOWN),
+/// [`TOO_BIG`](close_code::TOO_BIG), [`OUTSIDE_WINDOW`](close_code::OUTSIDE_WINDOW),
+/// [`UNKNOWN_BOOKING`](close_code::UNKNOWN_BOOKING), [`REPLACED`](close_code::REPLACED) and
+/// [`RATE_LIMITED`](close_code::RATE_LIMITED); the daemon uses [`BAD_TOKEN`](close_code::BAD_TOKEN) and
+/// [`ROOM_FULL`](close_code::ROOM_FULL) before a socket reaches the hub.
+pub mod close_code {
+    /// 1000: normal closure; the client sent `leave` (RFC 6455 §7.4.1).
+    pub const NORMAL: u16 = 1000;
+    /// 1001: going away; the server shuts down (RFC 6455 §7.4.1).
+    pub const SHUTDOWN: u16 = 1001;
+    /// 1009: message too big; a frame exceeded `max_message_bytes` (RFC 6455 §7.4.1).
+    pub const TOO_BIG: u16 = 1009;
+    /// 4001: bad or expired session token (checked by the daemon).
+    pub const BAD_TOKEN: u16 = 4001;
+    /// 4003: outside the booking's join window; sent at `hard_end_at`.
+    pub const OUTSIDE_WINDOW: u16 = 4003;
+    /// 4004: unknown or cancelled booking.
+    pub const UNKNOWN_BOOKING: u16 = 4004;
+    /// 4008: replaced by a newer connection for the same role.
+    pub const REPLACED: u16 = 4008;
+    /// 4009: room full (the daemon's check; the hub's slots replace instead).
+    pub const ROOM_FULL: u16 = 4009;
+    /// 4029: per-socket message rate exceeded.
+    pub const RATE_LIMITED: u16 = 4029;
+}
+
+/// The base instant of unit tests' virtual time. Test-only: the library itself never reads a clock.
+#[cfg(test)]
+pub(crate) fn virtual_base() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_wire_names_and_other() {
+        assert_eq!(Role::Host.as_str(), "host");
+        assert_eq!(Role::Guest.to_string(), "guest");
+        assert_eq!(Role::Host.other(), Role::Guest);
+        assert_eq!(Role::Guest.other(), Role::Host);
+        assert!(Role::Host.is_initiator());
+        assert!(!Role::Guest.is_initiator());
+        assert_eq!(
+            serde_json::to_string(&Role::Guest).ok().as_deref(),
+            Some("\"guest\"")
+        );
+        let parsed: Result<Role, _> = serde_json::from_str("\"host\"");
+        assert_eq!(parsed.ok(), Some(Role::Host));
+    }
+}

@@ -1,0 +1,59 @@
+//! Shared state of the HTTP side: what every handler needs, cloned cheaply (all fields are `Arc` or handles).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::booking::store::Store;
+use crate::booking::tokens::SessionKeys;
+use crate::config::BookingPolicy;
+use crate::metrics::Metrics;
+use crate::relay_io::RelayHandle;
+use crate::signal_io::HubHandle;
+
+/// State shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Booking store.
+    pub store: Store,
+    /// Join-window defaults.
+    pub policy: BookingPolicy,
+    /// Session-token keys.
+    pub session_keys: SessionKeys,
+    /// Session-token lifetime (capped at `hard_end_at`).
+    pub session_ttl: Duration,
+    /// Secret that signs new TURN credentials (the first of the rotation list).
+    pub turn_secret: Arc<Vec<u8>>,
+    /// Base URL of join links (`http://host:port`).
+    pub public_base: Arc<str>,
+    /// `ice_servers` URLs: (`stun:` URLs, `turn:` URLs).
+    pub ice_urls: Arc<(Vec<String>, Vec<String>)>,
+    /// Relay control.
+    pub relay: RelayHandle,
+    /// Hub control.
+    pub hub: HubHandle,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// The WebSocket URL of the native signaling endpoint.
+    pub fn signal_url(&self) -> String {
+        let base = &self.public_base;
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_string()
+        };
+        format!("{ws}/v1/signal")
+    }
+}
+
+/// Current Unix time in seconds (the daemon owns the clock; the cores get it as an argument).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,6 @@
+//! The thin booking service: REST API, store, join window, tokens (DESIGN §6).
+
+pub mod api;
+pub mod store;
+pub mod tokens;
+pub mod window;

@@ -1,0 +1,348 @@
+//! Booking storage (sqlx, SQLite by default: WAL, created with its migrations on first start).
+//!
+//! Rows hold Unix seconds (UTC). Link tokens are stored only as SHA-256 hashes. A cancel bumps `sequence` in the same
+//! statement that changes the status, so session tokens issued before it stop verifying at once.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::window::{JoinWindow, Role};
+
+/// Booking status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Scheduled; joins follow the window.
+    Confirmed,
+    /// Cancelled: joins get 410, rooms close 4004, TURN credentials revoked.
+    Cancelled,
+}
+
+impl Status {
+    /// Stored and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Confirmed => "confirmed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A participant row.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    /// `par_…`.
+    pub id: String,
+    /// Host or guest.
+    pub role: Role,
+    /// The app's own id for the person.
+    pub reference: Option<String>,
+    /// Shown to the other participant.
+    pub display_name: String,
+    /// First admission, Unix seconds.
+    pub first_joined_at: Option<i64>,
+}
+
+/// A booking with its participants.
+#[derive(Debug, Clone)]
+pub struct Booking {
+    /// `bkg_…`.
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Title.
+    pub title: String,
+    /// The app's id (Virtual Y `meetingId`).
+    pub external_id: Option<String>,
+    /// Scheduled start, Unix seconds.
+    pub start_at: i64,
+    /// Scheduled end, Unix seconds.
+    pub end_at: i64,
+    /// The join window.
+    pub window: JoinWindow,
+    /// Status.
+    pub status: Status,
+    /// Bumped by every change that invalidates issued tokens.
+    pub sequence: i64,
+    /// Creation, Unix seconds.
+    pub created_at: i64,
+    /// Last change, Unix seconds.
+    pub updated_at: i64,
+    /// Host then guest.
+    pub participants: Vec<Participant>,
+}
+
+/// A participant to insert, with the hash of its link token.
+#[derive(Debug, Clone)]
+pub struct NewParticipant {
+    /// Id.
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// App reference.
+    pub reference: Option<String>,
+    /// Display name.
+    pub display_name: String,
+    /// SHA-256 of the link token.
+    pub link_token_hash: Vec<u8>,
+}
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `external_id` already used by another booking of the tenant.
+    #[error("external_id already used")]
+    DuplicateExternalId,
+    /// Anything from the database.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// The booking store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the SQLite database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, sqlx::Error> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Cheap liveness query for `/readyz`.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Registers an API key hash for a tenant if it is not known yet.
+    pub async fn ensure_api_key(
+        &self,
+        id: &str,
+        tenant: &str,
+        key_hash: &[u8],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key_hash) DO NOTHING")
+            .bind(id)
+            .bind(tenant)
+            .bind(key_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant of a live (not revoked) API key.
+    pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
+        let row =
+            sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Inserts a booking and its participants in one transaction.
+    pub async fn create_booking(
+        &self,
+        b: &Booking,
+        parts: &[NewParticipant],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
+             join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&b.id)
+        .bind(&b.tenant_id)
+        .bind(&b.title)
+        .bind(&b.external_id)
+        .bind(b.start_at)
+        .bind(b.end_at)
+        .bind(b.window.host_opens_at)
+        .bind(b.window.opens_at)
+        .bind(b.window.join_cutoff_at)
+        .bind(b.window.hard_end_at)
+        .bind(b.status.as_str())
+        .bind(b.sequence)
+        .bind(b.created_at)
+        .bind(b.updated_at)
+        .execute(&mut *tx)
+        .await;
+        if let Err(sqlx::Error::Database(e)) = &r {
+            if e.is_unique_violation() {
+                return Err(StoreError::DuplicateExternalId);
+            }
+        }
+        r?;
+        for p in parts {
+            sqlx::query(
+                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&p.id)
+            .bind(&b.id)
+            .bind(p.role.as_str())
+            .bind(&p.reference)
+            .bind(&p.display_name)
+            .bind(&p.link_token_hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A booking by id, scoped to a tenant (`None` for another tenant's: no existence oracle).
+    pub async fn booking(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+    ) -> Result<Option<Booking>, StoreError> {
+        let row = sqlx::query("SELECT * FROM bookings WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut b = booking_from_row(&row)?;
+        if tenant.is_some_and(|t| t != b.tenant_id) {
+            return Ok(None);
+        }
+        b.participants = self.participants(&b.id).await?;
+        Ok(Some(b))
+    }
+
+    async fn participants(&self, booking: &str) -> Result<Vec<Participant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, role, ref, display_name, first_joined_at FROM participants WHERE booking_id = ? \
+             ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END",
+        )
+        .bind(booking)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(participant_from_row).collect()
+    }
+
+    /// Cancels a booking. Returns the booking after the call and whether this call changed it (a second cancel is a
+    /// no-op).
+    pub async fn cancel(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<(Booking, bool)>, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = ?, updated_at = ? \
+             WHERE id = ? AND tenant_id = ? AND status <> 'cancelled'",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        Ok(self.booking(Some(tenant), id).await?.map(|b| (b, changed)))
+    }
+
+    /// The booking and participant a link token belongs to.
+    pub async fn by_link(
+        &self,
+        link_hash: &[u8],
+    ) -> Result<Option<(Booking, Participant)>, StoreError> {
+        let row = sqlx::query("SELECT booking_id, id FROM participants WHERE link_token_hash = ?")
+            .bind(link_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (booking_id, pid): (String, String) = (row.get(0), row.get(1));
+        let Some(b) = self.booking(None, &booking_id).await? else {
+            return Ok(None);
+        };
+        let Some(p) = b.participants.iter().find(|p| p.id == pid).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some((b, p)))
+    }
+
+    /// Records the first admission of a participant (kept if already set).
+    pub async fn mark_joined(&self, participant: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE participants SET first_joined_at = COALESCE(first_joined_at, ?) WHERE id = ?",
+        )
+        .bind(now)
+        .bind(participant)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Cancelled bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's revocation
+    /// set at start so a restart does not forget a revocation.
+    pub async fn live_revocations(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > ?",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
+    let status: String = r.try_get("status")?;
+    Ok(Booking {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        title: r.try_get("title")?,
+        external_id: r.try_get("external_id")?,
+        start_at: r.try_get("start_at")?,
+        end_at: r.try_get("end_at")?,
+        window: JoinWindow {
+            host_opens_at: r.try_get("host_opens_at")?,
+            opens_at: r.try_get("opens_at")?,
+            join_cutoff_at: r.try_get("join_cutoff_at")?,
+            hard_end_at: r.try_get("hard_end_at")?,
+        },
+        status: if status == "cancelled" {
+            Status::Cancelled
+        } else {
+            Status::Confirmed
+        },
+        sequence: r.try_get("sequence")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        participants: Vec::new(),
+    })
+}
+
+fn participant_from_row(r: &SqliteRow) -> Result<Participant, StoreError> {
+    let role: String = r.try_get("role")?;
+    Ok(Participant {
+        id: r.try_get("id")?,
+        // The CHECK constraint allows only 'host' and 'guest'.
+        role: Role::parse(&role).unwrap_or(Role::Guest),
+        reference: r.try_get("ref")?,
+        display_name: r.try_get("display_name")?,
+        first_joined_at: r.try_get("first_joined_at")?,
+    })
+}

@@ -1,0 +1,155 @@
+//! The join window (DESIGN §3): the instants that decide who may join when. Pure functions of the booking and the
+//! policy, on Unix seconds (UTC), so they are tested without a clock.
+
+use serde::Serialize;
+
+use crate::config::BookingPolicy;
+
+/// A participant's role in a 1-on-1 booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The clinician / trainer / support rep; may join `host_early_join` before start.
+    Host,
+    /// The patient / client / customer; may join `early_join` before start.
+    Guest,
+}
+
+impl Role {
+    /// `"host"` or `"guest"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Guest => "guest",
+        }
+    }
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "host" => Some(Role::Host),
+            "guest" => Some(Role::Guest),
+            _ => None,
+        }
+    }
+}
+
+/// The window instants of one booking, Unix seconds UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinWindow {
+    /// `start - host_early_join`.
+    pub host_opens_at: i64,
+    /// `start - early_join`.
+    pub opens_at: i64,
+    /// `end`: no first-time join at or after it.
+    pub join_cutoff_at: i64,
+    /// `end + overrun_grace`: the room closes and TURN credentials expire.
+    pub hard_end_at: i64,
+}
+
+/// Why a join is refused (mapped to HTTP 403/410 by the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    /// Before the participant's opening instant; carries that instant.
+    TooEarly {
+        /// Unix seconds when this participant may join.
+        opens_at: i64,
+    },
+    /// At or after `hard_end_at`, or after `join_cutoff_at` for someone who never joined.
+    Closed,
+}
+
+impl JoinWindow {
+    /// Computes the window of a booking from `start`/`end` (Unix seconds) and the policy.
+    pub fn compute(start: i64, end: i64, policy: &BookingPolicy) -> JoinWindow {
+        JoinWindow {
+            host_opens_at: start - policy.host_early_join.as_secs() as i64,
+            opens_at: start - policy.early_join.as_secs() as i64,
+            join_cutoff_at: end,
+            hard_end_at: end + policy.overrun_grace.as_secs() as i64,
+        }
+    }
+
+    /// The instant `role` may first join.
+    pub fn opens_for(&self, role: Role) -> i64 {
+        match role {
+            Role::Host => self.host_opens_at,
+            Role::Guest => self.opens_at,
+        }
+    }
+
+    /// Decides a join at `now`. `joined_before`: the participant was admitted earlier (may reconnect after the
+    /// cutoff, until `hard_end_at`).
+    pub fn admit(&self, role: Role, now: i64, joined_before: bool) -> Result<(), JoinRefusal> {
+        let opens_at = self.opens_for(role);
+        if now < opens_at {
+            return Err(JoinRefusal::TooEarly { opens_at });
+        }
+        if now >= self.hard_end_at || (now >= self.join_cutoff_at && !joined_before) {
+            return Err(JoinRefusal::Closed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy() -> BookingPolicy {
+        BookingPolicy {
+            early_join: Duration::from_secs(600),
+            host_early_join: Duration::from_secs(900),
+            overrun_grace: Duration::from_secs(900),
+            max_duration: Duration::from_secs(8 * 3600),
+            start_leeway: Duration::from_secs(60),
+        }
+    }
+
+    const START: i64 = 1_800_000_000;
+    const END: i64 = START + 1800;
+
+    #[test]
+    fn instants_follow_the_policy() {
+        let w = JoinWindow::compute(START, END, &policy());
+        assert_eq!(w.host_opens_at, START - 900);
+        assert_eq!(w.opens_at, START - 600);
+        assert_eq!(w.join_cutoff_at, END);
+        assert_eq!(w.hard_end_at, END + 900);
+    }
+
+    #[test]
+    fn host_opens_before_guest() {
+        let w = JoinWindow::compute(START, END, &policy());
+        let t = START - 700;
+        assert_eq!(w.admit(Role::Host, t, false), Ok(()));
+        assert_eq!(
+            w.admit(Role::Guest, t, false),
+            Err(JoinRefusal::TooEarly {
+                opens_at: START - 600
+            })
+        );
+        assert_eq!(
+            w.admit(Role::Guest, START - 600, false),
+            Ok(()),
+            "the opening instant itself is inside"
+        );
+    }
+
+    #[test]
+    fn cutoff_stops_first_joins_but_not_reconnects() {
+        let w = JoinWindow::compute(START, END, &policy());
+        assert_eq!(w.admit(Role::Guest, END - 1, false), Ok(()));
+        assert_eq!(w.admit(Role::Guest, END, false), Err(JoinRefusal::Closed));
+        assert_eq!(w.admit(Role::Guest, END, true), Ok(()));
+        assert_eq!(w.admit(Role::Guest, END + 899, true), Ok(()));
+        assert_eq!(
+            w.admit(Role::Guest, END + 900, true),
+            Err(JoinRefusal::Closed)
+        );
+        assert_eq!(
+            w.admit(Role::Host, END + 900, true),
+            Err(JoinRefusal::Closed)
+        );
+    }
+}

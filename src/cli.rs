@@ -1,0 +1,164 @@
+//! Command line (clap): `duet serve`, `duet check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, Overrides, RawConfig};
+
+/// Self-hosted call infrastructure for scheduled 1-on-1 video meetings.
+#[derive(Parser, Debug)]
+#[command(name = "duet", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon. Without --config: the embedded all-loopback default (SQLite in ./duet-data).
+    Serve(ConfigArgs),
+    /// Parse and validate the configuration, print the effective settings (secrets hidden); exit 1 naming the
+    /// field on error.
+    CheckConfig(ConfigArgs),
+}
+
+/// Config file and overrides.
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see config.toml.example).
+    #[arg(long, short = 'c', env = "DUET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, generated secrets, api-key); overrides `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address; overrides `http.listen`.
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// TURN/STUN UDP listen address; overrides `turn.listen_udp`.
+    #[arg(long)]
+    pub turn_listen: Option<String>,
+    /// Admin (metrics, health) listen address; overrides `admin.listen`.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let raw = match &self.config {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        raw.into_config(&Overrides {
+            data_dir: self.data_dir.clone(),
+            http_listen: self.http_listen.clone(),
+            turn_listen: self.turn_listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+        })
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::CheckConfig(args) => match args.load() {
+            Ok(c) => {
+                println!("{c:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Serve(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&config);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = crate::daemon::start(config).await?;
+    if running.api_key_created {
+        eprintln!(
+            "duet: generated an admin API key in {} (mode 0600)",
+            running.api_key_file.display()
+        );
+    } else {
+        eprintln!("duet: admin API key in {}", running.api_key_file.display());
+    }
+    eprintln!(
+        "duet: serving http://{} (API, join pages, WebSocket), TURN/STUN udp {:?}, admin http://{}/metrics",
+        running.http, running.turn_udp, running.admin
+    );
+    // One machine-readable line on stdout for supervisors and tests.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "http": running.http.to_string(),
+            "turn_udp": running.turn_udp.first().map(|a| a.to_string()),
+            "admin": running.admin.to_string(),
+            "api_key_file": running.api_key_file,
+        })
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.hub.close_all();
+    // Give the hub a moment to send the 1001 closes before the tasks stop.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    running.shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), running.tasks.wait()).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

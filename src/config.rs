@@ -1,0 +1,547 @@
+//! Configuration: "parse, don't validate". [`RawConfig`] mirrors `config.toml` with `deny_unknown_fields`, so an
+//! unknown key is an error naming the key; [`Config`] is the typed, validated form the daemon runs on.
+//!
+//! Every key is documented in `config.toml.example` at the repository root, which a test parses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use duet_relay::policy::IpNet;
+use serde::Deserialize;
+
+/// Errors turning a config file into a [`Config`]; each names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given with `--config`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type (the message names the key and line).
+    #[error("config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value that parses but is not allowed.
+    #[error("config: invalid value for `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `turn.relay_ports`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// `config.toml` as written by the operator. Every field is optional; defaults give the embedded all-loopback mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Directory of the SQLite database, generated secrets and the admin API key (default `./duet-data`).
+    pub data_dir: Option<PathBuf>,
+    /// Base URL that join links and `signal_url` are built from (default `http://<http.listen>`).
+    pub public_url: Option<String>,
+    /// `[http]`.
+    #[serde(default)]
+    pub http: RawHttp,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[turn]`.
+    #[serde(default)]
+    pub turn: RawTurn,
+    /// `[booking]`.
+    #[serde(default)]
+    pub booking: RawBooking,
+    /// `[tokens]`.
+    #[serde(default)]
+    pub tokens: RawTokens,
+    /// `[signaling]`.
+    #[serde(default)]
+    pub signaling: RawSignaling,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[http]`: the public API, join page and WebSocket listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Listen address (default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+}
+
+/// `[admin]`: metrics and health listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Listen address (default `127.0.0.1:9464`).
+    pub listen: Option<String>,
+}
+
+/// `[turn]`: the STUN/TURN relay.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTurn {
+    /// UDP listen addresses (default `["127.0.0.1:3478"]`).
+    pub listen_udp: Option<Vec<String>>,
+    /// REALM (default `duet`).
+    pub realm: Option<String>,
+    /// Host name or IP put in `stun:`/`turn:` URLs handed to clients (default: the first UDP listen IP).
+    pub public_host: Option<String>,
+    /// Address advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT (coturn `external-ip`).
+    pub public_ip: Option<IpAddr>,
+    /// IP the relay sockets bind to (default: the first UDP listen IP, or 0.0.0.0 when that is unspecified).
+    pub relay_ip: Option<IpAddr>,
+    /// Relay port range `"LOW-HIGH"` (default `49152-65535`, RFC 8656 §7.2 recommends the dynamic range).
+    pub relay_ports: Option<String>,
+    /// CIDRs a peer may be in despite the deny list (e.g. `["10.1.0.0/16"]`).
+    pub allow_peers: Option<Vec<String>>,
+    /// Extra CIDRs to deny.
+    pub deny_peers: Option<Vec<String>>,
+    /// Allocations one credential (one participant) may hold at once (default 4).
+    pub allocations_per_credential: Option<u32>,
+    /// Allocations one source IP may hold at once (default 16).
+    pub allocations_per_ip: Option<u32>,
+    /// Allocations in total (default 10000).
+    pub max_allocations: Option<u32>,
+    /// Emit the SOFTWARE attribute (default false: less fingerprinting).
+    pub software: Option<bool>,
+}
+
+/// `[booking]`: join-window policy defaults (DESIGN §3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBooking {
+    /// How long before `start` guests may join (default `10m`).
+    pub early_join: Option<String>,
+    /// How long before `start` hosts may join (default `15m`).
+    pub host_early_join: Option<String>,
+    /// How long after `end` admitted participants may stay or reconnect (default `15m`).
+    pub overrun_grace: Option<String>,
+    /// Longest allowed booking (default `8h`).
+    pub max_duration: Option<String>,
+    /// How far in the past `start_at` may be when creating a booking (default `60s`).
+    pub start_leeway: Option<String>,
+}
+
+/// `[tokens]`: session tokens (JWT HS256).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// Session token lifetime, capped at the booking's `hard_end_at` (default `10m`).
+    pub session_ttl: Option<String>,
+}
+
+/// `[signaling]`: the WebSocket hub.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignaling {
+    /// Largest text frame accepted, bytes (default 65536; larger closes with 1009).
+    pub max_message_bytes: Option<usize>,
+    /// Sustained messages per second per socket (default 50; over closes with 4029).
+    pub messages_per_second: Option<u32>,
+    /// Interval of WebSocket pings (default `20s`); two missed pongs close the socket.
+    pub ping_interval: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `tracing` filter, e.g. `info` or `duet=debug` (default `info`; `RUST_LOG` wins when set).
+    pub level: Option<String>,
+    /// `text` or `json` (default `text`).
+    pub format: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory (database, secrets, api-key).
+    pub data_dir: PathBuf,
+    /// Explicit public base URL, if configured.
+    pub public_url: Option<String>,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Admin listen address.
+    pub admin_listen: SocketAddr,
+    /// TURN settings.
+    pub turn: TurnConfig,
+    /// Join-window policy.
+    pub booking: BookingPolicy,
+    /// Session token lifetime.
+    pub session_ttl: Duration,
+    /// Hub limits.
+    pub signaling: SignalingConfig,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Validated `[turn]`.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// UDP listeners.
+    pub listen_udp: Vec<SocketAddr>,
+    /// REALM.
+    pub realm: String,
+    /// Host for client URLs; `None` = first listen IP.
+    pub public_host: Option<String>,
+    /// Advertised relay IP (1:1 NAT).
+    pub public_ip: Option<IpAddr>,
+    /// Relay bind IP.
+    pub relay_ip: Option<IpAddr>,
+    /// Relay port range.
+    pub relay_ports: RangeInclusive<u16>,
+    /// Allow-list overriding the deny list.
+    pub allow_peers: Vec<IpNet>,
+    /// Extra denies.
+    pub deny_peers: Vec<IpNet>,
+    /// Per-credential allocation quota.
+    pub allocations_per_credential: u32,
+    /// Per-IP allocation quota.
+    pub allocations_per_ip: u32,
+    /// Total allocation cap.
+    pub max_allocations: u32,
+    /// Send SOFTWARE.
+    pub software: bool,
+}
+
+/// Validated `[booking]` (DESIGN §3).
+#[derive(Debug, Clone, Copy)]
+pub struct BookingPolicy {
+    /// Guests may join this long before start.
+    pub early_join: Duration,
+    /// Hosts may join this long before start.
+    pub host_early_join: Duration,
+    /// Admitted participants may stay this long after end.
+    pub overrun_grace: Duration,
+    /// Longest booking.
+    pub max_duration: Duration,
+    /// Accepted age of `start_at` at creation.
+    pub start_leeway: Duration,
+}
+
+/// Validated `[signaling]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalingConfig {
+    /// Largest text frame, bytes.
+    pub max_message_bytes: usize,
+    /// Messages per second per socket.
+    pub messages_per_second: u32,
+    /// WebSocket ping interval.
+    pub ping_interval: Duration,
+}
+
+/// Command-line overrides applied on top of the file (`--data-dir`, `--http-listen`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--http-listen`.
+    pub http_listen: Option<String>,
+    /// `--turn-listen` (replaces `turn.listen_udp`).
+    pub turn_listen: Option<String>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<String>,
+}
+
+fn duration(
+    key: &'static str,
+    v: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s)
+            .map_err(|e| invalid(key, format!("{s:?}: {e} (e.g. \"10m\", \"90s\")"))),
+    }
+}
+
+fn addr(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    SocketAddr::from_str(v)
+        .map_err(|e| invalid(key, format!("{v:?}: {e} (e.g. \"127.0.0.1:8080\")")))
+}
+
+fn nets(key: &'static str, v: &Option<Vec<String>>) -> Result<Vec<IpNet>, ConfigError> {
+    v.iter()
+        .flatten()
+        .map(|s| {
+            IpNet::from_str(s)
+                .map_err(|_| invalid(key, format!("{s:?} is not a CIDR (e.g. \"10.0.0.0/8\")")))
+        })
+        .collect()
+}
+
+impl RawConfig {
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Applies overrides and validates.
+    pub fn into_config(self, o: &Overrides) -> Result<Config, ConfigError> {
+        let http_listen = addr(
+            "http.listen",
+            o.http_listen
+                .as_deref()
+                .or(self.http.listen.as_deref())
+                .unwrap_or("127.0.0.1:8080"),
+        )?;
+        let admin_listen = addr(
+            "admin.listen",
+            o.admin_listen
+                .as_deref()
+                .or(self.admin.listen.as_deref())
+                .unwrap_or("127.0.0.1:9464"),
+        )?;
+        let listen_udp = match (&o.turn_listen, &self.turn.listen_udp) {
+            (Some(a), _) => vec![addr("turn.listen_udp", a)?],
+            (None, Some(list)) => list
+                .iter()
+                .map(|a| addr("turn.listen_udp", a))
+                .collect::<Result<_, _>>()?,
+            (None, None) => vec![addr("turn.listen_udp", "127.0.0.1:3478")?],
+        };
+        if listen_udp.is_empty() {
+            return Err(invalid("turn.listen_udp", "at least one address is needed"));
+        }
+        let relay_ports = match &self.turn.relay_ports {
+            None => 49152..=65535,
+            Some(s) => {
+                let (lo, hi) = s
+                    .split_once('-')
+                    .and_then(|(a, b)| {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    })
+                    .ok_or_else(|| {
+                        invalid("turn.relay_ports", format!("{s:?}: expected \"LOW-HIGH\""))
+                    })?;
+                if lo == 0 || lo > hi {
+                    return Err(invalid(
+                        "turn.relay_ports",
+                        format!("{s:?}: need 0 < LOW <= HIGH"),
+                    ));
+                }
+                lo..=hi
+            }
+        };
+        let realm = self.turn.realm.unwrap_or_else(|| "duet".into());
+        if realm.is_empty() || realm.len() > 127 {
+            return Err(invalid(
+                "turn.realm",
+                "1 to 127 characters (RFC 8489 §14.9)",
+            ));
+        }
+        let log_format = match self.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        let turn = TurnConfig {
+            listen_udp,
+            realm,
+            public_host: self.turn.public_host,
+            public_ip: self.turn.public_ip,
+            relay_ip: self.turn.relay_ip,
+            relay_ports,
+            allow_peers: nets("turn.allow_peers", &self.turn.allow_peers)?,
+            deny_peers: nets("turn.deny_peers", &self.turn.deny_peers)?,
+            allocations_per_credential: self.turn.allocations_per_credential.unwrap_or(4),
+            allocations_per_ip: self.turn.allocations_per_ip.unwrap_or(16),
+            max_allocations: self.turn.max_allocations.unwrap_or(10_000),
+            software: self.turn.software.unwrap_or(false),
+        };
+        let b = &self.booking;
+        let booking = BookingPolicy {
+            early_join: duration(
+                "booking.early_join",
+                &b.early_join,
+                Duration::from_secs(600),
+            )?,
+            host_early_join: duration(
+                "booking.host_early_join",
+                &b.host_early_join,
+                Duration::from_secs(900),
+            )?,
+            overrun_grace: duration(
+                "booking.overrun_grace",
+                &b.overrun_grace,
+                Duration::from_secs(900),
+            )?,
+            max_duration: duration(
+                "booking.max_duration",
+                &b.max_duration,
+                Duration::from_secs(8 * 3600),
+            )?,
+            start_leeway: duration(
+                "booking.start_leeway",
+                &b.start_leeway,
+                Duration::from_secs(60),
+            )?,
+        };
+        let s = &self.signaling;
+        let signaling = SignalingConfig {
+            max_message_bytes: s.max_message_bytes.unwrap_or(65_536),
+            messages_per_second: s.messages_per_second.unwrap_or(50),
+            ping_interval: duration(
+                "signaling.ping_interval",
+                &s.ping_interval,
+                Duration::from_secs(20),
+            )?,
+        };
+        if signaling.max_message_bytes < 1024 {
+            return Err(invalid("signaling.max_message_bytes", "at least 1024"));
+        }
+        let session_ttl = duration(
+            "tokens.session_ttl",
+            &self.tokens.session_ttl,
+            Duration::from_secs(600),
+        )?;
+        if session_ttl < Duration::from_secs(10) {
+            return Err(invalid("tokens.session_ttl", "at least 10s"));
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "public_url",
+                    format!("{url:?}: must start with http:// or https://"),
+                ));
+            }
+        }
+        Ok(Config {
+            data_dir: o
+                .data_dir
+                .clone()
+                .or(self.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./duet-data")),
+            public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            http_listen,
+            admin_listen,
+            turn,
+            booking,
+            session_ttl,
+            signaling,
+            log_level: self.log.level.unwrap_or_else(|| "info".into()),
+            log_format,
+        })
+    }
+}
+
+impl Config {
+    /// True when every listener is on a loopback address: the embedded local default, where loopback peers are
+    /// allowed in the relay so that two browsers on this machine can call each other through it.
+    pub fn all_loopback(&self) -> bool {
+        self.http_listen.ip().is_loopback()
+            && self.admin_listen.ip().is_loopback()
+            && self.turn.listen_udp.iter().all(|a| a.ip().is_loopback())
+    }
+
+    /// Base URL for join links when none is configured: `http://<http listen address>`.
+    pub fn public_base(&self, bound_http: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound_http}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_embedded_default() {
+        let c = RawConfig::from_toml("")
+            .unwrap()
+            .into_config(&Overrides::default())
+            .unwrap();
+        assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.turn.listen_udp, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(c.all_loopback());
+        assert_eq!(c.booking.overrun_grace, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = RawConfig::from_toml("[turn]\nrelm = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relm"), "{e}");
+        let e = RawConfig::from_toml("colour = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = RawConfig::from_toml("[turn]\nrelay_ports = \"9-1\"\n")
+            .unwrap()
+            .into_config(&Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("turn.relay_ports"), "{e}");
+        let e = RawConfig::from_toml("[booking]\nearly_join = \"soon\"\n")
+            .unwrap()
+            .into_config(&Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("booking.early_join"), "{e}");
+    }
+
+    #[test]
+    fn public_listener_is_not_all_loopback() {
+        let o = Overrides {
+            turn_listen: Some("0.0.0.0:3478".into()),
+            ..Default::default()
+        };
+        let c = RawConfig::default().into_config(&o).unwrap();
+        assert!(!c.all_loopback());
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../config.toml.example");
+        RawConfig::from_toml(text)
+            .expect("config.toml.example parses")
+            .into_config(&Overrides::default())
+            .expect("config.toml.example validates");
+    }
+}

@@ -1,0 +1,210 @@
+//! Prometheus metrics (DESIGN §7): `duet_*` names, base units, `_total` only on counters, no per-booking or per-user
+//! labels. The sans-IO cores keep plain `Stats` structs; the drivers copy them into these families (counters by
+//! delta, gauges by value) so the registry is the only place with atomics. The registry is passed down, not global.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every metric family of the daemon.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    /// `duet_join_attempts_total{result}`: ok|too_early|closed|cancelled|invalid.
+    pub join_attempts: IntCounterVec,
+    /// `duet_bookings_total{event}`: created|cancelled.
+    pub bookings: IntCounterVec,
+    /// `duet_http_requests_total{route,code}`.
+    pub http_requests: IntCounterVec,
+    /// `duet_turn_allocations_active{transport}`.
+    pub turn_allocations_active: IntGaugeVec,
+    /// `duet_turn_allocations_total{result}`.
+    pub turn_allocations: IntCounterVec,
+    /// `duet_turn_relayed_bytes_total{direction}`: to_peer|to_client (payload bytes, counted live).
+    pub turn_relayed_bytes: IntCounterVec,
+    /// `duet_turn_relayed_packets_total{direction}`.
+    pub turn_relayed_packets: IntCounterVec,
+    /// `duet_stun_binding_requests_total`.
+    pub stun_binding_requests: IntCounter,
+    /// `duet_turn_auth_failures_total`.
+    pub turn_auth_failures: IntCounter,
+    /// `duet_turn_quota_refusals_total`.
+    pub turn_quota_refusals: IntCounter,
+    /// `duet_turn_drops_total{reason}`.
+    pub turn_drops: IntCounterVec,
+    /// `duet_signal_connections`.
+    pub signal_connections: IntGauge,
+    /// `duet_rooms_active`.
+    pub rooms_active: IntGauge,
+    /// `duet_signal_ready_total`.
+    pub signal_ready: IntCounter,
+    /// `duet_signal_messages_total{direction,type}`.
+    pub signal_messages: IntCounterVec,
+    /// `duet_signal_closes_total{code}`.
+    pub signal_closes: IntCounterVec,
+    /// `duet_signal_drops_total{reason}`.
+    pub signal_drops: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Creates and registers every family in a fresh registry.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("duet_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build)).expect("metric registered once");
+        let turn_allocations_active = IntGaugeVec::new(
+            Opts::new(
+                "duet_turn_allocations_active",
+                "TURN allocations alive now, by client transport.",
+            ),
+            &["transport"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(turn_allocations_active.clone()))
+            .expect("metric registered once");
+        Metrics {
+            join_attempts: counter_vec(
+                &r,
+                "duet_join_attempts_total",
+                "Join requests by result.",
+                &["result"],
+            ),
+            bookings: counter_vec(
+                &r,
+                "duet_bookings_total",
+                "Booking changes by event.",
+                &["event"],
+            ),
+            http_requests: counter_vec(
+                &r,
+                "duet_http_requests_total",
+                "HTTP API requests by route template and status code.",
+                &["route", "code"],
+            ),
+            turn_allocations_active,
+            turn_allocations: counter_vec(
+                &r,
+                "duet_turn_allocations_total",
+                "TURN Allocate outcomes by result.",
+                &["result"],
+            ),
+            turn_relayed_bytes: counter_vec(
+                &r,
+                "duet_turn_relayed_bytes_total",
+                "Application bytes relayed, by direction.",
+                &["direction"],
+            ),
+            turn_relayed_packets: counter_vec(
+                &r,
+                "duet_turn_relayed_packets_total",
+                "Datagrams relayed, by direction.",
+                &["direction"],
+            ),
+            stun_binding_requests: counter(
+                &r,
+                "duet_stun_binding_requests_total",
+                "STUN Binding requests answered.",
+            ),
+            turn_auth_failures: counter(
+                &r,
+                "duet_turn_auth_failures_total",
+                "TURN requests refused for authentication.",
+            ),
+            turn_quota_refusals: counter(
+                &r,
+                "duet_turn_quota_refusals_total",
+                "TURN requests refused by a quota (486/508).",
+            ),
+            turn_drops: counter_vec(
+                &r,
+                "duet_turn_drops_total",
+                "Packets dropped by the relay, by reason.",
+                &["reason"],
+            ),
+            signal_connections: gauge(
+                &r,
+                "duet_signal_connections",
+                "Signaling WebSocket connections open now.",
+            ),
+            rooms_active: gauge(
+                &r,
+                "duet_rooms_active",
+                "Rooms (bookings) with at least one connected participant.",
+            ),
+            signal_ready: counter(
+                &r,
+                "duet_signal_ready_total",
+                "Times a pair formed (ready sent).",
+            ),
+            signal_messages: counter_vec(
+                &r,
+                "duet_signal_messages_total",
+                "Signaling messages by direction and type.",
+                &["direction", "type"],
+            ),
+            signal_closes: counter_vec(
+                &r,
+                "duet_signal_closes_total",
+                "Signaling sockets closed by the hub, by close code.",
+                &["code"],
+            ),
+            signal_drops: counter_vec(
+                &r,
+                "duet_signal_drops_total",
+                "Signaling messages dropped, by reason.",
+                &["reason"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        // The text encoder writes into a Vec and only fails on invalid metric families, which static ones are not.
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Adds to a counter the growth of a monotonic core counter since the last sync (`last` tracks the value exported).
+pub fn sync_counter(c: &IntCounter, last: &mut u64, now: u64) {
+    if now > *last {
+        c.inc_by(now - *last);
+    }
+    *last = now;
+}
