@@ -68,20 +68,38 @@ async fn post_booking_raw(
     (status, headers, json)
 }
 
+/// Checks an error response `{"error": code, "message": …}` with the given status (and `field` when given); returns
+/// what differs.
+fn api_error_mismatch(
+    case: &str,
+    got: (u16, Value),
+    status: u16,
+    code: &str,
+    field: Option<&str>,
+) -> Option<String> {
+    let (got_status, body) = got;
+    let mut wrong = Vec::new();
+    if got_status != status {
+        wrong.push(format!("status {got_status}, want {status}"));
+    }
+    if body["error"] != code {
+        wrong.push(format!("error {}, want {code:?}", body["error"]));
+    }
+    if !body["message"].is_string() {
+        wrong.push("no human-readable message".to_string());
+    }
+    if let Some(field) = field {
+        if body["field"] != field {
+            wrong.push(format!("field {}, want {field:?}", body["field"]));
+        }
+    }
+    (!wrong.is_empty()).then(|| format!("{case}: {}; body {body}", wrong.join(", ")))
+}
+
 /// Asserts an error response `{"error": code, "message": …}` with the given status (and `field` when given).
 fn assert_api_error(case: &str, got: (u16, Value), status: u16, code: &str, field: Option<&str>) {
-    let (got_status, body) = got;
-    assert_eq!(got_status, status, "{case}: status; body {body}");
-    assert_eq!(body["error"], code, "{case}: error code; body {body}");
-    assert!(
-        body["message"].is_string(),
-        "{case}: error body must carry a human-readable message: {body}"
-    );
-    if let Some(field) = field {
-        assert_eq!(
-            body["field"], field,
-            "{case}: the error must name the field; body {body}"
-        );
+    if let Some(msg) = api_error_mismatch(case, got, status, code, field) {
+        panic!("{msg}");
     }
 }
 
@@ -240,11 +258,18 @@ async fn api_rejects_malformed_bodies() {
             ),
         ]
     };
+    // Every case runs; the mismatches are reported together.
+    let mut mismatches = Vec::new();
     for (case, body, status, code, field) in cases {
         let (got, _, json) = post_booking_raw(&d, Some(&auth), body).await;
-        assert_api_error(case, (got, json), status, code, field);
+        mismatches.extend(api_error_mismatch(case, (got, json), status, code, field));
         api_still_serves(&mut d, case).await;
     }
+    assert!(
+        mismatches.is_empty(),
+        "error responses differ from the contract:\n{}",
+        mismatches.join("\n")
+    );
 }
 
 #[tokio::test]

@@ -195,8 +195,13 @@ async fn call(d: &Daemon) {
                 }
             }
         })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to message {i} within 10 s"));
+        .await;
+        let Ok(reply) = reply else {
+            panic!(
+                "no answer to message {i} within 10 s\n{}",
+                diagnose(d, &log, tasks).await
+            );
+        };
         assert_eq!(reply, answer_to(&text), "answer to message {i}");
         payload_bytes += text.len() + reply.len();
         sent.push(text);
@@ -758,14 +763,30 @@ async fn selected_pair_types(
     let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
         panic!("no candidate pair {pair_id} in the stats");
     };
-    let local = match report.get(&pair.local_candidate_id) {
-        Some(RTCStatsReportEntry::LocalCandidate(c)) => c.candidate_type,
-        other => panic!("local candidate of the selected pair: {other:?}"),
+    // The pair names its candidates "candidate:…" while their own entries are "RTCLocalIceCandidate_candidate:…" and
+    // "RTCRemoteIceCandidate_candidate:…" (webrtc 0.21), so match either form.
+    let named = |id: &str, wanted: &str| {
+        id == wanted || id.strip_suffix(wanted).is_some_and(|p| p.ends_with('_'))
     };
-    let remote = match report.get(&pair.remote_candidate_id) {
-        Some(RTCStatsReportEntry::RemoteCandidate(c)) => c.candidate_type,
-        other => panic!("remote candidate of the selected pair: {other:?}"),
-    };
+    let local = report.iter().find_map(|e| match e {
+        RTCStatsReportEntry::LocalCandidate(c) if named(&c.stats.id, &pair.local_candidate_id) => {
+            Some(c.candidate_type)
+        }
+        _ => None,
+    });
+    let remote = report.iter().find_map(|e| match e {
+        RTCStatsReportEntry::RemoteCandidate(c)
+            if named(&c.stats.id, &pair.remote_candidate_id) =>
+        {
+            Some(c.candidate_type)
+        }
+        _ => None,
+    });
+    let ids = report.ids().collect::<Vec<_>>();
+    let local =
+        local.unwrap_or_else(|| panic!("no stats for the local candidate of {pair_id}: {ids:?}"));
+    let remote =
+        remote.unwrap_or_else(|| panic!("no stats for the remote candidate of {pair_id}: {ids:?}"));
     (local, remote)
 }
 

@@ -1,17 +1,22 @@
 //! ChannelData messages (RFC 8656 §12.4): a 4-byte header (channel number, length) before the
 //! application data, used instead of Send/Data indications once a channel is bound.
 
-/// A TURN channel number, valid in 0x4000..=0x4FFF (RFC 8656 §12).
+/// A TURN channel number, valid in 0x4000..=0x7FFF.
+///
+/// RFC 8656 §12 narrowed the range to 0x4000..=0x4FFF, but RFC 5766 §11 clients (coturn's own `turnutils_uclient`,
+/// older browsers) pick numbers up to 0x7FFF, and coturn accepts them (`STUN_VALID_CHANNEL`). Every number in the
+/// wider range still starts with the bits 0b01, so demultiplexing from STUN (0b00) and DTLS/RTP is unaffected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     /// Smallest valid channel number (RFC 8656 §12).
     pub const MIN: u16 = 0x4000;
-    /// Largest valid channel number (RFC 8656 §12; 0x5000..=0x7FFF are reserved).
-    pub const MAX: u16 = 0x4FFF;
+    /// Largest accepted channel number (RFC 5766 §11; RFC 8656 §12 reserves 0x5000..=0x7FFF but older clients
+    /// use it).
+    pub const MAX: u16 = 0x7FFF;
 
-    /// `Some` when `n` is in 0x4000..=0x4FFF.
+    /// `Some` when `n` is in 0x4000..=0x7FFF.
     pub const fn new(n: u16) -> Option<Self> {
         if n >= Self::MIN && n <= Self::MAX {
             Some(ChannelNumber(n))
@@ -42,7 +47,7 @@ pub enum ChannelDataError {
     /// Fewer than 4 bytes, or fewer than 4 + length bytes.
     #[error("truncated ChannelData")]
     Truncated,
-    /// The channel number is outside 0x4000..=0x4FFF.
+    /// The channel number is outside 0x4000..=0x7FFF.
     #[error("invalid channel number {0:#06x}")]
     InvalidChannel(u16),
 }
@@ -98,7 +103,15 @@ mod tests {
             ChannelNumber::new(0x4FFF).map(ChannelNumber::get),
             Some(0x4FFF)
         );
-        assert_eq!(ChannelNumber::new(0x5000), None);
+        assert_eq!(
+            ChannelNumber::new(0x5000).map(ChannelNumber::get),
+            Some(0x5000)
+        );
+        assert_eq!(
+            ChannelNumber::new(0x7FFF).map(ChannelNumber::get),
+            Some(0x7FFF)
+        );
+        assert_eq!(ChannelNumber::new(0x8000), None);
     }
 
     #[test]
@@ -122,8 +135,8 @@ mod tests {
     #[test]
     fn rejects_reserved_channels() {
         assert_eq!(
-            parse_channel_data(&[0x50, 0x00, 0, 0]),
-            Err(ChannelDataError::InvalidChannel(0x5000))
+            parse_channel_data(&[0x80, 0x00, 0, 0]),
+            Err(ChannelDataError::InvalidChannel(0x8000))
         );
     }
 }

@@ -3,7 +3,7 @@
 //! See the crate documentation for the run-loop contract. Internally every allocation lives in
 //! one map keyed by an id, with redundant indices so that each relayed packet costs O(1) hash
 //! lookups: client [`FiveTuple`] → allocation, relay address → allocation, and per allocation
-//! peer IP → [`Permission`], channel → [`ChannelBinding`], peer address → channel.
+//! peer IP → `Permission`, channel → `ChannelBinding`, peer address → channel.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
@@ -37,8 +37,9 @@ const RATE_BUCKETS: usize = 4096;
 /// Deadlines further away than this are clamped (protects `Instant` arithmetic from overflow).
 const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Settings of a [`Server`]. Build with [`ServerConfig::new`] and adjust fields.
-#[derive(Clone, Debug)]
+/// Settings of a [`Server`]. Build with [`ServerConfig::new`] and adjust fields. `Debug` hides
+/// the secrets.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// REALM sent in 401/438 and required in requests (RFC 8489 §14.9), e.g. `"duet"`.
     pub realm: String,
@@ -74,6 +75,46 @@ pub struct ServerConfig {
     /// Relay address families the driver can bind; REQUESTED-ADDRESS-FAMILY outside → 440
     /// (default `[V4]`; RFC 8656 §7.2: without the attribute, IPv4 is allocated).
     pub relay_families: Vec<AddressFamily>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("realm", &self.realm)
+            .field(
+                "auth_secrets",
+                &format_args!("[{} hidden]", self.auth_secrets.len()),
+            )
+            .field("nonce_secret", &format_args!("hidden"))
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("software", &self.software)
+            .field("default_lifetime", &self.default_lifetime)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("peer_policy", &self.peer_policy)
+            .field(
+                "max_allocations_per_credential",
+                &self.max_allocations_per_credential,
+            )
+            .field(
+                "max_allocations_per_source_ip",
+                &self.max_allocations_per_source_ip,
+            )
+            .field("max_allocations_total", &self.max_allocations_total)
+            .field(
+                "max_permissions_per_allocation",
+                &self.max_permissions_per_allocation,
+            )
+            .field(
+                "max_channels_per_allocation",
+                &self.max_channels_per_allocation,
+            )
+            .field(
+                "max_unauthenticated_replies_per_source_per_sec",
+                &self.max_unauthenticated_replies_per_source_per_sec,
+            )
+            .field("relay_families", &self.relay_families)
+            .finish()
+    }
 }
 
 impl ServerConfig {
@@ -571,7 +612,7 @@ struct Reply {
 }
 
 /// The sans-IO STUN/TURN server. See the crate documentation for the run-loop contract.
-#[derive(Debug)]
+/// `Debug` shows the configuration (secrets hidden) and sizes, never credentials or keys.
 pub struct Server {
     config: ServerConfig,
     nonces: NonceCodec,
@@ -589,6 +630,20 @@ pub struct Server {
     commands: VecDeque<Command>,
     limiter: RateLimiter,
     stats: Stats,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("allocations", &self.allocations.len())
+            .field("pending", &self.pending.len())
+            .field("revoked", &self.revoked.len())
+            .field("timers", &self.timers.len())
+            .field("commands", &self.commands.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -1194,7 +1249,10 @@ impl Server {
                 Some((bound, advertised))
             }
             Ok((bound, _)) => {
-                self.commands.push_back(Command::FreeRelay { relay: bound });
+                // A duplicate address belongs to a live allocation: never free it here.
+                if !self.by_relay.contains_key(&bound) {
+                    self.commands.push_back(Command::FreeRelay { relay: bound });
+                }
                 None
             }
             Err(()) => None,
@@ -1349,8 +1407,6 @@ impl Server {
         };
         if let Some(a) = self.allocations.get_mut(&id) {
             a.expires_at = add(now, lifetime);
-            // The credential may be a fresh one for the same booking; keep the latest expiry.
-            a.credential_expiry_unix = authed.user.expiry_unix;
         }
         let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         self.success(reply, &[Attribute::Lifetime(secs)], &authed.key);
@@ -1665,6 +1721,19 @@ mod tests {
         assert!(r.allow(0, ip, 2));
         assert!(!r.allow(0, ip, 2));
         assert!(r.allow(1, ip, 2));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let cfg = ServerConfig::new("duet", vec![b"topsecret".to_vec()], [0x41; 32]);
+        let server = Server::new(cfg.clone(), Instant::now(), Duration::from_secs(1));
+        for text in [format!("{cfg:?}"), format!("{server:?}")] {
+            assert!(
+                !text.contains("topsecret") && !text.contains("116, 111, 112"),
+                "{text}"
+            );
+            assert!(!text.contains("65, 65"), "{text}");
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ enum HubInput {
     },
     Disconnect {
         conn: ConnectionId,
+        timed_out: bool,
     },
     CloseBooking {
         booking: String,
@@ -133,9 +134,13 @@ async fn run_hub(
                         metrics.signal_messages.with_label_values(&["in", "binary"]).inc();
                         hub.handle_binary(now, conn, len);
                     }
-                    Some(HubInput::Disconnect { conn }) => {
+                    Some(HubInput::Disconnect { conn, timed_out }) => {
                         conns.remove(&conn);
-                        hub.handle_disconnect(now, conn);
+                        if timed_out {
+                            hub.handle_liveness_timeout(now, conn);
+                        } else {
+                            hub.handle_disconnect(now, conn);
+                        }
                     }
                     Some(HubInput::CloseBooking { booking, reason }) => hub.close_booking(now, &booking, reason),
                     Some(HubInput::CloseAll) => hub.close_all(now, CloseReason::Shutdown),
@@ -207,14 +212,14 @@ fn drain(
     metrics.rooms_active.set(hub.room_count() as i64);
 }
 
-/// The `type` of a client frame for metrics, from a bounded set (never the raw text: no unbounded labels).
+/// The `type` of a frame for metrics, from a bounded set (never raw text: no unbounded labels). Reads only a
+/// leading `{"type":"…"` (how the hub writes every frame and how clients usually do); anything else is "other".
 fn message_type(text: &str) -> &'static str {
-    #[derive(Deserialize)]
-    struct T<'a> {
-        #[serde(borrow, rename = "type")]
-        t: Option<&'a str>,
-    }
-    match serde_json::from_str::<T>(text).ok().and_then(|t| t.t) {
+    let t = text
+        .trim_start()
+        .strip_prefix("{\"type\":\"")
+        .and_then(|rest| rest.split('"').next());
+    match t {
         Some("signal") => "signal",
         Some("ping") => "ping",
         Some("pong") => "pong",
@@ -353,6 +358,7 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
     ping.tick().await;
     let mut unanswered = 0u32;
     let mut hub_closed = false;
+    let mut timed_out = false;
     let close_frame = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {
             code,
@@ -398,6 +404,7 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
             },
             _ = ping.tick() => {
                 if unanswered >= 2 {
+                    timed_out = true;
                     let _ = sink.send(close_frame(1001, "ping timeout")).await;
                     break;
                 }
@@ -407,7 +414,7 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
         }
     }
     if !hub_closed {
-        let _ = hub.tx.send(HubInput::Disconnect { conn });
+        let _ = hub.tx.send(HubInput::Disconnect { conn, timed_out });
     }
     tracing::info!(target: "signaling", conn = conn.0, "disconnected");
 }

@@ -31,6 +31,9 @@ pub fn config() -> ServerConfig {
     c
 }
 
+/// A relayed client → peer datagram: (relay, peer, payload).
+pub type Relayed = (SocketAddr, SocketAddr, Vec<u8>);
+
 /// A server on virtual time.
 pub struct Harness {
     pub server: Server,
@@ -84,11 +87,7 @@ impl Harness {
     }
 
     /// Feeds a client packet; returns the relayed transmit (owned) and the commands.
-    pub fn input(
-        &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-    ) -> (Option<(SocketAddr, SocketAddr, Vec<u8>)>, Vec<Command>) {
+    pub fn input(&mut self, from: FiveTuple, packet: &[u8]) -> (Option<Relayed>, Vec<Command>) {
         let t = self
             .server
             .handle_client_input(self.now, from, packet)
