@@ -37,13 +37,7 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     s.relay.export_metrics();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
@@ -57,9 +51,6 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if reasons.is_empty() {
         (StatusCode::OK, axum::Json(json!({"status": "ready"})))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready", "reasons": reasons})),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not_ready", "reasons": reasons})))
     }
 }

@@ -21,8 +21,8 @@ pub struct AppState {
     pub session_keys: SessionKeys,
     /// Session-token lifetime (capped at `hard_end_at`).
     pub session_ttl: Duration,
-    /// Secret that signs new TURN credentials (the first of the rotation list).
-    pub turn_secret: Arc<Vec<u8>>,
+    /// Secret that signs new TURN credentials (the first of the rotation list; replaced on SIGHUP).
+    pub turn_secret: Arc<std::sync::RwLock<Vec<u8>>>,
     /// Base URL of join links (`http://host:port`).
     pub public_base: Arc<str>,
     /// `ice_servers` URLs: (`stun:` URLs, `turn:` URLs).
@@ -52,8 +52,5 @@ impl AppState {
 
 /// Current Unix time in seconds (the daemon owns the clock; the cores get it as an argument).
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

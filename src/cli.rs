@@ -85,10 +85,7 @@ pub fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
@@ -108,11 +105,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -122,10 +116,7 @@ fn init_logging(config: &Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let running = crate::daemon::start(config).await?;
     if running.api_key_created {
-        eprintln!(
-            "duet: generated an admin API key in {} (mode 0600)",
-            running.api_key_file.display()
-        );
+        eprintln!("duet: generated an admin API key in {} (mode 0600)", running.api_key_file.display());
     } else {
         eprintln!("duet: admin API key in {}", running.api_key_file.display());
     }
@@ -144,7 +135,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "api_key_file": running.api_key_file,
         })
     );
-    wait_for_signal().await;
+    wait_for_signal(&running.reload).await;
     tracing::info!("shutting down");
     running.hub.close_all();
     // Give the hub a moment to send the 1001 closes before the tasks stop.
@@ -154,11 +145,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TURNS certificate and the TURN secrets meanwhile.
+async fn wait_for_signal(reload: &crate::daemon::Reload) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match reload.reload() {
+                Ok(()) => tracing::info!("reloaded certificates and TURN secrets"),
+                Err(e) => tracing::error!("reload failed, keeping the running settings: {e:#}"),
+            },
+        }
     }
 }

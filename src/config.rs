@@ -37,10 +37,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+    ConfigError::Invalid { key, message: message.into() }
 }
 
 /// `config.toml` as written by the operator. Every field is optional; defaults give the embedded all-loopback mode.
@@ -96,6 +93,20 @@ pub struct RawAdmin {
 pub struct RawTurn {
     /// UDP listen addresses (default `["127.0.0.1:3478"]`).
     pub listen_udp: Option<Vec<String>>,
+    /// TCP listen addresses (default none; e.g. `["0.0.0.0:3478"]`).
+    pub listen_tcp: Option<Vec<String>>,
+    /// TLS (TURNS) listen addresses (default none; e.g. `["0.0.0.0:5349"]`); needs `tls_cert` and `tls_key`.
+    pub listen_tls: Option<Vec<String>>,
+    /// PEM certificate chain for TURNS (reloaded on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TURNS (reloaded on SIGHUP).
+    pub tls_key: Option<PathBuf>,
+    /// IP the IPv6 relay sockets bind to (default: none, unless a listener is IPv6, then that listener's IP).
+    pub relay_ip6: Option<IpAddr>,
+    /// Per-allocation relayed bytes per second (default unlimited).
+    pub max_bps_per_allocation: Option<u64>,
+    /// Total relayed bytes per second (default unlimited).
+    pub max_bps_total: Option<u64>,
     /// REALM (default `duet`).
     pub realm: Option<String>,
     /// Host name or IP put in `stun:`/`turn:` URLs handed to clients (default: the first UDP listen IP).
@@ -205,6 +216,18 @@ pub struct Config {
 pub struct TurnConfig {
     /// UDP listeners.
     pub listen_udp: Vec<SocketAddr>,
+    /// TCP listeners.
+    pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// TURNS certificate and key paths.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// IPv6 relay bind IP.
+    pub relay_ip6: Option<IpAddr>,
+    /// Per-allocation bytes/s cap.
+    pub max_bps_per_allocation: Option<u64>,
+    /// Total bytes/s cap.
+    pub max_bps_total: Option<u64>,
     /// REALM.
     pub realm: String,
     /// Host for client URLs; `None` = first listen IP.
@@ -268,40 +291,31 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
 }
 
-fn duration(
-    key: &'static str,
-    v: &Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
+fn duration(key: &'static str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| invalid(key, format!("{s:?}: {e} (e.g. \"10m\", \"90s\")"))),
+        Some(s) => {
+            humantime::parse_duration(s).map_err(|e| invalid(key, format!("{s:?}: {e} (e.g. \"10m\", \"90s\")")))
+        }
     }
 }
 
 fn addr(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
-    SocketAddr::from_str(v)
-        .map_err(|e| invalid(key, format!("{v:?}: {e} (e.g. \"127.0.0.1:8080\")")))
+    SocketAddr::from_str(v).map_err(|e| invalid(key, format!("{v:?}: {e} (e.g. \"127.0.0.1:8080\")")))
 }
 
 fn nets(key: &'static str, v: &Option<Vec<String>>) -> Result<Vec<IpNet>, ConfigError> {
     v.iter()
         .flatten()
-        .map(|s| {
-            IpNet::from_str(s)
-                .map_err(|_| invalid(key, format!("{s:?} is not a CIDR (e.g. \"10.0.0.0/8\")")))
-        })
+        .map(|s| IpNet::from_str(s).map_err(|_| invalid(key, format!("{s:?} is not a CIDR (e.g. \"10.0.0.0/8\")"))))
         .collect()
 }
 
 impl RawConfig {
     /// Reads and parses a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text)
     }
 
@@ -312,70 +326,74 @@ impl RawConfig {
 
     /// Applies overrides and validates.
     pub fn into_config(self, o: &Overrides) -> Result<Config, ConfigError> {
-        let http_listen = addr(
-            "http.listen",
-            o.http_listen
-                .as_deref()
-                .or(self.http.listen.as_deref())
-                .unwrap_or("127.0.0.1:8080"),
-        )?;
+        let http_listen =
+            addr("http.listen", o.http_listen.as_deref().or(self.http.listen.as_deref()).unwrap_or("127.0.0.1:8080"))?;
         let admin_listen = addr(
             "admin.listen",
-            o.admin_listen
-                .as_deref()
-                .or(self.admin.listen.as_deref())
-                .unwrap_or("127.0.0.1:9464"),
+            o.admin_listen.as_deref().or(self.admin.listen.as_deref()).unwrap_or("127.0.0.1:9464"),
         )?;
         let listen_udp = match (&o.turn_listen, &self.turn.listen_udp) {
             (Some(a), _) => vec![addr("turn.listen_udp", a)?],
-            (None, Some(list)) => list
-                .iter()
-                .map(|a| addr("turn.listen_udp", a))
-                .collect::<Result<_, _>>()?,
+            (None, Some(list)) => list.iter().map(|a| addr("turn.listen_udp", a)).collect::<Result<_, _>>()?,
             (None, None) => vec![addr("turn.listen_udp", "127.0.0.1:3478")?],
         };
         if listen_udp.is_empty() {
             return Err(invalid("turn.listen_udp", "at least one address is needed"));
+        }
+        let list = |key: &'static str, v: &Option<Vec<String>>| -> Result<Vec<SocketAddr>, ConfigError> {
+            v.iter().flatten().map(|a| addr(key, a)).collect()
+        };
+        let listen_tcp = list("turn.listen_tcp", &self.turn.listen_tcp)?;
+        let listen_tls = list("turn.listen_tls", &self.turn.listen_tls)?;
+        let tls = match (self.turn.tls_cert, self.turn.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("turn.tls_key", "tls_cert is set but tls_key is not")),
+            (None, Some(_)) => return Err(invalid("turn.tls_cert", "tls_key is set but tls_cert is not")),
+        };
+        if !listen_tls.is_empty() && tls.is_none() {
+            return Err(invalid("turn.listen_tls", "TLS listeners need turn.tls_cert and turn.tls_key"));
+        }
+        for (key, v) in [
+            ("turn.max_bps_per_allocation", self.turn.max_bps_per_allocation),
+            ("turn.max_bps_total", self.turn.max_bps_total),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(key, "must be positive (omit the key for no limit)"));
+            }
         }
         let relay_ports = match &self.turn.relay_ports {
             None => 49152..=65535,
             Some(s) => {
                 let (lo, hi) = s
                     .split_once('-')
-                    .and_then(|(a, b)| {
-                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-                    })
-                    .ok_or_else(|| {
-                        invalid("turn.relay_ports", format!("{s:?}: expected \"LOW-HIGH\""))
-                    })?;
+                    .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+                    .ok_or_else(|| invalid("turn.relay_ports", format!("{s:?}: expected \"LOW-HIGH\"")))?;
                 if lo == 0 || lo > hi {
-                    return Err(invalid(
-                        "turn.relay_ports",
-                        format!("{s:?}: need 0 < LOW <= HIGH"),
-                    ));
+                    return Err(invalid("turn.relay_ports", format!("{s:?}: need 0 < LOW <= HIGH")));
                 }
                 lo..=hi
             }
         };
         let realm = self.turn.realm.unwrap_or_else(|| "duet".into());
         if realm.is_empty() || realm.len() > 127 {
-            return Err(invalid(
-                "turn.realm",
-                "1 to 127 characters (RFC 8489 §14.9)",
-            ));
+            return Err(invalid("turn.realm", "1 to 127 characters (RFC 8489 §14.9)"));
         }
         let log_format = match self.log.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(invalid(
-                    "log.format",
-                    format!("{other:?}: expected \"text\" or \"json\""),
-                ));
+                return Err(invalid("log.format", format!("{other:?}: expected \"text\" or \"json\"")));
             }
         };
         let turn = TurnConfig {
             listen_udp,
+            listen_tcp,
+            listen_tls,
+            tls,
+            relay_ip6: self.turn.relay_ip6,
+            max_bps_per_allocation: self.turn.max_bps_per_allocation,
+            max_bps_total: self.turn.max_bps_total,
             realm,
             public_host: self.turn.public_host,
             public_ip: self.turn.public_ip,
@@ -390,67 +408,32 @@ impl RawConfig {
         };
         let b = &self.booking;
         let booking = BookingPolicy {
-            early_join: duration(
-                "booking.early_join",
-                &b.early_join,
-                Duration::from_secs(600),
-            )?,
-            host_early_join: duration(
-                "booking.host_early_join",
-                &b.host_early_join,
-                Duration::from_secs(900),
-            )?,
-            overrun_grace: duration(
-                "booking.overrun_grace",
-                &b.overrun_grace,
-                Duration::from_secs(900),
-            )?,
-            max_duration: duration(
-                "booking.max_duration",
-                &b.max_duration,
-                Duration::from_secs(8 * 3600),
-            )?,
-            start_leeway: duration(
-                "booking.start_leeway",
-                &b.start_leeway,
-                Duration::from_secs(60),
-            )?,
+            early_join: duration("booking.early_join", &b.early_join, Duration::from_secs(600))?,
+            host_early_join: duration("booking.host_early_join", &b.host_early_join, Duration::from_secs(900))?,
+            overrun_grace: duration("booking.overrun_grace", &b.overrun_grace, Duration::from_secs(900))?,
+            max_duration: duration("booking.max_duration", &b.max_duration, Duration::from_secs(8 * 3600))?,
+            start_leeway: duration("booking.start_leeway", &b.start_leeway, Duration::from_secs(60))?,
         };
         let s = &self.signaling;
         let signaling = SignalingConfig {
             max_message_bytes: s.max_message_bytes.unwrap_or(65_536),
             messages_per_second: s.messages_per_second.unwrap_or(50),
-            ping_interval: duration(
-                "signaling.ping_interval",
-                &s.ping_interval,
-                Duration::from_secs(20),
-            )?,
+            ping_interval: duration("signaling.ping_interval", &s.ping_interval, Duration::from_secs(20))?,
         };
         if signaling.max_message_bytes < 1024 {
             return Err(invalid("signaling.max_message_bytes", "at least 1024"));
         }
-        let session_ttl = duration(
-            "tokens.session_ttl",
-            &self.tokens.session_ttl,
-            Duration::from_secs(600),
-        )?;
+        let session_ttl = duration("tokens.session_ttl", &self.tokens.session_ttl, Duration::from_secs(600))?;
         if session_ttl < Duration::from_secs(10) {
             return Err(invalid("tokens.session_ttl", "at least 10s"));
         }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(
-                    "public_url",
-                    format!("{url:?}: must start with http:// or https://"),
-                ));
+                return Err(invalid("public_url", format!("{url:?}: must start with http:// or https://")));
             }
         }
         Ok(Config {
-            data_dir: o
-                .data_dir
-                .clone()
-                .or(self.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./duet-data")),
+            data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_listen,
             admin_listen,
@@ -470,14 +453,18 @@ impl Config {
     pub fn all_loopback(&self) -> bool {
         self.http_listen.ip().is_loopback()
             && self.admin_listen.ip().is_loopback()
-            && self.turn.listen_udp.iter().all(|a| a.ip().is_loopback())
+            && self
+                .turn
+                .listen_udp
+                .iter()
+                .chain(&self.turn.listen_tcp)
+                .chain(&self.turn.listen_tls)
+                .all(|a| a.ip().is_loopback())
     }
 
     /// Base URL for join links when none is configured: `http://<http listen address>`.
     pub fn public_base(&self, bound_http: SocketAddr) -> String {
-        self.public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound_http}"))
+        self.public_url.clone().unwrap_or_else(|| format!("http://{bound_http}"))
     }
 }
 
@@ -487,10 +474,7 @@ mod tests {
 
     #[test]
     fn empty_file_gives_the_embedded_default() {
-        let c = RawConfig::from_toml("")
-            .unwrap()
-            .into_config(&Overrides::default())
-            .unwrap();
+        let c = RawConfig::from_toml("").unwrap().into_config(&Overrides::default()).unwrap();
         assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.turn.listen_udp, vec!["127.0.0.1:3478".parse().unwrap()]);
         assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
@@ -500,13 +484,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let e = RawConfig::from_toml("[turn]\nrelm = \"x\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = RawConfig::from_toml("[turn]\nrelm = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("relm"), "{e}");
-        let e = RawConfig::from_toml("colour = 1\n")
-            .unwrap_err()
-            .to_string();
+        let e = RawConfig::from_toml("colour = 1\n").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
     }
 
@@ -528,10 +508,7 @@ mod tests {
 
     #[test]
     fn public_listener_is_not_all_loopback() {
-        let o = Overrides {
-            turn_listen: Some("0.0.0.0:3478".into()),
-            ..Default::default()
-        };
+        let o = Overrides { turn_listen: Some("0.0.0.0:3478".into()), ..Default::default() };
         let c = RawConfig::default().into_config(&o).unwrap();
         assert!(!c.all_loopback());
     }

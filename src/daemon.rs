@@ -25,7 +25,8 @@ use crate::booking::tokens::SessionKeys;
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::metrics::Metrics;
-use crate::relay_io::{RelayHandle, RelaySockets};
+use crate::relay_io::tls::TlsConfig;
+use crate::relay_io::{Listeners, RelayHandle, RelaySockets};
 use crate::signal_io::{self, HubHandle};
 
 /// Largest API request body (bookings are small; the limit answers 413 with a JSON body).
@@ -49,6 +50,30 @@ pub struct Running {
     pub tasks: TaskTracker,
     /// The hub, to close sockets on shutdown.
     pub hub: HubHandle,
+    /// Reloadable state (SIGHUP).
+    pub reload: Reload,
+}
+
+/// What SIGHUP reloads: the TURNS certificate and key, and the TURN secrets of `secrets.toml` (rotation).
+#[derive(Clone)]
+pub struct Reload {
+    data: DataDir,
+    tls: Option<TlsConfig>,
+    relay: RelayHandle,
+    turn_secret: Arc<std::sync::RwLock<Vec<u8>>>,
+}
+
+impl Reload {
+    /// Re-reads certificates and secrets; on any error the running values stay and the error is returned.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
+        let secrets = self.data.secrets()?.turn_secret_bytes();
+        *self.turn_secret.write().unwrap_or_else(|p| p.into_inner()) = secrets[0].clone();
+        self.relay.set_auth_secrets(secrets);
+        Ok(())
+    }
 }
 
 fn url_host(ip: IpAddr) -> String {
@@ -64,17 +89,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let secrets = data.secrets()?;
     let (api_key, api_key_created) = data.api_key()?;
     let db_path = data.database()?;
-    let store = Store::open(&db_path)
-        .await
-        .with_context(|| format!("opening database {}", db_path.display()))?;
-    store
-        .ensure_api_key(
-            "key_admin",
-            "ten_default",
-            &Sha256::digest(api_key.as_bytes()),
-            unix_now(),
-        )
-        .await?;
+    let store = Store::open(&db_path).await.with_context(|| format!("opening database {}", db_path.display()))?;
+    store.ensure_api_key("key_admin", "ten_default", &Sha256::digest(api_key.as_bytes()), unix_now()).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -86,26 +102,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     policy.allow.extend(config.turn.allow_peers.iter().cloned());
     policy.deny.extend(config.turn.deny_peers.iter().cloned());
-    let mut relay_cfg = ServerConfig::new(
-        config.turn.realm.clone(),
-        secrets.turn_secret_bytes(),
-        secrets.nonce_key_bytes()?,
-    );
+    let mut relay_cfg =
+        ServerConfig::new(config.turn.realm.clone(), secrets.turn_secret_bytes(), secrets.nonce_key_bytes()?);
     relay_cfg.max_allocations_per_credential = config.turn.allocations_per_credential;
     relay_cfg.max_allocations_per_source_ip = config.turn.allocations_per_ip;
     relay_cfg.max_allocations_total = config.turn.max_allocations;
+    relay_cfg.max_bytes_per_second_per_allocation = config.turn.max_bps_per_allocation;
+    relay_cfg.max_bytes_per_second_total = config.turn.max_bps_total;
     if config.turn.software {
         relay_cfg.software = Some(format!("duet/{}", env!("CARGO_PKG_VERSION")));
     }
-    let first_udp = config.turn.listen_udp[0];
-    let bind_ip = config
-        .turn
-        .relay_ip
-        .unwrap_or(if first_udp.ip().is_unspecified() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            first_udp.ip()
-        });
+    let sockets = relay_sockets(&config);
     // Bind the HTTP and admin listeners first so the relay can deny them as peers (loop attack, own services).
     let http_listener = TcpListener::bind(config.http_listen)
         .await
@@ -120,19 +127,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         p.own_addresses.extend([http_addr, admin_addr]);
         p
     };
-    let relay = RelayHandle::start(
-        relay_cfg,
-        &config.turn.listen_udp,
-        RelaySockets {
-            bind_ip,
-            advertised_ip: config.turn.public_ip,
-            ports: config.turn.relay_ports.clone(),
-        },
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| format!("binding turn.listen_udp {:?}", config.turn.listen_udp))?;
+    let tls = match &config.turn.tls {
+        Some((cert, key)) => Some(TlsConfig::load(cert, key)?),
+        None => None,
+    };
+    let listeners = Listeners {
+        udp: config.turn.listen_udp.clone(),
+        tcp: config.turn.listen_tcp.clone(),
+        tls: config.turn.listen_tls.clone(),
+    };
+    let relay = RelayHandle::start(relay_cfg, &listeners, tls.clone(), sockets, metrics.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("binding the TURN listeners {listeners:?}"))?;
     let turn_udp = relay.listen_addrs();
     for (booking, until) in store.live_revocations(unix_now()).await? {
         relay.revoke_booking(&booking, until);
@@ -141,27 +147,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // ICE server URLs handed to clients.
     let turn_port = turn_udp.first().map_or(3478, |a| a.port());
     let host = config.turn.public_host.clone().unwrap_or_else(|| {
-        let ip = turn_udp
-            .first()
-            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
-        url_host(if ip.is_unspecified() {
-            http_addr.ip()
-        } else {
-            ip
-        })
+        let ip = turn_udp.first().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
+        url_host(if ip.is_unspecified() { http_addr.ip() } else { ip })
     });
-    let ice_urls = (
-        vec![format!("stun:{host}:{turn_port}")],
-        vec![format!("turn:{host}:{turn_port}?transport=udp")],
-    );
+    let mut turn_urls = vec![format!("turn:{host}:{turn_port}?transport=udp")];
+    if let Some(tcp) = relay.tcp_addrs().first() {
+        turn_urls.push(format!("turn:{host}:{}?transport=tcp", tcp.port()));
+    }
+    if let Some(tls) = relay.tls_addrs().first() {
+        turn_urls.push(format!("turns:{host}:{}?transport=tcp", tls.port()));
+    }
+    let ice_urls = (vec![format!("stun:{host}:{turn_port}")], turn_urls);
 
+    let turn_secret = Arc::new(std::sync::RwLock::new(secrets.turn_secret_bytes().remove(0)));
     let hub = HubHandle::spawn(config.signaling, metrics.clone(), shutdown.clone());
     let state = AppState {
         store: store.clone(),
         policy: config.booking,
         session_keys: SessionKeys::new(&secrets.session_key_bytes()?),
         session_ttl: config.session_ttl,
-        turn_secret: Arc::new(secrets.turn_secret_bytes().remove(0)),
+        turn_secret: turn_secret.clone(),
         public_base: config.public_base(http_addr).into(),
         ice_urls: Arc::new(ice_urls),
         relay: relay.clone(),
@@ -179,26 +184,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .fallback(api::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
-    let admin_app = admin::router(AdminState {
-        metrics: metrics.clone(),
-        relay: relay.clone(),
-        store,
-        draining: shutdown.clone(),
-    });
+    let admin_app =
+        admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: shutdown.clone() });
     let sd = shutdown.clone();
     tasks.spawn(async move {
-        let r = axum::serve(http_listener, app)
-            .with_graceful_shutdown(sd.cancelled_owned())
-            .await;
+        let r = axum::serve(http_listener, app).with_graceful_shutdown(sd.cancelled_owned()).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "http server failed");
         }
     });
     let sd = shutdown.clone();
     tasks.spawn(async move {
-        let r = axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(sd.cancelled_owned())
-            .await;
+        let r = axum::serve(admin_listener, admin_app).with_graceful_shutdown(sd.cancelled_owned()).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "admin server failed");
         }
@@ -213,7 +210,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
         hub,
+        reload: Reload { data, tls, relay, turn_secret },
     })
+}
+
+/// Relay socket addresses from `[turn]`: IPv4 relays on `relay_ip` (default: the first IPv4 UDP listener's IP,
+/// 0.0.0.0 when unspecified), IPv6 relays on `relay_ip6` (default: the first IPv6 UDP listener's IP).
+fn relay_sockets(config: &Config) -> RelaySockets {
+    let t = &config.turn;
+    let first = |v6: bool| t.listen_udp.iter().map(|a| a.ip()).find(|ip| ip.is_ipv6() == v6);
+    let bind_v4 = t
+        .relay_ip
+        .filter(IpAddr::is_ipv4)
+        .or_else(|| first(false).map(|ip| if ip.is_unspecified() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { ip }));
+    let bind_v6 = t.relay_ip6.or(t.relay_ip.filter(IpAddr::is_ipv6)).or_else(|| first(true));
+    RelaySockets { bind_v4, bind_v6, advertised_v4: t.public_ip.filter(IpAddr::is_ipv4), ports: t.relay_ports.clone() }
 }
 
 /// The join page, from the binary.
@@ -231,10 +242,7 @@ async fn join_page() -> impl axum::response::IntoResponse {
 /// The client library, from the binary.
 async fn duet_js() -> impl axum::response::IntoResponse {
     (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
         include_str!("assets/duet.js"),
     )
 }

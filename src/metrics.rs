@@ -47,22 +47,19 @@ pub struct Metrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
+    r.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
+    r.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
+    r.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
 
@@ -70,36 +67,19 @@ impl Metrics {
     /// Creates and registers every family in a fresh registry.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new("duet_build_info", "Build information; always 1."),
-            &["version"],
-        )
-        .expect("static metric definition");
+        let build = IntGaugeVec::new(Opts::new("duet_build_info", "Build information; always 1."), &["version"])
+            .expect("static metric definition");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         r.register(Box::new(build)).expect("metric registered once");
         let turn_allocations_active = IntGaugeVec::new(
-            Opts::new(
-                "duet_turn_allocations_active",
-                "TURN allocations alive now, by client transport.",
-            ),
+            Opts::new("duet_turn_allocations_active", "TURN allocations alive now, by client transport."),
             &["transport"],
         )
         .expect("static metric definition");
-        r.register(Box::new(turn_allocations_active.clone()))
-            .expect("metric registered once");
+        r.register(Box::new(turn_allocations_active.clone())).expect("metric registered once");
         Metrics {
-            join_attempts: counter_vec(
-                &r,
-                "duet_join_attempts_total",
-                "Join requests by result.",
-                &["result"],
-            ),
-            bookings: counter_vec(
-                &r,
-                "duet_bookings_total",
-                "Booking changes by event.",
-                &["event"],
-            ),
+            join_attempts: counter_vec(&r, "duet_join_attempts_total", "Join requests by result.", &["result"]),
+            bookings: counter_vec(&r, "duet_bookings_total", "Booking changes by event.", &["event"]),
             http_requests: counter_vec(
                 &r,
                 "duet_http_requests_total",
@@ -125,11 +105,7 @@ impl Metrics {
                 "Datagrams relayed, by direction.",
                 &["direction"],
             ),
-            stun_binding_requests: counter(
-                &r,
-                "duet_stun_binding_requests_total",
-                "STUN Binding requests answered.",
-            ),
+            stun_binding_requests: counter(&r, "duet_stun_binding_requests_total", "STUN Binding requests answered."),
             turn_auth_failures: counter(
                 &r,
                 "duet_turn_auth_failures_total",
@@ -146,21 +122,9 @@ impl Metrics {
                 "Packets dropped by the relay, by reason.",
                 &["reason"],
             ),
-            signal_connections: gauge(
-                &r,
-                "duet_signal_connections",
-                "Signaling WebSocket connections open now.",
-            ),
-            rooms_active: gauge(
-                &r,
-                "duet_rooms_active",
-                "Rooms (bookings) with at least one connected participant.",
-            ),
-            signal_ready: counter(
-                &r,
-                "duet_signal_ready_total",
-                "Times a pair formed (ready sent).",
-            ),
+            signal_connections: gauge(&r, "duet_signal_connections", "Signaling WebSocket connections open now."),
+            rooms_active: gauge(&r, "duet_rooms_active", "Rooms (bookings) with at least one connected participant."),
+            signal_ready: counter(&r, "duet_signal_ready_total", "Times a pair formed (ready sent)."),
             signal_messages: counter_vec(
                 &r,
                 "duet_signal_messages_total",

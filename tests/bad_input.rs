@@ -10,14 +10,14 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use stun::agent::TransactionId;
 use stun::attributes::{
-    ATTR_ERROR_CODE, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_UNKNOWN_ATTRIBUTES,
-    ATTR_USERNAME, ATTR_XOR_RELAYED_ADDRESS, ATTR_XORMAPPED_ADDRESS, AttrType, RawAttribute,
+    ATTR_ERROR_CODE, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_UNKNOWN_ATTRIBUTES, ATTR_USERNAME,
+    ATTR_XOR_RELAYED_ADDRESS, ATTR_XORMAPPED_ADDRESS, AttrType, RawAttribute,
 };
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    BINDING_REQUEST, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
-    METHOD_ALLOCATE, METHOD_BINDING, Message, MessageType, Setter,
+    BINDING_REQUEST, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
+    METHOD_BINDING, Message, MessageType, Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
@@ -39,10 +39,7 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 async fn api_still_serves(d: &mut Daemon, after: &str) {
     assert_alive(d);
     let (status, body) = d.create_booking(&booking_body(600, 1800)).await;
-    assert_eq!(
-        status, 201,
-        "a valid booking after {after} must still be created: {body}"
-    );
+    assert_eq!(status, 201, "a valid booking after {after} must still be created: {body}");
 }
 
 /// POST /v1/bookings with a raw body and an optional Authorization header; returns (status, headers, JSON body).
@@ -51,11 +48,7 @@ async fn post_booking_raw(
     auth: Option<&str>,
     body: impl Into<reqwest::Body>,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = d
-        .client()
-        .post(d.url("/v1/bookings"))
-        .header("content-type", "application/json")
-        .body(body);
+    let mut req = d.client().post(d.url("/v1/bookings")).header("content-type", "application/json").body(body);
     if let Some(auth) = auth {
         req = req.header("authorization", auth);
     }
@@ -63,20 +56,14 @@ async fn post_booking_raw(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let text = r.text().await.unwrap_or_default();
-    let json = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("status {status}: the error body is not JSON: {text:?}"));
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: the error body is not JSON: {text:?}"));
     (status, headers, json)
 }
 
 /// Checks an error response `{"error": code, "message": …}` with the given status (and `field` when given); returns
 /// what differs.
-fn api_error_mismatch(
-    case: &str,
-    got: (u16, Value),
-    status: u16,
-    code: &str,
-    field: Option<&str>,
-) -> Option<String> {
+fn api_error_mismatch(case: &str, got: (u16, Value), status: u16, code: &str, field: Option<&str>) -> Option<String> {
     let (got_status, body) = got;
     let mut wrong = Vec::new();
     if got_status != status {
@@ -127,26 +114,11 @@ async fn api_rejects_missing_and_wrong_api_key() {
 
     let basic = format!("Basic {}", d.api_key);
     let (status, _, json) = post_booking_raw(&d, Some(&basic), body).await;
-    assert_api_error(
-        "API key under the Basic scheme",
-        (status, json),
-        401,
-        "unauthorized",
-        None,
-    );
+    assert_api_error("API key under the Basic scheme", (status, json), 401, "unauthorized", None);
     api_still_serves(&mut d, "a Basic Authorization header").await;
 
-    let r = d
-        .client()
-        .get(d.url("/v1/bookings/bkg_doesnotexist"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        401,
-        "GET a booking without API key must be refused before lookup"
-    );
+    let r = d.client().get(d.url("/v1/bookings/bkg_doesnotexist")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "GET a booking without API key must be refused before lookup");
 }
 
 #[tokio::test]
@@ -174,88 +146,19 @@ async fn api_rejects_malformed_bodies() {
         let mut two_hosts = booking_body(600, 1800);
         two_hosts["participants"][1]["role"] = json!("host");
         let mut one_participant = booking_body(600, 1800);
-        one_participant["participants"]
-            .as_array_mut()
-            .unwrap()
-            .pop();
+        one_participant["participants"].as_array_mut().unwrap().pop();
         vec![
-            (
-                "malformed JSON",
-                "{\"title\": \"x\",".to_string(),
-                400,
-                "invalid_request",
-                None,
-            ),
-            (
-                "not a JSON object",
-                "[1, 2, 3]".to_string(),
-                400,
-                "invalid_request",
-                None,
-            ),
-            (
-                "unknown field",
-                unknown_field.to_string(),
-                400,
-                "invalid_request",
-                None,
-            ),
-            (
-                "wrong type",
-                wrong_type.to_string(),
-                400,
-                "invalid_request",
-                None,
-            ),
-            (
-                "missing start_at",
-                missing_start.to_string(),
-                422,
-                "missing_field",
-                Some("start_at"),
-            ),
-            (
-                "start_at without offset",
-                start_no_offset.to_string(),
-                422,
-                "invalid_datetime",
-                Some("start_at"),
-            ),
-            (
-                "end_at without offset",
-                end_no_offset.to_string(),
-                422,
-                "invalid_datetime",
-                Some("end_at"),
-            ),
-            (
-                "end before start",
-                end_before_start.to_string(),
-                422,
-                "invalid_duration",
-                None,
-            ),
-            (
-                "end equals start",
-                end_equals_start.to_string(),
-                422,
-                "invalid_duration",
-                None,
-            ),
-            (
-                "two hosts",
-                two_hosts.to_string(),
-                422,
-                "invalid_participants",
-                None,
-            ),
-            (
-                "one participant",
-                one_participant.to_string(),
-                422,
-                "invalid_participants",
-                None,
-            ),
+            ("malformed JSON", "{\"title\": \"x\",".to_string(), 400, "invalid_request", None),
+            ("not a JSON object", "[1, 2, 3]".to_string(), 400, "invalid_request", None),
+            ("unknown field", unknown_field.to_string(), 400, "invalid_request", None),
+            ("wrong type", wrong_type.to_string(), 400, "invalid_request", None),
+            ("missing start_at", missing_start.to_string(), 422, "missing_field", Some("start_at")),
+            ("start_at without offset", start_no_offset.to_string(), 422, "invalid_datetime", Some("start_at")),
+            ("end_at without offset", end_no_offset.to_string(), 422, "invalid_datetime", Some("end_at")),
+            ("end before start", end_before_start.to_string(), 422, "invalid_duration", None),
+            ("end equals start", end_equals_start.to_string(), 422, "invalid_duration", None),
+            ("two hosts", two_hosts.to_string(), 422, "invalid_participants", None),
+            ("one participant", one_participant.to_string(), 422, "invalid_participants", None),
         ]
     };
     // Every case runs; the mismatches are reported together.
@@ -265,61 +168,30 @@ async fn api_rejects_malformed_bodies() {
         mismatches.extend(api_error_mismatch(case, (got, json), status, code, field));
         api_still_serves(&mut d, case).await;
     }
-    assert!(
-        mismatches.is_empty(),
-        "error responses differ from the contract:\n{}",
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "error responses differ from the contract:\n{}", mismatches.join("\n"));
 }
 
 #[tokio::test]
 async fn api_unknown_booking_and_link_are_404() {
     let mut d = Daemon::start("");
 
-    let r = d
-        .client()
-        .get(d.url("/v1/bookings/bkg_doesnotexist"))
-        .bearer_auth(&d.api_key)
-        .send()
-        .await
-        .unwrap();
+    let r = d.client().get(d.url("/v1/bookings/bkg_doesnotexist")).bearer_auth(&d.api_key).send().await.unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.expect("404 body must be JSON");
-    assert_api_error(
-        "GET unknown booking",
-        (status, body),
-        404,
-        "not_found",
-        None,
-    );
+    assert_api_error("GET unknown booking", (status, body), 404, "not_found", None);
     api_still_serves(&mut d, "GET of an unknown booking").await;
 
     let (status, _, body) = d.join("lnk_not_a_real_link_token").await;
-    assert_api_error(
-        "join with unknown link token",
-        (status, body),
-        404,
-        "link_invalid_or_revoked",
-        None,
-    );
+    assert_api_error("join with unknown link token", (status, body), 404, "link_invalid_or_revoked", None);
     api_still_serves(&mut d, "a join with an unknown link token").await;
 
     // The link token of a real booking with one character changed is unknown too.
     let booking = d.booking_now(60, 1800).await;
-    let mut token = booking["participants"][0]["link_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mut token = booking["participants"][0]["link_token"].as_str().unwrap().to_string();
     let last = token.pop().unwrap();
     token.push(if last == 'A' { 'B' } else { 'A' });
     let (status, _, body) = d.join(&token).await;
-    assert_api_error(
-        "join with a tampered link token",
-        (status, body),
-        404,
-        "link_invalid_or_revoked",
-        None,
-    );
+    assert_api_error("join with a tampered link token", (status, body), 404, "link_invalid_or_revoked", None);
     join_as(&d, &booking, "host").await;
 }
 
@@ -371,10 +243,7 @@ async fn post_huge_body(d: &Daemon, len: usize) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("unparsable HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
@@ -386,6 +255,9 @@ async fn api_huge_body_is_refused_not_fatal() {
         status == 413 || status == 400,
         "a 2 MiB booking body must be refused with 413 (or 400), got {status}: {body:.200}"
     );
+    let json: Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("the {status} error body must be JSON: {body:.200}"));
+    assert!(json["error"].is_string(), "the {status} error body must name an error code: {json}");
     api_still_serves(&mut d, "a 2 MiB body").await;
 }
 
@@ -397,9 +269,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 
 fn signal_url(join: &Value) -> String {
     let base = join["signal_url"].as_str().expect("join has signal_url");
-    let token = join["session_token"]
-        .as_str()
-        .expect("join has session_token");
+    let token = join["session_token"].as_str().expect("join has session_token");
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}token={token}")
 }
@@ -407,13 +277,12 @@ fn signal_url(join: &Value) -> String {
 /// The next text frame as JSON (transport-level ping/pong frames skipped); panics on close, binary or timeout.
 async fn next_json(ws: &mut Ws, waiting_for: &str) -> Value {
     loop {
-        let msg = timeout(RECV_TIMEOUT, ws.next()).await.unwrap_or_else(|_| {
-            panic!("no message within {RECV_TIMEOUT:?} while waiting for {waiting_for}")
-        });
+        let msg = timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {RECV_TIMEOUT:?} while waiting for {waiting_for}"));
         match msg {
             Some(Ok(WsMessage::Text(t))) => {
-                return serde_json::from_str(&t)
-                    .unwrap_or_else(|e| panic!("server sent non-JSON text ({e}): {t:?}"));
+                return serde_json::from_str(&t).unwrap_or_else(|e| panic!("server sent non-JSON text ({e}): {t:?}"));
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             other => panic!("waiting for {waiting_for}, got {other:?}"),
@@ -445,26 +314,18 @@ async fn connect_signal(join: &Value) -> Ws {
         .unwrap_or_else(|_| panic!("WebSocket connect to {url} timed out"))
         .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
     let welcome = next_json(&mut ws, "welcome").await;
-    assert_eq!(
-        welcome["type"], "welcome",
-        "first message must be the welcome: {welcome}"
-    );
+    assert_eq!(welcome["type"], "welcome", "first message must be the welcome: {welcome}");
     assert_eq!(welcome["v"], 1, "welcome version: {welcome}");
     ws
 }
 
 /// Sends an app-level ping and expects a pong: the socket is still usable.
 async fn assert_ping_pong(ws: &mut Ws, after: &str) {
-    ws.send(WsMessage::text(
-        json!({"type": "ping", "t": 1234}).to_string(),
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("send ping after {after}: {e}"));
+    ws.send(WsMessage::text(json!({"type": "ping", "t": 1234}).to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("send ping after {after}: {e}"));
     let pong = next_json(ws, &format!("pong after {after}")).await;
-    assert_eq!(
-        pong["type"], "pong",
-        "after {after} the socket must still answer pings: {pong}"
-    );
+    assert_eq!(pong["type"], "pong", "after {after} the socket must still answer pings: {pong}");
 }
 
 #[tokio::test]
@@ -474,10 +335,7 @@ async fn ws_bad_token_is_refused() {
     let join = join_as(&d, &booking, "host").await;
     let base = join["signal_url"].as_str().unwrap().to_string();
 
-    for bad in [
-        "not-a-token",
-        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
-    ] {
+    for bad in ["not-a-token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"] {
         let url = format!("{base}?token={bad}");
         match timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
             .await
@@ -488,11 +346,7 @@ async fn ws_bad_token_is_refused() {
                 assert_eq!(code, 4001, "a bad session token must be closed with 4001");
             }
             Err(tungstenite::Error::Http(resp)) => {
-                assert_eq!(
-                    resp.status().as_u16(),
-                    401,
-                    "a refused upgrade for a bad token must be 401"
-                );
+                assert_eq!(resp.status().as_u16(), 401, "a refused upgrade for a bad token must be 401");
             }
             Err(e) => panic!("bad token: expected close 4001 or HTTP 401, got {e}"),
         }
@@ -516,9 +370,7 @@ async fn ws_garbage_and_binary_frames_get_errors_and_socket_survives() {
     assert_eq!(err["code"], "bad_message", "garbage text: {err}");
     assert_ping_pong(&mut ws, "garbage text").await;
 
-    ws.send(WsMessage::binary(vec![0u8, 159, 146, 150, 255]))
-        .await
-        .unwrap();
+    ws.send(WsMessage::binary(vec![0u8, 159, 146, 150, 255])).await.unwrap();
     let err = next_json(&mut ws, "error for a binary frame").await;
     assert_eq!(err["type"], "error", "binary frame: {err}");
     assert_ping_pong(&mut ws, "a binary frame").await;
@@ -532,16 +384,12 @@ async fn ws_oversized_frame_closes_1009_and_daemon_accepts_new_connections() {
     let join = join_as(&d, &booking, "host").await;
     let mut ws = connect_signal(&join).await;
 
-    let big =
-        json!({"type": "signal", "session": 1, "data": {"sdp": "x".repeat(70 * 1024)}}).to_string();
+    let big = json!({"type": "signal", "session": 1, "data": {"sdp": "x".repeat(70 * 1024)}}).to_string();
     assert!(big.len() > 64 * 1024);
     // The server may close while the frame is still being written; a send error is fine, the close code is not.
     let _ = ws.send(WsMessage::text(big)).await;
     let code = close_code(&mut ws, "close after a 70 KiB frame").await;
-    assert_eq!(
-        code, 1009,
-        "a frame over 64 KiB must be closed with 1009 (message too big)"
-    );
+    assert_eq!(code, 1009, "a frame over 64 KiB must be closed with 1009 (message too big)");
     drop(ws);
     assert_alive(&mut d);
 
@@ -574,18 +422,13 @@ fn build(setters: Vec<Box<dyn Setter>>) -> Message {
 }
 
 fn binding_request(extra: Vec<Box<dyn Setter>>) -> Message {
-    let mut setters: Vec<Box<dyn Setter>> =
-        vec![Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)];
+    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)];
     setters.extend(extra);
     build(setters)
 }
 
 fn raw_attr(typ: u16, value: &[u8]) -> Box<dyn Setter> {
-    Box::new(RawAttribute {
-        typ: AttrType(typ),
-        length: value.len() as u16,
-        value: value.to_vec(),
-    })
+    Box::new(RawAttribute { typ: AttrType(typ), length: value.len() as u16, value: value.to_vec() })
 }
 
 fn text_attr(typ: AttrType, text: &str) -> Box<dyn Setter> {
@@ -593,10 +436,7 @@ fn text_attr(typ: AttrType, text: &str) -> Box<dyn Setter> {
 }
 
 /// An Allocate request for UDP; with `auth = Some((username, realm, nonce, password))` it is signed.
-fn allocate_request(
-    auth: Option<(&str, &str, &str, &str)>,
-    extra: Vec<Box<dyn Setter>>,
-) -> Message {
+fn allocate_request(auth: Option<(&str, &str, &str, &str)>, extra: Vec<Box<dyn Setter>>) -> Message {
     let mut setters: Vec<Box<dyn Setter>> = vec![
         Box::new(TransactionId::new()),
         Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
@@ -660,15 +500,9 @@ async fn assert_binding_works(sock: &UdpSocket, after: &str) {
         error_code(&resp)
     );
     let mut xma = XorMappedAddress::default();
-    xma.get_from(&resp).unwrap_or_else(|e| {
-        panic!("Binding success after {after} without XOR-MAPPED-ADDRESS: {e}")
-    });
+    xma.get_from(&resp).unwrap_or_else(|e| panic!("Binding success after {after} without XOR-MAPPED-ADDRESS: {e}"));
     let me = sock.local_addr().unwrap();
-    assert_eq!(
-        SocketAddr::new(xma.ip, xma.port),
-        me,
-        "XOR-MAPPED-ADDRESS must be the client's address"
-    );
+    assert_eq!(SocketAddr::new(xma.ip, xma.port), me, "XOR-MAPPED-ADDRESS must be the client's address");
 }
 
 /// Nothing arrives for `dur`: malformed datagrams are silently discarded (RFC 8489 §6.3), never answered.
@@ -676,10 +510,7 @@ async fn assert_silence(sock: &UdpSocket, what: &str) {
     let mut buf = vec![0u8; 2048];
     if let Ok(r) = timeout(Duration::from_millis(300), sock.recv(&mut buf)).await {
         let n = r.unwrap_or_else(|e| panic!("recv after {what}: {e}"));
-        panic!(
-            "{what} must be silently discarded, but the relay answered {n} bytes: {}",
-            hex(&buf[..n])
-        );
+        panic!("{what} must be silently discarded, but the relay answered {n} bytes: {}", hex(&buf[..n]));
     }
 }
 
@@ -711,19 +542,13 @@ async fn relay_discards_malformed_datagrams_and_keeps_serving() {
     stun_like_noise[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("an empty datagram", vec![]),
-        (
-            "a truncated STUN header (12 of 20 bytes)",
-            valid[..12].to_vec(),
-        ),
+        ("a truncated STUN header (12 of 20 bytes)", valid[..12].to_vec()),
         ("a STUN header alone with a nonzero length", {
             let mut h = valid[..20].to_vec();
             h[2..4].copy_from_slice(&12u16.to_be_bytes());
             h
         }),
-        (
-            "a STUN message whose length field exceeds the datagram",
-            too_long,
-        ),
+        ("a STUN message whose length field exceeds the datagram", too_long),
         ("1 random byte", noise(1, 1)),
         ("37 random bytes", noise(2, 37)),
         ("548 random bytes", noise(3, 548)),
@@ -742,31 +567,18 @@ async fn relay_discards_malformed_datagrams_and_keeps_serving() {
     }
     assert_alive(&mut d);
     // A fresh client is served too.
-    assert_binding_works(
-        &relay_socket(&d).await,
-        "malformed datagrams from another client",
-    )
-    .await;
+    assert_binding_works(&relay_socket(&d).await, "malformed datagrams from another client").await;
 }
 
 /// The 401 challenge for an unauthenticated Allocate: (realm, nonce).
 async fn challenge(sock: &UdpSocket) -> (String, String) {
-    let resp = transact(
-        sock,
-        &allocate_request(None, vec![]),
-        "unauthenticated Allocate",
-    )
-    .await;
+    let resp = transact(sock, &allocate_request(None, vec![]), "unauthenticated Allocate").await;
     assert_eq!(
         resp.typ,
         MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE),
         "unauthenticated Allocate must be refused: {resp}"
     );
-    assert_eq!(
-        error_code(&resp),
-        Some(401),
-        "unauthenticated Allocate: {resp}"
-    );
+    assert_eq!(error_code(&resp), Some(401), "unauthenticated Allocate: {resp}");
     let realm = text_of(&resp, ATTR_REALM).expect("401 must carry REALM");
     let nonce = text_of(&resp, ATTR_NONCE).expect("401 must carry NONCE");
     assert_eq!(realm, "duet", "configured default realm");
@@ -779,8 +591,7 @@ async fn relay_refuses_allocate_signed_with_wrong_password() {
     let booking = d.booking_now(60, 1800).await;
     let (_, username, credential) = turn_credentials(&join_as(&d, &booking, "host").await);
     let sock = relay_socket(&d).await;
-    let failures_before =
-        common::metric(&d.metrics().await, "duet_turn_auth_failures_total").unwrap_or(0.0);
+    let failures_before = common::metric(&d.metrics().await, "duet_turn_auth_failures_total").unwrap_or(0.0);
 
     let (realm, nonce) = challenge(&sock).await;
     let wrong = format!("{credential}x");
@@ -791,17 +602,9 @@ async fn relay_refuses_allocate_signed_with_wrong_password() {
         MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE),
         "an Allocate with a wrong MESSAGE-INTEGRITY must be refused: {resp}"
     );
-    assert_eq!(
-        error_code(&resp),
-        Some(401),
-        "wrong MESSAGE-INTEGRITY must be answered 401: {resp}"
-    );
-    assert!(
-        !resp.contains(ATTR_XOR_RELAYED_ADDRESS),
-        "no relayed address for a failed Allocate"
-    );
-    let failures_after =
-        common::metric(&d.metrics().await, "duet_turn_auth_failures_total").unwrap_or(0.0);
+    assert_eq!(error_code(&resp), Some(401), "wrong MESSAGE-INTEGRITY must be answered 401: {resp}");
+    assert!(!resp.contains(ATTR_XOR_RELAYED_ADDRESS), "no relayed address for a failed Allocate");
+    let failures_after = common::metric(&d.metrics().await, "duet_turn_auth_failures_total").unwrap_or(0.0);
     assert!(
         failures_after > failures_before,
         "duet_turn_auth_failures_total must count the wrong password ({failures_before} -> {failures_after})"
@@ -819,9 +622,7 @@ async fn relay_refuses_allocate_signed_with_wrong_password() {
         error_code(&resp)
     );
     let mut relayed = XorMappedAddress::default();
-    relayed
-        .get_from_as(&resp, ATTR_XOR_RELAYED_ADDRESS)
-        .expect("Allocate success carries XOR-RELAYED-ADDRESS");
+    relayed.get_from_as(&resp, ATTR_XOR_RELAYED_ADDRESS).expect("Allocate success carries XOR-RELAYED-ADDRESS");
     assert_eq!(relayed.ip.to_string(), "127.0.0.1", "relayed address");
     assert_ne!(relayed.port, 0, "relayed port");
     assert_binding_works(&sock, "a wrong-password Allocate").await;
@@ -835,26 +636,15 @@ async fn relay_answers_unknown_comprehension_required_attribute_with_420() {
     const UNKNOWN_OPTIONAL: u16 = 0xBF31;
 
     let req = binding_request(vec![raw_attr(UNKNOWN_REQUIRED, &[1, 2, 3, 4])]);
-    let resp = transact(
-        &sock,
-        &req,
-        "Binding with an unknown comprehension-required attribute",
-    )
-    .await;
+    let resp = transact(&sock, &req, "Binding with an unknown comprehension-required attribute").await;
     assert_eq!(
         resp.typ,
         MessageType::new(METHOD_BINDING, CLASS_ERROR_RESPONSE),
         "unknown comprehension-required attribute: {resp}"
     );
-    assert_eq!(
-        error_code(&resp),
-        Some(420),
-        "unknown comprehension-required attribute: {resp}"
-    );
+    assert_eq!(error_code(&resp), Some(420), "unknown comprehension-required attribute: {resp}");
     let mut unknown = UnknownAttributes(vec![]);
-    unknown
-        .get_from(&resp)
-        .unwrap_or_else(|e| panic!("420 must carry UNKNOWN-ATTRIBUTES ({e}): {resp}"));
+    unknown.get_from(&resp).unwrap_or_else(|e| panic!("420 must carry UNKNOWN-ATTRIBUTES ({e}): {resp}"));
     assert!(
         unknown.0.contains(&AttrType(UNKNOWN_REQUIRED)),
         "UNKNOWN-ATTRIBUTES must list 0x{UNKNOWN_REQUIRED:04x}, got {unknown}"
@@ -864,12 +654,7 @@ async fn relay_answers_unknown_comprehension_required_attribute_with_420() {
 
     // Unknown comprehension-optional attributes are ignored.
     let req = binding_request(vec![raw_attr(UNKNOWN_OPTIONAL, &[1, 2, 3, 4])]);
-    let resp = transact(
-        &sock,
-        &req,
-        "Binding with an unknown comprehension-optional attribute",
-    )
-    .await;
+    let resp = transact(&sock, &req, "Binding with an unknown comprehension-optional attribute").await;
     assert_eq!(
         resp.typ,
         MessageType::new(METHOD_BINDING, CLASS_SUCCESS_RESPONSE),
@@ -886,18 +671,10 @@ async fn relay_answers_unknown_comprehension_required_attribute_with_420() {
         Some((&username, &realm, &nonce, &credential)),
         vec![raw_attr(UNKNOWN_REQUIRED, &[9, 9, 9, 9])],
     );
-    let resp = transact(
-        &sock,
-        &req,
-        "signed Allocate with an unknown comprehension-required attribute",
-    )
-    .await;
+    let resp = transact(&sock, &req, "signed Allocate with an unknown comprehension-required attribute").await;
     assert_eq!(
         (resp.typ, error_code(&resp)),
-        (
-            MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE),
-            Some(420)
-        ),
+        (MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE), Some(420)),
         "signed Allocate with an unknown comprehension-required attribute: {resp}"
     );
     assert_binding_works(&sock, "a 420 on Allocate").await;

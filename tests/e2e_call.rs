@@ -24,10 +24,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry,
-    StatsSelector,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCIceCandidateType, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, RTCStatsReportEntry, StatsSelector,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -40,9 +39,7 @@ const ROUND_TRIPS: usize = 24;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_through_hub_and_relay() {
     let d = Daemon::start("");
-    tokio::time::timeout(Duration::from_secs(90), call(&d))
-        .await
-        .expect("the call did not complete within 90 s");
+    tokio::time::timeout(Duration::from_secs(90), call(&d)).await.expect("the call did not complete within 90 s");
 }
 
 async fn call(d: &Daemon) {
@@ -53,9 +50,7 @@ async fn call(d: &Daemon) {
     let turn = turn_server(&host_join["ice_servers"]);
     let turn_url = format!("turn:{}?transport=udp", d.turn_udp);
     assert!(
-        turn["urls"]
-            .as_array()
-            .is_some_and(|u| u.iter().any(|u| *u == turn_url)),
+        turn["urls"].as_array().is_some_and(|u| u.iter().any(|u| *u == turn_url)),
         "the join response does not point at Duet's TURN listener {turn_url}: {turn}"
     );
 
@@ -74,24 +69,12 @@ async fn call(d: &Daemon) {
     let guest_ready = next_json(&mut guest_ws).await;
     assert_eq!(host_ready["type"], "ready", "host: {host_ready}");
     assert_eq!(guest_ready["type"], "ready", "guest: {guest_ready}");
-    let session = host_ready["session"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("ready without a session number: {host_ready}"));
-    assert_eq!(
-        guest_ready["session"], session,
-        "both sides of the pair see the same session"
-    );
-    assert_eq!(
-        host_ready["peer"]["peer"],
-        guest_peer.as_str(),
-        "host's ready names the guest: {host_ready}"
-    );
+    let session =
+        host_ready["session"].as_u64().unwrap_or_else(|| panic!("ready without a session number: {host_ready}"));
+    assert_eq!(guest_ready["session"], session, "both sides of the pair see the same session");
+    assert_eq!(host_ready["peer"]["peer"], guest_peer.as_str(), "host's ready names the guest: {host_ready}");
     assert_eq!(host_ready["peer"]["role"], "guest");
-    assert_eq!(
-        guest_ready["peer"]["peer"],
-        host_peer.as_str(),
-        "guest's ready names the host: {guest_ready}"
-    );
+    assert_eq!(guest_ready["peer"]["peer"], host_peer.as_str(), "guest's ready names the host: {guest_ready}");
     assert_eq!(guest_ready["peer"]["role"], "host");
 
     // Relay-only peers built from the ICE servers of each join response.
@@ -102,15 +85,9 @@ async fn call(d: &Daemon) {
     let guest_pc = relay_only_peer(&guest_join["ice_servers"], guest_events).await;
 
     // The host is the initiator: it creates the data channel and the offer.
-    let host_dc = host_pc
-        .create_data_channel("chat", None)
-        .await
-        .expect("create data channel");
+    let host_dc = host_pc.create_data_channel("chat", None).await.expect("create data channel");
     let offer = host_pc.create_offer(None).await.expect("create offer");
-    host_pc
-        .set_local_description(offer.clone())
-        .await
-        .expect("set local offer");
+    host_pc.set_local_description(offer.clone()).await.expect("set local offer");
     let tasks = vec![
         tokio::spawn(signaling(
             "host",
@@ -145,18 +122,10 @@ async fn call(d: &Daemon) {
     })
     .await;
     if opened != Ok(true) {
-        panic!(
-            "the host's data channel did not open within 30 s\n{}",
-            diagnose(d, &log, tasks).await
-        );
+        panic!("the host's data channel did not open within 30 s\n{}", diagnose(d, &log, tasks).await);
     }
-    let Ok(Some(guest_dc)) =
-        tokio::time::timeout(Duration::from_secs(10), guest_side.channels.recv()).await
-    else {
-        panic!(
-            "the guest was never handed the host's data channel\n{}",
-            diagnose(d, &log, tasks).await
-        );
+    let Ok(Some(guest_dc)) = tokio::time::timeout(Duration::from_secs(10), guest_side.channels.recv()).await else {
+        panic!("the guest was never handed the host's data channel\n{}", diagnose(d, &log, tasks).await);
     };
     assert_eq!(guest_dc.label().await.expect("label"), "chat");
 
@@ -167,10 +136,7 @@ async fn call(d: &Daemon) {
             match guest_dc.poll().await {
                 Some(DataChannelEvent::OnMessage(m)) => {
                     let text = String::from_utf8(m.data.to_vec()).expect("text message");
-                    guest_dc
-                        .send_text(&answer_to(&text))
-                        .await
-                        .expect("guest sends");
+                    guest_dc.send_text(&answer_to(&text)).await.expect("guest sends");
                     received.push(text);
                 }
                 Some(_) => {}
@@ -197,31 +163,19 @@ async fn call(d: &Daemon) {
         })
         .await;
         let Ok(reply) = reply else {
-            panic!(
-                "no answer to message {i} within 10 s\n{}",
-                diagnose(d, &log, tasks).await
-            );
+            panic!("no answer to message {i} within 10 s\n{}", diagnose(d, &log, tasks).await);
         };
         assert_eq!(reply, answer_to(&text), "answer to message {i}");
         payload_bytes += text.len() + reply.len();
         sent.push(text);
     }
     let received = echo.await.expect("guest echo task");
-    assert_eq!(
-        received, sent,
-        "the guest received the host's messages in order, intact"
-    );
+    assert_eq!(received, sent, "the guest received the host's messages in order, intact");
 
     // Only relay candidates were gathered, and the pair in use is relay to relay.
-    for (name, types) in [
-        ("host", &host_side.candidate_types),
-        ("guest", &guest_side.candidate_types),
-    ] {
+    for (name, types) in [("host", &host_side.candidate_types), ("guest", &guest_side.candidate_types)] {
         let types = types.lock().unwrap().clone();
-        assert!(
-            !types.is_empty(),
-            "{name} gathered no candidate from Duet's TURN"
-        );
+        assert!(!types.is_empty(), "{name} gathered no candidate from Duet's TURN");
         assert!(
             types.iter().all(|t| *t == RTCIceCandidateType::Relay),
             "{name} gathered non-relay candidates despite policy relay: {types:?}"
@@ -229,42 +183,28 @@ async fn call(d: &Daemon) {
     }
     for (name, pc) in [("host", &host_pc), ("guest", &guest_pc)] {
         let (local, remote) = selected_pair_types(pc.as_ref()).await;
-        assert_eq!(
-            local,
-            RTCIceCandidateType::Relay,
-            "{name}'s selected local candidate"
-        );
-        assert_eq!(
-            remote,
-            RTCIceCandidateType::Relay,
-            "{name}'s selected remote candidate"
-        );
+        assert_eq!(local, RTCIceCandidateType::Relay, "{name}'s selected local candidate");
+        assert_eq!(remote, RTCIceCandidateType::Relay, "{name}'s selected remote candidate");
     }
 
     // Every message crossed Duet's relay twice (client -> relay -> peer relay -> client), so each direction counted at
     // least the payload bytes (DTLS and SCTP only add to them).
     let payload_bytes = payload_bytes as f64;
     let text = wait_for_metrics(d, |m| {
-        metric(m, "duet_turn_relayed_bytes_total{direction=\"to_peer\"}").unwrap_or(0.0)
-            >= payload_bytes
-            && metric(m, "duet_turn_relayed_bytes_total{direction=\"to_client\"}").unwrap_or(0.0)
-                >= payload_bytes
+        metric(m, "duet_turn_relayed_bytes_total{direction=\"to_peer\"}").unwrap_or(0.0) >= payload_bytes
+            && metric(m, "duet_turn_relayed_bytes_total{direction=\"to_client\"}").unwrap_or(0.0) >= payload_bytes
     })
     .await;
     for direction in ["to_peer", "to_client"] {
         let name = format!("duet_turn_relayed_bytes_total{{direction=\"{direction}\"}}");
-        let relayed =
-            metric(&text, &name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"));
+        let relayed = metric(&text, &name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"));
         assert!(
             relayed >= payload_bytes,
             "{name} = {relayed}, below the {payload_bytes} payload bytes the data channel carried"
         );
     }
     let ok = metric(&text, "duet_turn_allocations_total{result=\"ok\"}").unwrap_or(0.0);
-    assert!(
-        ok >= 2.0,
-        "duet_turn_allocations_total{{result=\"ok\"}} = {ok}, want >= 2 (one per peer)"
-    );
+    assert!(ok >= 2.0, "duet_turn_allocations_total{{result=\"ok\"}} = {ok}, want >= 2 (one per peer)");
 
     for task in tasks {
         task.abort();
@@ -284,19 +224,12 @@ async fn join_outside_window_and_after_cancel() {
 async fn outside_window_and_cancel(d: &Daemon) {
     // Two hours ahead: the guest may join 10 min before the start, the host 15 min before.
     let later = d.booking_now(7200, 1800).await;
-    for (role, window_key, opens_in) in [
-        ("guest", "opens_at", 7200 - 600),
-        ("host", "host_opens_at", 7200 - 900),
-    ] {
+    for (role, window_key, opens_in) in [("guest", "opens_at", 7200 - 600), ("host", "host_opens_at", 7200 - 900)] {
         let (status, headers, body) = d.join(link_token(&later, role)).await;
         assert_eq!(status, 403, "{role} joining 2 h early: {body}");
         assert_eq!(body["error"], "join_too_early", "{role}: {body}");
         let opens_at = rfc3339(&body["opens_at"]);
-        assert_eq!(
-            opens_at,
-            rfc3339(&later["window"][window_key]),
-            "{role}'s opens_at is the booking's {window_key}"
-        );
+        assert_eq!(opens_at, rfc3339(&later["window"][window_key]), "{role}'s opens_at is the booking's {window_key}");
         let expected = rfc3339(&json!(rfc3339_in(opens_in)));
         assert!(
             (opens_at - expected).abs() <= time::Duration::seconds(5),
@@ -313,10 +246,7 @@ async fn outside_window_and_cancel(d: &Daemon) {
             (opens_in - 10..=opens_in).contains(&retry_after),
             "{role}: Retry-After {retry_after}, the window opens in {opens_in} s"
         );
-        assert_eq!(
-            body["retry_after"], retry_after,
-            "{role}: body retry_after matches the header"
-        );
+        assert_eq!(body["retry_after"], retry_after, "{role}: body retry_after matches the header");
     }
 
     // A booking that is open now: both join, the host's TURN credentials allocate a relay.
@@ -339,11 +269,7 @@ async fn outside_window_and_cancel(d: &Daemon) {
         Err(e) => panic!("Allocate with fresh credentials of an open booking failed: {e}"),
     };
     let text = wait_for_metrics(d, |m| active_allocations(m) == Some(1.0)).await;
-    assert_eq!(
-        active_allocations(&text),
-        Some(1.0),
-        "one allocation is active:\n{text}"
-    );
+    assert_eq!(active_allocations(&text), Some(1.0), "one allocation is active:\n{text}");
 
     // Both participants are in the room when the booking is cancelled.
     let mut host_ws = open_signal(&host_join).await;
@@ -362,22 +288,13 @@ async fn outside_window_and_cancel(d: &Daemon) {
     let cancelled: Value = r.json().await.unwrap_or(Value::Null);
     assert_eq!(status, 200, "cancel: {cancelled}");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    assert_eq!(
-        cancelled["sequence"], 1,
-        "cancel bumps the sequence: {cancelled}"
-    );
+    assert_eq!(cancelled["sequence"], 1, "cancel bumps the sequence: {cancelled}");
 
     for (role, ws) in [("host", &mut host_ws), ("guest", &mut guest_ws)] {
         let code = tokio::time::timeout(Duration::from_secs(10), close_code(ws))
             .await
-            .unwrap_or_else(|_| {
-                panic!("the {role}'s signaling socket stayed open 10 s after the cancel")
-            });
-        assert_eq!(
-            code,
-            Some(4004),
-            "the {role}'s socket closes with 4004 (booking cancelled)"
-        );
+            .unwrap_or_else(|_| panic!("the {role}'s signaling socket stayed open 10 s after the cancel"));
+        assert_eq!(code, Some(4004), "the {role}'s socket closes with 4004 (booking cancelled)");
     }
 
     for role in ["host", "guest"] {
@@ -393,17 +310,12 @@ async fn outside_window_and_cancel(d: &Daemon) {
             panic!("Allocate with a cancelled booking's credentials got no answer within 20 s")
         }
         Ok(Ok(_)) => panic!("Allocate with a cancelled booking's credentials succeeded"),
-        Ok(Err(e)) => assert!(
-            e.to_string().contains("401"),
-            "Allocate with a cancelled booking's credentials: want 401, got {e}"
-        ),
+        Ok(Err(e)) => {
+            assert!(e.to_string().contains("401"), "Allocate with a cancelled booking's credentials: want 401, got {e}")
+        }
     }
     let text = wait_for_metrics(d, |m| active_allocations(m) == Some(0.0)).await;
-    assert_eq!(
-        active_allocations(&text),
-        Some(0.0),
-        "the cancelled booking's allocation was torn down:\n{text}"
-    );
+    assert_eq!(active_allocations(&text), Some(0.0), "the cancelled booking's allocation was torn down:\n{text}");
 
     drop(relay);
     let _ = first.close().await;
@@ -412,28 +324,16 @@ async fn outside_window_and_cancel(d: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_without_config_keeps_private_state() {
-    tokio::time::timeout(Duration::from_secs(60), first_start())
-        .await
-        .expect("the test did not complete within 60 s");
+    tokio::time::timeout(Duration::from_secs(60), first_start()).await.expect("the test did not complete within 60 s");
 }
 
 async fn first_start() {
     let cwd = tempfile::tempdir().expect("tempdir");
-    let args = [
-        "serve",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--turn-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
+    let args =
+        ["serve", "--http-listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     let d = common::start_with_args(&args, cwd.path());
     let data = cwd.path().join("duet-data");
-    assert!(
-        data.is_dir(),
-        "no ./duet-data created in the working directory"
-    );
+    assert!(data.is_dir(), "no ./duet-data created in the working directory");
     assert_eq!(
         d.data_dir.canonicalize().unwrap(),
         data.canonicalize().unwrap(),
@@ -444,27 +344,18 @@ async fn first_start() {
     let api_key_file = data.join("api-key");
     assert_eq!(mode(&api_key_file), 0o600, "duet-data/api-key");
     let listing = list_files(&data);
-    let private: Vec<_> = listing
-        .iter()
-        .filter(|(name, _)| !is_database_file(name))
-        .collect();
+    let private: Vec<_> = listing.iter().filter(|(name, _)| !is_database_file(name)).collect();
     assert!(
         private.iter().any(|(name, _)| name != "api-key"),
         "no secrets file besides api-key in duet-data: {listing:?}"
     );
     for (name, file_mode) in &private {
-        assert_eq!(
-            *file_mode, 0o600,
-            "duet-data/{name} is {file_mode:o} (files: {listing:?})"
-        );
+        assert_eq!(*file_mode, 0o600, "duet-data/{name} is {file_mode:o} (files: {listing:?})");
     }
 
     // The key works, and only the key.
     let (status, body) = d.create_booking(&common::booking_body(60, 1800)).await;
-    assert_eq!(
-        status, 201,
-        "create booking with the generated api key: {body}"
-    );
+    assert_eq!(status, 201, "create booking with the generated api key: {body}");
     let r = d
         .client()
         .post(d.url("/v1/bookings"))
@@ -482,23 +373,11 @@ async fn first_start() {
     drop(d);
     let d = common::start_with_args(&args, cwd.path());
     assert_eq!(d.api_key, api_key, "the api key survives a restart");
-    let r = d
-        .client()
-        .get(d.url(&format!("/v1/bookings/{booking_id}")))
-        .bearer_auth(&d.api_key)
-        .send()
-        .await
-        .unwrap();
+    let r = d.client().get(d.url(&format!("/v1/bookings/{booking_id}"))).bearer_auth(&d.api_key).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "the booking survives a restart");
     let after = join_ok(&d, &body, "host").await;
-    let (was, is) = (
-        turn_server(&before["ice_servers"]),
-        turn_server(&after["ice_servers"]),
-    );
-    assert_eq!(
-        was["username"], is["username"],
-        "same participant, same TURN username"
-    );
+    let (was, is) = (turn_server(&before["ice_servers"]), turn_server(&after["ice_servers"]));
+    assert_eq!(was["username"], is["username"], "same participant, same TURN username");
     assert_eq!(
         was["credential"], is["credential"],
         "the TURN secret survives a restart (same username, same credential)"
@@ -526,18 +405,8 @@ impl Events {
         let (candidates, candidates_rx) = mpsc::unbounded_channel();
         let (channels, channels_rx) = mpsc::unbounded_channel();
         let candidate_types = Arc::<Mutex<Vec<RTCIceCandidateType>>>::default();
-        let events = Events {
-            name,
-            candidates,
-            candidate_types: candidate_types.clone(),
-            channels,
-            log,
-        };
-        let side = Side {
-            candidates: candidates_rx,
-            candidate_types,
-            channels: channels_rx,
-        };
+        let events = Events { name, candidates, candidate_types: candidate_types.clone(), channels, log };
+        let side = Side { candidates: candidates_rx, candidate_types, channels: channels_rx };
         (events, side)
     }
 }
@@ -547,27 +416,17 @@ type Ready<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 // The trait is declared with `#[async_trait]` and this crate does not depend on async-trait, so the methods are
 // written in the form the macro expands to. Each callback only hands its event over, so its future is ready at once.
 impl PeerConnectionEventHandler for Events {
-    fn on_ice_candidate<'life0, 'async_trait>(
-        &'life0 self,
-        event: RTCPeerConnectionIceEvent,
-    ) -> Ready<'async_trait>
+    fn on_ice_candidate<'life0, 'async_trait>(&'life0 self, event: RTCPeerConnectionIceEvent) -> Ready<'async_trait>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        self.candidate_types
-            .lock()
-            .unwrap()
-            .push(event.candidate.typ);
+        self.candidate_types.lock().unwrap().push(event.candidate.typ);
         match event.candidate.to_json() {
             Ok(init) => {
                 let _ = self.candidates.send(init);
             }
-            Err(e) => self
-                .log
-                .lock()
-                .unwrap()
-                .push(format!("{}: candidate not serialisable: {e}", self.name)),
+            Err(e) => self.log.lock().unwrap().push(format!("{}: candidate not serialisable: {e}", self.name)),
         }
         Box::pin(std::future::ready(()))
     }
@@ -580,17 +439,11 @@ impl PeerConnectionEventHandler for Events {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{}: connection state {state}", self.name));
+        self.log.lock().unwrap().push(format!("{}: connection state {state}", self.name));
         Box::pin(std::future::ready(()))
     }
 
-    fn on_data_channel<'life0, 'async_trait>(
-        &'life0 self,
-        data_channel: Arc<dyn DataChannel>,
-    ) -> Ready<'async_trait>
+    fn on_data_channel<'life0, 'async_trait>(&'life0 self, data_channel: Arc<dyn DataChannel>) -> Ready<'async_trait>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
@@ -609,10 +462,7 @@ async fn relay_only_peer(ice_servers: &Value, events: Events) -> Arc<dyn PeerCon
         .map(|s| RTCIceServer {
             urls: match &s["urls"] {
                 Value::String(u) => vec![u.clone()],
-                Value::Array(us) => us
-                    .iter()
-                    .map(|u| u.as_str().expect("url").to_string())
-                    .collect(),
+                Value::Array(us) => us.iter().map(|u| u.as_str().expect("url").to_string()).collect(),
                 other => panic!("ice server urls {other}"),
             },
             username: s["username"].as_str().unwrap_or_default().to_string(),
@@ -647,14 +497,10 @@ async fn signaling(
     log: Log,
 ) -> Result<(), String> {
     let note = |s: String| log.lock().unwrap().push(format!("{name}: {s}"));
-    let signal = |data: Value| {
-        Message::text(json!({"type": "signal", "session": session, "data": data}).to_string())
-    };
+    let signal = |data: Value| Message::text(json!({"type": "signal", "session": session, "data": data}).to_string());
     if let Some(data) = first {
         note(format!("sends {}", data["type"]));
-        ws.send(signal(data))
-            .await
-            .map_err(|e| format!("{name}: send: {e}"))?;
+        ws.send(signal(data)).await.map_err(|e| format!("{name}: send: {e}"))?;
     }
     let mut have_remote = false;
     let mut early: Vec<RTCIceCandidateInit> = Vec::new();
@@ -745,29 +591,20 @@ async fn diagnose(d: &Daemon, log: &Log, tasks: Vec<JoinHandle<Result<(), String
 }
 
 /// The types of the local and remote candidates of the pair the connection uses.
-async fn selected_pair_types(
-    pc: &dyn PeerConnection,
-) -> (RTCIceCandidateType, RTCIceCandidateType) {
+async fn selected_pair_types(pc: &dyn PeerConnection) -> (RTCIceCandidateType, RTCIceCandidateType) {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let pair_id = report
         .transport()
         .map(|t| t.selected_candidate_pair_id.clone())
         .filter(|id| !id.is_empty())
-        .or_else(|| {
-            report
-                .candidate_pairs()
-                .find(|p| p.nominated)
-                .map(|p| p.stats.id.clone())
-        })
+        .or_else(|| report.candidate_pairs().find(|p| p.nominated).map(|p| p.stats.id.clone()))
         .expect("stats name no selected or nominated candidate pair");
     let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
         panic!("no candidate pair {pair_id} in the stats");
     };
     // The pair names its candidates "candidate:…" while their own entries are "RTCLocalIceCandidate_candidate:…" and
     // "RTCRemoteIceCandidate_candidate:…" (webrtc 0.21), so match either form.
-    let named = |id: &str, wanted: &str| {
-        id == wanted || id.strip_suffix(wanted).is_some_and(|p| p.ends_with('_'))
-    };
+    let named = |id: &str, wanted: &str| id == wanted || id.strip_suffix(wanted).is_some_and(|p| p.ends_with('_'));
     let local = report.iter().find_map(|e| match e {
         RTCStatsReportEntry::LocalCandidate(c) if named(&c.stats.id, &pair.local_candidate_id) => {
             Some(c.candidate_type)
@@ -775,18 +612,14 @@ async fn selected_pair_types(
         _ => None,
     });
     let remote = report.iter().find_map(|e| match e {
-        RTCStatsReportEntry::RemoteCandidate(c)
-            if named(&c.stats.id, &pair.remote_candidate_id) =>
-        {
+        RTCStatsReportEntry::RemoteCandidate(c) if named(&c.stats.id, &pair.remote_candidate_id) => {
             Some(c.candidate_type)
         }
         _ => None,
     });
     let ids = report.ids().collect::<Vec<_>>();
-    let local =
-        local.unwrap_or_else(|| panic!("no stats for the local candidate of {pair_id}: {ids:?}"));
-    let remote =
-        remote.unwrap_or_else(|| panic!("no stats for the remote candidate of {pair_id}: {ids:?}"));
+    let local = local.unwrap_or_else(|| panic!("no stats for the local candidate of {pair_id}: {ids:?}"));
+    let remote = remote.unwrap_or_else(|| panic!("no stats for the remote candidate of {pair_id}: {ids:?}"));
     (local, remote)
 }
 
@@ -822,10 +655,7 @@ async fn open_signal(join: &Value) -> Ws {
 }
 
 fn check_welcome(welcome: &Value, booking_id: &str, role: &str) {
-    assert_eq!(
-        welcome["type"], "welcome",
-        "{role}'s first frame: {welcome}"
-    );
+    assert_eq!(welcome["type"], "welcome", "{role}'s first frame: {welcome}");
     assert_eq!(welcome["v"], 1, "{role}: {welcome}");
     assert!(
         welcome["booking"] == booking_id || welcome["booking"]["id"] == booking_id,
@@ -833,11 +663,7 @@ fn check_welcome(welcome: &Value, booking_id: &str, role: &str) {
     );
     assert_eq!(welcome["you"]["role"], role, "{role}: {welcome}");
     assert!(welcome["you"]["peer"].is_string(), "{role}: {welcome}");
-    assert_eq!(
-        welcome["initiator"],
-        role == "host",
-        "the host initiates: {welcome}"
-    );
+    assert_eq!(welcome["initiator"], role == "host", "the host initiates: {welcome}");
     turn_server(&welcome["ice_servers"]);
 }
 
@@ -854,8 +680,9 @@ async fn next_json(ws: &mut Ws) -> Value {
     .await
     .expect("no frame within 10 s");
     match frame {
-        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str())
-            .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {t}")),
+        Some(Ok(Message::Text(t))) => {
+            serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {t}"))
+        }
         other => panic!("expected a JSON text frame, got {other:?}"),
     }
 }
@@ -874,9 +701,7 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 
 /// A TURN client of the `turn` crate on a fresh local UDP socket, listening, not yet allocated.
 async fn turn_client(turn: SocketAddr, username: &str, password: &str) -> turn::client::Client {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind UDP");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
     let client = turn::client::Client::new(turn::client::ClientConfig {
         stun_serv_addr: turn.to_string(),
         turn_serv_addr: turn.to_string(),
@@ -911,18 +736,12 @@ async fn wait_for_metrics(d: &Daemon, done: impl Fn(&str) -> bool) -> String {
 }
 
 fn rfc3339(v: &Value) -> OffsetDateTime {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
+    let s = v.as_str().unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
     OffsetDateTime::parse(s, &Rfc3339).unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
 fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
 /// Regular files of `dir` with their permission bits.
@@ -931,12 +750,7 @@ fn list_files(dir: &Path) -> Vec<(String, u32)> {
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                mode(&e.path()),
-            )
-        })
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), mode(&e.path())))
         .collect();
     files.sort();
     files
@@ -944,7 +758,5 @@ fn list_files(dir: &Path) -> Vec<(String, u32)> {
 
 /// SQLite's database, WAL, shared-memory and journal files: not secrets.
 fn is_database_file(name: &str) -> bool {
-    [".db", ".sqlite", "-wal", "-shm", "-journal"]
-        .iter()
-        .any(|s| name.contains(s))
+    [".db", ".sqlite", "-wal", "-shm", "-journal"].iter().any(|s| name.contains(s))
 }

@@ -81,11 +81,7 @@ impl<'a> RestUsername<'a> {
         if participant.contains(':') {
             return None;
         }
-        Some(RestUsername {
-            expiry_unix,
-            booking,
-            participant,
-        })
+        Some(RestUsername { expiry_unix, booking, participant })
     }
 }
 
@@ -114,9 +110,7 @@ pub struct NonceCodec {
 
 impl std::fmt::Debug for NonceCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NonceCodec")
-            .field("lifetime", &self.lifetime)
-            .finish_non_exhaustive()
+        f.debug_struct("NonceCodec").field("lifetime", &self.lifetime).finish_non_exhaustive()
     }
 }
 
@@ -179,23 +173,13 @@ mod tests {
     fn parses_usernames() {
         assert_eq!(
             RestUsername::parse("1700000000:book-1:host"),
-            Some(RestUsername {
-                expiry_unix: 1_700_000_000,
-                booking: "book-1",
-                participant: "host"
-            })
+            Some(RestUsername { expiry_unix: 1_700_000_000, booking: "book-1", participant: "host" })
         );
         assert_eq!(
             RestUsername::parse("1700000000:alice"),
-            Some(RestUsername {
-                expiry_unix: 1_700_000_000,
-                booking: "alice",
-                participant: ""
-            })
+            Some(RestUsername { expiry_unix: 1_700_000_000, booking: "alice", participant: "" })
         );
-        for bad in [
-            "", "alice", ":b:p", "x1:b:p", "1:", "1::p", "1:b:p:q", "-1:b", "+1:b",
-        ] {
+        for bad in ["", "alice", ":b:p", "x1:b:p", "1:", "1::p", "1:b:p:q", "-1:b", "+1:b"] {
             assert_eq!(RestUsername::parse(bad), None, "{bad:?}");
         }
         assert_eq!(RestUsername::parse("99999999999999999999999:b"), None);
@@ -216,10 +200,7 @@ mod tests {
         forged.replace_range(0..16, "00000000000003e9");
         assert_eq!(c.verify(&forged, 1001), Err(NonceError::Invalid));
         assert_eq!(c.verify("short", 1000), Err(NonceError::Invalid));
-        assert_eq!(
-            c.verify("ééééééééééééééé!ééééééééééééééé!", 1000),
-            Err(NonceError::Invalid)
-        );
+        assert_eq!(c.verify("ééééééééééééééé!ééééééééééééééé!", 1000), Err(NonceError::Invalid));
     }
 
     #[test]

@@ -18,11 +18,7 @@ impl ChannelNumber {
 
     /// `Some` when `n` is in 0x4000..=0x7FFF.
     pub const fn new(n: u16) -> Option<Self> {
-        if n >= Self::MIN && n <= Self::MAX {
-            Some(ChannelNumber(n))
-        } else {
-            None
-        }
+        if n >= Self::MIN && n <= Self::MAX { Some(ChannelNumber(n)) } else { None }
     }
 
     /// The number as on the wire.
@@ -68,9 +64,7 @@ pub fn parse_channel_data(buf: &[u8]) -> Result<(ChannelNumber, &[u8]), ChannelD
     let raw = u16::from_be_bytes([a, b]);
     let channel = ChannelNumber::new(raw).ok_or(ChannelDataError::InvalidChannel(raw))?;
     let len = usize::from(u16::from_be_bytes([c, d]));
-    let data = buf
-        .get(CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len)
-        .ok_or(ChannelDataError::Truncated)?;
+    let data = buf.get(CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len).ok_or(ChannelDataError::Truncated)?;
     Ok((channel, data))
 }
 
@@ -95,22 +89,10 @@ mod tests {
     #[test]
     fn channel_number_range() {
         assert_eq!(ChannelNumber::new(0x3FFF), None);
-        assert_eq!(
-            ChannelNumber::new(0x4000).map(ChannelNumber::get),
-            Some(0x4000)
-        );
-        assert_eq!(
-            ChannelNumber::new(0x4FFF).map(ChannelNumber::get),
-            Some(0x4FFF)
-        );
-        assert_eq!(
-            ChannelNumber::new(0x5000).map(ChannelNumber::get),
-            Some(0x5000)
-        );
-        assert_eq!(
-            ChannelNumber::new(0x7FFF).map(ChannelNumber::get),
-            Some(0x7FFF)
-        );
+        assert_eq!(ChannelNumber::new(0x4000).map(ChannelNumber::get), Some(0x4000));
+        assert_eq!(ChannelNumber::new(0x4FFF).map(ChannelNumber::get), Some(0x4FFF));
+        assert_eq!(ChannelNumber::new(0x5000).map(ChannelNumber::get), Some(0x5000));
+        assert_eq!(ChannelNumber::new(0x7FFF).map(ChannelNumber::get), Some(0x7FFF));
         assert_eq!(ChannelNumber::new(0x8000), None);
     }
 
@@ -123,10 +105,7 @@ mod tests {
         assert_eq!(&buf[..4], &[0x40, 0x01, 0x00, 0x05]);
         assert!(is_channel_data(&buf));
         assert_eq!(parse_channel_data(&buf), Ok((ch, &b"hello"[..])));
-        assert_eq!(
-            parse_channel_data(&buf[..8]),
-            Err(ChannelDataError::Truncated)
-        );
+        assert_eq!(parse_channel_data(&buf[..8]), Err(ChannelDataError::Truncated));
         let mut short = [0u8; 3];
         write_channel_data_header(&mut short, ch, 5);
         assert_eq!(short, [0; 3]);
@@ -134,9 +113,6 @@ mod tests {
 
     #[test]
     fn rejects_reserved_channels() {
-        assert_eq!(
-            parse_channel_data(&[0x80, 0x00, 0, 0]),
-            Err(ChannelDataError::InvalidChannel(0x8000))
-        );
+        assert_eq!(parse_channel_data(&[0x80, 0x00, 0, 0]), Err(ChannelDataError::InvalidChannel(0x8000)));
     }
 }

@@ -57,21 +57,9 @@ mod tests {
         assert_eq!(stream_frame_len(&[0x00, 0x01, 0x00, 0x08]), Ok(Some(28)));
         assert_eq!(stream_frame_len(&[0x40, 0x00, 0x00, 0x05]), Ok(Some(12)));
         assert_eq!(stream_frame_len(&[0x40, 0x00, 0x00, 0x08]), Ok(Some(12)));
-        assert_eq!(
-            stream_frame_len(&[0x40, 0x00, 0xFF, 0xFF]),
-            Ok(Some(4 + 65536))
-        );
-        assert_eq!(
-            stream_frame_len(&[0x00, 0x01, 0x00, 0x07]),
-            Err(FramingError::BadStunLength)
-        );
-        assert_eq!(
-            stream_frame_len(&[0xC0, 0x00, 0x00, 0x00]),
-            Err(FramingError::UnknownFrame)
-        );
-        assert_eq!(
-            stream_frame_len(&[0x80, 0, 0, 0]),
-            Err(FramingError::UnknownFrame)
-        );
+        assert_eq!(stream_frame_len(&[0x40, 0x00, 0xFF, 0xFF]), Ok(Some(4 + 65536)));
+        assert_eq!(stream_frame_len(&[0x00, 0x01, 0x00, 0x07]), Err(FramingError::BadStunLength));
+        assert_eq!(stream_frame_len(&[0xC0, 0x00, 0x00, 0x00]), Err(FramingError::UnknownFrame));
+        assert_eq!(stream_frame_len(&[0x80, 0, 0, 0]), Err(FramingError::UnknownFrame));
     }
 }

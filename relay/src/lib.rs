@@ -83,6 +83,6 @@ pub use channel::{ChannelNumber, write_channel_data_header};
 pub use framing::{FramingError, stream_frame_len};
 pub use policy::{IpNet, PeerDenied, PeerPolicy};
 pub use server::{
-    AddressFamily, ClientDelivery, Command, FiveTuple, PeerTransmit, PendingAllocation, Server,
-    ServerConfig, Stats, Transport, encode_data_indication,
+    AddressFamily, ClientDelivery, Command, FiveTuple, PeerTransmit, PendingAllocation, Server, ServerConfig,
+    StaticCredential, Stats, Transport, encode_data_indication,
 };

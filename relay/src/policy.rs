@@ -41,15 +41,10 @@ impl IpNet {
     /// Whether `ip` is inside the prefix (same family only).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
-                u128::from(net.to_bits()),
-                u128::from(ip.to_bits()),
-                self.prefix,
-                32,
-            ),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_match(net.to_bits(), ip.to_bits(), self.prefix, 128)
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_match(u128::from(net.to_bits()), u128::from(ip.to_bits()), self.prefix, 32)
             }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_match(net.to_bits(), ip.to_bits(), self.prefix, 128),
             _ => false,
         }
     }
@@ -242,10 +237,7 @@ const V6_DENY: &[((u128, u8), PeerDenied)] = &[
     (v6(0xff00 << 112, 8), PeerDenied::Multicast),
     (v6(0x2001_0000 << 96, 32), PeerDenied::Translation),
     (v6(0x2002 << 112, 16), PeerDenied::Translation),
-    (
-        v6(0x0064_ff9b_0000_0000_0000_0000 << 32, 96),
-        PeerDenied::Translation,
-    ),
+    (v6(0x0064_ff9b_0000_0000_0000_0000 << 32, 96), PeerDenied::Translation),
     (v6(0x0064_ff9b_0001 << 80, 48), PeerDenied::Translation),
     (v6(0x0100 << 112, 64), PeerDenied::Discard),
     (v6(0x2001_0db8 << 96, 32), PeerDenied::Documentation),
@@ -257,17 +249,11 @@ fn special_purpose(ip: IpAddr) -> Option<PeerDenied> {
     match ip {
         IpAddr::V4(a) => {
             let bits = u128::from(a.to_bits());
-            V4_DENY
-                .iter()
-                .find(|((net, p), _)| prefix_match(u128::from(*net), bits, *p, 32))
-                .map(|(_, r)| *r)
+            V4_DENY.iter().find(|((net, p), _)| prefix_match(u128::from(*net), bits, *p, 32)).map(|(_, r)| *r)
         }
         IpAddr::V6(a) => {
             let bits = a.to_bits();
-            V6_DENY
-                .iter()
-                .find(|((net, p), _)| prefix_match(*net, bits, *p, 128))
-                .map(|(_, r)| *r)
+            V6_DENY.iter().find(|((net, p), _)| prefix_match(*net, bits, *p, 128)).map(|(_, r)| *r)
         }
     }
 }
@@ -297,14 +283,8 @@ impl PeerPolicy {
     pub fn allow_loopback() -> Self {
         PeerPolicy {
             allow: vec![
-                IpNet {
-                    addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
-                    prefix: 8,
-                },
-                IpNet {
-                    addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-                    prefix: 128,
-                },
+                IpNet { addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },
+                IpNet { addr: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix: 128 },
             ],
             deny: Vec::new(),
             own_addresses: Vec::new(),
@@ -325,18 +305,14 @@ impl PeerPolicy {
         if peer.port() == 0 || ip.is_unspecified() || is_this_network(canonical) {
             return Err(PeerDenied::Unspecified);
         }
-        let own = self.own_addresses.iter().any(|own| {
-            own.port() == peer.port()
-                && (own.ip().is_unspecified() || canonical_ip(own.ip()) == canonical)
-        });
+        let own = self
+            .own_addresses
+            .iter()
+            .any(|own| own.port() == peer.port() && (own.ip().is_unspecified() || canonical_ip(own.ip()) == canonical));
         if own {
             return Err(PeerDenied::OwnAddress);
         }
-        if self
-            .deny
-            .iter()
-            .any(|n| n.contains(ip) || n.contains(canonical))
-        {
+        if self.deny.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
             return Err(PeerDenied::DenyListed);
         }
         self.verdict(canonical)?;
@@ -435,12 +411,7 @@ mod tests {
         for (addr, want) in cases {
             assert_eq!(p.check(sa(addr)), Err(want), "{addr}");
         }
-        for ok in [
-            "8.8.8.8:3478",
-            "[2606:4700::1111]:443",
-            "[::ffff:8.8.8.8]:53",
-            "1.1.1.1:1",
-        ] {
+        for ok in ["8.8.8.8:3478", "[2606:4700::1111]:443", "[::ffff:8.8.8.8]:53", "1.1.1.1:1"] {
             assert_eq!(p.check(sa(ok)), Ok(()), "{ok}");
         }
     }
@@ -454,47 +425,23 @@ mod tests {
         assert_eq!(p.check(sa("[::ffff:127.0.0.1]:5000")), Ok(()));
         assert_eq!(p.check(sa("[::1]:5000")), Ok(()));
         assert_eq!(p.check(sa("127.0.0.1:3478")), Err(PeerDenied::OwnAddress));
-        assert_eq!(
-            p.check(sa("[::ffff:127.0.0.1]:3478")),
-            Err(PeerDenied::OwnAddress)
-        );
+        assert_eq!(p.check(sa("[::ffff:127.0.0.1]:3478")), Err(PeerDenied::OwnAddress));
         assert_eq!(p.check(sa("127.0.0.2:9090")), Err(PeerDenied::OwnAddress));
         assert_eq!(p.check(sa("0.0.0.0:5000")), Err(PeerDenied::Unspecified));
-        assert_eq!(
-            p.check(sa("169.254.169.254:80")),
-            Err(PeerDenied::LinkLocal)
-        );
+        assert_eq!(p.check(sa("169.254.169.254:80")), Err(PeerDenied::LinkLocal));
         p.allow.push("0.0.0.0/0".parse().unwrap());
         assert_eq!(p.check(sa("0.0.0.0:5000")), Err(PeerDenied::Unspecified));
         p.deny.push("8.8.8.0/24".parse().unwrap());
         assert_eq!(p.check(sa("8.8.8.8:53")), Err(PeerDenied::DenyListed));
-        assert_eq!(
-            p.check(sa("[::ffff:8.8.8.8]:53")),
-            Err(PeerDenied::DenyListed)
-        );
+        assert_eq!(p.check(sa("[::ffff:8.8.8.8]:53")), Err(PeerDenied::DenyListed));
     }
 
     #[test]
     fn canonicalises() {
-        assert_eq!(
-            canonical_ip("::ffff:1.2.3.4".parse().unwrap()),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            canonical_ip("2002:102:304::1".parse().unwrap()),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            canonical_ip("64:ff9b::102:304".parse().unwrap()),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            canonical_ip("::1".parse().unwrap()),
-            "::1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            canonical_ip("::".parse().unwrap()),
-            "::".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(canonical_ip("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_ip("2002:102:304::1".parse().unwrap()), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_ip("64:ff9b::102:304".parse().unwrap()), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_ip("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_ip("::".parse().unwrap()), "::".parse::<IpAddr>().unwrap());
     }
 }

@@ -12,12 +12,12 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
 use crate::auth::{NonceCodec, RestUsername, long_term_key, rest_password};
 use crate::channel::{ChannelNumber, parse_channel_data};
 use crate::policy::PeerPolicy;
-use crate::stun::{
-    Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code, family,
-};
+use crate::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code, family};
 
 /// Lifetime of a permission (RFC 8656 §9: 300 s, not negotiable).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -36,6 +36,52 @@ const MAX_UNKNOWN: usize = 16;
 const RATE_BUCKETS: usize = 4096;
 /// Deadlines further away than this are clamped (protects `Instant` arithmetic from overflow).
 const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Smallest bucket size of a bandwidth cap, bytes: one maximal ChannelData / Send payload
+/// (65 535 bytes) always fits, so a low cap slows a flow down instead of blocking large
+/// datagrams forever.
+pub const BANDWIDTH_MIN_BURST: u64 = 65_536;
+/// Nanoseconds per second: token buckets count in byte-nanoseconds so that refills on
+/// microsecond-spaced packets lose nothing to rounding.
+const NANOS: u128 = 1_000_000_000;
+
+/// The burst (bucket size, bytes) used for a bandwidth cap of `rate` bytes/s: one second's
+/// worth of traffic, at least [`BANDWIDTH_MIN_BURST`]; 0 for a cap of 0 (nothing relayed).
+pub const fn bandwidth_burst(rate: u64) -> u64 {
+    if rate == 0 {
+        0
+    } else if rate < BANDWIDTH_MIN_BURST {
+        BANDWIDTH_MIN_BURST
+    } else {
+        rate
+    }
+}
+
+/// A legacy static long-term credential (RFC 8489 §9.2) for the `vy` drop-in mode (DESIGN §4).
+///
+/// The MESSAGE-INTEGRITY key is MD5(`username` ":" realm ":" `password`) (RFC 8489 §9.2.2;
+/// the password is used as is, without OpaqueString processing, so keep it ASCII). It never
+/// expires and names no booking, but obeys its own allocation quota (`max_allocations`,
+/// beyond → 486) and every other control (per-source-IP and total quotas, peer policy,
+/// permission/channel caps, bandwidth caps, nonces, rate limits). `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredential {
+    /// USERNAME as sent by the client (at most 512 bytes to be usable, RFC 8489 §14.3).
+    pub username: String,
+    /// The long-term password.
+    pub password: String,
+    /// Concurrent allocations allowed for this username (0: none); beyond → 486.
+    pub max_allocations: u32,
+}
+
+impl std::fmt::Debug for StaticCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredential")
+            .field("username", &self.username)
+            .field("password", &format_args!("hidden"))
+            .field("max_allocations", &self.max_allocations)
+            .finish()
+    }
+}
 
 /// Settings of a [`Server`]. Build with [`ServerConfig::new`] and adjust fields. `Debug` hides
 /// the secrets.
@@ -75,44 +121,47 @@ pub struct ServerConfig {
     /// Relay address families the driver can bind; REQUESTED-ADDRESS-FAMILY outside → 440
     /// (default `[V4]`; RFC 8656 §7.2: without the attribute, IPv4 is allocated).
     pub relay_families: Vec<AddressFamily>,
+    /// Bandwidth cap per allocation, payload bytes per second, applied to each direction
+    /// (client → peer and peer → client) separately, like coturn's `max-bps`. Token bucket of
+    /// [`bandwidth_burst`] bytes (one second's worth, at least 64 KiB) that starts full.
+    /// Datagrams over the cap are dropped and counted in [`Stats::drops_bandwidth`].
+    /// `None` (default): unlimited. Taken when an allocation is created.
+    pub max_bytes_per_second_per_allocation: Option<u64>,
+    /// Bandwidth cap of the whole server, payload bytes per second relayed in both directions
+    /// together (coturn's `bps-capacity`). Token bucket of [`bandwidth_burst`] bytes.
+    /// Over the cap: dropped and counted in [`Stats::drops_bandwidth`]. `None` (default):
+    /// unlimited.
+    pub max_bytes_per_second_total: Option<u64>,
+    /// Legacy static long-term credentials (DESIGN §4, `vy` drop-in mode only). Looked up
+    /// before TURN REST credentials. Default: none. Reload with
+    /// [`Server::set_static_credentials`].
+    pub static_credentials: Vec<StaticCredential>,
 }
 
 impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("realm", &self.realm)
-            .field(
-                "auth_secrets",
-                &format_args!("[{} hidden]", self.auth_secrets.len()),
-            )
+            .field("auth_secrets", &format_args!("[{} hidden]", self.auth_secrets.len()))
             .field("nonce_secret", &format_args!("hidden"))
             .field("nonce_lifetime", &self.nonce_lifetime)
             .field("software", &self.software)
             .field("default_lifetime", &self.default_lifetime)
             .field("max_lifetime", &self.max_lifetime)
             .field("peer_policy", &self.peer_policy)
-            .field(
-                "max_allocations_per_credential",
-                &self.max_allocations_per_credential,
-            )
-            .field(
-                "max_allocations_per_source_ip",
-                &self.max_allocations_per_source_ip,
-            )
+            .field("max_allocations_per_credential", &self.max_allocations_per_credential)
+            .field("max_allocations_per_source_ip", &self.max_allocations_per_source_ip)
             .field("max_allocations_total", &self.max_allocations_total)
-            .field(
-                "max_permissions_per_allocation",
-                &self.max_permissions_per_allocation,
-            )
-            .field(
-                "max_channels_per_allocation",
-                &self.max_channels_per_allocation,
-            )
+            .field("max_permissions_per_allocation", &self.max_permissions_per_allocation)
+            .field("max_channels_per_allocation", &self.max_channels_per_allocation)
             .field(
                 "max_unauthenticated_replies_per_source_per_sec",
                 &self.max_unauthenticated_replies_per_source_per_sec,
             )
             .field("relay_families", &self.relay_families)
+            .field("max_bytes_per_second_per_allocation", &self.max_bytes_per_second_per_allocation)
+            .field("max_bytes_per_second_total", &self.max_bytes_per_second_total)
+            .field("static_credentials", &format_args!("[{} hidden]", self.static_credentials.len()))
             .finish()
     }
 }
@@ -120,11 +169,7 @@ impl std::fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// A configuration with the defaults documented on each field and a default-deny peer
     /// policy ([`PeerPolicy::default`]).
-    pub fn new(
-        realm: impl Into<String>,
-        auth_secrets: Vec<Vec<u8>>,
-        nonce_secret: [u8; 32],
-    ) -> Self {
+    pub fn new(realm: impl Into<String>, auth_secrets: Vec<Vec<u8>>, nonce_secret: [u8; 32]) -> Self {
         ServerConfig {
             realm: realm.into(),
             auth_secrets,
@@ -141,6 +186,9 @@ impl ServerConfig {
             max_channels_per_allocation: 10,
             max_unauthenticated_replies_per_source_per_sec: 10,
             relay_families: vec![AddressFamily::V4],
+            max_bytes_per_second_per_allocation: None,
+            max_bytes_per_second_total: None,
+            static_credentials: Vec::new(),
         }
     }
 }
@@ -216,10 +264,8 @@ pub fn encode_data_indication(peer: SocketAddr, payload: &[u8], out: &mut Vec<u8
     tid[8..10].copy_from_slice(&peer.port().to_be_bytes());
     tid[10..12].copy_from_slice(b"dt");
     let buf = std::mem::take(out);
-    let mut enc =
-        MessageEncoder::with_buffer(buf, Class::Indication, Method::DATA, TransactionId(tid));
-    enc.attribute(&Attribute::XorPeerAddress(peer))
-        .attribute(&Attribute::Data(payload));
+    let mut enc = MessageEncoder::with_buffer(buf, Class::Indication, Method::DATA, TransactionId(tid));
+    enc.attribute(&Attribute::XorPeerAddress(peer)).attribute(&Attribute::Data(payload));
     match enc.finish() {
         Ok(v) => *out = v,
         Err(_) => out.clear(),
@@ -271,11 +317,7 @@ pub enum AddressFamily {
 impl AddressFamily {
     /// The family of an address.
     pub fn of(addr: SocketAddr) -> Self {
-        if addr.is_ipv4() {
-            AddressFamily::V4
-        } else {
-            AddressFamily::V6
-        }
+        if addr.is_ipv4() { AddressFamily::V4 } else { AddressFamily::V6 }
     }
 
     fn code(self) -> u8 {
@@ -362,6 +404,10 @@ pub struct Stats {
     /// Replies to unauthenticated requests suppressed by the rate limit (same events as
     /// `drops_rate_limited`).
     pub unauthenticated_replies_suppressed: u64,
+    /// Data dropped (either direction) because a bandwidth cap was exceeded
+    /// ([`ServerConfig::max_bytes_per_second_per_allocation`] or
+    /// [`ServerConfig::max_bytes_per_second_total`]).
+    pub drops_bandwidth: u64,
 }
 
 /// A permission towards one peer IP (RFC 8656 §9). Port is ignored.
@@ -373,9 +419,7 @@ struct Permission {
 impl Allocation {
     /// Whether a live permission exists for `ip` (RFC 8656 §9).
     fn permits(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions
-            .get(&ip)
-            .is_some_and(|p| now < p.expires_at)
+        self.permissions.get(&ip).is_some_and(|p| now < p.expires_at)
     }
 }
 
@@ -394,9 +438,14 @@ struct Allocation {
     relay: SocketAddr,
     family: AddressFamily,
     username: Box<str>,
-    booking: Box<str>,
+    /// `None` for a static credential.
+    booking: Option<Box<str>>,
     credential_expiry_unix: u64,
     expires_at: Instant,
+    /// Bandwidth cap client → peer.
+    bw_to_peer: TokenBucket,
+    /// Bandwidth cap peer → client.
+    bw_to_client: TokenBucket,
     permissions: HashMap<IpAddr, Permission>,
     channels: HashMap<ChannelNumber, ChannelBinding>,
     channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
@@ -411,7 +460,7 @@ struct Pending {
     five_tuple: FiveTuple,
     tid: TransactionId,
     username: Box<str>,
-    booking: Box<str>,
+    booking: Option<Box<str>>,
     credential_expiry_unix: u64,
     lifetime: Duration,
     family: AddressFamily,
@@ -448,9 +497,7 @@ impl Clock {
     fn unix_secs(&self, now: Instant) -> u64 {
         let unix = match now.checked_duration_since(self.base) {
             Some(d) => self.base_unix.saturating_add(d),
-            None => self
-                .base_unix
-                .saturating_sub(self.base.saturating_duration_since(now)),
+            None => self.base_unix.saturating_sub(self.base.saturating_duration_since(now)),
         };
         unix.as_secs()
     }
@@ -467,6 +514,93 @@ fn add(t: Instant, d: Duration) -> Instant {
     t.checked_add(d.min(MAX_HORIZON)).unwrap_or(t)
 }
 
+/// The live allocation of a 5-tuple (free function so that other fields of the server stay
+/// borrowable next to it).
+fn active_mut<'m>(
+    by_five_tuple: &HashMap<FiveTuple, Slot>,
+    allocations: &'m mut HashMap<u64, Allocation>,
+    from: FiveTuple,
+    now: Instant,
+) -> Option<&'m mut Allocation> {
+    match by_five_tuple.get(&from) {
+        Some(Slot::Active(id)) => allocations.get_mut(id).filter(|a| now < a.expires_at),
+        _ => None,
+    }
+}
+
+/// A token bucket on the caller's clock (`now` arguments), counting byte-nanoseconds.
+/// `rate == None`: unlimited. No allocation; refills lazily on use.
+#[derive(Clone, Copy, Debug)]
+struct TokenBucket {
+    rate: Option<u64>,
+    /// Capacity, byte-nanoseconds.
+    cap: u128,
+    /// Available, byte-nanoseconds.
+    tokens: u128,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket for `rate` bytes/s with [`bandwidth_burst`] capacity.
+    fn new(rate: Option<u64>, now: Instant) -> Self {
+        let cap = rate.map_or(0, |r| u128::from(bandwidth_burst(r)) * NANOS);
+        TokenBucket { rate, cap, tokens: cap, last: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let Some(rate) = self.rate else {
+            return;
+        };
+        // A `now` earlier than `last` (clock misuse) refills nothing and keeps `last`.
+        if let Some(elapsed) = now.checked_duration_since(self.last) {
+            let add = elapsed.as_nanos().saturating_mul(u128::from(rate));
+            self.tokens = self.tokens.saturating_add(add).min(self.cap);
+            self.last = now;
+        }
+    }
+
+    fn has(&self, bytes: usize) -> bool {
+        self.rate.is_none() || self.tokens >= (bytes as u128).saturating_mul(NANOS)
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        if self.rate.is_some() {
+            self.tokens = self.tokens.saturating_sub((bytes as u128).saturating_mul(NANOS));
+        }
+    }
+}
+
+/// Takes `bytes` from both buckets, or from neither when one of them lacks tokens.
+fn take_both(a: &mut TokenBucket, b: &mut TokenBucket, now: Instant, bytes: usize) -> bool {
+    a.refill(now);
+    b.refill(now);
+    if a.has(bytes) && b.has(bytes) {
+        a.consume(bytes);
+        b.consume(bytes);
+        true
+    } else {
+        false
+    }
+}
+
+/// A static credential with its precomputed long-term key.
+struct StaticEntry {
+    username: Box<str>,
+    key: [u8; 16],
+    max_allocations: u32,
+}
+
+fn static_entries(realm: &str, creds: &[StaticCredential]) -> Vec<StaticEntry> {
+    creds
+        .iter()
+        .map(|c| StaticEntry {
+            username: c.username.as_str().into(),
+            key: long_term_key(&c.username, realm, &c.password),
+            max_allocations: c.max_allocations,
+        })
+        .collect()
+}
+
 /// Per-source-IP reply limiter: hashed buckets, one-second windows, no allocation after start.
 #[derive(Debug)]
 struct RateLimiter {
@@ -477,11 +611,7 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn new() -> Self {
-        RateLimiter {
-            window: 0,
-            counts: vec![0; RATE_BUCKETS],
-            hasher: RandomState::new(),
-        }
+        RateLimiter { window: 0, counts: vec![0; RATE_BUCKETS], hasher: RandomState::new() }
     }
 
     fn allow(&mut self, window: u64, ip: IpAddr, limit: u32) -> bool {
@@ -599,7 +729,12 @@ impl<'a> Request<'a> {
 struct Authed<'a> {
     key: [u8; 16],
     username: &'a str,
-    user: RestUsername<'a>,
+    /// The booking of a REST credential; `None` for a static credential.
+    booking: Option<&'a str>,
+    /// Unix seconds; `u64::MAX` for a static credential (never expires).
+    expiry_unix: u64,
+    /// Allocations allowed for this username.
+    quota: u32,
 }
 
 /// Everything needed to answer one request.
@@ -629,6 +764,10 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     commands: VecDeque<Command>,
     limiter: RateLimiter,
+    /// Static credentials with precomputed keys (from `config.static_credentials`).
+    statics: Vec<StaticEntry>,
+    /// The server-wide bandwidth cap (both directions).
+    total_bw: TokenBucket,
     stats: Stats,
 }
 
@@ -639,6 +778,7 @@ impl std::fmt::Debug for Server {
             .field("allocations", &self.allocations.len())
             .field("pending", &self.pending.len())
             .field("revoked", &self.revoked.len())
+            .field("static_credentials", &self.statics.len())
             .field("timers", &self.timers.len())
             .field("commands", &self.commands.len())
             .field("stats", &self.stats)
@@ -652,13 +792,14 @@ impl Server {
     /// [`Server::handle_timeout`] call.
     pub fn new(config: ServerConfig, now: Instant, unix_now: Duration) -> Self {
         let nonces = NonceCodec::new(config.nonce_secret, config.nonce_lifetime);
+        let statics = static_entries(&config.realm, &config.static_credentials);
+        let total_bw = TokenBucket::new(config.max_bytes_per_second_total, now);
         Server {
+            statics,
+            total_bw,
             config,
             nonces,
-            clock: Clock {
-                base: now,
-                base_unix: unix_now,
-            },
+            clock: Clock { base: now, base_unix: unix_now },
             epoch: now,
             next_id: 1,
             allocations: HashMap::new(),
@@ -697,17 +838,12 @@ impl Server {
         }
     }
 
-    fn handle_channel_data<'a>(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        packet: &'a [u8],
-    ) -> Option<PeerTransmit<'a>> {
+    fn handle_channel_data<'a>(&mut self, now: Instant, from: FiveTuple, packet: &'a [u8]) -> Option<PeerTransmit<'a>> {
         let Ok((channel, payload)) = parse_channel_data(packet) else {
             self.stats.drops_malformed += 1;
             return None;
         };
-        let Some(alloc) = self.active(from, now) else {
+        let Some(alloc) = active_mut(&self.by_five_tuple, &mut self.allocations, from, now) else {
             self.stats.drops_no_allocation += 1;
             return None;
         };
@@ -720,30 +856,17 @@ impl Server {
             self.stats.drops_no_permission += 1;
             return None;
         }
+        if !take_both(&mut alloc.bw_to_peer, &mut self.total_bw, now, payload.len()) {
+            self.stats.drops_bandwidth += 1;
+            return None;
+        }
         let relay = alloc.relay;
         self.stats.relayed_packets_to_peer += 1;
         self.stats.relayed_bytes_to_peer += payload.len() as u64;
-        Some(PeerTransmit {
-            relay,
-            peer,
-            payload,
-        })
+        Some(PeerTransmit { relay, peer, payload })
     }
 
-    /// The live allocation of a 5-tuple.
-    fn active(&self, from: FiveTuple, now: Instant) -> Option<&Allocation> {
-        match self.by_five_tuple.get(&from) {
-            Some(Slot::Active(id)) => self.allocations.get(id).filter(|a| now < a.expires_at),
-            _ => None,
-        }
-    }
-
-    fn handle_stun<'a>(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        packet: &'a [u8],
-    ) -> Option<PeerTransmit<'a>> {
+    fn handle_stun<'a>(&mut self, now: Instant, from: FiveTuple, packet: &'a [u8]) -> Option<PeerTransmit<'a>> {
         let Ok(msg) = Message::decode(packet) else {
             self.stats.drops_malformed += 1;
             return None;
@@ -771,25 +894,16 @@ impl Server {
         }
     }
 
-    fn handle_send<'a>(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'a>,
-    ) -> Option<PeerTransmit<'a>> {
+    fn handle_send<'a>(&mut self, now: Instant, from: FiveTuple, msg: &Message<'a>) -> Option<PeerTransmit<'a>> {
         let req = Request::parse(msg);
-        let (Some(peer), Some(payload), 1, false, 0) = (
-            req.peers[0],
-            req.data,
-            req.peer_count,
-            req.malformed,
-            req.unknown_count,
-        ) else {
+        let (Some(peer), Some(payload), 1, false, 0) =
+            (req.peers[0], req.data, req.peer_count, req.malformed, req.unknown_count)
+        else {
             // RFC 8656 §11.2: missing/extra attributes → discard silently.
             self.stats.drops_malformed += 1;
             return None;
         };
-        let Some(alloc) = self.active(from, now) else {
+        let Some(alloc) = active_mut(&self.by_five_tuple, &mut self.allocations, from, now) else {
             self.stats.drops_no_allocation += 1;
             return None;
         };
@@ -797,24 +911,20 @@ impl Server {
             self.stats.drops_no_permission += 1;
             return None;
         }
+        if !take_both(&mut alloc.bw_to_peer, &mut self.total_bw, now, payload.len()) {
+            self.stats.drops_bandwidth += 1;
+            return None;
+        }
         let relay = alloc.relay;
         self.stats.relayed_packets_to_peer += 1;
         self.stats.relayed_bytes_to_peer += payload.len() as u64;
-        Some(PeerTransmit {
-            relay,
-            peer,
-            payload,
-        })
+        Some(PeerTransmit { relay, peer, payload })
     }
 
     fn handle_binding(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>) {
         let req = Request::parse(msg);
-        let reply = Reply {
-            to: from,
-            method: Method::BINDING,
-            tid: msg.transaction_id(),
-            fingerprint: msg.has_fingerprint(),
-        };
+        let reply =
+            Reply { to: from, method: Method::BINDING, tid: msg.transaction_id(), fingerprint: msg.has_fingerprint() };
         if req.malformed {
             self.error_unauthenticated(now, reply, error_code::BAD_REQUEST, &req);
             return;
@@ -826,10 +936,7 @@ impl Server {
         self.stats.binding_requests += 1;
         let attrs = [Attribute::XorMappedAddress(from.client)];
         if let Some(m) = self.encode(reply, Class::SuccessResponse, &attrs, &[], None) {
-            self.commands.push_back(Command::SendToClient {
-                to: from,
-                message: m,
-            });
+            self.commands.push_back(Command::SendToClient { to: from, message: m });
         }
     }
 
@@ -871,8 +978,9 @@ impl Server {
             error_code::INSUFFICIENT_CAPACITY => s.allocate_capacity += 1,
             error_code::BAD_REQUEST | error_code::UNKNOWN_ATTRIBUTE => s.allocate_bad_request += 1,
             error_code::ALLOCATION_MISMATCH => s.allocate_mismatch += 1,
-            error_code::ADDRESS_FAMILY_NOT_SUPPORTED
-            | error_code::UNSUPPORTED_TRANSPORT_PROTOCOL => s.allocate_unsupported += 1,
+            error_code::ADDRESS_FAMILY_NOT_SUPPORTED | error_code::UNSUPPORTED_TRANSPORT_PROTOCOL => {
+                s.allocate_unsupported += 1
+            }
             _ => {}
         }
     }
@@ -890,10 +998,7 @@ impl Server {
         }
         let nonce;
         let mut attrs = [
-            Attribute::ErrorCode {
-                code,
-                reason: error_code::reason(code),
-            },
+            Attribute::ErrorCode { code, reason: error_code::reason(code) },
             Attribute::DontFragment,
             Attribute::DontFragment,
         ];
@@ -904,54 +1009,27 @@ impl Server {
             attrs[2] = Attribute::Nonce(&nonce);
             n = 3;
         }
-        let unknown = if code == error_code::UNKNOWN_ATTRIBUTE {
-            &req.unknown[..req.unknown_count]
-        } else {
-            &[]
-        };
+        let unknown = if code == error_code::UNKNOWN_ATTRIBUTE { &req.unknown[..req.unknown_count] } else { &[] };
         if let Some(m) = self.encode(reply, Class::ErrorResponse, &attrs[..n], unknown, None) {
-            self.commands.push_back(Command::SendToClient {
-                to: reply.to,
-                message: m,
-            });
+            self.commands.push_back(Command::SendToClient { to: reply.to, message: m });
         }
     }
 
     /// An error response after authentication: carries MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
-    fn error_authenticated(
-        &mut self,
-        reply: Reply,
-        code: u16,
-        key: &[u8; 16],
-        extra: &[Attribute<'_>],
-    ) {
+    fn error_authenticated(&mut self, reply: Reply, code: u16, key: &[u8; 16], extra: &[Attribute<'_>]) {
         self.count_allocate_error(reply.method, code);
         let mut attrs: [Attribute<'_>; 4] = [Attribute::DontFragment; 4];
-        attrs[0] = Attribute::ErrorCode {
-            code,
-            reason: error_code::reason(code),
-        };
+        attrs[0] = Attribute::ErrorCode { code, reason: error_code::reason(code) };
         let n = 1 + extra.len().min(3);
         attrs[1..n].copy_from_slice(&extra[..n - 1]);
         if let Some(m) = self.encode(reply, Class::ErrorResponse, &attrs[..n], &[], Some(key)) {
-            self.commands.push_back(Command::SendToClient {
-                to: reply.to,
-                message: m,
-            });
+            self.commands.push_back(Command::SendToClient { to: reply.to, message: m });
         }
     }
 
-    fn success(
-        &mut self,
-        reply: Reply,
-        attrs: &[Attribute<'_>],
-        key: &[u8; 16],
-    ) -> Option<Vec<u8>> {
+    fn success(&mut self, reply: Reply, attrs: &[Attribute<'_>], key: &[u8; 16]) -> Option<Vec<u8>> {
         let m = self.encode(reply, Class::SuccessResponse, attrs, &[], Some(key))?;
-        self.commands.push_back(Command::SendToClient {
-            to: reply.to,
-            message: m.clone(),
-        });
+        self.commands.push_back(Command::SendToClient { to: reply.to, message: m.clone() });
         Some(m)
     }
 
@@ -969,8 +1047,7 @@ impl Server {
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
         }
-        let (Some(username), Some(realm), Some(nonce)) = (req.username, req.realm, req.nonce)
-        else {
+        let (Some(username), Some(realm), Some(nonce)) = (req.username, req.realm, req.nonce) else {
             self.error_unauthenticated(now, reply, error_code::BAD_REQUEST, req);
             return None;
         };
@@ -982,8 +1059,24 @@ impl Server {
                 *counter(&mut s.stats) += 1;
             }
         };
-        let Some(user) = RestUsername::parse(username).filter(|_| realm == self.config.realm)
-        else {
+        if realm != self.config.realm {
+            fail(self, |s| &mut s.allocate_auth_failed);
+            self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+            return None;
+        }
+        if let Some((key, quota)) = self.lookup_static(username) {
+            // Legacy static credential (DESIGN §4): never expires, names no booking.
+            if msg.verify_integrity(&key).is_err() {
+                fail(self, |s| &mut s.allocate_auth_failed);
+                self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
+                return None;
+            }
+            if !self.check_nonce(reply, nonce, unix_now, &key) {
+                return None;
+            }
+            return Some(Authed { key, username, booking: None, expiry_unix: u64::MAX, quota });
+        }
+        let Some(user) = RestUsername::parse(username) else {
             fail(self, |s| &mut s.allocate_auth_failed);
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
@@ -993,11 +1086,7 @@ impl Server {
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
         }
-        if self
-            .revoked
-            .get(user.booking)
-            .is_some_and(|until| unix_now < *until)
-        {
+        if self.revoked.get(user.booking).is_some_and(|until| unix_now < *until) {
             fail(self, |s| &mut s.allocate_revoked);
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
@@ -1012,33 +1101,58 @@ impl Server {
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
         };
-        if self.nonces.verify(nonce, unix_now).is_err() {
-            self.stats.stale_nonces += 1;
-            let fresh = self.nonces.issue(unix_now);
-            let realm = self.config.realm.clone();
-            self.error_authenticated(
-                reply,
-                error_code::STALE_NONCE,
-                &key,
-                &[Attribute::Realm(&realm), Attribute::Nonce(&fresh)],
-            );
+        if !self.check_nonce(reply, nonce, unix_now, &key) {
             return None;
         }
         Some(Authed {
             key,
             username,
-            user,
+            booking: Some(user.booking),
+            expiry_unix: user.expiry_unix,
+            quota: self.config.max_allocations_per_credential,
         })
+    }
+
+    /// Verifies the NONCE of an otherwise authenticated request; on failure answers 438 with
+    /// a fresh NONCE and REALM (RFC 8489 §9.2.4) and returns false.
+    fn check_nonce(&mut self, reply: Reply, nonce: &str, unix_now: u64, key: &[u8; 16]) -> bool {
+        if self.nonces.verify(nonce, unix_now).is_ok() {
+            return true;
+        }
+        self.stats.stale_nonces += 1;
+        let fresh = self.nonces.issue(unix_now);
+        let realm = self.config.realm.clone();
+        self.error_authenticated(
+            reply,
+            error_code::STALE_NONCE,
+            key,
+            &[Attribute::Realm(&realm), Attribute::Nonce(&fresh)],
+        );
+        false
+    }
+
+    /// The key and quota of the static credential named `username`, if any. Compares against
+    /// every entry with constant-time equality and without early exit, so the time taken does
+    /// not reveal which (or whether a) username matched beyond its length.
+    fn lookup_static(&self, username: &str) -> Option<([u8; 16], u32)> {
+        let mut found = Choice::from(0);
+        let mut key = [0u8; 16];
+        let mut quota = 0u32;
+        for e in &self.statics {
+            let eq = e.username.as_bytes().ct_eq(username.as_bytes());
+            for (k, ek) in key.iter_mut().zip(e.key.iter()) {
+                k.conditional_assign(ek, eq);
+            }
+            quota.conditional_assign(&e.max_allocations, eq);
+            found |= eq;
+        }
+        bool::from(found).then_some((key, quota))
     }
 
     fn handle_turn_request(&mut self, now: Instant, from: FiveTuple, msg: &Message<'_>) {
         let req = Request::parse(msg);
-        let reply = Reply {
-            to: from,
-            method: msg.method(),
-            tid: msg.transaction_id(),
-            fingerprint: msg.has_fingerprint(),
-        };
+        let reply =
+            Reply { to: from, method: msg.method(), tid: msg.transaction_id(), fingerprint: msg.has_fingerprint() };
         let known = matches!(
             msg.method(),
             Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
@@ -1073,11 +1187,7 @@ impl Server {
             self.error_authenticated(reply, error_code::ALLOCATION_MISMATCH, &authed.key, &[]);
             return None;
         };
-        if self
-            .allocations
-            .get(&id)
-            .is_some_and(|a| *a.username != *authed.username)
-        {
+        if self.allocations.get(&id).is_some_and(|a| *a.username != *authed.username) {
             // RFC 8656 §5: later requests must use the allocation's credentials.
             self.stats.auth_failures += 1;
             self.error_authenticated(reply, error_code::WRONG_CREDENTIALS, &authed.key, &[]);
@@ -1095,10 +1205,7 @@ impl Server {
                 {
                     // Retransmission: replay the success (RFC 8656 §7.2).
                     let message = a.allocate_response.clone();
-                    self.commands.push_back(Command::SendToClient {
-                        to: reply.to,
-                        message,
-                    });
+                    self.commands.push_back(Command::SendToClient { to: reply.to, message });
                     return;
                 }
                 self.error_authenticated(reply, error_code::ALLOCATION_MISMATCH, key, &[]);
@@ -1159,14 +1266,8 @@ impl Server {
             return;
         }
         let per_user = self.per_username.get(authed.username).copied().unwrap_or(0);
-        let per_ip = self
-            .per_source_ip
-            .get(&reply.to.client.ip())
-            .copied()
-            .unwrap_or(0);
-        if per_user >= self.config.max_allocations_per_credential
-            || per_ip >= self.config.max_allocations_per_source_ip
-        {
+        let per_ip = self.per_source_ip.get(&reply.to.client.ip()).copied().unwrap_or(0);
+        if per_user >= authed.quota || per_ip >= self.config.max_allocations_per_source_ip {
             self.stats.quota_refusals += 1;
             self.error_authenticated(reply, error_code::ALLOCATION_QUOTA_REACHED, key, &[]);
             return;
@@ -1192,8 +1293,8 @@ impl Server {
                 five_tuple: reply.to,
                 tid: reply.tid,
                 username,
-                booking: authed.user.booking.into(),
-                credential_expiry_unix: authed.user.expiry_unix,
+                booking: authed.booking.map(Box::from),
+                credential_expiry_unix: authed.expiry_unix,
                 lifetime,
                 family,
                 key: authed.key,
@@ -1234,17 +1335,10 @@ impl Server {
         if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(id)) {
             self.by_five_tuple.remove(&p.five_tuple);
         }
-        let reply = Reply {
-            to: p.five_tuple,
-            method: Method::ALLOCATE,
-            tid: p.tid,
-            fingerprint: p.fingerprint,
-        };
+        let reply = Reply { to: p.five_tuple, method: Method::ALLOCATE, tid: p.tid, fingerprint: p.fingerprint };
         let bound = match result {
             Ok((bound, advertised))
-                if !p.cancelled
-                    && !self.by_relay.contains_key(&bound)
-                    && AddressFamily::of(bound) == p.family =>
+                if !p.cancelled && !self.by_relay.contains_key(&bound) && AddressFamily::of(bound) == p.family =>
             {
                 Some((bound, advertised))
             }
@@ -1287,6 +1381,8 @@ impl Server {
             booking: p.booking,
             credential_expiry_unix: p.credential_expiry_unix,
             expires_at: add(now, p.lifetime),
+            bw_to_peer: TokenBucket::new(self.config.max_bytes_per_second_per_allocation, now),
+            bw_to_client: TokenBucket::new(self.config.max_bytes_per_second_per_allocation, now),
             permissions: HashMap::new(),
             channels: HashMap::new(),
             channel_by_peer: HashMap::new(),
@@ -1347,8 +1443,7 @@ impl Server {
             EndReason::Revoked => s.allocations_revoked += 1,
             EndReason::ClientClosed => s.allocations_client_closed += 1,
         }
-        self.commands
-            .push_back(Command::FreeRelay { relay: a.relay });
+        self.commands.push_back(Command::FreeRelay { relay: a.relay });
     }
 
     /// Recomputes the next wake-up of an allocation and pushes a timer if it moved earlier.
@@ -1357,9 +1452,7 @@ impl Server {
         let Some(a) = self.allocations.get_mut(&id) else {
             return;
         };
-        let mut wake = a
-            .expires_at
-            .min(clock.instant_of(now, a.credential_expiry_unix));
+        let mut wake = a.expires_at.min(clock.instant_of(now, a.credential_expiry_unix));
         for p in a.permissions.values() {
             wake = wake.min(p.expires_at);
         }
@@ -1372,28 +1465,14 @@ impl Server {
         }
     }
 
-    fn handle_refresh(
-        &mut self,
-        now: Instant,
-        reply: Reply,
-        req: &Request<'_>,
-        authed: &Authed<'_>,
-    ) {
+    fn handle_refresh(&mut self, now: Instant, reply: Reply, req: &Request<'_>, authed: &Authed<'_>) {
         let Some(id) = self.allocation_for(now, reply, authed) else {
             return;
         };
         if let Some(f) = req.requested_family
-            && self
-                .allocations
-                .get(&id)
-                .is_some_and(|a| a.family.code() != f)
+            && self.allocations.get(&id).is_some_and(|a| a.family.code() != f)
         {
-            self.error_authenticated(
-                reply,
-                error_code::PEER_ADDRESS_FAMILY_MISMATCH,
-                &authed.key,
-                &[],
-            );
+            self.error_authenticated(reply, error_code::PEER_ADDRESS_FAMILY_MISMATCH, &authed.key, &[]);
             return;
         }
         let lifetime = match req.lifetime {
@@ -1428,13 +1507,7 @@ impl Server {
         true
     }
 
-    fn handle_create_permission(
-        &mut self,
-        now: Instant,
-        reply: Reply,
-        req: &Request<'_>,
-        authed: &Authed<'_>,
-    ) {
+    fn handle_create_permission(&mut self, now: Instant, reply: Reply, req: &Request<'_>, authed: &Authed<'_>) {
         let key = &authed.key;
         let Some(id) = self.allocation_for(now, reply, authed) else {
             return;
@@ -1459,8 +1532,7 @@ impl Server {
         };
         let mut new = 0usize;
         for (i, peer) in req.peers().enumerate() {
-            let fresh = !a.permissions.contains_key(&peer.ip())
-                && !req.peers().take(i).any(|p| p.ip() == peer.ip());
+            let fresh = !a.permissions.contains_key(&peer.ip()) && !req.peers().take(i).any(|p| p.ip() == peer.ip());
             new += usize::from(fresh);
         }
         if a.permissions.len() + new > max {
@@ -1476,22 +1548,13 @@ impl Server {
         self.reschedule(now, id);
     }
 
-    fn handle_channel_bind(
-        &mut self,
-        now: Instant,
-        reply: Reply,
-        req: &Request<'_>,
-        authed: &Authed<'_>,
-    ) {
+    fn handle_channel_bind(&mut self, now: Instant, reply: Reply, req: &Request<'_>, authed: &Authed<'_>) {
         let key = &authed.key;
         let Some(id) = self.allocation_for(now, reply, authed) else {
             return;
         };
-        let (Some(channel), Some(peer), 1) = (
-            req.channel.and_then(ChannelNumber::new),
-            req.peers[0],
-            req.peer_count,
-        ) else {
+        let (Some(channel), Some(peer), 1) = (req.channel.and_then(ChannelNumber::new), req.peers[0], req.peer_count)
+        else {
             self.error_authenticated(reply, error_code::BAD_REQUEST, key, &[]);
             return;
         };
@@ -1513,27 +1576,14 @@ impl Server {
         };
         let new_channel = !a.channels.contains_key(&channel);
         let new_perm = !a.permissions.contains_key(&peer.ip());
-        if (new_channel && a.channels.len() >= max_channels)
-            || (new_perm && a.permissions.len() >= max_perms)
-        {
+        if (new_channel && a.channels.len() >= max_channels) || (new_perm && a.permissions.len() >= max_perms) {
             self.stats.capacity_refusals += 1;
             self.error_authenticated(reply, error_code::INSUFFICIENT_CAPACITY, key, &[]);
             return;
         }
-        a.channels.insert(
-            channel,
-            ChannelBinding {
-                peer,
-                expires_at: add(now, CHANNEL_LIFETIME),
-            },
-        );
+        a.channels.insert(channel, ChannelBinding { peer, expires_at: add(now, CHANNEL_LIFETIME) });
         a.channel_by_peer.insert(peer, channel);
-        a.permissions.insert(
-            peer.ip(),
-            Permission {
-                expires_at: add(now, PERMISSION_LIFETIME),
-            },
-        );
+        a.permissions.insert(peer.ip(), Permission { expires_at: add(now, PERMISSION_LIFETIME) });
         self.success(reply, &[], key);
         self.reschedule(now, id);
     }
@@ -1549,11 +1599,7 @@ impl Server {
         peer: SocketAddr,
         payload_len: usize,
     ) -> Option<ClientDelivery> {
-        let Some(a) = self
-            .by_relay
-            .get(&relay)
-            .and_then(|id| self.allocations.get(id))
-        else {
+        let Some(a) = self.by_relay.get(&relay).and_then(|id| self.allocations.get_mut(id)) else {
             self.stats.drops_no_allocation += 1;
             return None;
         };
@@ -1565,12 +1611,13 @@ impl Server {
             self.stats.drops_no_permission += 1;
             return None;
         }
+        if !take_both(&mut a.bw_to_client, &mut self.total_bw, now, payload_len) {
+            self.stats.drops_bandwidth += 1;
+            return None;
+        }
         let to = a.five_tuple;
-        let channel = a
-            .channel_by_peer
-            .get(&peer)
-            .filter(|c| a.channels.get(c).is_some_and(|b| now < b.expires_at))
-            .copied();
+        let channel =
+            a.channel_by_peer.get(&peer).filter(|c| a.channels.get(c).is_some_and(|b| now < b.expires_at)).copied();
         self.stats.relayed_packets_to_client += 1;
         self.stats.relayed_bytes_to_client += payload_len as u64;
         Some(match channel {
@@ -1611,10 +1658,7 @@ impl Server {
     /// credential expiry passed ([`Command::FreeRelay`]), prunes expired permissions and
     /// channels, forgets revocations that have lapsed.
     pub fn handle_timeout(&mut self, now: Instant, unix_now: Duration) {
-        self.clock = Clock {
-            base: now,
-            base_unix: unix_now,
-        };
+        self.clock = Clock { base: now, base_unix: unix_now };
         let unix_secs = unix_now.as_secs();
         while let Some(Reverse((t, id))) = self.timers.peek().copied() {
             if t > now {
@@ -1639,8 +1683,7 @@ impl Server {
             a.permissions.retain(|_, p| now < p.expires_at);
             let guard_passed = |b: &ChannelBinding| add(b.expires_at, CHANNEL_REBIND_GUARD) <= now;
             let channels = &mut a.channels;
-            a.channel_by_peer
-                .retain(|_, c| channels.get(c).is_some_and(|b| !guard_passed(b)));
+            a.channel_by_peer.retain(|_, c| channels.get(c).is_some_and(|b| !guard_passed(b)));
             channels.retain(|_, b| !guard_passed(b));
             self.reschedule(now, id);
         }
@@ -1656,18 +1699,14 @@ impl Server {
         let _ = now;
         let entry = self.revoked.entry(booking.into()).or_insert(0);
         *entry = (*entry).max(until_unix);
-        let ids: Vec<u64> = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| &*a.booking == booking)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<u64> =
+            self.allocations.iter().filter(|(_, a)| a.booking.as_deref() == Some(booking)).map(|(id, _)| *id).collect();
         let mut n = ids.len();
         for id in ids {
             self.destroy(id, EndReason::Revoked);
         }
         for (id, p) in self.pending.iter_mut() {
-            if &*p.booking == booking && !p.cancelled {
+            if p.booking.as_deref() == Some(booking) && !p.cancelled {
                 p.cancelled = true;
                 n += 1;
                 if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(*id)) {
@@ -1682,6 +1721,43 @@ impl Server {
     /// must verify with one of the new secrets.
     pub fn set_auth_secrets(&mut self, secrets: Vec<Vec<u8>>) {
         self.config.auth_secrets = secrets;
+    }
+
+    /// Replaces the legacy static long-term credentials (configuration reload; DESIGN §4).
+    ///
+    /// Keys are recomputed with the configured realm. Allocations made with a static
+    /// credential whose username is no longer in the list are torn down at once
+    /// ([`Command::FreeRelay`], counted in [`Stats::allocations_revoked`]); waiting ones are
+    /// cancelled. Allocations of a credential whose password changed stay, and their next
+    /// request must authenticate with the new password. A lowered `max_allocations` refuses
+    /// new allocations only. Returns how many allocations were torn down (including cancelled
+    /// pending ones).
+    pub fn set_static_credentials(&mut self, credentials: Vec<StaticCredential>) -> usize {
+        self.statics = static_entries(&self.config.realm, &credentials);
+        self.config.static_credentials = credentials;
+        let gone = |booking: &Option<Box<str>>, username: &str, statics: &[StaticEntry]| {
+            booking.is_none() && !statics.iter().any(|e| &*e.username == username)
+        };
+        let ids: Vec<u64> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| gone(&a.booking, &a.username, &self.statics))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut n = ids.len();
+        for id in ids {
+            self.destroy(id, EndReason::Revoked);
+        }
+        for (id, p) in self.pending.iter_mut() {
+            if !p.cancelled && gone(&p.booking, &p.username, &self.statics) {
+                p.cancelled = true;
+                n += 1;
+                if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(*id)) {
+                    self.by_five_tuple.remove(&p.five_tuple);
+                }
+            }
+        }
+        n
     }
 
     /// Counters and gauges.
@@ -1702,10 +1778,7 @@ mod tests {
     #[test]
     fn clock_maps_and_clamps() {
         let t0 = Instant::now();
-        let c = Clock {
-            base: t0,
-            base_unix: Duration::from_secs(1_000),
-        };
+        let c = Clock { base: t0, base_unix: Duration::from_secs(1_000) };
         assert_eq!(c.unix_secs(t0 + Duration::from_secs(5)), 1_005);
         assert_eq!(c.instant_of(t0, 1_010), t0 + Duration::from_secs(10));
         assert_eq!(c.instant_of(t0, 10), t0);
@@ -1728,10 +1801,7 @@ mod tests {
         let cfg = ServerConfig::new("duet", vec![b"topsecret".to_vec()], [0x41; 32]);
         let server = Server::new(cfg.clone(), Instant::now(), Duration::from_secs(1));
         for text in [format!("{cfg:?}"), format!("{server:?}")] {
-            assert!(
-                !text.contains("topsecret") && !text.contains("116, 111, 112"),
-                "{text}"
-            );
+            assert!(!text.contains("topsecret") && !text.contains("116, 111, 112"), "{text}");
             assert!(!text.contains("65, 65"), "{text}");
         }
     }
@@ -1743,10 +1813,7 @@ mod tests {
         encode_data_indication(peer, b"payload", &mut out);
         let m = Message::decode(&out).unwrap();
         assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
-        assert_eq!(
-            m.get(attr::XOR_PEER_ADDRESS),
-            Some(Ok(Attribute::XorPeerAddress(peer)))
-        );
+        assert_eq!(m.get(attr::XOR_PEER_ADDRESS), Some(Ok(Attribute::XorPeerAddress(peer))));
         assert_eq!(m.get(attr::DATA), Some(Ok(Attribute::Data(b"payload"))));
     }
 }

@@ -382,9 +382,7 @@ pub enum Attribute<'a> {
 /// Iterates the 16-bit attribute types in an UNKNOWN-ATTRIBUTES value (an odd trailing byte is
 /// ignored).
 pub fn unknown_attribute_types(value: &[u8]) -> impl Iterator<Item = u16> + '_ {
-    value
-        .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+    value.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]))
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -392,12 +390,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes([
-        *b.get(at)?,
-        *b.get(at + 1)?,
-        *b.get(at + 2)?,
-        *b.get(at + 3)?,
-    ]))
+    Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]))
 }
 
 fn decode_address(value: &[u8], xor: Option<&TransactionId>) -> Option<SocketAddr> {
@@ -466,21 +459,14 @@ impl<'a> RawAttribute<'a> {
         let bad = DecodeError::BadAttribute(self.typ);
         let parsed = match self.typ {
             attr::MAPPED_ADDRESS => decode_address(v, None).map(Attribute::MappedAddress),
-            attr::XOR_MAPPED_ADDRESS => {
-                decode_address(v, Some(tid)).map(Attribute::XorMappedAddress)
-            }
+            attr::XOR_MAPPED_ADDRESS => decode_address(v, Some(tid)).map(Attribute::XorMappedAddress),
             attr::XOR_PEER_ADDRESS => decode_address(v, Some(tid)).map(Attribute::XorPeerAddress),
-            attr::XOR_RELAYED_ADDRESS => {
-                decode_address(v, Some(tid)).map(Attribute::XorRelayedAddress)
-            }
+            attr::XOR_RELAYED_ADDRESS => decode_address(v, Some(tid)).map(Attribute::XorRelayedAddress),
             attr::USERNAME => text(v, MAX_USERNAME_LEN).map(Attribute::Username),
             attr::USERHASH => (v.len() == 32).then_some(Attribute::UserHash(v)),
-            attr::MESSAGE_INTEGRITY => {
-                (v.len() == MESSAGE_INTEGRITY_LEN).then_some(Attribute::MessageIntegrity(v))
-            }
-            attr::MESSAGE_INTEGRITY_SHA256 => ((16..=32).contains(&v.len())
-                && v.len().is_multiple_of(4))
-            .then_some(Attribute::MessageIntegritySha256(v)),
+            attr::MESSAGE_INTEGRITY => (v.len() == MESSAGE_INTEGRITY_LEN).then_some(Attribute::MessageIntegrity(v)),
+            attr::MESSAGE_INTEGRITY_SHA256 => ((16..=32).contains(&v.len()) && v.len().is_multiple_of(4))
+                .then_some(Attribute::MessageIntegritySha256(v)),
             attr::FINGERPRINT => {
                 if v.len() == 4 {
                     be32(v, 0).map(Attribute::Fingerprint)
@@ -488,9 +474,7 @@ impl<'a> RawAttribute<'a> {
                     None
                 }
             }
-            attr::ERROR_CODE => {
-                decode_error_code(v).map(|(code, reason)| Attribute::ErrorCode { code, reason })
-            }
+            attr::ERROR_CODE => decode_error_code(v).map(|(code, reason)| Attribute::ErrorCode { code, reason }),
             attr::REALM => text(v, MAX_TEXT_LEN).map(Attribute::Realm),
             attr::NONCE => text(v, MAX_TEXT_LEN).map(Attribute::Nonce),
             attr::SOFTWARE => text(v, MAX_TEXT_LEN).map(Attribute::Software),
@@ -500,19 +484,12 @@ impl<'a> RawAttribute<'a> {
                 let len = be16(v, 2).map(usize::from);
                 match (algorithm, len) {
                     (Some(algorithm), Some(len)) => {
-                        v.get(4..4 + len)
-                            .map(|parameters| Attribute::PasswordAlgorithm {
-                                algorithm,
-                                parameters,
-                            })
+                        v.get(4..4 + len).map(|parameters| Attribute::PasswordAlgorithm { algorithm, parameters })
                     }
                     _ => None,
                 }
             }
-            attr::UNKNOWN_ATTRIBUTES => v
-                .len()
-                .is_multiple_of(2)
-                .then_some(Attribute::UnknownAttributes(v)),
+            attr::UNKNOWN_ATTRIBUTES => v.len().is_multiple_of(2).then_some(Attribute::UnknownAttributes(v)),
             attr::CHANNEL_NUMBER => {
                 if v.len() == 4 {
                     be16(v, 0).map(Attribute::ChannelNumber)
@@ -561,22 +538,14 @@ impl<'a> RawAttribute<'a> {
             attr::ADDRESS_ERROR_CODE => {
                 let fam = v.first().copied();
                 match (fam, decode_error_code(v)) {
-                    (Some(family), Some((code, reason))) => Some(Attribute::AddressErrorCode {
-                        family,
-                        code,
-                        reason,
-                    }),
+                    (Some(family), Some((code, reason))) => Some(Attribute::AddressErrorCode { family, code, reason }),
                     _ => None,
                 }
             }
             attr::ICMP => {
                 if v.len() == 8 {
                     match (v.get(2), v.get(3), be32(v, 4)) {
-                        (Some(t), Some(c), Some(data)) => Some(Attribute::Icmp {
-                            typ: *t,
-                            code: *c,
-                            data,
-                        }),
+                        (Some(t), Some(c), Some(data)) => Some(Attribute::Icmp { typ: *t, code: *c, data }),
                         _ => None,
                     }
                 } else {
@@ -633,10 +602,7 @@ impl<'a> Message<'a> {
             integrity_at: None,
             fingerprint_at: None,
         };
-        let mut iter = RawAttributes {
-            raw: buf,
-            pos: HEADER_LEN,
-        };
+        let mut iter = RawAttributes { raw: buf, pos: HEADER_LEN };
         loop {
             match iter.next_checked()? {
                 None => break,
@@ -645,9 +611,7 @@ impl<'a> Message<'a> {
                         return Err(DecodeError::AttributeAfterFingerprint);
                     }
                     match a.typ {
-                        attr::MESSAGE_INTEGRITY if msg.integrity_at.is_none() => {
-                            msg.integrity_at = Some(a.offset)
-                        }
+                        attr::MESSAGE_INTEGRITY if msg.integrity_at.is_none() => msg.integrity_at = Some(a.offset),
                         attr::FINGERPRINT => msg.fingerprint_at = Some(a.offset),
                         _ => {}
                     }
@@ -689,10 +653,7 @@ impl<'a> Message<'a> {
 
     /// All attributes in order, raw. Infallible: bounds were checked by [`Message::decode`].
     pub fn raw_attributes(&self) -> RawAttributes<'a> {
-        RawAttributes {
-            raw: self.raw,
-            pos: HEADER_LEN,
-        }
+        RawAttributes { raw: self.raw, pos: HEADER_LEN }
     }
 
     /// All attributes in order, typed; an item is `Err` when a known attribute is malformed.
@@ -704,9 +665,7 @@ impl<'a> Message<'a> {
     /// The first attribute of type `typ`, typed. `None` when absent.
     pub fn get(&self, typ: u16) -> Option<Result<Attribute<'a>, DecodeError>> {
         let tid = self.transaction_id;
-        self.raw_attributes()
-            .find(|a| a.typ == typ)
-            .map(|a| a.parse(&tid))
+        self.raw_attributes().find(|a| a.typ == typ).map(|a| a.parse(&tid))
     }
 
     /// Verifies the first MESSAGE-INTEGRITY with `key` (RFC 8489 §14.5): HMAC-SHA1 over the
@@ -716,16 +675,9 @@ impl<'a> Message<'a> {
     /// For long-term credentials the key is [`crate::auth::long_term_key`].
     pub fn verify_integrity(&self, key: &[u8]) -> Result<(), IntegrityError> {
         let at = self.integrity_at.ok_or(IntegrityError::Missing)?;
-        let expected = self
-            .raw
-            .get(at + 4..at + 4 + MESSAGE_INTEGRITY_LEN)
-            .ok_or(IntegrityError::Missing)?;
+        let expected = self.raw.get(at + 4..at + 4 + MESSAGE_INTEGRITY_LEN).ok_or(IntegrityError::Missing)?;
         let computed = integrity_over(self.raw, at, key);
-        if bool::from(computed.ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(IntegrityError::Mismatch)
-        }
+        if bool::from(computed.ct_eq(expected)) { Ok(()) } else { Err(IntegrityError::Mismatch) }
     }
 
     /// Verifies FINGERPRINT (RFC 8489 §14.7): CRC-32 of the message up to the attribute,
@@ -733,11 +685,7 @@ impl<'a> Message<'a> {
     pub fn verify_fingerprint(&self) -> Result<(), IntegrityError> {
         let at = self.fingerprint_at.ok_or(IntegrityError::Missing)?;
         let expected = be32(self.raw, at + 4).ok_or(IntegrityError::Missing)?;
-        if fingerprint_over(self.raw, at) == expected {
-            Ok(())
-        } else {
-            Err(IntegrityError::Mismatch)
-        }
+        if fingerprint_over(self.raw, at) == expected { Ok(()) } else { Err(IntegrityError::Mismatch) }
     }
 }
 
@@ -780,10 +728,7 @@ impl<'a> RawAttributes<'a> {
         let typ = be16(self.raw, self.pos).ok_or(DecodeError::Truncated)?;
         let len = usize::from(be16(self.raw, self.pos + 2).ok_or(DecodeError::Truncated)?);
         let start = self.pos + 4;
-        let value = self
-            .raw
-            .get(start..start + len)
-            .ok_or(DecodeError::Truncated)?;
+        let value = self.raw.get(start..start + len).ok_or(DecodeError::Truncated)?;
         let padded = (len + 3) & !3;
         if start + padded > self.raw.len() {
             return Err(DecodeError::Truncated);
@@ -872,11 +817,7 @@ impl MessageEncoder {
 
     fn address(&mut self, typ: u16, addr: SocketAddr, xor: bool) -> &mut Self {
         let tid = self.tid();
-        let port = if xor {
-            addr.port() ^ (MAGIC_COOKIE >> 16) as u16
-        } else {
-            addr.port()
-        };
+        let port = if xor { addr.port() ^ (MAGIC_COOKIE >> 16) as u16 } else { addr.port() };
         match addr.ip() {
             IpAddr::V4(ip) => {
                 let mut b = ip.octets();
@@ -946,27 +887,18 @@ impl MessageEncoder {
             }
             Attribute::MessageIntegritySha256(v) => {
                 if !(16..=32).contains(&v.len()) || v.len() % 4 != 0 {
-                    self.fail(EncodeError::InvalidAttribute(
-                        attr::MESSAGE_INTEGRITY_SHA256,
-                    ));
+                    self.fail(EncodeError::InvalidAttribute(attr::MESSAGE_INTEGRITY_SHA256));
                     return self;
                 }
                 self.raw(attr::MESSAGE_INTEGRITY_SHA256, &[v])
             }
             Attribute::Fingerprint(v) => self.raw(attr::FINGERPRINT, &[&v.to_be_bytes()]),
-            Attribute::ErrorCode { code, reason } => {
-                self.error_code_value(attr::ERROR_CODE, 0, code, reason)
+            Attribute::ErrorCode { code, reason } => self.error_code_value(attr::ERROR_CODE, 0, code, reason),
+            Attribute::AddressErrorCode { family, code, reason } => {
+                self.error_code_value(attr::ADDRESS_ERROR_CODE, family, code, reason)
             }
-            Attribute::AddressErrorCode {
-                family,
-                code,
-                reason,
-            } => self.error_code_value(attr::ADDRESS_ERROR_CODE, family, code, reason),
             Attribute::PasswordAlgorithms(v) => self.raw(attr::PASSWORD_ALGORITHMS, &[v]),
-            Attribute::PasswordAlgorithm {
-                algorithm,
-                parameters,
-            } => {
+            Attribute::PasswordAlgorithm { algorithm, parameters } => {
                 let Ok(plen) = u16::try_from(parameters.len()) else {
                     self.fail(EncodeError::TooLong);
                     return self;
@@ -974,12 +906,7 @@ impl MessageEncoder {
                 let pad = (4 - parameters.len() % 4) % 4;
                 self.raw(
                     attr::PASSWORD_ALGORITHM,
-                    &[
-                        &algorithm.to_be_bytes(),
-                        &plen.to_be_bytes(),
-                        parameters,
-                        &[0u8; 3][..pad],
-                    ],
+                    &[&algorithm.to_be_bytes(), &plen.to_be_bytes(), parameters, &[0u8; 3][..pad]],
                 )
             }
             Attribute::UnknownAttributes(v) => {
@@ -989,26 +916,16 @@ impl MessageEncoder {
                 }
                 self.raw(attr::UNKNOWN_ATTRIBUTES, &[v])
             }
-            Attribute::ChannelNumber(n) => {
-                self.raw(attr::CHANNEL_NUMBER, &[&n.to_be_bytes(), &[0, 0]])
-            }
+            Attribute::ChannelNumber(n) => self.raw(attr::CHANNEL_NUMBER, &[&n.to_be_bytes(), &[0, 0]]),
             Attribute::Lifetime(s) => self.raw(attr::LIFETIME, &[&s.to_be_bytes()]),
             Attribute::Data(d) => self.raw(attr::DATA, &[d]),
-            Attribute::RequestedAddressFamily(f) => {
-                self.raw(attr::REQUESTED_ADDRESS_FAMILY, &[&[f, 0, 0, 0]])
-            }
-            Attribute::AdditionalAddressFamily(f) => {
-                self.raw(attr::ADDITIONAL_ADDRESS_FAMILY, &[&[f, 0, 0, 0]])
-            }
+            Attribute::RequestedAddressFamily(f) => self.raw(attr::REQUESTED_ADDRESS_FAMILY, &[&[f, 0, 0, 0]]),
+            Attribute::AdditionalAddressFamily(f) => self.raw(attr::ADDITIONAL_ADDRESS_FAMILY, &[&[f, 0, 0, 0]]),
             Attribute::EvenPort(r) => self.raw(attr::EVEN_PORT, &[&[if r { 0x80 } else { 0 }]]),
-            Attribute::RequestedTransport(p) => {
-                self.raw(attr::REQUESTED_TRANSPORT, &[&[p, 0, 0, 0]])
-            }
+            Attribute::RequestedTransport(p) => self.raw(attr::REQUESTED_TRANSPORT, &[&[p, 0, 0, 0]]),
             Attribute::DontFragment => self.raw(attr::DONT_FRAGMENT, &[]),
             Attribute::ReservationToken(t) => self.raw(attr::RESERVATION_TOKEN, &[&t]),
-            Attribute::Icmp { typ, code, data } => {
-                self.raw(attr::ICMP, &[&[0, 0, typ, code], &data.to_be_bytes()])
-            }
+            Attribute::Icmp { typ, code, data } => self.raw(attr::ICMP, &[&[0, 0, typ, code], &data.to_be_bytes()]),
             Attribute::Unknown { typ, value } => self.raw(typ, &[value]),
         }
     }
@@ -1054,47 +971,42 @@ mod tests {
 
     // RFC 5769 §2.1 Sample Request (short-term: password "VOkJxbRl1RmTxUk/WvJxBt").
     const SAMPLE_REQUEST: [u8; 108] = [
-        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74,
-        0x65, 0x73, 0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e,
-        0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36,
-        0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76, 0x59, 0x20, 0x20,
-        0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e,
-        0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5,
-        0x7a, 0x3b, 0xcf,
+        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87,
+        0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74, 0x65, 0x73, 0x74, 0x20, 0x63, 0x6c,
+        0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e, 0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f,
+        0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36, 0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76,
+        0x59, 0x20, 0x20, 0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e,
+        0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5, 0x7a, 0x3b, 0xcf,
     ];
 
     // RFC 5769 §2.2 Sample IPv4 Response.
     const SAMPLE_IPV4_RESPONSE: [u8; 80] = [
-        0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76,
-        0x65, 0x63, 0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1,
-        0x12, 0xa6, 0x43, 0x00, 0x08, 0x00, 0x14, 0x2b, 0x91, 0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3,
-        0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7, 0x80, 0x28, 0x00,
-        0x04, 0xc0, 0x7d, 0x4c, 0x96,
+        0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87,
+        0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63, 0x74, 0x6f, 0x72, 0x20,
+        0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43, 0x00, 0x08, 0x00, 0x14, 0x2b, 0x91,
+        0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3, 0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7,
+        0x80, 0x28, 0x00, 0x04, 0xc0, 0x7d, 0x4c, 0x96,
     ];
 
     // RFC 5769 §2.3 Sample IPv6 Response.
     const SAMPLE_IPV6_RESPONSE: [u8; 92] = [
-        0x01, 0x01, 0x00, 0x48, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76,
-        0x65, 0x63, 0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x14, 0x00, 0x02, 0xa1, 0x47, 0x01,
-        0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9,
-        0x00, 0x08, 0x00, 0x14, 0xa3, 0x82, 0x95, 0x4e, 0x4b, 0xe6, 0x7b, 0xf1, 0x17, 0x84, 0xc9,
-        0x7c, 0x82, 0x92, 0xc2, 0x75, 0xbf, 0xe3, 0xed, 0x41, 0x80, 0x28, 0x00, 0x04, 0xc8, 0xfb,
+        0x01, 0x01, 0x00, 0x48, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87,
+        0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63, 0x74, 0x6f, 0x72, 0x20,
+        0x00, 0x20, 0x00, 0x14, 0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
+        0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9, 0x00, 0x08, 0x00, 0x14, 0xa3, 0x82, 0x95, 0x4e, 0x4b, 0xe6, 0x7b, 0xf1,
+        0x17, 0x84, 0xc9, 0x7c, 0x82, 0x92, 0xc2, 0x75, 0xbf, 0xe3, 0xed, 0x41, 0x80, 0x28, 0x00, 0x04, 0xc8, 0xfb,
         0x0b, 0x4c,
     ];
 
     // RFC 5769 §2.4 Sample Request with Long-Term Authentication.
     const SAMPLE_LONG_TERM_REQUEST: [u8; 116] = [
-        0x00, 0x01, 0x00, 0x60, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72,
-        0xc0, 0x29, 0xda, 0x41, 0x2e, 0x00, 0x06, 0x00, 0x12, 0xe3, 0x83, 0x9e, 0xe3, 0x83, 0x88,
-        0xe3, 0x83, 0xaa, 0xe3, 0x83, 0x83, 0xe3, 0x82, 0xaf, 0xe3, 0x82, 0xb9, 0x00, 0x00, 0x00,
-        0x15, 0x00, 0x1c, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b, 0x39, 0x35, 0x34, 0x64, 0x36,
-        0x4f, 0x4c, 0x33, 0x34, 0x6f, 0x4c, 0x39, 0x46, 0x53, 0x54, 0x76, 0x79, 0x36, 0x34, 0x73,
-        0x41, 0x00, 0x14, 0x00, 0x0b, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72,
-        0x67, 0x00, 0x00, 0x08, 0x00, 0x14, 0xf6, 0x70, 0x24, 0x65, 0x6d, 0xd6, 0x4a, 0x3e, 0x02,
-        0xb8, 0xe0, 0x71, 0x2e, 0x85, 0xc9, 0xa2, 0x8c, 0xa8, 0x96, 0x66,
+        0x00, 0x01, 0x00, 0x60, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0, 0x29, 0xda,
+        0x41, 0x2e, 0x00, 0x06, 0x00, 0x12, 0xe3, 0x83, 0x9e, 0xe3, 0x83, 0x88, 0xe3, 0x83, 0xaa, 0xe3, 0x83, 0x83,
+        0xe3, 0x82, 0xaf, 0xe3, 0x82, 0xb9, 0x00, 0x00, 0x00, 0x15, 0x00, 0x1c, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39,
+        0x6b, 0x39, 0x35, 0x34, 0x64, 0x36, 0x4f, 0x4c, 0x33, 0x34, 0x6f, 0x4c, 0x39, 0x46, 0x53, 0x54, 0x76, 0x79,
+        0x36, 0x34, 0x73, 0x41, 0x00, 0x14, 0x00, 0x0b, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72,
+        0x67, 0x00, 0x00, 0x08, 0x00, 0x14, 0xf6, 0x70, 0x24, 0x65, 0x6d, 0xd6, 0x4a, 0x3e, 0x02, 0xb8, 0xe0, 0x71,
+        0x2e, 0x85, 0xc9, 0xa2, 0x8c, 0xa8, 0x96, 0x66,
     ];
 
     const SHORT_TERM_PASSWORD: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
@@ -1104,14 +1016,8 @@ mod tests {
         let m = Message::decode(&SAMPLE_REQUEST).unwrap();
         assert_eq!(m.class(), Class::Request);
         assert_eq!(m.method(), Method::BINDING);
-        assert_eq!(
-            m.get(attr::SOFTWARE),
-            Some(Ok(Attribute::Software("STUN test client")))
-        );
-        assert_eq!(
-            m.get(attr::USERNAME),
-            Some(Ok(Attribute::Username("evtj:h6vY")))
-        );
+        assert_eq!(m.get(attr::SOFTWARE), Some(Ok(Attribute::Software("STUN test client"))));
+        assert_eq!(m.get(attr::USERNAME), Some(Ok(Attribute::Username("evtj:h6vY"))));
         assert_eq!(m.verify_integrity(SHORT_TERM_PASSWORD), Ok(()));
         assert_eq!(m.verify_integrity(b"wrong"), Err(IntegrityError::Mismatch));
         assert_eq!(m.verify_fingerprint(), Ok(()));
@@ -1125,9 +1031,7 @@ mod tests {
         assert_eq!(m.class(), Class::SuccessResponse);
         assert_eq!(
             m.get(attr::XOR_MAPPED_ADDRESS),
-            Some(Ok(Attribute::XorMappedAddress(
-                "192.0.2.1:32853".parse().unwrap()
-            )))
+            Some(Ok(Attribute::XorMappedAddress("192.0.2.1:32853".parse().unwrap())))
         );
         assert_eq!(m.verify_integrity(SHORT_TERM_PASSWORD), Ok(()));
         assert_eq!(m.verify_fingerprint(), Ok(()));
@@ -1138,11 +1042,7 @@ mod tests {
         let m = Message::decode(&SAMPLE_IPV6_RESPONSE).unwrap();
         assert_eq!(
             m.get(attr::XOR_MAPPED_ADDRESS),
-            Some(Ok(Attribute::XorMappedAddress(
-                "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
-                    .parse()
-                    .unwrap()
-            )))
+            Some(Ok(Attribute::XorMappedAddress("[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap())))
         );
         assert_eq!(m.verify_integrity(SHORT_TERM_PASSWORD), Ok(()));
         assert_eq!(m.verify_fingerprint(), Ok(()));
@@ -1151,18 +1051,10 @@ mod tests {
     #[test]
     fn rfc5769_long_term_request() {
         let m = Message::decode(&SAMPLE_LONG_TERM_REQUEST).unwrap();
-        let Some(Ok(Attribute::Username(user))) = m.get(attr::USERNAME) else {
-            panic!()
-        };
+        let Some(Ok(Attribute::Username(user))) = m.get(attr::USERNAME) else { panic!() };
         assert_eq!(user, "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}");
-        assert_eq!(
-            m.get(attr::NONCE),
-            Some(Ok(Attribute::Nonce("f//499k954d6OL34oL9FSTvy64sA")))
-        );
-        assert_eq!(
-            m.get(attr::REALM),
-            Some(Ok(Attribute::Realm("example.org")))
-        );
+        assert_eq!(m.get(attr::NONCE), Some(Ok(Attribute::Nonce("f//499k954d6OL34oL9FSTvy64sA"))));
+        assert_eq!(m.get(attr::REALM), Some(Ok(Attribute::Realm("example.org"))));
         // Password after SASLprep is "TheMatrIX" (RFC 5769 §2.4).
         let key = long_term_key(user, "example.org", "TheMatrIX");
         assert_eq!(m.verify_integrity(&key), Ok(()));
@@ -1175,9 +1067,7 @@ mod tests {
         let tid = TransactionId(SAMPLE_IPV4_RESPONSE[8..20].try_into().unwrap());
         let mut e = MessageEncoder::new(Class::SuccessResponse, Method::BINDING, tid);
         e.attribute(&Attribute::Software("test vector"))
-            .attribute(&Attribute::XorMappedAddress(
-                "192.0.2.1:32853".parse().unwrap(),
-            ))
+            .attribute(&Attribute::XorMappedAddress("192.0.2.1:32853".parse().unwrap()))
             .message_integrity(SHORT_TERM_PASSWORD)
             .fingerprint();
         let out = e.finish().unwrap();
@@ -1192,23 +1082,12 @@ mod tests {
 
     #[test]
     fn message_type_roundtrip() {
-        for c in [
-            Class::Request,
-            Class::Indication,
-            Class::SuccessResponse,
-            Class::ErrorResponse,
-        ] {
+        for c in [Class::Request, Class::Indication, Class::SuccessResponse, Class::ErrorResponse] {
             for m in [0u16, 1, 3, 0x7f, 0xfff] {
-                assert_eq!(
-                    split_message_type(message_type(c, Method(m))),
-                    (c, Method(m))
-                );
+                assert_eq!(split_message_type(message_type(c, Method(m))), (c, Method(m)));
             }
         }
-        assert_eq!(
-            message_type(Class::SuccessResponse, Method::BINDING),
-            0x0101
-        );
+        assert_eq!(message_type(Class::SuccessResponse, Method::BINDING), 0x0101);
         assert_eq!(message_type(Class::ErrorResponse, Method::ALLOCATE), 0x0113);
         assert_eq!(message_type(Class::Indication, Method::DATA), 0x0017);
         assert_eq!(message_type(Class::Indication, Method::SEND), 0x0016);
@@ -1222,14 +1101,8 @@ mod tests {
         assert_eq!(Message::decode(&b).unwrap_err(), DecodeError::NotStun);
         let mut b = SAMPLE_REQUEST;
         b[4] = 0;
-        assert_eq!(
-            Message::decode(&b).unwrap_err(),
-            DecodeError::BadMagicCookie
-        );
-        assert_eq!(
-            Message::decode(&SAMPLE_REQUEST[..100]).unwrap_err(),
-            DecodeError::BadLength
-        );
+        assert_eq!(Message::decode(&b).unwrap_err(), DecodeError::BadMagicCookie);
+        assert_eq!(Message::decode(&SAMPLE_REQUEST[..100]).unwrap_err(), DecodeError::BadLength);
         let mut b = SAMPLE_REQUEST;
         b[3] = 0x59;
         assert_eq!(Message::decode(&b).unwrap_err(), DecodeError::BadLength);
@@ -1244,23 +1117,14 @@ mod tests {
         let mut e = MessageEncoder::new(Class::Request, Method::BINDING, TransactionId([1; 12]));
         e.fingerprint().attribute(&Attribute::Lifetime(1));
         let out = e.finish().unwrap();
-        assert_eq!(
-            Message::decode(&out).unwrap_err(),
-            DecodeError::AttributeAfterFingerprint
-        );
+        assert_eq!(Message::decode(&out).unwrap_err(), DecodeError::AttributeAfterFingerprint);
     }
 
     #[test]
     fn encoder_rejects_bad_values() {
         let mut e = MessageEncoder::new(Class::Request, Method::BINDING, TransactionId([1; 12]));
-        e.attribute(&Attribute::ErrorCode {
-            code: 1000,
-            reason: "",
-        });
-        assert_eq!(
-            e.finish(),
-            Err(EncodeError::InvalidAttribute(attr::ERROR_CODE))
-        );
+        e.attribute(&Attribute::ErrorCode { code: 1000, reason: "" });
+        assert_eq!(e.finish(), Err(EncodeError::InvalidAttribute(attr::ERROR_CODE)));
         let big = vec![0u8; 70_000];
         let mut e = MessageEncoder::new(Class::Request, Method::BINDING, TransactionId([1; 12]));
         e.attribute(&Attribute::Data(&big));

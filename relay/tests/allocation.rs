@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use duet_relay::stun::{
-    Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code,
-};
+use duet_relay::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code};
 use duet_relay::{Command, Transport};
 
 const HOUR: u64 = 3600;
@@ -20,26 +18,11 @@ fn binding_request_gets_reflexive_address_without_auth() {
     let (_, cmds) = h.input(c.five_tuple, &req);
     let resp = only_message(&cmds);
     let m = Message::decode(&resp).unwrap();
-    assert_eq!(
-        (m.class(), m.method()),
-        (Class::SuccessResponse, Method::BINDING)
-    );
-    assert_eq!(
-        m.get(attr::XOR_MAPPED_ADDRESS),
-        Some(Ok(Attribute::XorMappedAddress(c.five_tuple.client)))
-    );
-    assert!(
-        m.get(attr::MAPPED_ADDRESS).is_none(),
-        "no RFC 3489 MAPPED-ADDRESS"
-    );
-    assert!(
-        m.get(attr::SOFTWARE).is_none(),
-        "SOFTWARE is off by default"
-    );
-    assert!(
-        !m.has_fingerprint(),
-        "no FINGERPRINT unless the request had one"
-    );
+    assert_eq!((m.class(), m.method()), (Class::SuccessResponse, Method::BINDING));
+    assert_eq!(m.get(attr::XOR_MAPPED_ADDRESS), Some(Ok(Attribute::XorMappedAddress(c.five_tuple.client))));
+    assert!(m.get(attr::MAPPED_ADDRESS).is_none(), "no RFC 3489 MAPPED-ADDRESS");
+    assert!(m.get(attr::SOFTWARE).is_none(), "SOFTWARE is off by default");
+    assert!(!m.has_fingerprint(), "no FINGERPRINT unless the request had one");
 
     // With FINGERPRINT in the request, the response carries a valid one.
     let mut e = MessageEncoder::new(Class::Request, Method::BINDING, TransactionId([3; 12]));
@@ -71,54 +54,25 @@ fn full_allocate_401_then_200() {
     assert!(!m.has_message_integrity());
     c.learn_nonce(&challenge);
 
-    let req = c.request(
-        Method::ALLOCATE,
-        &[Attribute::RequestedTransport(17), Attribute::DontFragment],
-    );
+    let req = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17), Attribute::DontFragment]);
     let (_, cmds) = h.input(c.five_tuple, &req);
     assert!(
-        matches!(
-            cmds.as_slice(),
-            [Command::BindRelay {
-                family: duet_relay::AddressFamily::V4,
-                even_port: false,
-                ..
-            }]
-        ),
+        matches!(cmds.as_slice(), [Command::BindRelay { family: duet_relay::AddressFamily::V4, even_port: false, .. }]),
         "{cmds:?}"
     );
-    assert_eq!(
-        h.server.allocation_count(),
-        0,
-        "not active before the socket is bound"
-    );
+    assert_eq!(h.server.allocation_count(), 0, "not active before the socket is bound");
     let cmds = h.bind_relays(cmds);
     let resp = only_message(&cmds);
     let m = Message::decode(&resp).unwrap();
     assert_eq!(m.class(), Class::SuccessResponse);
     assert_eq!(m.verify_integrity(&c.key()), Ok(()));
     assert_eq!(m.verify_fingerprint(), Ok(()));
-    assert_eq!(
-        m.get(attr::XOR_RELAYED_ADDRESS),
-        Some(Ok(Attribute::XorRelayedAddress(addr(
-            "198.51.100.10:50000"
-        ))))
-    );
-    assert_eq!(
-        m.get(attr::XOR_MAPPED_ADDRESS),
-        Some(Ok(Attribute::XorMappedAddress(c.five_tuple.client)))
-    );
+    assert_eq!(m.get(attr::XOR_RELAYED_ADDRESS), Some(Ok(Attribute::XorRelayedAddress(addr("198.51.100.10:50000")))));
+    assert_eq!(m.get(attr::XOR_MAPPED_ADDRESS), Some(Ok(Attribute::XorMappedAddress(c.five_tuple.client))));
     assert_eq!(lifetime(&resp), Some(600));
     assert_eq!(h.server.allocation_count(), 1);
     let s = h.server.stats();
-    assert_eq!(
-        (
-            s.allocate_ok,
-            s.allocations_created,
-            s.allocations_active_udp
-        ),
-        (1, 1, 1)
-    );
+    assert_eq!((s.allocate_ok, s.allocations_created, s.allocations_active_udp), (1, 1, 1));
     assert_eq!(s.auth_challenges, 1);
 }
 
@@ -137,23 +91,12 @@ fn allocate_retransmit_replays_success_and_new_allocate_is_437() {
     assert!(again.is_empty(), "{again:?}");
     let first = only_message(&h.bind_relays(cmds));
     let (_, cmds) = h.input(c.five_tuple, &req);
-    assert_eq!(
-        only_message(&cmds),
-        first,
-        "retransmission replays the same success"
-    );
+    assert_eq!(only_message(&cmds), first, "retransmission replays the same success");
     assert_eq!(h.server.allocation_count(), 1);
 
-    let resp = c.call(
-        &mut h,
-        Method::ALLOCATE,
-        &[Attribute::RequestedTransport(17)],
-    );
+    let resp = c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_eq!(error(&resp), Some(error_code::ALLOCATION_MISMATCH));
-    assert_eq!(
-        Message::decode(&resp).unwrap().verify_integrity(&c.key()),
-        Ok(())
-    );
+    assert_eq!(Message::decode(&resp).unwrap().verify_integrity(&c.key()), Ok(()));
 }
 
 #[test]
@@ -163,17 +106,9 @@ fn allocate_attribute_errors() {
     c.allocate(&mut h); // learns a nonce
     let mut c2 = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + HOUR);
     c2.nonce = c.nonce.clone();
+    assert_eq!(error(&c2.call(&mut h, Method::ALLOCATE, &[])), Some(400), "no REQUESTED-TRANSPORT");
     assert_eq!(
-        error(&c2.call(&mut h, Method::ALLOCATE, &[])),
-        Some(400),
-        "no REQUESTED-TRANSPORT"
-    );
-    assert_eq!(
-        error(&c2.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(6)]
-        )),
+        error(&c2.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(6)])),
         Some(442),
         "TCP relaying is not offered"
     );
@@ -181,10 +116,7 @@ fn allocate_attribute_errors() {
         error(&c2.call(
             &mut h,
             Method::ALLOCATE,
-            &[
-                Attribute::RequestedTransport(17),
-                Attribute::RequestedAddressFamily(3)
-            ]
+            &[Attribute::RequestedTransport(17), Attribute::RequestedAddressFamily(3)]
         )),
         Some(440)
     );
@@ -192,42 +124,20 @@ fn allocate_attribute_errors() {
         error(&c2.call(
             &mut h,
             Method::ALLOCATE,
-            &[
-                Attribute::RequestedTransport(17),
-                Attribute::ReservationToken([1; 8])
-            ]
+            &[Attribute::RequestedTransport(17), Attribute::ReservationToken([1; 8])]
         )),
         Some(508),
         "we never hand out reservation tokens"
     );
     assert_eq!(
-        error(&c2.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17), Attribute::EvenPort(true)]
-        )),
+        error(&c2.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17), Attribute::EvenPort(true)])),
         Some(508),
         "we never reserve the next port"
     );
     // EVEN-PORT without R asks the driver for an even port.
-    let req = c2.request(
-        Method::ALLOCATE,
-        &[
-            Attribute::RequestedTransport(17),
-            Attribute::EvenPort(false),
-        ],
-    );
+    let req = c2.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17), Attribute::EvenPort(false)]);
     let (_, cmds) = h.input(c2.five_tuple, &req);
-    assert!(
-        matches!(
-            cmds.as_slice(),
-            [Command::BindRelay {
-                even_port: true,
-                ..
-            }]
-        ),
-        "{cmds:?}"
-    );
+    assert!(matches!(cmds.as_slice(), [Command::BindRelay { even_port: true, .. }]), "{cmds:?}");
     assert_eq!(h.server.stats().allocate_bad_request, 1);
     assert_eq!(h.server.stats().allocate_unsupported, 2);
 }
@@ -241,14 +151,8 @@ fn ipv6_relay_and_unsupported_family() {
     c.allocate(&mut h);
     let mut c2 = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + HOUR);
     c2.nonce = c.nonce.clone();
-    let resp = c2.call(
-        &mut h,
-        Method::ALLOCATE,
-        &[
-            Attribute::RequestedTransport(17),
-            Attribute::RequestedAddressFamily(2),
-        ],
-    );
+    let resp =
+        c2.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17), Attribute::RequestedAddressFamily(2)]);
     assert_eq!(error(&resp), Some(440));
 
     let mut h = Harness::new(config());
@@ -256,13 +160,7 @@ fn ipv6_relay_and_unsupported_family() {
     c.allocate(&mut h);
     let mut c2 = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + HOUR);
     c2.nonce = c.nonce.clone();
-    let req = c2.request(
-        Method::ALLOCATE,
-        &[
-            Attribute::RequestedTransport(17),
-            Attribute::RequestedAddressFamily(2),
-        ],
-    );
+    let req = c2.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17), Attribute::RequestedAddressFamily(2)]);
     let (_, cmds) = h.input(c2.five_tuple, &req);
     let resp = only_message(&h.bind_relays(cmds));
     let m = Message::decode(&resp).unwrap();
@@ -283,9 +181,7 @@ fn relay_bind_failure_answers_508_and_frees_quota() {
     c.learn_nonce(&only_message(&cmds));
     let req = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     let (_, cmds) = h.input(c.five_tuple, &req);
-    let [Command::BindRelay { pending, .. }] = cmds.as_slice() else {
-        panic!("{cmds:?}")
-    };
+    let [Command::BindRelay { pending, .. }] = cmds.as_slice() else { panic!("{cmds:?}") };
     h.server.handle_relay_bound(h.now, *pending, Err(()));
     let resp = only_message(&h.drain());
     assert_eq!(error(&resp), Some(508));
@@ -302,34 +198,16 @@ fn wrong_password_is_401_and_counted() {
     let (_, cmds) = h.input(c.five_tuple, &req);
     c.learn_nonce(&only_message(&cmds));
     c.password = "not-the-password".into();
-    let resp = c.call(
-        &mut h,
-        Method::ALLOCATE,
-        &[Attribute::RequestedTransport(17)],
-    );
+    let resp = c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_eq!(error(&resp), Some(401));
     assert!(!Message::decode(&resp).unwrap().has_message_integrity());
     // A credential from another secret is refused the same way.
     c.password = duet_relay::rest_password(b"other-secret", &c.username);
-    assert_eq!(
-        error(&c.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17)]
-        )),
-        Some(401)
-    );
+    assert_eq!(error(&c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)])), Some(401));
     // A username not in REST format.
     c.username = "alice".into();
     c.password = duet_relay::rest_password(SECRET, "alice");
-    assert_eq!(
-        error(&c.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17)]
-        )),
-        Some(401)
-    );
+    assert_eq!(error(&c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)])), Some(401));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.server.stats().auth_failures, 3);
     assert_eq!(h.server.stats().allocate_auth_failed, 3);
@@ -354,11 +232,7 @@ fn expired_credential_is_refused() {
     let req = c.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     let (_, cmds) = h.input(c.five_tuple, &req);
     c.learn_nonce(&only_message(&cmds));
-    let resp = c.call(
-        &mut h,
-        Method::ALLOCATE,
-        &[Attribute::RequestedTransport(17)],
-    );
+    let resp = c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_eq!(error(&resp), Some(401));
     assert_eq!(h.server.stats().allocate_expired, 1);
 }
@@ -372,11 +246,7 @@ fn stale_nonce_gets_438_with_fresh_nonce() {
     c.learn_nonce(&only_message(&cmds));
     let old = c.nonce.clone();
     h.advance(Duration::from_secs(601));
-    let resp = c.call(
-        &mut h,
-        Method::ALLOCATE,
-        &[Attribute::RequestedTransport(17)],
-    );
+    let resp = c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_eq!(error(&resp), Some(error_code::STALE_NONCE));
     let m = Message::decode(&resp).unwrap();
     assert_eq!(m.get(attr::REALM), Some(Ok(Attribute::Realm(REALM))));
@@ -384,21 +254,11 @@ fn stale_nonce_gets_438_with_fresh_nonce() {
     assert_ne!(c.nonce, old);
     // A forged nonce is treated the same way.
     let mut forged = c.clone_with_nonce("0000000000000000AAAAAAAAAAAAAAAA");
-    assert_eq!(
-        error(&forged.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17)]
-        )),
-        Some(438)
-    );
+    assert_eq!(error(&forged.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)])), Some(438));
     // With the fresh nonce the allocation goes through.
     let req = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     let (_, cmds) = h.input(c.five_tuple, &req);
-    assert_eq!(
-        class(&only_message(&h.bind_relays(cmds))),
-        Class::SuccessResponse
-    );
+    assert_eq!(class(&only_message(&h.bind_relays(cmds))), Class::SuccessResponse);
     assert_eq!(h.server.stats().stale_nonces, 2);
 }
 
@@ -424,14 +284,8 @@ fn unknown_comprehension_required_attribute_gets_420() {
         Method::ALLOCATE,
         &[
             Attribute::RequestedTransport(17),
-            Attribute::Unknown {
-                typ: 0x7777,
-                value: b"x",
-            },
-            Attribute::Unknown {
-                typ: 0xC001,
-                value: b"optional",
-            },
+            Attribute::Unknown { typ: 0x7777, value: b"x" },
+            Attribute::Unknown { typ: 0xC001, value: b"optional" },
         ],
     );
     let (_, cmds) = h.input(c.five_tuple, &req);
@@ -441,10 +295,7 @@ fn unknown_comprehension_required_attribute_gets_420() {
     let Some(Ok(Attribute::UnknownAttributes(list))) = m.get(attr::UNKNOWN_ATTRIBUTES) else {
         panic!("no UNKNOWN-ATTRIBUTES")
     };
-    assert_eq!(
-        duet_relay::stun::unknown_attribute_types(list).collect::<Vec<_>>(),
-        vec![0x7777]
-    );
+    assert_eq!(duet_relay::stun::unknown_attribute_types(list).collect::<Vec<_>>(), vec![0x7777]);
 }
 
 #[test]
@@ -459,9 +310,7 @@ fn garbage_and_truncated_input_is_dropped_silently() {
         &req[..19],
         &[0x40, 0x00],
         &[0x40, 0x00, 0x00, 0x10, 1, 2],
-        &[
-            0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ],
+        &[0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     ];
     for i in &inputs {
         let (t, cmds) = h.input(c.five_tuple, i);
@@ -498,12 +347,7 @@ fn unauthenticated_replies_are_rate_limited_per_source() {
     // with overwhelming probability: check a handful).
     let mut others = 0;
     for port in 0..5u16 {
-        let mut o = Client::new(
-            &format!("192.0.2.{}:1000", 60 + port),
-            "b1",
-            "x",
-            UNIX0 + HOUR,
-        );
+        let mut o = Client::new(&format!("192.0.2.{}:1000", 60 + port), "b1", "x", UNIX0 + HOUR);
         let req = o.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
         others += h.input(o.five_tuple, &req).1.len();
     }
@@ -523,10 +367,7 @@ fn refresh_extends_and_refresh_zero_deletes() {
     let resp = only_message(&c.exchange(&mut h, Method::REFRESH, &[Attribute::Lifetime(99_999)]));
     assert_eq!(lifetime(&resp), Some(3600), "clamped to max_lifetime");
     let cmds = h.advance(Duration::from_secs(3000));
-    assert!(
-        freed(&cmds).is_empty(),
-        "refreshed allocation survives its first lifetime"
-    );
+    assert!(freed(&cmds).is_empty(), "refreshed allocation survives its first lifetime");
     assert_eq!(h.server.allocation_count(), 1);
 
     let cmds = c.exchange(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
@@ -551,10 +392,7 @@ fn refresh_without_allocation_is_437_and_wrong_user_is_441() {
     // Same 5-tuple, different (valid) credential.
     let mut intruder = Client::new("192.0.2.50:40000", "b2", "guest", UNIX0 + HOUR);
     intruder.nonce = c.nonce.clone();
-    assert_eq!(
-        error(&intruder.call(&mut h, Method::REFRESH, &[])),
-        Some(441)
-    );
+    assert_eq!(error(&intruder.call(&mut h, Method::REFRESH, &[])), Some(441));
 }
 
 #[test]
@@ -582,11 +420,7 @@ fn allocation_torn_down_at_credential_expiry() {
     let cmds = h.advance(Duration::from_secs(199));
     assert!(freed(&cmds).is_empty());
     let cmds = h.advance(Duration::from_secs(2));
-    assert_eq!(
-        freed(&cmds),
-        vec![relay],
-        "torn down at hard_end_at by the timer"
-    );
+    assert_eq!(freed(&cmds), vec![relay], "torn down at hard_end_at by the timer");
     assert_eq!(h.server.stats().allocations_credential_expired, 1);
 }
 
@@ -618,17 +452,9 @@ fn revoke_booking_tears_down_and_refuses_new_allocations() {
     let mut want = vec![r1, r2];
     want.sort();
     assert_eq!(f, want);
-    assert_eq!(
-        h.server.allocation_count(),
-        1,
-        "other bookings are untouched"
-    );
+    assert_eq!(h.server.allocation_count(), 1, "other bookings are untouched");
     // The same credentials can no longer allocate.
-    let resp = host.call(
-        &mut h,
-        Method::ALLOCATE,
-        &[Attribute::RequestedTransport(17)],
-    );
+    let resp = host.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_eq!(error(&resp), Some(401));
     assert_eq!(h.server.stats().allocate_revoked, 1);
     assert_eq!(h.server.stats().allocations_revoked, 2);
@@ -646,10 +472,7 @@ fn revoke_cancels_pending_allocation() {
     assert_eq!(h.server.revoke_booking(h.now, "b1", UNIX0 + HOUR), 1);
     let cmds = h.bind_relays(cmds);
     assert_eq!(freed(&cmds).len(), 1, "the late socket is freed again");
-    assert!(
-        cmds.iter()
-            .all(|c| !matches!(c, Command::SendToClient { .. }))
-    );
+    assert!(cmds.iter().all(|c| !matches!(c, Command::SendToClient { .. })));
     assert_eq!(h.server.allocation_count(), 0);
 }
 
@@ -665,31 +488,14 @@ fn per_credential_quota_486_and_total_capacity_508() {
     b.allocate(&mut h);
     let mut c = Client::new("192.0.2.50:3", "b1", "host", UNIX0 + HOUR);
     c.nonce = a.nonce.clone();
-    assert_eq!(
-        error(&c.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17)]
-        )),
-        Some(486)
-    );
+    assert_eq!(error(&c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)])), Some(486));
     let mut d = Client::new("192.0.2.51:1", "b2", "host", UNIX0 + HOUR);
     d.allocate(&mut h);
     let mut e = Client::new("192.0.2.52:1", "b3", "host", UNIX0 + HOUR);
     e.nonce = a.nonce.clone();
-    assert_eq!(
-        error(&e.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17)]
-        )),
-        Some(508)
-    );
+    assert_eq!(error(&e.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)])), Some(508));
     let s = h.server.stats();
-    assert_eq!(
-        (s.allocate_quota, s.allocate_capacity, s.quota_refusals),
-        (1, 1, 1)
-    );
+    assert_eq!((s.allocate_quota, s.allocate_capacity, s.quota_refusals), (1, 1, 1));
 }
 
 #[test]
@@ -701,26 +507,13 @@ fn per_source_ip_quota() {
     a.allocate(&mut h);
     let mut b = Client::new("192.0.2.50:2", "b2", "guest", UNIX0 + HOUR);
     b.nonce = a.nonce.clone();
-    assert_eq!(
-        error(&b.call(
-            &mut h,
-            Method::ALLOCATE,
-            &[Attribute::RequestedTransport(17)]
-        )),
-        Some(486)
-    );
+    assert_eq!(error(&b.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)])), Some(486));
 }
 
 #[test]
 fn tcp_close_frees_allocation() {
     let mut h = Harness::new(config());
-    let mut c = Client::with_transport(
-        Transport::Tcp,
-        "192.0.2.50:40000",
-        "b1",
-        "host",
-        UNIX0 + HOUR,
-    );
+    let mut c = Client::with_transport(Transport::Tcp, "192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
     let relay = c.allocate(&mut h);
     assert_eq!(h.server.stats().allocations_active_tcp, 1);
     h.server.handle_client_closed(h.now, c.five_tuple);
@@ -737,8 +530,5 @@ fn software_attribute_when_configured() {
     let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
     let req = c.unauthenticated(Method::BINDING, &[]);
     let resp = only_message(&h.input(c.five_tuple, &req).1);
-    assert_eq!(
-        Message::decode(&resp).unwrap().get(attr::SOFTWARE),
-        Some(Ok(Attribute::Software("duet")))
-    );
+    assert_eq!(Message::decode(&resp).unwrap().get(attr::SOFTWARE), Some(Ok(Attribute::Software("duet"))));
 }

@@ -15,10 +15,8 @@ use proptest::prelude::*;
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
-        (any::<u32>(), any::<u16>())
-            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
-        (any::<u128>(), any::<u16>())
-            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
+        (any::<u32>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
+        (any::<u128>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
     ]
 }
 
@@ -51,10 +49,7 @@ impl OwnedAttr {
             OwnedAttr::Text(2, s) => Attribute::Nonce(s),
             OwnedAttr::Text(_, s) => Attribute::Software(s),
             OwnedAttr::Bytes(b) => Attribute::Data(b),
-            OwnedAttr::Error(code, r) => Attribute::ErrorCode {
-                code: *code,
-                reason: r,
-            },
+            OwnedAttr::Error(code, r) => Attribute::ErrorCode { code: *code, reason: r },
             OwnedAttr::U32(0, v) => Attribute::Lifetime(*v),
             OwnedAttr::U32(_, v) => Attribute::ChannelNumber(*v as u16),
             OwnedAttr::U8(0, v) => Attribute::RequestedTransport(*v),
@@ -63,16 +58,9 @@ impl OwnedAttr {
             OwnedAttr::EvenPort(r) => Attribute::EvenPort(*r),
             OwnedAttr::DontFragment => Attribute::DontFragment,
             OwnedAttr::Token(t) => Attribute::ReservationToken(*t),
-            OwnedAttr::Icmp(t, c, d) => Attribute::Icmp {
-                typ: *t,
-                code: *c,
-                data: *d,
-            },
+            OwnedAttr::Icmp(t, c, d) => Attribute::Icmp { typ: *t, code: *c, data: *d },
             OwnedAttr::Unknown(t, v) => Attribute::Unknown { typ: *t, value: v },
-            OwnedAttr::PasswordAlgorithm(a, p) => Attribute::PasswordAlgorithm {
-                algorithm: *a,
-                parameters: p,
-            },
+            OwnedAttr::PasswordAlgorithm(a, p) => Attribute::PasswordAlgorithm { algorithm: *a, parameters: p },
         }
     }
 }
@@ -91,23 +79,14 @@ fn owned_attr() -> impl Strategy<Value = OwnedAttr> {
         any::<[u8; 8]>().prop_map(OwnedAttr::Token),
         (any::<u8>(), any::<u8>(), any::<u32>()).prop_map(|(t, c, d)| OwnedAttr::Icmp(t, c, d)),
         // Unknown types outside every type this crate knows.
-        (
-            0x7000u16..0x7100,
-            proptest::collection::vec(any::<u8>(), 0..40)
-        )
-            .prop_map(|(t, v)| OwnedAttr::Unknown(t, v)),
+        (0x7000u16..0x7100, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(t, v)| OwnedAttr::Unknown(t, v)),
         (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..20))
             .prop_map(|(a, p)| OwnedAttr::PasswordAlgorithm(a, p)),
     ]
 }
 
 fn class() -> impl Strategy<Value = Class> {
-    prop_oneof![
-        Just(Class::Request),
-        Just(Class::Indication),
-        Just(Class::SuccessResponse),
-        Just(Class::ErrorResponse),
-    ]
+    prop_oneof![Just(Class::Request), Just(Class::Indication), Just(Class::SuccessResponse), Just(Class::ErrorResponse),]
 }
 
 proptest! {
@@ -222,16 +201,11 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0usize..4, proptest::collection::vec(any::<u8>(), 0..80))
-            .prop_map(|(c, b)| Step::Garbage(c, b)),
+        (0usize..4, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(c, b)| Step::Garbage(c, b)),
         (0usize..4).prop_map(Step::Allocate),
         (0usize..4, 0u8..6).prop_map(|(c, p)| Step::Permission(c, p)),
         (0usize..4, 0x3ffeu16..0x4004, 0u8..6).prop_map(|(c, ch, p)| Step::Bind(c, ch, p)),
-        (
-            0usize..4,
-            prop_oneof![Just(0u32), Just(60), Just(600), Just(100_000)]
-        )
-            .prop_map(|(c, l)| Step::Refresh(c, l)),
+        (0usize..4, prop_oneof![Just(0u32), Just(60), Just(600), Just(100_000)]).prop_map(|(c, l)| Step::Refresh(c, l)),
         (0usize..4, 0x3ffeu16..0x4004).prop_map(|(c, ch)| Step::ChannelData(c, ch)),
         (0usize..4, 0u8..6).prop_map(|(c, p)| Step::Send(c, p)),
         (0usize..4, 0u8..6).prop_map(|(c, p)| Step::Peer(c, p)),
@@ -242,14 +216,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-const PEERS: [&str; 6] = [
-    "8.8.8.8:1000",
-    "8.8.4.4:2000",
-    "127.0.0.1:3000",
-    "[2606:4700::1]:53",
-    "0.0.0.0:1",
-    "1.1.1.1:3478",
-];
+const PEERS: [&str; 6] =
+    ["8.8.8.8:1000", "8.8.4.4:2000", "127.0.0.1:3000", "[2606:4700::1]:53", "0.0.0.0:1", "1.1.1.1:3478"];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]

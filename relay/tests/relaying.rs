@@ -40,17 +40,10 @@ fn send_indication_needs_permission_then_relays_both_ways() {
     // Without permission: dropped, no response ever.
     let (t, cmds) = h.input(c.five_tuple, &send_indication(PEER, b"hi"));
     assert!(t.is_none() && cmds.is_empty());
-    assert_eq!(
-        h.server.handle_peer_input(h.now, relay, addr(PEER), 10),
-        None
-    );
+    assert_eq!(h.server.handle_peer_input(h.now, relay, addr(PEER), 10), None);
     assert_eq!(h.server.stats().drops_no_permission, 2);
 
-    let resp = c.call(
-        &mut h,
-        Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress(addr(PEER))],
-    );
+    let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(PEER))]);
     let m = Message::decode(&resp).unwrap();
     assert_eq!(m.class(), Class::SuccessResponse);
     assert_eq!(m.verify_integrity(&c.key()), Ok(()));
@@ -62,9 +55,7 @@ fn send_indication_needs_permission_then_relays_both_ways() {
     let (t, _) = h.input(c.five_tuple, &send_indication("8.8.4.4:7000", b"x"));
     assert!(t.is_some());
     // Peer → client without a channel: a Data indication.
-    let d = h
-        .server
-        .handle_peer_input(h.now, relay, addr("8.8.4.4:7000"), 5);
+    let d = h.server.handle_peer_input(h.now, relay, addr("8.8.4.4:7000"), 5);
     assert_eq!(d, Some(ClientDelivery::DataIndication { to: c.five_tuple }));
     let mut out = Vec::new();
     encode_data_indication(addr("8.8.4.4:7000"), b"reply", &mut out);
@@ -72,20 +63,10 @@ fn send_indication_needs_permission_then_relays_both_ways() {
     assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
     assert_eq!(m.get(attr::DATA), Some(Ok(Attribute::Data(b"reply"))));
     // Another IP still has no permission.
-    assert_eq!(
-        h.server
-            .handle_peer_input(h.now, relay, addr("8.8.8.8:6000"), 5),
-        None
-    );
+    assert_eq!(h.server.handle_peer_input(h.now, relay, addr("8.8.8.8:6000"), 5), None);
     let s = h.server.stats();
-    assert_eq!(
-        (s.relayed_packets_to_peer, s.relayed_bytes_to_peer),
-        (2, 11)
-    );
-    assert_eq!(
-        (s.relayed_packets_to_client, s.relayed_bytes_to_client),
-        (1, 5)
-    );
+    assert_eq!((s.relayed_packets_to_peer, s.relayed_bytes_to_peer), (2, 11));
+    assert_eq!((s.relayed_packets_to_client, s.relayed_bytes_to_client), (1, 5));
 }
 
 #[test]
@@ -99,10 +80,7 @@ fn channel_bind_and_channel_data_both_ways() {
     let resp = c.call(
         &mut h,
         Method::CHANNEL_BIND,
-        &[
-            Attribute::ChannelNumber(0x4000),
-            Attribute::XorPeerAddress(addr(PEER)),
-        ],
+        &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(addr(PEER))],
     );
     assert_eq!(class(&resp), Class::SuccessResponse);
 
@@ -117,74 +95,34 @@ fn channel_bind_and_channel_data_both_ways() {
 
     // Peer → client goes as ChannelData; the driver writes the header in place.
     let d = h.server.handle_peer_input(h.now, relay, addr(PEER), 3);
-    let Some(ClientDelivery::ChannelData { to, channel }) = d else {
-        panic!("{d:?}")
-    };
+    let Some(ClientDelivery::ChannelData { to, channel }) = d else { panic!("{d:?}") };
     assert_eq!((to, channel.get()), (c.five_tuple, 0x4000));
     let mut buf = [0u8, 0, 0, 0, b'a', b'b', b'c'];
     write_channel_data_header(&mut buf, channel, 3);
     assert_eq!(parse_channel_data(&buf), Ok((channel, &b"abc"[..])));
     // Same IP, other port: permission yes, channel no → Data indication.
     assert_eq!(
-        h.server
-            .handle_peer_input(h.now, relay, addr("8.8.4.4:6001"), 3),
+        h.server.handle_peer_input(h.now, relay, addr("8.8.4.4:6001"), 3),
         Some(ClientDelivery::DataIndication { to: c.five_tuple })
     );
 
     // Refreshing the same binding is fine; rebinding to another peer or channel is not.
-    let same = [
-        Attribute::ChannelNumber(0x4000),
-        Attribute::XorPeerAddress(addr(PEER)),
-    ];
-    assert_eq!(
-        class(&c.call(&mut h, Method::CHANNEL_BIND, &same)),
-        Class::SuccessResponse
-    );
-    let other_peer = [
-        Attribute::ChannelNumber(0x4000),
-        Attribute::XorPeerAddress(addr("8.8.8.8:1")),
-    ];
-    assert_eq!(
-        error(&c.call(&mut h, Method::CHANNEL_BIND, &other_peer)),
-        Some(400)
-    );
-    let other_channel = [
-        Attribute::ChannelNumber(0x4001),
-        Attribute::XorPeerAddress(addr(PEER)),
-    ];
-    assert_eq!(
-        error(&c.call(&mut h, Method::CHANNEL_BIND, &other_channel)),
-        Some(400)
-    );
-    let bad_number = [
-        Attribute::ChannelNumber(0x3FFF),
-        Attribute::XorPeerAddress(addr("8.8.8.8:1")),
-    ];
-    assert_eq!(
-        error(&c.call(&mut h, Method::CHANNEL_BIND, &bad_number)),
-        Some(400)
-    );
-    let reserved = [
-        Attribute::ChannelNumber(0x8000),
-        Attribute::XorPeerAddress(addr("8.8.8.8:1")),
-    ];
-    assert_eq!(
-        error(&c.call(&mut h, Method::CHANNEL_BIND, &reserved)),
-        Some(400)
-    );
+    let same = [Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(addr(PEER))];
+    assert_eq!(class(&c.call(&mut h, Method::CHANNEL_BIND, &same)), Class::SuccessResponse);
+    let other_peer = [Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(addr("8.8.8.8:1"))];
+    assert_eq!(error(&c.call(&mut h, Method::CHANNEL_BIND, &other_peer)), Some(400));
+    let other_channel = [Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(addr(PEER))];
+    assert_eq!(error(&c.call(&mut h, Method::CHANNEL_BIND, &other_channel)), Some(400));
+    let bad_number = [Attribute::ChannelNumber(0x3FFF), Attribute::XorPeerAddress(addr("8.8.8.8:1"))];
+    assert_eq!(error(&c.call(&mut h, Method::CHANNEL_BIND, &bad_number)), Some(400));
+    let reserved = [Attribute::ChannelNumber(0x8000), Attribute::XorPeerAddress(addr("8.8.8.8:1"))];
+    assert_eq!(error(&c.call(&mut h, Method::CHANNEL_BIND, &reserved)), Some(400));
 }
 
 #[test]
 fn channel_data_from_another_five_tuple_is_dropped() {
     let (mut h, mut c, _) = setup();
-    c.call(
-        &mut h,
-        Method::CHANNEL_BIND,
-        &[
-            Attribute::ChannelNumber(0x4000),
-            Attribute::XorPeerAddress(addr(PEER)),
-        ],
-    );
+    c.call(&mut h, Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(addr(PEER))]);
     let mut spoof = c.five_tuple;
     spoof.client = addr("192.0.2.66:40000");
     let (t, _) = h.input(spoof, &channel_data(0x4000, b"x"));
@@ -197,48 +135,20 @@ fn channel_data_from_another_five_tuple_is_dropped() {
 #[test]
 fn permissions_and_channels_expire() {
     let (mut h, mut c, relay) = setup();
-    c.call(
-        &mut h,
-        Method::CHANNEL_BIND,
-        &[
-            Attribute::ChannelNumber(0x4000),
-            Attribute::XorPeerAddress(addr(PEER)),
-        ],
-    );
+    c.call(&mut h, Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(addr(PEER))]);
     // Let the permission (300 s) lapse; the allocation lives 600 s.
     h.advance(Duration::from_secs(301));
-    assert_eq!(
-        h.server.handle_peer_input(h.now, relay, addr(PEER), 1),
-        None
-    );
+    assert_eq!(h.server.handle_peer_input(h.now, relay, addr(PEER), 1), None);
     let (t, _) = h.input(c.five_tuple, &channel_data(0x4000, b"x"));
-    assert!(
-        t.is_none(),
-        "channel alone does not imply a live permission"
-    );
+    assert!(t.is_none(), "channel alone does not imply a live permission");
     // Refresh the permission: traffic flows on the channel again.
-    let resp = only_message(&c.exchange(
-        &mut h,
-        Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress(addr(PEER))],
-    ));
+    let resp = only_message(&c.exchange(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(PEER))]));
     assert_eq!(class(&resp), Class::SuccessResponse);
-    assert_eq!(
-        class(&c.call(&mut h, Method::REFRESH, &[])),
-        Class::SuccessResponse
-    );
-    assert!(
-        h.input(c.five_tuple, &channel_data(0x4000, b"x"))
-            .0
-            .is_some()
-    );
+    assert_eq!(class(&c.call(&mut h, Method::REFRESH, &[])), Class::SuccessResponse);
+    assert!(h.input(c.five_tuple, &channel_data(0x4000, b"x")).0.is_some());
     // After 600 s the channel is gone (permission refreshed at 301 s is still alive until 601).
     h.advance(Duration::from_secs(299));
-    assert!(
-        h.input(c.five_tuple, &channel_data(0x4000, b"x"))
-            .0
-            .is_none()
-    );
+    assert!(h.input(c.five_tuple, &channel_data(0x4000, b"x")).0.is_none());
     assert_eq!(
         h.server.handle_peer_input(h.now, relay, addr(PEER), 1),
         Some(ClientDelivery::DataIndication { to: c.five_tuple })
@@ -248,27 +158,17 @@ fn permissions_and_channels_expire() {
 #[test]
 fn create_permission_errors() {
     let (mut h, mut c, _) = setup();
-    assert_eq!(
-        error(&c.call(&mut h, Method::CREATE_PERMISSION, &[])),
-        Some(400)
-    );
+    assert_eq!(error(&c.call(&mut h, Method::CREATE_PERMISSION, &[])), Some(400));
     // IPv6 peer on an IPv4 relay.
     assert_eq!(
-        error(&c.call(
-            &mut h,
-            Method::CREATE_PERMISSION,
-            &[Attribute::XorPeerAddress(addr("[2606:4700::1]:1"))]
-        )),
+        error(&c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr("[2606:4700::1]:1"))])),
         Some(443)
     );
     // One denied peer among several: 403 and none installed.
     let resp = c.call(
         &mut h,
         Method::CREATE_PERMISSION,
-        &[
-            Attribute::XorPeerAddress(addr("8.8.8.8:1")),
-            Attribute::XorPeerAddress(addr("10.0.0.1:1")),
-        ],
+        &[Attribute::XorPeerAddress(addr("8.8.8.8:1")), Attribute::XorPeerAddress(addr("10.0.0.1:1"))],
     );
     assert_eq!(error(&resp), Some(403));
     let (t, _) = h.input(c.five_tuple, &send_indication("8.8.8.8:1", b"x"));
@@ -277,11 +177,7 @@ fn create_permission_errors() {
     let mut other = Client::new("192.0.2.51:1", "b1", "guest", UNIX0 + HOUR);
     other.nonce = c.nonce.clone();
     assert_eq!(
-        error(&other.call(
-            &mut h,
-            Method::CREATE_PERMISSION,
-            &[Attribute::XorPeerAddress(addr(PEER))]
-        )),
+        error(&other.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(PEER))])),
         Some(437)
     );
 }
@@ -298,11 +194,7 @@ fn peer_policy_blocks_internal_targets() {
         "100.64.0.1:1",
         "224.0.0.251:5353",
     ] {
-        let resp = c.call(
-            &mut h,
-            Method::CREATE_PERMISSION,
-            &[Attribute::XorPeerAddress(addr(peer))],
-        );
+        let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(peer))]);
         // ::ffff:127.0.0.1 on an IPv4 relay: family mismatch is reported first (443); it is
         // refused either way.
         let code = error(&resp);
@@ -310,10 +202,7 @@ fn peer_policy_blocks_internal_targets() {
         let bind = c.call(
             &mut h,
             Method::CHANNEL_BIND,
-            &[
-                Attribute::ChannelNumber(0x4010),
-                Attribute::XorPeerAddress(addr(peer)),
-            ],
+            &[Attribute::ChannelNumber(0x4010), Attribute::XorPeerAddress(addr(peer))],
         );
         assert!(matches!(error(&bind), Some(403) | Some(443)), "{peer}");
     }
@@ -327,34 +216,14 @@ fn peer_policy_on_ipv6_relay() {
     c.allocate(&mut h); // learn a nonce
     let mut c6 = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + HOUR);
     c6.nonce = c.nonce.clone();
-    let req = c6.request(
-        Method::ALLOCATE,
-        &[
-            Attribute::RequestedTransport(17),
-            Attribute::RequestedAddressFamily(2),
-        ],
-    );
+    let req = c6.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17), Attribute::RequestedAddressFamily(2)]);
     let (_, cmds) = h.input(c6.five_tuple, &req);
     h.bind_relays(cmds);
-    for peer in [
-        "[::ffff:127.0.0.1]:22",
-        "[::]:22",
-        "[::1]:22",
-        "[fe80::1]:1",
-        "[::ffff:169.254.169.254]:80",
-    ] {
-        let resp = c6.call(
-            &mut h,
-            Method::CREATE_PERMISSION,
-            &[Attribute::XorPeerAddress(addr(peer))],
-        );
+    for peer in ["[::ffff:127.0.0.1]:22", "[::]:22", "[::1]:22", "[fe80::1]:1", "[::ffff:169.254.169.254]:80"] {
+        let resp = c6.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(peer))]);
         assert_eq!(error(&resp), Some(403), "{peer}");
     }
-    let resp = c6.call(
-        &mut h,
-        Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress(addr("[2606:4700::1111]:443"))],
-    );
+    let resp = c6.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr("[2606:4700::1111]:443"))]);
     assert_eq!(class(&resp), Class::SuccessResponse);
 }
 
@@ -366,29 +235,18 @@ fn loopback_allowed_when_configured_except_own_listener() {
     let mut h = Harness::new(cfg);
     let mut c = Client::new("127.0.0.1:40000", "b1", "host", UNIX0 + HOUR);
     c.allocate(&mut h);
-    let ok = c.call(
-        &mut h,
-        Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress(addr("127.0.0.1:5000"))],
-    );
+    let ok = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr("127.0.0.1:5000"))]);
     assert_eq!(class(&ok), Class::SuccessResponse);
     // The TURN listener itself is never a peer (loop attack)...
     let own = c.call(
         &mut h,
         Method::CHANNEL_BIND,
-        &[
-            Attribute::ChannelNumber(0x4000),
-            Attribute::XorPeerAddress(addr("127.0.0.1:3478")),
-        ],
+        &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(addr("127.0.0.1:3478"))],
     );
     assert_eq!(error(&own), Some(403));
     // ...and neither is 0.0.0.0 or the metadata service.
     for peer in ["0.0.0.0:5000", "169.254.169.254:80"] {
-        let r = c.call(
-            &mut h,
-            Method::CREATE_PERMISSION,
-            &[Attribute::XorPeerAddress(addr(peer))],
-        );
+        let r = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(peer))]);
         assert_eq!(error(&r), Some(403), "{peer}");
     }
 }
@@ -403,71 +261,32 @@ fn permission_and_channel_caps_508() {
     c.allocate(&mut h);
     let p = |s: &str| Attribute::XorPeerAddress(addr(s));
     assert_eq!(
-        class(&c.call(
-            &mut h,
-            Method::CREATE_PERMISSION,
-            &[p("8.8.8.8:1"), p("8.8.8.8:2")]
-        )),
+        class(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("8.8.8.8:1"), p("8.8.8.8:2")])),
         Class::SuccessResponse,
         "two addresses of one IP are one permission"
     );
-    assert_eq!(
-        class(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("8.8.4.4:1")])),
-        Class::SuccessResponse
-    );
-    assert_eq!(
-        error(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("1.1.1.1:1")])),
-        Some(508)
-    );
+    assert_eq!(class(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("8.8.4.4:1")])), Class::SuccessResponse);
+    assert_eq!(error(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("1.1.1.1:1")])), Some(508));
     // Refreshing an existing permission is always allowed.
-    assert_eq!(
-        class(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("8.8.4.4:9")])),
-        Class::SuccessResponse
-    );
-    let bind = |ch: u16, peer: &str| {
-        [
-            Attribute::ChannelNumber(ch),
-            Attribute::XorPeerAddress(addr(peer)),
-        ]
-    };
-    assert_eq!(
-        class(&c.call(&mut h, Method::CHANNEL_BIND, &bind(0x4000, "8.8.8.8:1"))),
-        Class::SuccessResponse
-    );
-    assert_eq!(
-        error(&c.call(&mut h, Method::CHANNEL_BIND, &bind(0x4001, "8.8.4.4:1"))),
-        Some(508)
-    );
+    assert_eq!(class(&c.call(&mut h, Method::CREATE_PERMISSION, &[p("8.8.4.4:9")])), Class::SuccessResponse);
+    let bind = |ch: u16, peer: &str| [Attribute::ChannelNumber(ch), Attribute::XorPeerAddress(addr(peer))];
+    assert_eq!(class(&c.call(&mut h, Method::CHANNEL_BIND, &bind(0x4000, "8.8.8.8:1"))), Class::SuccessResponse);
+    assert_eq!(error(&c.call(&mut h, Method::CHANNEL_BIND, &bind(0x4001, "8.8.4.4:1"))), Some(508));
     assert_eq!(h.server.stats().capacity_refusals, 2);
 }
 
 #[test]
 fn relay_input_on_unknown_socket_is_dropped() {
     let (mut h, _, _) = setup();
-    assert_eq!(
-        h.server
-            .handle_peer_input(h.now, addr("198.51.100.10:1"), addr(PEER), 1),
-        None
-    );
+    assert_eq!(h.server.handle_peer_input(h.now, addr("198.51.100.10:1"), addr(PEER), 1), None);
     assert_eq!(h.server.stats().drops_no_allocation, 1);
 }
 
 #[test]
 fn data_stops_after_refresh_zero() {
     let (mut h, mut c, relay) = setup();
-    c.call(
-        &mut h,
-        Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress(addr(PEER))],
-    );
+    c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(PEER))]);
     c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
-    assert_eq!(
-        h.server.handle_peer_input(h.now, relay, addr(PEER), 1),
-        None
-    );
-    assert!(
-        h.input(c.five_tuple, &send_indication(PEER, b"x"))
-            .0
-            .is_none()
-    );
+    assert_eq!(h.server.handle_peer_input(h.now, relay, addr(PEER), 1), None);
+    assert!(h.input(c.five_tuple, &send_indication(PEER, b"x")).0.is_none());
 }

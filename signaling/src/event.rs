@@ -221,10 +221,7 @@ mod tests {
         assert_eq!(CloseReason::WindowClosed.code(), 4003);
         assert_eq!(CloseReason::Cancelled.code(), 4004);
         assert_eq!(CloseReason::Shutdown.code(), 1001);
-        assert_eq!(
-            LeaveReason::from(CloseReason::Cancelled),
-            LeaveReason::Cancelled
-        );
+        assert_eq!(LeaveReason::from(CloseReason::Cancelled), LeaveReason::Cancelled);
     }
 
     #[test]

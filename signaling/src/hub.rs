@@ -97,12 +97,7 @@ pub struct Hub {
 impl Hub {
     /// An empty hub.
     pub fn new(config: HubConfig) -> Self {
-        let mut warn: Vec<Duration> = config
-            .warn_before_end
-            .iter()
-            .copied()
-            .filter(|d| !d.is_zero())
-            .collect();
+        let mut warn: Vec<Duration> = config.warn_before_end.iter().copied().filter(|d| !d.is_zero()).collect();
         warn.sort_unstable_by(|a, b| b.cmp(a));
         warn.dedup();
         Hub {
@@ -130,22 +125,10 @@ impl Hub {
             self.detach(conn, LeaveReason::Closed, None);
         }
         if now >= admission.hard_end_at {
-            self.close(
-                conn,
-                close_code::OUTSIDE_WINDOW,
-                CloseReason::WindowClosed.text(),
-            );
+            self.close(conn, close_code::OUTSIDE_WINDOW, CloseReason::WindowClosed.text());
             return;
         }
-        let Admission {
-            booking,
-            participant,
-            role,
-            ice_servers,
-            window,
-            hard_end_at,
-            hard_end_at_rfc3339,
-        } = admission;
+        let Admission { booking, participant, role, ice_servers, window, hard_end_at, hard_end_at_rfc3339 } = admission;
 
         let idx = self.room_for(now, booking, hard_end_at, hard_end_at_rfc3339);
         let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
@@ -158,19 +141,11 @@ impl Hub {
             self.conns.remove(&old.conn);
             self.stats.connections = self.conns.len();
             self.stats.closes.bump(close_code::REPLACED);
-            self.out.push_back(Output::Close {
-                conn: old.conn,
-                code: close_code::REPLACED,
-                reason: "replaced",
-            });
+            self.out.push_back(Output::Close { conn: old.conn, code: close_code::REPLACED, reason: "replaced" });
             if let Some(partner) = room.slot(role.other()) {
                 self.out.push_back(Output::Send {
                     conn: partner.conn,
-                    text: native::peer_left(
-                        room.session,
-                        &old.participant,
-                        LeaveReason::Replaced.peer_left_reason(),
-                    ),
+                    text: native::peer_left(room.session, &old.participant, LeaveReason::Replaced.peer_left_reason()),
                 });
             }
             self.out.push_back(Output::Event(HubEvent::Left {
@@ -198,14 +173,8 @@ impl Hub {
             role,
         }));
         let paired = room.occupy(role, Peer { conn, participant });
-        self.conns.insert(
-            conn,
-            Conn {
-                room: idx,
-                role,
-                bucket: TokenBucket::new(now, self.config.messages_per_second),
-            },
-        );
+        self.conns
+            .insert(conn, Conn { room: idx, role, bucket: TokenBucket::new(now, self.config.messages_per_second) });
         self.stats.connections = self.conns.len();
         self.stats.connections_total = self.stats.connections_total.saturating_add(1);
 
@@ -221,10 +190,7 @@ impl Hub {
                     text: native::ready(session, &me.participant, role),
                 });
             }
-            self.out.push_back(Output::Event(HubEvent::Ready {
-                booking: room.booking.clone(),
-                session,
-            }));
+            self.out.push_back(Output::Event(HubEvent::Ready { booking: room.booking.clone(), session }));
             self.stats.ready_total = self.stats.ready_total.saturating_add(1);
         }
     }
@@ -250,12 +216,7 @@ impl Hub {
         let msg = match native::parse(text) {
             Ok(msg) => msg,
             Err(e) => {
-                self.reject(
-                    conn,
-                    ErrorCode::BadMessage,
-                    e.message(),
-                    DropReason::BadMessage,
-                );
+                self.reject(conn, ErrorCode::BadMessage, e.message(), DropReason::BadMessage);
                 return;
             }
         };
@@ -263,10 +224,7 @@ impl Hub {
             ClientMsg::Signal { session, data } => self.relay(conn, room_idx, role, session, data),
             ClientMsg::Ping { t } => {
                 self.stats.pongs = self.stats.pongs.saturating_add(1);
-                self.out.push_back(Output::Send {
-                    conn,
-                    text: native::pong(t),
-                });
+                self.out.push_back(Output::Send { conn, text: native::pong(t) });
             }
             ClientMsg::Leave => {
                 self.detach(conn, LeaveReason::Left, Some((close_code::NORMAL, "left")));
@@ -351,8 +309,7 @@ impl Hub {
                 i += 1;
             }
             let left = room.hard_end_at.saturating_duration_since(now);
-            let in_s =
-                u64::try_from(left.as_millis().saturating_add(500) / 1000).unwrap_or(u64::MAX);
+            let in_s = u64::try_from(left.as_millis().saturating_add(500) / 1000).unwrap_or(u64::MAX);
             for (_, peer) in room.peers() {
                 self.out.push_back(Output::Send {
                     conn: peer.conn,
@@ -384,13 +341,7 @@ impl Hub {
     // ----- internals -----
 
     /// The index of the booking's room, opening it if needed; the newest admission sets the hard end.
-    fn room_for(
-        &mut self,
-        now: Instant,
-        booking: String,
-        hard_end_at: Instant,
-        rfc3339: String,
-    ) -> usize {
+    fn room_for(&mut self, now: Instant, booking: String, hard_end_at: Instant, rfc3339: String) -> usize {
         if let Some(&idx) = self.by_booking.get(&booking)
             && let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut)
         {
@@ -420,19 +371,13 @@ impl Hub {
         self.by_booking.insert(booking.clone(), idx);
         self.stats.rooms = self.by_booking.len();
         self.stats.rooms_total = self.stats.rooms_total.saturating_add(1);
-        self.out
-            .push_back(Output::Event(HubEvent::RoomOpened { booking }));
+        self.out.push_back(Output::Event(HubEvent::RoomOpened { booking }));
         idx
     }
 
     /// Common gate for every client frame: known connection, size limit, rate limit. Returns the connection's room and
     /// role when the frame may be processed.
-    fn admit_frame(
-        &mut self,
-        now: Instant,
-        conn: ConnectionId,
-        len: usize,
-    ) -> Option<(usize, Role)> {
+    fn admit_frame(&mut self, now: Instant, conn: ConnectionId, len: usize) -> Option<(usize, Role)> {
         let rate = self.config.messages_per_second;
         let Some(c) = self.conns.get_mut(&conn) else {
             self.drop_frame(DropReason::UnknownConnection);
@@ -444,85 +389,49 @@ impl Hub {
                 conn,
                 text: native::error(ErrorCode::TooBig, "frame exceeds the size limit"),
             });
-            self.detach(
-                conn,
-                LeaveReason::TooBig,
-                Some((close_code::TOO_BIG, "too big")),
-            );
+            self.detach(conn, LeaveReason::TooBig, Some((close_code::TOO_BIG, "too big")));
             return None;
         }
         if !c.bucket.take(now, rate) {
-            self.out.push_back(Output::Send {
-                conn,
-                text: native::error(ErrorCode::RateLimited, "message rate exceeded"),
-            });
-            self.detach(
-                conn,
-                LeaveReason::RateLimited,
-                Some((close_code::RATE_LIMITED, "rate limited")),
-            );
+            self.out
+                .push_back(Output::Send { conn, text: native::error(ErrorCode::RateLimited, "message rate exceeded") });
+            self.detach(conn, LeaveReason::RateLimited, Some((close_code::RATE_LIMITED, "rate limited")));
             return None;
         }
         Some((room, role))
     }
 
     /// Relays one validated signal to the partner, or answers `no_peer` / `stale_session`.
-    fn relay(
-        &mut self,
-        conn: ConnectionId,
-        room_idx: usize,
-        role: Role,
-        session: Option<u64>,
-        data: &RawValue,
-    ) {
+    fn relay(&mut self, conn: ConnectionId, room_idx: usize, role: Role, session: Option<u64>, data: &RawValue) {
         let Some(room) = self.rooms.get(room_idx).and_then(Option::as_ref) else {
             return;
         };
         let (Some(me), Some(partner)) = (room.slot(role), room.slot(role.other())) else {
-            self.reject(
-                conn,
-                ErrorCode::NoPeer,
-                "no peer connected; signal dropped",
-                DropReason::NoPeer,
-            );
+            self.reject(conn, ErrorCode::NoPeer, "no peer connected; signal dropped", DropReason::NoPeer);
             return;
         };
         if session.is_some_and(|s| s != room.session) {
-            self.reject(
-                conn,
-                ErrorCode::StaleSession,
-                "signal for an old session; dropped",
-                DropReason::StaleSession,
-            );
+            self.reject(conn, ErrorCode::StaleSession, "signal for an old session; dropped", DropReason::StaleSession);
             return;
         }
         let bytes = data.get().len();
-        self.out.push_back(Output::Send {
-            conn: partner.conn,
-            text: native::signal(room.session, &me.participant, data),
-        });
         self.out
-            .push_back(Output::Event(HubEvent::Relayed { bytes }));
+            .push_back(Output::Send { conn: partner.conn, text: native::signal(room.session, &me.participant, data) });
+        self.out.push_back(Output::Event(HubEvent::Relayed { bytes }));
         self.stats.signals_relayed = self.stats.signals_relayed.saturating_add(1);
-        self.stats.signal_bytes_relayed = self
-            .stats
-            .signal_bytes_relayed
-            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        self.stats.signal_bytes_relayed =
+            self.stats.signal_bytes_relayed.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
     }
 
     /// Sends an `error` frame to `conn` and counts the drop.
     fn reject(&mut self, conn: ConnectionId, code: ErrorCode, message: &str, reason: DropReason) {
-        self.out.push_back(Output::Send {
-            conn,
-            text: native::error(code, message),
-        });
+        self.out.push_back(Output::Send { conn, text: native::error(code, message) });
         self.drop_frame(reason);
     }
 
     fn drop_frame(&mut self, reason: DropReason) {
         self.stats.drops.bump(reason);
-        self.out
-            .push_back(Output::Event(HubEvent::Dropped { reason }));
+        self.out.push_back(Output::Event(HubEvent::Dropped { reason }));
     }
 
     /// Pushes a Close output and counts it.
@@ -533,12 +442,7 @@ impl Hub {
 
     /// Removes a known connection from its slot: optional Close, `Left` event, `peer-left` to the partner.
     /// Unknown connections are ignored (this is the close-race fix together with `Room::vacate`).
-    fn detach(
-        &mut self,
-        conn: ConnectionId,
-        reason: LeaveReason,
-        close: Option<(u16, &'static str)>,
-    ) {
+    fn detach(&mut self, conn: ConnectionId, reason: LeaveReason, close: Option<(u16, &'static str)>) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -589,10 +493,7 @@ impl Hub {
         }
         self.stats.connections = self.conns.len();
         self.stats.rooms = self.by_booking.len();
-        self.out.push_back(Output::Event(HubEvent::RoomClosed {
-            booking: room.booking,
-            reason,
-        }));
+        self.out.push_back(Output::Event(HubEvent::RoomClosed { booking: room.booking, reason }));
     }
 }
 
@@ -602,9 +503,7 @@ mod tests {
 
     fn admission(t0: Instant, booking: &str, role: Role) -> Admission {
         let raw = |s: &str| RawValue::from_string(s.to_owned());
-        let (Ok(ice_servers), Ok(window)) = (raw("[]"), raw("{}")) else {
-            panic!("constant JSON")
-        };
+        let (Ok(ice_servers), Ok(window)) = (raw("[]"), raw("{}")) else { panic!("constant JSON") };
         Admission {
             booking: booking.to_owned(),
             participant: format!("par_{}", role.as_str()),
@@ -628,10 +527,7 @@ mod tests {
             assert_eq!(room.map(|r| r.deadline), Some(at));
         }
         for (booking, &idx) in &hub.by_booking {
-            assert_eq!(
-                hub.rooms[idx].as_ref().map(|r| r.booking.as_str()),
-                Some(booking.as_str())
-            );
+            assert_eq!(hub.rooms[idx].as_ref().map(|r| r.booking.as_str()), Some(booking.as_str()));
         }
         assert_eq!(hub.stats.connections, hub.conns.len());
         assert_eq!(hub.stats.rooms, hub.by_booking.len());
@@ -648,10 +544,7 @@ mod tests {
             ],
             ..HubConfig::default()
         });
-        assert_eq!(
-            hub.warn,
-            [Duration::from_secs(300), Duration::from_secs(60)]
-        );
+        assert_eq!(hub.warn, [Duration::from_secs(300), Duration::from_secs(60)]);
     }
 
     #[test]

@@ -169,10 +169,7 @@ mod tests {
         assert_eq!(Role::Guest.other(), Role::Host);
         assert!(Role::Host.is_initiator());
         assert!(!Role::Guest.is_initiator());
-        assert_eq!(
-            serde_json::to_string(&Role::Guest).ok().as_deref(),
-            Some("\"guest\"")
-        );
+        assert_eq!(serde_json::to_string(&Role::Guest).ok().as_deref(), Some("\"guest\""));
         let parsed: Result<Role, _> = serde_json::from_str("\"host\"");
         assert_eq!(parsed.ok(), Some(Role::Host));
     }

@@ -56,9 +56,7 @@ impl WireError {
             WireError::NotJson => "frame is not a JSON object with a valid type",
             WireError::UnknownType => "unknown message type (expected signal, ping or leave)",
             WireError::MissingData => "signal needs a data object",
-            WireError::NotASignal => {
-                "data must be an object with sdp, candidate, renegotiate or transceiverRequest"
-            }
+            WireError::NotASignal => "data must be an object with sdp, candidate, renegotiate or transceiverRequest",
         }
     }
 }
@@ -79,10 +77,7 @@ struct Frame<'a> {
 /// Parses one client text frame.
 pub(crate) fn parse(text: &str) -> Result<ClientMsg<'_>, WireError> {
     // A derived struct also accepts a JSON array; the protocol only has objects.
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
+    if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return Err(WireError::NotJson);
     }
     let frame: Frame<'_> = serde_json::from_str(text).map_err(|_| WireError::NotJson)?;
@@ -90,10 +85,7 @@ pub(crate) fn parse(text: &str) -> Result<ClientMsg<'_>, WireError> {
         "signal" => {
             let data = frame.data.ok_or(WireError::MissingData)?;
             if is_simple_peer_signal(data) {
-                Ok(ClientMsg::Signal {
-                    session: frame.session,
-                    data,
-                })
+                Ok(ClientMsg::Signal { session: frame.session, data })
             } else {
                 Err(WireError::NotASignal)
             }
@@ -148,10 +140,7 @@ impl<'de> Deserialize<'de> for SignalKey {
                 f.write_str("an object key")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SignalKey, E> {
-                Ok(SignalKey(matches!(
-                    v,
-                    "sdp" | "candidate" | "renegotiate" | "transceiverRequest"
-                )))
+                Ok(SignalKey(matches!(v, "sdp" | "candidate" | "renegotiate" | "transceiverRequest")))
             }
         }
         d.deserialize_identifier(KeyVisitor)
@@ -248,10 +237,7 @@ pub(crate) struct Welcome<'a> {
 /// "ping_interval_s":…}`.
 pub(crate) fn welcome(w: &Welcome<'_>) -> String {
     let mut s = String::with_capacity(
-        128 + w.booking.len()
-            + w.participant.len()
-            + w.ice_servers.get().len()
-            + w.window.get().len(),
+        128 + w.booking.len() + w.participant.len() + w.ice_servers.get().len() + w.window.get().len(),
     );
     let _ = write!(s, "{{\"type\":\"welcome\",\"v\":{VERSION},\"booking\":");
     push_json_str(&mut s, w.booking);
@@ -272,10 +258,7 @@ pub(crate) fn welcome(w: &Welcome<'_>) -> String {
 /// `{"type":"ready","session":N,"peer":{"peer":<other participant>,"role":<other role>}}`.
 pub(crate) fn ready(session: u64, peer: &str, role: Role) -> String {
     let mut s = String::with_capacity(72 + peer.len());
-    let _ = write!(
-        s,
-        "{{\"type\":\"ready\",\"session\":{session},\"peer\":{{\"peer\":"
-    );
+    let _ = write!(s, "{{\"type\":\"ready\",\"session\":{session},\"peer\":{{\"peer\":");
     push_json_str(&mut s, peer);
     let _ = write!(s, ",\"role\":\"{}\"}}}}", role.as_str());
     s
@@ -296,10 +279,7 @@ pub(crate) fn signal(session: u64, from: &str, data: &RawValue) -> String {
 /// `{"type":"peer-left","session":N,"peer":<participant>,"reason":"closed"|"replaced"|"left"|"timeout"}`.
 pub(crate) fn peer_left(session: u64, peer: &str, reason: &str) -> String {
     let mut s = String::with_capacity(80 + peer.len());
-    let _ = write!(
-        s,
-        "{{\"type\":\"peer-left\",\"session\":{session},\"peer\":"
-    );
+    let _ = write!(s, "{{\"type\":\"peer-left\",\"session\":{session},\"peer\":");
     push_json_str(&mut s, peer);
     s.push_str(",\"reason\":");
     push_json_str(&mut s, reason);
@@ -341,11 +321,7 @@ impl ErrorCode {
 /// `{"type":"error","code":…,"message":…}`.
 pub(crate) fn error(code: ErrorCode, message: &str) -> String {
     let mut s = String::with_capacity(48 + message.len());
-    let _ = write!(
-        s,
-        "{{\"type\":\"error\",\"code\":\"{}\",\"message\":",
-        code.as_str()
-    );
+    let _ = write!(s, "{{\"type\":\"error\",\"code\":\"{}\",\"message\":", code.as_str());
     push_json_str(&mut s, message);
     s.push('}');
     s
@@ -384,17 +360,9 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(
-            matches!(parse(r#"{"type":"ping","t":17}"#), Ok(ClientMsg::Ping { t: Some(t) }) if t.get() == "17")
-        );
-        assert!(matches!(
-            parse(r#"{"type":"ping"}"#),
-            Ok(ClientMsg::Ping { t: None })
-        ));
-        assert!(matches!(
-            parse(r#" {"type":"leave","extra":[1]} "#),
-            Ok(ClientMsg::Leave)
-        ));
+        assert!(matches!(parse(r#"{"type":"ping","t":17}"#), Ok(ClientMsg::Ping { t: Some(t) }) if t.get() == "17"));
+        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientMsg::Ping { t: None })));
+        assert!(matches!(parse(r#" {"type":"leave","extra":[1]} "#), Ok(ClientMsg::Leave)));
         assert!(matches!(
             parse(r#"{"type":"signal","data":{"candidate":{"candidate":"c"}}}"#),
             Ok(ClientMsg::Signal { session: None, .. })
@@ -405,54 +373,18 @@ mod tests {
     fn rejects_what_simple_peer_would_choke_on() {
         assert_eq!(parse("ready").err(), Some(WireError::NotJson));
         assert_eq!(parse("").err(), Some(WireError::NotJson));
-        assert_eq!(
-            parse(r#"["signal",1,{"sdp":"x"},null]"#).err(),
-            Some(WireError::NotJson)
-        );
-        assert_eq!(
-            parse(r#"{"type":"offer","sdp":"x"}"#).err(),
-            Some(WireError::UnknownType)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal"}"#).err(),
-            Some(WireError::MissingData)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","data":null}"#).err(),
-            Some(WireError::MissingData)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","data":{"type":"offer"}}"#).err(),
-            Some(WireError::NotASignal)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","data":{"sdp":""}}"#).err(),
-            Some(WireError::NotASignal)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","data":{"sdp":null}}"#).err(),
-            Some(WireError::NotASignal)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","data":[{"sdp":"x"}]}"#).err(),
-            Some(WireError::NotASignal)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","data":"{\"sdp\":\"x\"}"}"#).err(),
-            Some(WireError::NotASignal)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","session":-1,"data":{"sdp":"x"}}"#).err(),
-            Some(WireError::NotJson)
-        );
-        assert_eq!(
-            parse(r#"{"type":"signal","session":"1","data":{"sdp":"x"}}"#).err(),
-            Some(WireError::NotJson)
-        );
-        assert_eq!(
-            parse(r#"{"type":"ping","type":"ping"}"#).err(),
-            Some(WireError::NotJson)
-        );
+        assert_eq!(parse(r#"["signal",1,{"sdp":"x"},null]"#).err(), Some(WireError::NotJson));
+        assert_eq!(parse(r#"{"type":"offer","sdp":"x"}"#).err(), Some(WireError::UnknownType));
+        assert_eq!(parse(r#"{"type":"signal"}"#).err(), Some(WireError::MissingData));
+        assert_eq!(parse(r#"{"type":"signal","data":null}"#).err(), Some(WireError::MissingData));
+        assert_eq!(parse(r#"{"type":"signal","data":{"type":"offer"}}"#).err(), Some(WireError::NotASignal));
+        assert_eq!(parse(r#"{"type":"signal","data":{"sdp":""}}"#).err(), Some(WireError::NotASignal));
+        assert_eq!(parse(r#"{"type":"signal","data":{"sdp":null}}"#).err(), Some(WireError::NotASignal));
+        assert_eq!(parse(r#"{"type":"signal","data":[{"sdp":"x"}]}"#).err(), Some(WireError::NotASignal));
+        assert_eq!(parse(r#"{"type":"signal","data":"{\"sdp\":\"x\"}"}"#).err(), Some(WireError::NotASignal));
+        assert_eq!(parse(r#"{"type":"signal","session":-1,"data":{"sdp":"x"}}"#).err(), Some(WireError::NotJson));
+        assert_eq!(parse(r#"{"type":"signal","session":"1","data":{"sdp":"x"}}"#).err(), Some(WireError::NotJson));
+        assert_eq!(parse(r#"{"type":"ping","type":"ping"}"#).err(), Some(WireError::NotJson));
     }
 
     #[test]
@@ -477,9 +409,7 @@ mod tests {
     fn server_frames_are_valid_json_with_the_documented_fields() {
         let ice = RawValue::from_string(r#"[{"urls":["stun:x"]}]"#.to_owned()).ok();
         let win = RawValue::from_string(r#"{"opens_at":"a"}"#.to_owned()).ok();
-        let (Some(ice), Some(win)) = (ice, win) else {
-            panic!("raw values")
-        };
+        let (Some(ice), Some(win)) = (ice, win) else { panic!("raw values") };
         let w = welcome(&Welcome {
             booking: "bkg_\"1\"",
             participant: "par_1",
@@ -500,14 +430,8 @@ mod tests {
         assert_eq!(v["ping_interval_s"], 20);
 
         let v = json(&ready(2, "par_2", Role::Guest));
-        assert_eq!(
-            (v["type"].as_str(), v["session"].as_u64()),
-            (Some("ready"), Some(2))
-        );
-        assert_eq!(
-            (v["peer"]["peer"].as_str(), v["peer"]["role"].as_str()),
-            (Some("par_2"), Some("guest"))
-        );
+        assert_eq!((v["type"].as_str(), v["session"].as_u64()), (Some("ready"), Some(2)));
+        assert_eq!((v["peer"]["peer"].as_str(), v["peer"]["role"].as_str()), (Some("par_2"), Some("guest")));
 
         let v = json(&peer_left(4, "par_2", "replaced"));
         assert_eq!(v["type"], "peer-left");
@@ -529,14 +453,9 @@ mod tests {
     #[test]
     fn signal_keeps_data_byte_identical() {
         let text = "{\"type\":\"signal\",\"data\":{ \"sdp\" : \"v=0\\r\\n\\u00e9\" ,\"type\":\"offer\"  }}";
-        let Ok(ClientMsg::Signal { data, .. }) = parse(text) else {
-            panic!("parse")
-        };
+        let Ok(ClientMsg::Signal { data, .. }) = parse(text) else { panic!("parse") };
         let out = signal(7, "par_\u{7}", data);
-        assert!(
-            out.contains("{ \"sdp\" : \"v=0\\r\\n\\u00e9\" ,\"type\":\"offer\"  }"),
-            "{out}"
-        );
+        assert!(out.contains("{ \"sdp\" : \"v=0\\r\\n\\u00e9\" ,\"type\":\"offer\"  }"), "{out}");
         let v = json(&out);
         assert_eq!(v["from"], "par_\u{7}");
         assert_eq!(v["session"], 7);
@@ -544,13 +463,7 @@ mod tests {
 
     #[test]
     fn json_string_escaping_round_trips() {
-        for s in [
-            "",
-            "plain",
-            "quote\" back\\slash",
-            "ctl\u{0}\u{1f}\n\r\t",
-            "ünï😀",
-        ] {
+        for s in ["", "plain", "quote\" back\\slash", "ctl\u{0}\u{1f}\n\r\t", "ünï😀"] {
             let mut out = String::new();
             push_json_str(&mut out, s);
             let back: Result<String, _> = serde_json::from_str(&out);

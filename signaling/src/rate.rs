@@ -22,10 +22,7 @@ fn capacity(rate: u32) -> u64 {
 impl TokenBucket {
     /// A full bucket at `now`.
     pub(crate) fn new(now: Instant, rate: u32) -> Self {
-        TokenBucket {
-            tokens: capacity(rate),
-            last: now,
-        }
+        TokenBucket { tokens: capacity(rate), last: now }
     }
 
     /// Refills for the time since the last call and takes one token. Returns false when the bucket is empty.
@@ -34,9 +31,7 @@ impl TokenBucket {
             return true;
         }
         let elapsed = now.saturating_duration_since(self.last);
-        let add = u64::try_from(elapsed.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(u64::from(rate));
+        let add = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).saturating_mul(u64::from(rate));
         self.tokens = self.tokens.saturating_add(add).min(capacity(rate));
         if now > self.last {
             self.last = now;

@@ -79,18 +79,12 @@ impl Room {
     /// Empties the slot only if it still holds `conn` (the close-race fix). Returns the removed peer.
     pub(crate) fn vacate(&mut self, role: Role, conn: ConnectionId) -> Option<Peer> {
         let slot = &mut self.slots[slot_index(role)];
-        if slot.as_ref().is_some_and(|p| p.conn == conn) {
-            slot.take()
-        } else {
-            None
-        }
+        if slot.as_ref().is_some_and(|p| p.conn == conn) { slot.take() } else { None }
     }
 
     /// Every occupied slot with its role.
     pub(crate) fn peers(&self) -> impl Iterator<Item = (Role, &Peer)> {
-        [Role::Host, Role::Guest]
-            .into_iter()
-            .filter_map(|r| self.slot(r).map(|p| (r, p)))
+        [Role::Host, Role::Guest].into_iter().filter_map(|r| self.slot(r).map(|p| (r, p)))
     }
 
     /// Sets `next_warning` to the first warning still ahead of `now` and `deadline` to it (or to the hard end).
@@ -105,9 +99,7 @@ impl Room {
 
     /// The instant of warning `i`, or the hard end when there is none left.
     pub(crate) fn deadline_from(&self, i: usize, warn: &[Duration]) -> Instant {
-        warn.get(i)
-            .and_then(|w| self.hard_end_at.checked_sub(*w))
-            .unwrap_or(self.hard_end_at)
+        warn.get(i).and_then(|w| self.hard_end_at.checked_sub(*w)).unwrap_or(self.hard_end_at)
     }
 }
 
@@ -116,10 +108,7 @@ mod tests {
     use super::*;
 
     fn peer(n: u64) -> Peer {
-        Peer {
-            conn: ConnectionId(n),
-            participant: format!("par_{n}"),
-        }
+        Peer { conn: ConnectionId(n), participant: format!("par_{n}") }
     }
 
     #[test]

@@ -18,8 +18,7 @@ fn client_text() -> impl Strategy<Value = String> {
             Some(s) => format!(r#"{{"type":"signal","session":{s},"data":{data}}}"#),
             None => format!(r#"{{"type":"signal","data":{data}}}"#),
         }),
-        "[a-z\"{}\\[\\]:,0-9 \\\\]{0,48}"
-            .prop_map(|s| format!(r#"{{"type":"signal","data":{{"sdp":{s}}}}}"#)),
+        "[a-z\"{}\\[\\]:,0-9 \\\\]{0,48}".prop_map(|s| format!(r#"{{"type":"signal","data":{{"sdp":{s}}}}}"#)),
         "[a-z\"{}\\[\\]:,0-9 ]{0,32}".prop_map(|s| format!(r#"{{"type":"ping","t":{s}}}"#)),
         Just(r#"{"type":"leave"}"#.to_owned()),
         Just(r#"{"type":"signal","session":1,"data":{"type":"offer","sdp":"v=0"}}"#.to_owned()),

@@ -4,13 +4,12 @@ mod support;
 
 use std::time::Duration;
 
-use duet_signaling::{
-    CloseReason, DropReason, HubConfig, HubEvent, LeaveReason, Output, Role, close_code,
-};
+use duet_signaling::{CloseReason, DropReason, HubConfig, HubEvent, LeaveReason, Output, Role, close_code};
 use serde_json::{Value, json};
 use support::*;
 
-const OFFER: &str = r#"{"type":"signal","session":1,"data":{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}}"#;
+const OFFER: &str =
+    r#"{"type":"signal","session":1,"data":{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}}"#;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -26,10 +25,7 @@ fn guest_then_host_both_get_welcome_and_ready_session_1() {
     let w = &out.frames(2)[0];
     assert_eq!(w["v"], 1);
     assert_eq!(w["booking"], "bkg_1");
-    assert_eq!(
-        w["you"],
-        json!({"peer": "par_bkg_1_guest", "role": "guest"})
-    );
+    assert_eq!(w["you"], json!({"peer": "par_bkg_1_guest", "role": "guest"}));
     assert_eq!(w["initiator"], false);
     assert_eq!(w["ping_interval_s"], 20);
     // ice_servers and window are embedded verbatim.
@@ -45,14 +41,9 @@ fn guest_then_host_both_get_welcome_and_ready_session_1() {
     );
     assert_eq!(
         out.frames(2),
-        [
-            json!({"type": "ready", "session": 1, "peer": {"peer": "par_bkg_1_host", "role": "host"}})
-        ]
+        [json!({"type": "ready", "session": 1, "peer": {"peer": "par_bkg_1_host", "role": "host"}})]
     );
-    assert!(out.events().contains(&&HubEvent::Ready {
-        booking: "bkg_1".into(),
-        session: 1
-    }));
+    assert!(out.events().contains(&&HubEvent::Ready { booking: "bkg_1".into(), session: 1 }));
     assert_eq!(sim.hub.connection_count(), 2);
     assert_eq!(sim.hub.room_count(), 1);
 }
@@ -62,16 +53,12 @@ fn host_then_guest_forms_the_same_pair() {
     let mut sim = Sim::new();
     let out = sim.connect(1, "bkg_1", Role::Host);
     assert_eq!(out.types(1), ["welcome"]);
-    assert!(out.events().contains(&&HubEvent::RoomOpened {
-        booking: "bkg_1".into()
-    }));
+    assert!(out.events().contains(&&HubEvent::RoomOpened { booking: "bkg_1".into() }));
     let out = sim.connect(2, "bkg_1", Role::Guest);
     assert_eq!(out.types(2), ["welcome", "ready"]);
     assert_eq!(
         out.frames(1),
-        [
-            json!({"type": "ready", "session": 1, "peer": {"peer": "par_bkg_1_guest", "role": "guest"}})
-        ]
+        [json!({"type": "ready", "session": 1, "peer": {"peer": "par_bkg_1_guest", "role": "guest"}})]
     );
     assert_eq!(out.frames(2)[1]["session"], 1);
 }
@@ -80,11 +67,7 @@ fn host_then_guest_forms_the_same_pair() {
 fn bookings_are_separate_rooms() {
     let mut sim = Sim::paired();
     let out = sim.connect(3, "bkg_2", Role::Host);
-    assert_eq!(
-        out.types(3),
-        ["welcome"],
-        "another booking's host must not pair with bkg_1"
-    );
+    assert_eq!(out.types(3), ["welcome"], "another booking's host must not pair with bkg_1");
     assert_eq!(sim.hub.room_count(), 2);
     let out = sim.text(3, OFFER);
     assert_eq!(out.frames(3)[0]["code"], "no_peer");
@@ -96,26 +79,18 @@ fn bookings_are_separate_rooms() {
 #[test]
 fn signal_reaches_the_partner_with_data_byte_identical() {
     let mut sim = Sim::paired();
-    let data =
-        "{ \"type\" : \"offer\",\"sdp\":\"v=0\\r\\na=x:\\u00e9\\/\"  ,\"extra\":[1.50,1e3] }";
+    let data = "{ \"type\" : \"offer\",\"sdp\":\"v=0\\r\\na=x:\\u00e9\\/\"  ,\"extra\":[1.50,1e3] }";
     let frame = format!("{{\"type\":\"signal\",\"session\":1,\"data\":{data}}}");
     let out = sim.text(1, &frame);
     let texts = out.texts(2);
     assert_eq!(texts.len(), 1);
-    assert!(
-        texts[0].ends_with(&format!("\"data\":{data}}}")),
-        "{}",
-        texts[0]
-    );
+    assert!(texts[0].ends_with(&format!("\"data\":{data}}}")), "{}", texts[0]);
     let v: Value = serde_json::from_str(texts[0]).expect("json");
     assert_eq!(v["type"], "signal");
     assert_eq!(v["session"], 1);
     assert_eq!(v["from"], "par_bkg_1_host");
     assert!(out.texts(1).is_empty(), "sender gets no echo or ack");
-    assert!(
-        out.events()
-            .contains(&&HubEvent::Relayed { bytes: data.len() })
-    );
+    assert!(out.events().contains(&&HubEvent::Relayed { bytes: data.len() }));
 }
 
 #[test]
@@ -142,18 +117,11 @@ fn every_simple_peer_signal_type_is_relayed_both_ways() {
 fn signal_without_partner_is_dropped_not_queued() {
     let mut sim = Sim::new();
     sim.connect(2, "bkg_1", Role::Guest);
-    let out = sim.text(
-        2,
-        r#"{"type":"signal","data":{"type":"answer","sdp":"v=0"}}"#,
-    );
+    let out = sim.text(2, r#"{"type":"signal","data":{"type":"answer","sdp":"v=0"}}"#);
     assert_eq!(out.frames(2)[0]["type"], "error");
     assert_eq!(out.frames(2)[0]["code"], "no_peer");
     let out = sim.connect(1, "bkg_1", Role::Host);
-    assert_eq!(
-        out.types(1),
-        ["welcome", "ready"],
-        "the earlier signal must not be delivered late"
-    );
+    assert_eq!(out.types(1), ["welcome", "ready"], "the earlier signal must not be delivered late");
     assert_eq!(sim.hub.stats().drops.no_peer, 1);
 }
 
@@ -171,9 +139,7 @@ fn stale_session_is_dropped_with_an_error() {
         [json!({"type": "error", "code": "stale_session", "message": out.frames(1)[0]["message"]})]
     );
     assert!(out.texts(3).is_empty());
-    assert!(out.events().contains(&&HubEvent::Dropped {
-        reason: DropReason::StaleSession
-    }));
+    assert!(out.events().contains(&&HubEvent::Dropped { reason: DropReason::StaleSession }));
     // The current session and an absent session both pass.
     let out = sim.text(1, &OFFER.replace("\"session\":1", "\"session\":2"));
     assert_eq!(out.frames(3)[0]["session"], 2);
@@ -243,14 +209,9 @@ fn leave_closes_1000_and_tells_the_partner() {
         out.frames(1),
         [json!({"type": "peer-left", "session": 1, "peer": "par_bkg_1_guest", "reason": "left"})]
     );
-    assert!(out.events().iter().any(|e| matches!(
-        e,
-        HubEvent::Left {
-            reason: LeaveReason::Left,
-            role: Role::Guest,
-            ..
-        }
-    )));
+    assert!(
+        out.events().iter().any(|e| matches!(e, HubEvent::Left { reason: LeaveReason::Left, role: Role::Guest, .. }))
+    );
     assert_eq!(sim.hub.connection_count(), 1);
     // The closed socket's own disconnect is a no-op.
     assert!(sim.disconnect(2).0.is_empty());
@@ -287,15 +248,8 @@ fn newest_connection_per_role_wins_and_the_old_close_does_not_evict_it() {
     sim.at(secs(10));
     let out = sim.connect(3, "bkg_1", Role::Host);
     assert_eq!(out.closes(), [(1, close_code::REPLACED)]);
-    assert!(
-        out.0
-            .iter()
-            .any(|o| matches!(o, Output::Close { conn: c, reason: "replaced", .. } if c.0 == 1))
-    );
-    assert!(
-        out.texts(1).is_empty(),
-        "the replaced socket gets only its close"
-    );
+    assert!(out.0.iter().any(|o| matches!(o, Output::Close { conn: c, reason: "replaced", .. } if c.0 == 1)));
+    assert!(out.texts(1).is_empty(), "the replaced socket gets only its close");
     assert_eq!(
         out.frames(2),
         [
@@ -305,30 +259,18 @@ fn newest_connection_per_role_wins_and_the_old_close_does_not_evict_it() {
     );
     assert_eq!(out.types(3), ["welcome", "ready"]);
     assert_eq!(out.frames(3)[1]["session"], 2);
-    assert!(out.events().iter().any(|e| matches!(
-        e,
-        HubEvent::Left {
-            reason: LeaveReason::Replaced,
-            ..
-        }
-    )));
+    assert!(out.events().iter().any(|e| matches!(e, HubEvent::Left { reason: LeaveReason::Replaced, .. })));
 
     // The old socket is half-open: its close arrives 30 s later (ws 7 closeTimeout) — the Virtual Y race.
     sim.at(secs(40));
     let out = sim.disconnect(1);
-    assert!(
-        out.0.is_empty(),
-        "a stale close must change nothing: {out:?}"
-    );
+    assert!(out.0.is_empty(), "a stale close must change nothing: {out:?}");
     // Frames still in flight from the old socket are ignored.
     let out = sim.text(1, &OFFER.replace("\"session\":1", "\"session\":2"));
     assert_eq!(out.send_count(), 0);
     assert_eq!(sim.hub.connection_count(), 2);
     // The replacement still talks to the guest.
-    let out = sim.text(
-        2,
-        r#"{"type":"signal","session":2,"data":{"type":"answer","sdp":"v=0"}}"#,
-    );
+    let out = sim.text(2, r#"{"type":"signal","session":2,"data":{"type":"answer","sdp":"v=0"}}"#);
     assert_eq!(out.frames(3)[0]["from"], "par_bkg_1_guest");
     assert_eq!(sim.hub.stats().closes.replaced, 1);
     assert_eq!(sim.hub.stats().drops.unknown_connection, 1);
@@ -349,10 +291,7 @@ fn replacing_a_lone_peer_sends_no_ready() {
 
 #[test]
 fn too_big_frame_closes_1009_and_exact_limit_passes() {
-    let mut sim = Sim::with_config(HubConfig {
-        max_message_bytes: 200,
-        ..HubConfig::default()
-    });
+    let mut sim = Sim::with_config(HubConfig { max_message_bytes: 200, ..HubConfig::default() });
     sim.connect(1, "bkg_1", Role::Host);
     sim.connect(2, "bkg_1", Role::Guest);
     let prefix = r#"{"type":"signal","data":{"sdp":""#;
@@ -371,10 +310,7 @@ fn too_big_frame_closes_1009_and_exact_limit_passes() {
 
 #[test]
 fn rate_limit_allows_a_burst_of_twice_the_rate_then_closes_4029() {
-    let mut sim = Sim::with_config(HubConfig {
-        messages_per_second: 5,
-        ..HubConfig::default()
-    });
+    let mut sim = Sim::with_config(HubConfig { messages_per_second: 5, ..HubConfig::default() });
     sim.connect(1, "bkg_1", Role::Host);
     sim.connect(2, "bkg_1", Role::Guest);
     for _ in 0..10 {
@@ -390,10 +326,7 @@ fn rate_limit_allows_a_burst_of_twice_the_rate_then_closes_4029() {
 
 #[test]
 fn a_steady_rate_at_the_limit_is_never_closed() {
-    let mut sim = Sim::with_config(HubConfig {
-        messages_per_second: 5,
-        ..HubConfig::default()
-    });
+    let mut sim = Sim::with_config(HubConfig { messages_per_second: 5, ..HubConfig::default() });
     sim.connect(1, "bkg_1", Role::Host);
     for i in 0..100u64 {
         sim.at(Duration::from_millis(200 * i));
@@ -414,8 +347,7 @@ fn warnings_at_t_minus_5_and_1_then_4003_at_hard_end() {
 
     sim.at(HARD_END - secs(300));
     let out = sim.timeout();
-    let warn =
-        json!({"type": "window", "event": "closing", "closes_at": HARD_END_RFC3339, "in_s": 300});
+    let warn = json!({"type": "window", "event": "closing", "closes_at": HARD_END_RFC3339, "in_s": 300});
     assert_eq!(out.frames(1), std::slice::from_ref(&warn));
     assert_eq!(out.frames(2), [warn]);
     assert_eq!(sim.hub.poll_timeout(), Some(sim.t0 + HARD_END - secs(60)));
@@ -431,22 +363,11 @@ fn warnings_at_t_minus_5_and_1_then_4003_at_hard_end() {
     let out = sim.timeout();
     let mut closes = out.closes();
     closes.sort();
-    assert_eq!(
-        closes,
-        [
-            (1, close_code::OUTSIDE_WINDOW),
-            (2, close_code::OUTSIDE_WINDOW)
-        ]
+    assert_eq!(closes, [(1, close_code::OUTSIDE_WINDOW), (2, close_code::OUTSIDE_WINDOW)]);
+    assert_eq!(out.send_count(), 0, "no peer-left when the whole room closes");
+    assert!(
+        out.events().contains(&&HubEvent::RoomClosed { booking: "bkg_1".into(), reason: CloseReason::WindowClosed })
     );
-    assert_eq!(
-        out.send_count(),
-        0,
-        "no peer-left when the whole room closes"
-    );
-    assert!(out.events().contains(&&HubEvent::RoomClosed {
-        booking: "bkg_1".into(),
-        reason: CloseReason::WindowClosed
-    }));
     assert_eq!(sim.hub.poll_timeout(), None);
     assert_eq!((sim.hub.connection_count(), sim.hub.room_count()), (0, 0));
     assert_eq!(sim.hub.stats().window_warnings, 4);
@@ -484,10 +405,7 @@ fn an_admission_with_a_later_hard_end_moves_the_room_deadline() {
     let adm = sim.admission_ending("bkg_1", Role::Guest, HARD_END + secs(1800));
     sim.hub.handle_connect(sim.now, conn(3), adm);
     sim.drain();
-    assert_eq!(
-        sim.hub.poll_timeout(),
-        Some(sim.t0 + HARD_END + secs(1800) - secs(300))
-    );
+    assert_eq!(sim.hub.poll_timeout(), Some(sim.t0 + HARD_END + secs(1800) - secs(300)));
 }
 
 #[test]
@@ -514,10 +432,9 @@ fn empty_room_survives_until_hard_end_and_keeps_its_session_counter() {
     sim.at(HARD_END);
     let out = sim.timeout();
     assert!(out.closes().is_empty());
-    assert!(out.events().contains(&&HubEvent::RoomClosed {
-        booking: "bkg_1".into(),
-        reason: CloseReason::WindowClosed
-    }));
+    assert!(
+        out.events().contains(&&HubEvent::RoomClosed { booking: "bkg_1".into(), reason: CloseReason::WindowClosed })
+    );
     assert_eq!(sim.hub.room_count(), 0);
 }
 
@@ -527,31 +444,17 @@ fn empty_room_survives_until_hard_end_and_keeps_its_session_counter() {
 fn cancel_closes_the_booking_4004_and_leaves_others_alone() {
     let mut sim = Sim::paired();
     sim.connect(3, "bkg_2", Role::Host);
-    sim.hub
-        .close_booking(sim.now, "bkg_1", CloseReason::Cancelled);
+    sim.hub.close_booking(sim.now, "bkg_1", CloseReason::Cancelled);
     let out = sim.drain();
     let mut closes = out.closes();
     closes.sort();
-    assert_eq!(
-        closes,
-        [
-            (1, close_code::UNKNOWN_BOOKING),
-            (2, close_code::UNKNOWN_BOOKING)
-        ]
-    );
-    assert!(out.events().iter().any(|e| matches!(
-        e,
-        HubEvent::Left {
-            reason: LeaveReason::Cancelled,
-            ..
-        }
-    )));
+    assert_eq!(closes, [(1, close_code::UNKNOWN_BOOKING), (2, close_code::UNKNOWN_BOOKING)]);
+    assert!(out.events().iter().any(|e| matches!(e, HubEvent::Left { reason: LeaveReason::Cancelled, .. })));
     assert_eq!((sim.hub.connection_count(), sim.hub.room_count()), (1, 1));
     // bkg_2's timers remain; bkg_1's are gone.
     assert_eq!(sim.hub.poll_timeout(), Some(sim.t0 + HARD_END - secs(300)));
     // Unknown booking: nothing.
-    sim.hub
-        .close_booking(sim.now, "bkg_404", CloseReason::Cancelled);
+    sim.hub.close_booking(sim.now, "bkg_404", CloseReason::Cancelled);
     assert!(sim.drain().0.is_empty());
 }
 
@@ -564,14 +467,7 @@ fn shutdown_closes_everything_1001() {
     let mut closes = out.closes();
     closes.sort();
     assert_eq!(closes, [(1, 1001), (2, 1001), (3, 1001)]);
-    assert_eq!(
-        (
-            sim.hub.connection_count(),
-            sim.hub.room_count(),
-            sim.hub.poll_timeout()
-        ),
-        (0, 0, None)
-    );
+    assert_eq!((sim.hub.connection_count(), sim.hub.room_count(), sim.hub.poll_timeout()), (0, 0, None));
     // The room slot is reused cleanly afterwards.
     let out = sim.connect(4, "bkg_1", Role::Host);
     assert_eq!(out.types(4), ["welcome"]);
@@ -584,14 +480,8 @@ fn shutdown_closes_everything_1001() {
 fn counters_follow_a_whole_meeting() {
     let mut sim = Sim::paired();
     sim.text(1, OFFER);
-    sim.text(
-        2,
-        r#"{"type":"signal","session":1,"data":{"type":"answer","sdp":"v=0"}}"#,
-    );
-    sim.text(
-        2,
-        r#"{"type":"signal","session":9,"data":{"type":"answer","sdp":"v=0"}}"#,
-    );
+    sim.text(2, r#"{"type":"signal","session":1,"data":{"type":"answer","sdp":"v=0"}}"#);
+    sim.text(2, r#"{"type":"signal","session":9,"data":{"type":"answer","sdp":"v=0"}}"#);
     sim.text(2, "garbage");
     sim.text(2, r#"{"type":"ping","t":1}"#);
     sim.connect(3, "bkg_1", Role::Guest); // replaces 2, session 2

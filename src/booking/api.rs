@@ -31,14 +31,7 @@ pub struct ApiError {
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-            extra: Vec::new(),
-            headers: Vec::new(),
-        }
+        ApiError { status, code, message: message.into(), field: None, extra: Vec::new(), headers: Vec::new() }
     }
     fn field(mut self, f: impl Into<String>) -> ApiError {
         self.field = Some(f.into());
@@ -54,12 +47,8 @@ impl ApiError {
     }
     /// 401 with `WWW-Authenticate: Bearer`; one body for missing, unknown and revoked keys.
     pub fn unauthorized() -> ApiError {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid API key",
-        )
-        .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid API key")
+            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
     /// 404 `not_found`.
     pub fn not_found() -> ApiError {
@@ -67,11 +56,7 @@ impl ApiError {
     }
     fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(target: "booking", error = %e, "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 }
 
@@ -155,18 +140,11 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, A
         .filter(|k| !k.is_empty() && k.len() <= 256)
         .ok_or_else(ApiError::unauthorized)?;
     let hash = Sha256::digest(key.as_bytes());
-    state
-        .store
-        .tenant_for_key(&hash)
-        .await?
-        .ok_or_else(ApiError::unauthorized)
+    state.store.tenant_for_key(&hash).await?.ok_or_else(ApiError::unauthorized)
 }
 
 fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
 /// `window` JSON object of a booking.
@@ -249,18 +227,14 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 
 /// RFC 3339 with an explicit offset (`Z` or `±hh:mm`); a local time without offset is refused.
 fn parse_instant(field: &'static str, v: &str) -> Result<i64, ApiError> {
-    OffsetDateTime::parse(v, &Rfc3339)
-        .map(|t| t.unix_timestamp())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_datetime",
-                format!(
-                    "`{field}` must be RFC 3339 with an offset, e.g. 2026-09-01T14:00:00+02:00"
-                ),
-            )
-            .field(field)
-        })
+    OffsetDateTime::parse(v, &Rfc3339).map(|t| t.unix_timestamp()).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_datetime",
+            format!("`{field}` must be RFC 3339 with an offset, e.g. 2026-09-01T14:00:00+02:00"),
+        )
+        .field(field)
+    })
 }
 
 /// `POST /v1/bookings`.
@@ -290,28 +264,17 @@ pub async fn create_booking(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_duration",
-            format!(
-                "a booking may last at most {} minutes",
-                state.policy.max_duration.as_secs() / 60
-            ),
+            format!("a booking may last at most {} minutes", state.policy.max_duration.as_secs() / 60),
         )
         .field("end_at"));
     }
     let now = unix_now();
     if start < now - state.policy.start_leeway.as_secs() as i64 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "start_in_past",
-            "`start_at` is in the past",
-        )
-        .field("start_at"));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "start_in_past", "`start_at` is in the past")
+            .field("start_at"));
     }
     let hosts = req.participants.iter().filter(|p| p.role == "host").count();
-    let guests = req
-        .participants
-        .iter()
-        .filter(|p| p.role == "guest")
-        .count();
+    let guests = req.participants.iter().filter(|p| p.role == "guest").count();
     if req.participants.len() != 2 || hosts != 1 || guests != 1 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -321,11 +284,7 @@ pub async fn create_booking(
         .field("participants"));
     }
     for (i, p) in req.participants.iter().enumerate() {
-        check_text(
-            &format!("participants[{i}].display_name"),
-            &p.display_name,
-            128,
-        )?;
+        check_text(&format!("participants[{i}].display_name"), &p.display_name, 128)?;
         if let Some(r) = &p.reference {
             check_text(&format!("participants[{i}].ref"), r, 128)?;
         }
@@ -349,11 +308,7 @@ pub async fn create_booking(
     let mut rows = Vec::new();
     for p in req.participants {
         let token = tokens::new_link_token();
-        let role = if p.role == "host" {
-            Role::Host
-        } else {
-            Role::Guest
-        };
+        let role = if p.role == "host" { Role::Host } else { Role::Guest };
         let row = NewParticipant {
             id: tokens::new_id("par"),
             role,
@@ -385,11 +340,7 @@ pub async fn get_booking(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
-    let b = state
-        .store
-        .booking(Some(&tenant), &id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let b = state.store.booking(Some(&tenant), &id).await?.ok_or_else(ApiError::not_found)?;
     Ok(axum::Json(booking_json(&b, None)).into_response())
 }
 
@@ -401,17 +352,9 @@ pub async fn cancel_booking(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
-    let (b, changed) = state
-        .store
-        .cancel(&tenant, &id, unix_now())
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let (b, changed) = state.store.cancel(&tenant, &id, unix_now()).await?.ok_or_else(ApiError::not_found)?;
     if changed {
-        state
-            .metrics
-            .bookings
-            .with_label_values(&["cancelled"])
-            .inc();
+        state.metrics.bookings.with_label_values(&["cancelled"]).inc();
         state.hub.cancel_booking(&b.id);
         state.relay.revoke_booking(&b.id, b.window.hard_end_at);
         tracing::info!(target: "booking", booking = %b.id, "booking cancelled");
@@ -422,10 +365,7 @@ pub async fn cancel_booking(
 /// `POST /v1/join/{link_token}`: the link is the capability (no API key). Inside the window: a session token,
 /// the signal URL and per-booking ICE servers. Outside: 403 `join_too_early` (+ `Retry-After`), 410
 /// `join_window_closed` / `booking_cancelled`; unknown link: 404 `link_invalid_or_revoked`.
-pub async fn join(
-    State(state): State<AppState>,
-    Path(link_token): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>) -> Result<Response, ApiError> {
     let result = join_inner(&state, &link_token).await;
     let label = match &result {
         Ok(_) => "ok",
@@ -437,61 +377,32 @@ pub async fn join(
             _ => "error",
         },
     };
-    state
-        .metrics
-        .join_attempts
-        .with_label_values(&[label])
-        .inc();
+    state.metrics.join_attempts.with_label_values(&[label]).inc();
     result
 }
 
 async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiError> {
-    let invalid = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "link_invalid_or_revoked",
-            "this join link is not valid",
-        )
-    };
+    let invalid = || ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
     if link_token.is_empty() || link_token.len() > 128 {
         return Err(invalid());
     }
-    let (b, p) = state
-        .store
-        .by_link(&tokens::link_token_hash(link_token))
-        .await?
-        .ok_or_else(invalid)?;
+    let (b, p) = state.store.by_link(&tokens::link_token_hash(link_token)).await?.ok_or_else(invalid)?;
     if b.status == Status::Cancelled {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "booking_cancelled",
-            "this meeting was cancelled",
-        ));
+        return Err(ApiError::new(StatusCode::GONE, "booking_cancelled", "this meeting was cancelled"));
     }
     let now = unix_now();
     match b.window.admit(p.role, now, p.first_joined_at.is_some()) {
         Ok(()) => {}
         Err(JoinRefusal::TooEarly { opens_at }) => {
             let wait = (opens_at - now).max(1);
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "join_too_early",
-                "the meeting is not open yet",
-            )
-            .with("opens_at", json!(rfc3339(opens_at)))
-            .with("retry_after", json!(wait))
-            .header(header::RETRY_AFTER, HeaderValue::from(wait)));
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "join_too_early", "the meeting is not open yet")
+                .with("opens_at", json!(rfc3339(opens_at)))
+                .with("retry_after", json!(wait))
+                .header(header::RETRY_AFTER, HeaderValue::from(wait)));
         }
         Err(JoinRefusal::Closed) => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "join_window_closed",
-                "the meeting's join window has closed",
-            )
-            .with(
-                "closed_at",
-                json!(rfc3339(b.window.join_cutoff_at.min(b.window.hard_end_at))),
-            ));
+            return Err(ApiError::new(StatusCode::GONE, "join_window_closed", "the meeting's join window has closed")
+                .with("closed_at", json!(rfc3339(b.window.join_cutoff_at.min(b.window.hard_end_at)))));
         }
     }
     state.store.mark_joined(&p.id, now).await?;
@@ -526,8 +437,8 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
 /// The `ice_servers` array (WebRTC `RTCIceServer` shape) with per-participant TURN REST credentials that expire at
 /// the booking's `hard_end_at`.
 pub fn ice_servers(state: &AppState, b: &Booking, participant: &str) -> Value {
-    let (username, credential) =
-        tokens::turn_credentials(&state.turn_secret, b.window.hard_end_at, &b.id, participant);
+    let secret = state.turn_secret.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let (username, credential) = tokens::turn_credentials(&secret, b.window.hard_end_at, &b.id, participant);
     let (stun, turn) = &*state.ice_urls;
     json!([
         {"urls": stun},

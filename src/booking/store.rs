@@ -8,8 +8,7 @@ use std::str::FromStr;
 
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
 use super::window::{JoinWindow, Role};
@@ -118,10 +117,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
     }
@@ -132,13 +128,7 @@ impl Store {
     }
 
     /// Registers an API key hash for a tenant if it is not known yet.
-    pub async fn ensure_api_key(
-        &self,
-        id: &str,
-        tenant: &str,
-        key_hash: &[u8],
-        now: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn ensure_api_key(&self, id: &str, tenant: &str, key_hash: &[u8], now: i64) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key_hash) DO NOTHING")
             .bind(id)
             .bind(tenant)
@@ -151,20 +141,15 @@ impl Store {
 
     /// The tenant of a live (not revoked) API key.
     pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
-        let row =
-            sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
-                .bind(key_hash)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// Inserts a booking and its participants in one transaction.
-    pub async fn create_booking(
-        &self,
-        b: &Booking,
-        parts: &[NewParticipant],
-    ) -> Result<(), StoreError> {
+    pub async fn create_booking(&self, b: &Booking, parts: &[NewParticipant]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
@@ -211,15 +196,8 @@ impl Store {
     }
 
     /// A booking by id, scoped to a tenant (`None` for another tenant's: no existence oracle).
-    pub async fn booking(
-        &self,
-        tenant: Option<&str>,
-        id: &str,
-    ) -> Result<Option<Booking>, StoreError> {
-        let row = sqlx::query("SELECT * FROM bookings WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn booking(&self, tenant: Option<&str>, id: &str) -> Result<Option<Booking>, StoreError> {
+        let row = sqlx::query("SELECT * FROM bookings WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
         let mut b = booking_from_row(&row)?;
         if tenant.is_some_and(|t| t != b.tenant_id) {
@@ -242,12 +220,7 @@ impl Store {
 
     /// Cancels a booking. Returns the booking after the call and whether this call changed it (a second cancel is a
     /// no-op).
-    pub async fn cancel(
-        &self,
-        tenant: &str,
-        id: &str,
-        now: i64,
-    ) -> Result<Option<(Booking, bool)>, StoreError> {
+    pub async fn cancel(&self, tenant: &str, id: &str, now: i64) -> Result<Option<(Booking, bool)>, StoreError> {
         let changed = sqlx::query(
             "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = ?, updated_at = ? \
              WHERE id = ? AND tenant_id = ? AND status <> 'cancelled'",
@@ -264,10 +237,7 @@ impl Store {
     }
 
     /// The booking and participant a link token belongs to.
-    pub async fn by_link(
-        &self,
-        link_hash: &[u8],
-    ) -> Result<Option<(Booking, Participant)>, StoreError> {
+    pub async fn by_link(&self, link_hash: &[u8]) -> Result<Option<(Booking, Participant)>, StoreError> {
         let row = sqlx::query("SELECT booking_id, id FROM participants WHERE link_token_hash = ?")
             .bind(link_hash)
             .fetch_optional(&self.pool)
@@ -285,25 +255,21 @@ impl Store {
 
     /// Records the first admission of a participant (kept if already set).
     pub async fn mark_joined(&self, participant: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE participants SET first_joined_at = COALESCE(first_joined_at, ?) WHERE id = ?",
-        )
-        .bind(now)
-        .bind(participant)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, ?) WHERE id = ?")
+            .bind(now)
+            .bind(participant)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Cancelled bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's revocation
     /// set at start so a restart does not forget a revocation.
     pub async fn live_revocations(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > ?",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query("SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > ?")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
@@ -323,11 +289,7 @@ fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
             join_cutoff_at: r.try_get("join_cutoff_at")?,
             hard_end_at: r.try_get("hard_end_at")?,
         },
-        status: if status == "cancelled" {
-            Status::Cancelled
-        } else {
-            Status::Confirmed
-        },
+        status: if status == "cancelled" { Status::Cancelled } else { Status::Confirmed },
         sequence: r.try_get("sequence")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,

@@ -74,10 +74,7 @@ pub struct TokenError(#[from] jsonwebtoken::errors::Error);
 impl SessionKeys {
     /// From a key of at least 32 bytes.
     pub fn new(key: &[u8]) -> SessionKeys {
-        SessionKeys {
-            enc: EncodingKey::from_secret(key),
-            dec: DecodingKey::from_secret(key),
-        }
+        SessionKeys { enc: EncodingKey::from_secret(key), dec: DecodingKey::from_secret(key) }
     }
 
     /// Signs claims (HS256, `kid` set).
@@ -103,12 +100,7 @@ impl SessionKeys {
 
 /// TURN REST credentials of one participant (coturn-compatible, DESIGN §4): `username =
 /// "<expiry-unix>:<booking-id>:<participant-id>"`, `credential = base64(HMAC-SHA1(turn_secret, username))`.
-pub fn turn_credentials(
-    secret: &[u8],
-    expiry: i64,
-    booking: &str,
-    participant: &str,
-) -> (String, String) {
+pub fn turn_credentials(secret: &[u8], expiry: i64, booking: &str, participant: &str) -> (String, String) {
     let username = format!("{expiry}:{booking}:{participant}");
     let credential = duet_relay::auth::rest_password(secret, &username);
     (username, credential)

@@ -1,10 +1,12 @@
-//! UDP driver of the sans-IO [`duet_relay::Server`].
+//! Socket driver of the sans-IO [`duet_relay::Server`]: UDP, TCP and TLS client listeners, UDP relay sockets.
 //!
-//! One task per client listener and one per relay socket receive datagrams and hand them to the server under a
-//! short lock; what the server returns is sent at once with non-blocking `try_send_to` (a full socket buffer drops
-//! the datagram and counts it, as a router would). A timer task drives `handle_timeout` (allocation, permission and
-//! channel expiry, and the teardown of a booking's allocations at its `hard_end_at`). The relay socket buffer keeps
-//! 4 bytes of headroom so the ChannelData header is written in place: no copy and no allocation per relayed packet.
+//! One task per UDP client listener, one per relay socket and one per TCP/TLS client connection receive and hand
+//! what they read to the server under a short lock; what the server returns is sent at once with non-blocking
+//! `try_send_to` (a full socket buffer drops the datagram, as a router would). Stream clients get their frames
+//! through a bounded queue drained by the connection's writer, so a slow TCP client never blocks the lock. A timer
+//! task drives `handle_timeout` (allocation, permission and channel expiry, and the teardown of a booking's
+//! allocations at its `hard_end_at`). The relay socket buffer keeps 4 bytes of headroom so the ChannelData header
+//! is written in place: no copy and no allocation per relayed UDP packet.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,15 +15,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use duet_relay::channel::write_channel_data_header;
-use duet_relay::server::{
-    AddressFamily, ClientDelivery, Command, FiveTuple, Server, ServerConfig, Transport,
-};
+use duet_relay::framing::stream_frame_len;
+use duet_relay::server::{AddressFamily, ClientDelivery, Command, FiveTuple, Server, ServerConfig, Transport};
 use rand::Rng;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, sync_counter};
+
+pub mod tls;
 
 /// Largest UDP payload we receive (the IPv4 maximum); relayed application data is far smaller in practice.
 const MAX_DATAGRAM: usize = 65_535;
@@ -31,21 +36,43 @@ const HEADROOM: usize = 4;
 const TIMER_MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Random ports tried before an Allocate gets 508 Insufficient Capacity.
 const BIND_ATTEMPTS: usize = 64;
+/// Frames queued for one TCP/TLS client before further ones are dropped (a slow reader loses media, not the relay).
+const STREAM_QUEUE: usize = 512;
+/// A TCP/TLS client connection that sends nothing for this long is closed; its allocation goes with it
+/// (RFC 8656 §3.1: an allocation over TCP lives as long as its connection).
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time allowed for a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how relay sockets are bound.
 #[derive(Debug, Clone)]
 pub struct RelaySockets {
-    /// IP the IPv4 relay sockets bind to.
-    pub bind_ip: IpAddr,
-    /// IP put in XOR-RELAYED-ADDRESS (1:1 NAT); `None` = `bind_ip`.
-    pub advertised_ip: Option<IpAddr>,
+    /// IP the IPv4 relay sockets bind to (`None`: no IPv4 relays; an IPv4 Allocate gets 440).
+    pub bind_v4: Option<IpAddr>,
+    /// IP the IPv6 relay sockets bind to (`None`: no IPv6 relays).
+    pub bind_v6: Option<IpAddr>,
+    /// IPv4 put in XOR-RELAYED-ADDRESS behind a 1:1 NAT (coturn `external-ip`); `None` = the bound IP.
+    pub advertised_v4: Option<IpAddr>,
     /// Port range.
     pub ports: RangeInclusive<u16>,
+}
+
+/// The client listeners to bind.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    /// UDP.
+    pub udp: Vec<SocketAddr>,
+    /// TCP (RFC 8656 §3.1 TCP client transport).
+    pub tcp: Vec<SocketAddr>,
+    /// TLS over TCP (TURNS); needs a [`tls::TlsConfig`].
+    pub tls: Vec<SocketAddr>,
 }
 
 struct Core {
     server: Server,
     relays: HashMap<SocketAddr, (Arc<UdpSocket>, AbortHandle)>,
+    /// Writers of the TCP/TLS client connections, by 5-tuple.
+    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     last: Exported,
 }
 
@@ -55,6 +82,8 @@ type Exported = HashMap<(&'static str, &'static str), u64>;
 struct Inner {
     core: Mutex<Core>,
     listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
+    tcp_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     sockets: RelaySockets,
     metrics: Metrics,
 }
@@ -66,51 +95,88 @@ pub struct RelayHandle {
 }
 
 fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 impl RelayHandle {
-    /// Binds the client listeners and starts the receive and timer tasks; they stop with `shutdown`.
+    /// Binds the client listeners and starts the receive and timer tasks; they stop with `shutdown`. TLS
+    /// listeners need `tls` (its certificate can be swapped at run time, see [`tls::TlsConfig::reload`]).
     pub async fn start(
-        config: ServerConfig,
-        listen: &[SocketAddr],
+        mut config: ServerConfig,
+        listen: &Listeners,
+        tls: Option<tls::TlsConfig>,
         sockets: RelaySockets,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> std::io::Result<RelayHandle> {
-        let mut listeners = HashMap::new();
-        for addr in listen {
-            let s = UdpSocket::bind(addr).await?;
-            listeners.insert(s.local_addr()?, Arc::new(s));
+        if !listen.tls.is_empty() && tls.is_none() {
+            return Err(std::io::Error::other("TLS listeners need turn.tls_cert and turn.tls_key"));
         }
+        let mut udp = Vec::new();
+        for addr in &listen.udp {
+            let s = UdpSocket::bind(addr).await?;
+            udp.push((s.local_addr()?, Arc::new(s)));
+        }
+        let mut tcp = Vec::new();
+        for addr in &listen.tcp {
+            tcp.push(TcpListener::bind(addr).await?);
+        }
+        let mut tls_listeners = Vec::new();
+        for addr in &listen.tls {
+            tls_listeners.push(TcpListener::bind(addr).await?);
+        }
+        let tcp_addrs = tcp.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+        let tls_addrs = tls_listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+        // The relay must not relay to its own listeners (loop attack).
+        config.peer_policy.own_addresses.extend(udp.iter().map(|(a, _)| *a));
+        config.peer_policy.own_addresses.extend(tcp_addrs.iter().chain(&tls_addrs).copied());
+        config.relay_families = [(sockets.bind_v4, AddressFamily::V4), (sockets.bind_v6, AddressFamily::V6)]
+            .into_iter()
+            .filter_map(|(ip, f)| ip.map(|_| f))
+            .collect();
         let server = Server::new(config, Instant::now(), unix_now());
         let inner = Arc::new(Inner {
             core: Mutex::new(Core {
                 server,
                 relays: HashMap::new(),
+                streams: HashMap::new(),
                 last: Exported::default(),
             }),
-            listeners,
+            listeners: udp.into_iter().collect(),
+            tcp_addrs,
+            tls_addrs,
             sockets,
             metrics,
         });
         let handle = RelayHandle { inner };
         for (addr, sock) in &handle.inner.listeners {
-            tokio::spawn(
-                handle
-                    .clone()
-                    .client_loop(*addr, sock.clone(), shutdown.clone()),
-            );
+            tokio::spawn(handle.clone().client_loop(*addr, sock.clone(), shutdown.clone()));
+        }
+        for l in tcp {
+            tokio::spawn(handle.clone().accept_loop(l, None, shutdown.clone()));
+        }
+        for l in tls_listeners {
+            tokio::spawn(handle.clone().accept_loop(l, tls.clone(), shutdown.clone()));
         }
         tokio::spawn(handle.clone().timer_loop(shutdown));
         Ok(handle)
     }
 
-    /// The bound client listener addresses.
+    /// The bound UDP client listener addresses, sorted.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.listeners.keys().copied().collect()
+        let mut v: Vec<SocketAddr> = self.inner.listeners.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// The bound TCP listener addresses.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.inner.tcp_addrs
+    }
+
+    /// The bound TLS listener addresses.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.inner.tls_addrs
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -121,9 +187,7 @@ impl RelayHandle {
     /// Revokes a cancelled booking's credentials until `until_unix` and tears down its allocations now.
     pub fn revoke_booking(&self, booking: &str, until_unix: i64) {
         let mut core = self.lock();
-        let n = core
-            .server
-            .revoke_booking(Instant::now(), booking, until_unix.max(0) as u64);
+        let n = core.server.revoke_booking(Instant::now(), booking, until_unix.max(0) as u64);
         self.drain(&mut core);
         tracing::info!(target: "relay", booking, allocations = n, "booking revoked");
     }
@@ -133,12 +197,7 @@ impl RelayHandle {
         self.lock().server.set_auth_secrets(secrets);
     }
 
-    async fn client_loop(
-        self,
-        local: SocketAddr,
-        sock: Arc<UdpSocket>,
-        shutdown: CancellationToken,
-    ) {
+    async fn client_loop(self, local: SocketAddr, sock: Arc<UdpSocket>, shutdown: CancellationToken) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, from) = tokio::select! {
@@ -152,16 +211,9 @@ impl RelayHandle {
                 },
                 _ = shutdown.cancelled() => return,
             };
-            let five = FiveTuple {
-                transport: Transport::Udp,
-                server: local,
-                client: from,
-            };
+            let five = FiveTuple { transport: Transport::Udp, server: local, client: from };
             let mut core = self.lock();
-            if let Some(t) = core
-                .server
-                .handle_client_input(Instant::now(), five, &buf[..n])
-            {
+            if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[..n]) {
                 if let Some((relay, _)) = core.relays.get(&t.relay) {
                     let _ = relay.try_send_to(t.payload, t.peer);
                 }
@@ -171,10 +223,11 @@ impl RelayHandle {
     }
 
     async fn relay_loop(self, relay_addr: SocketAddr, sock: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM];
+        // Headroom in front for the ChannelData header, 3 bytes behind for the TCP padding.
+        let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM + 3];
         let mut indication = Vec::with_capacity(2048);
         loop {
-            let (n, peer) = match sock.recv_from(&mut buf[HEADROOM..]).await {
+            let (n, peer) = match sock.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::debug!(target: "relay", error = %e, "recv on relay socket");
@@ -182,27 +235,23 @@ impl RelayHandle {
                 }
             };
             let mut core = self.lock();
-            match core
-                .server
-                .handle_peer_input(Instant::now(), relay_addr, peer, n)
-            {
+            match core.server.handle_peer_input(Instant::now(), relay_addr, peer, n) {
                 Some(ClientDelivery::ChannelData { to, channel }) => {
                     write_channel_data_header(&mut buf[..HEADROOM], channel, n as u16);
-                    if let Some(l) = self.inner.listeners.get(&to.server) {
-                        let _ = l.try_send_to(&buf[..HEADROOM + n], to.client);
+                    let mut len = HEADROOM + n;
+                    if to.transport != Transport::Udp {
+                        // RFC 8656 §12.5: over TCP/TLS a ChannelData message is padded to a multiple of 4 bytes.
+                        let padded = (len + 3) & !3;
+                        buf[len..padded].fill(0);
+                        len = padded;
                     }
+                    self.send_to_client(&core, to, &buf[..len]);
                 }
                 Some(ClientDelivery::DataIndication { to }) => {
-                    duet_relay::server::encode_data_indication(
-                        peer,
-                        &buf[HEADROOM..HEADROOM + n],
-                        &mut indication,
-                    );
-                    if let Some(l) = self.inner.listeners.get(&to.server) {
-                        let _ = l.try_send_to(&indication, to.client);
-                    }
+                    duet_relay::server::encode_data_indication(peer, &buf[HEADROOM..HEADROOM + n], &mut indication);
+                    self.send_to_client(&core, to, &indication);
                 }
-                _ => {}
+                None => {}
             }
             self.drain(&mut core);
         }
@@ -211,11 +260,8 @@ impl RelayHandle {
     async fn timer_loop(self, shutdown: CancellationToken) {
         loop {
             let now = Instant::now();
-            let next = self
-                .lock()
-                .server
-                .poll_timeout()
-                .map_or(now + TIMER_MAX_SLEEP, |t| t.min(now + TIMER_MAX_SLEEP));
+            let next =
+                self.lock().server.poll_timeout().map_or(now + TIMER_MAX_SLEEP, |t| t.min(now + TIMER_MAX_SLEEP));
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.cancelled() => {
@@ -236,36 +282,26 @@ impl RelayHandle {
     fn drain(&self, core: &mut Core) {
         while let Some(cmd) = core.server.poll_command() {
             match cmd {
-                Command::SendToClient { to, message } => {
-                    if let Some(l) = self.inner.listeners.get(&to.server) {
-                        let _ = l.try_send_to(&message, to.client);
-                    }
-                }
-                Command::BindRelay {
-                    pending,
-                    family,
-                    even_port,
-                } => {
+                Command::SendToClient { to, message } => self.send_to_client(core, to, &message),
+                Command::BindRelay { pending, family, even_port } => {
                     let result = match self.bind_relay(family, even_port) {
                         Ok(sock) => {
                             let addr = sock.local_addr().expect("bound socket has an address");
-                            let advertised = SocketAddr::new(
-                                self.inner.sockets.advertised_ip.unwrap_or(addr.ip()),
-                                addr.port(),
-                            );
+                            let advertised_ip = match (family, self.inner.sockets.advertised_v4) {
+                                (AddressFamily::V4, Some(ip)) => ip,
+                                _ => addr.ip(),
+                            };
                             let sock = Arc::new(sock);
-                            let task = tokio::spawn(self.clone().relay_loop(addr, sock.clone()))
-                                .abort_handle();
+                            let task = tokio::spawn(self.clone().relay_loop(addr, sock.clone())).abort_handle();
                             core.relays.insert(addr, (sock, task));
-                            Ok((addr, advertised))
+                            Ok((addr, SocketAddr::new(advertised_ip, addr.port())))
                         }
                         Err(e) => {
                             tracing::warn!(target: "relay", error = %e, "no relay port available");
                             Err(())
                         }
                     };
-                    core.server
-                        .handle_relay_bound(Instant::now(), pending, result);
+                    core.server.handle_relay_bound(Instant::now(), pending, result);
                 }
                 Command::FreeRelay { relay } => {
                     if let Some((_, task)) = core.relays.remove(&relay) {
@@ -276,22 +312,136 @@ impl RelayHandle {
         }
     }
 
+    /// Sends one message to a client over its transport: UDP at once, TCP/TLS through the connection's queue (a
+    /// full queue drops the frame).
+    fn send_to_client(&self, core: &Core, to: FiveTuple, bytes: &[u8]) {
+        match to.transport {
+            Transport::Udp => {
+                if let Some(l) = self.inner.listeners.get(&to.server) {
+                    let _ = l.try_send_to(bytes, to.client);
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                if let Some(tx) = core.streams.get(&to) {
+                    let _ = tx.try_send(bytes.to_vec());
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener, tls: Option<tls::TlsConfig>, shutdown: CancellationToken) {
+        let Ok(local) = listener.local_addr() else { return };
+        loop {
+            let (stream, client) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning (mini-redis accept loop).
+                        tracing::warn!(target: "relay", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            match &tls {
+                None => {
+                    let five = FiveTuple { transport: Transport::Tcp, server: local, client };
+                    tokio::spawn(this.stream_conn(stream, five, shutdown));
+                }
+                Some(tls) => {
+                    let acceptor = tls.acceptor();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => {
+                                let five = FiveTuple { transport: Transport::Tls, server: local, client };
+                                this.stream_conn(s, five, shutdown).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(target: "relay", %client, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(target: "relay", %client, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// One TCP/TLS client connection: splits the byte stream into STUN and ChannelData frames (RFC 8656 §12.5)
+    /// for the server, and writes the server's frames for this 5-tuple from a bounded queue.
+    async fn stream_conn<S>(self, stream: S, five: FiveTuple, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        self.lock().streams.insert(five, tx);
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        // Room for two maximal frames: a partial one is moved to the front after each read.
+        let mut buf = vec![0u8; 2 * (MAX_DATAGRAM + 24)];
+        let mut filled = 0usize;
+        'conn: loop {
+            let n = tokio::select! {
+                r = tokio::time::timeout(STREAM_IDLE_TIMEOUT, rd.read(&mut buf[filled..])) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => n,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            filled += n;
+            let mut start = 0;
+            loop {
+                match stream_frame_len(&buf[start..filled]) {
+                    Ok(Some(len)) if filled - start >= len => {
+                        let mut core = self.lock();
+                        if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[start..start + len])
+                        {
+                            if let Some((relay, _)) = core.relays.get(&t.relay) {
+                                let _ = relay.try_send_to(t.payload, t.peer);
+                            }
+                        }
+                        self.drain(&mut core);
+                        start += len;
+                    }
+                    Ok(_) => break,
+                    Err(_) => {
+                        tracing::debug!(target: "relay", client = %five.client, "stream framing error, closing");
+                        break 'conn;
+                    }
+                }
+            }
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+        }
+        {
+            let mut core = self.lock();
+            core.streams.remove(&five);
+            core.server.handle_client_closed(Instant::now(), five);
+            self.drain(&mut core);
+        }
+        // The queue's sender is gone (removed above): the writer flushes what is queued and closes.
+        let _ = writer.await;
+    }
+
     fn bind_relay(&self, family: AddressFamily, even_port: bool) -> std::io::Result<UdpSocket> {
         let s = &self.inner.sockets;
         let ip = match family {
-            AddressFamily::V4 if s.bind_ip.is_ipv4() => s.bind_ip,
-            AddressFamily::V6 if s.bind_ip.is_ipv6() => s.bind_ip,
-            _ => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "address family not configured",
-                ));
-            }
-        };
+            AddressFamily::V4 => s.bind_v4,
+            AddressFamily::V6 => s.bind_v6,
+        }
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::Unsupported, "address family not configured"))?;
         let (lo, hi) = (*s.ports.start(), *s.ports.end());
         let mut rng = rand::rng();
-        let mut last_err =
-            std::io::Error::new(std::io::ErrorKind::AddrInUse, "relay port range exhausted");
+        let mut last_err = std::io::Error::new(std::io::ErrorKind::AddrInUse, "relay port range exhausted");
         for _ in 0..BIND_ATTEMPTS {
             let mut port = rng.random_range(lo..=hi);
             if even_port && port % 2 == 1 {
@@ -314,47 +464,18 @@ impl RelayHandle {
         let m = &self.inner.metrics;
         let Core { server, last, .. } = &mut *core;
         let s = server.stats();
-        let mut sync =
-            |c: &prometheus::IntCounter, key: (&'static str, &'static str), value: u64| {
-                sync_counter(c, last.entry(key).or_default(), value);
-            };
-        sync(
-            &m.stun_binding_requests,
-            ("binding", ""),
-            s.binding_requests,
-        );
-        sync(
-            &m.turn_auth_failures,
-            ("auth_failures", ""),
-            s.auth_failures,
-        );
-        sync(
-            &m.turn_quota_refusals,
-            ("quota", ""),
-            s.quota_refusals + s.capacity_refusals,
-        );
+        let mut sync = |c: &prometheus::IntCounter, key: (&'static str, &'static str), value: u64| {
+            sync_counter(c, last.entry(key).or_default(), value);
+        };
+        sync(&m.stun_binding_requests, ("binding", ""), s.binding_requests);
+        sync(&m.turn_auth_failures, ("auth_failures", ""), s.auth_failures);
+        sync(&m.turn_quota_refusals, ("quota", ""), s.quota_refusals + s.capacity_refusals);
         for (dir, bytes, packets) in [
-            (
-                "to_peer",
-                s.relayed_bytes_to_peer,
-                s.relayed_packets_to_peer,
-            ),
-            (
-                "to_client",
-                s.relayed_bytes_to_client,
-                s.relayed_packets_to_client,
-            ),
+            ("to_peer", s.relayed_bytes_to_peer, s.relayed_packets_to_peer),
+            ("to_client", s.relayed_bytes_to_client, s.relayed_packets_to_client),
         ] {
-            sync(
-                &m.turn_relayed_bytes.with_label_values(&[dir]),
-                ("bytes", dir),
-                bytes,
-            );
-            sync(
-                &m.turn_relayed_packets.with_label_values(&[dir]),
-                ("packets", dir),
-                packets,
-            );
+            sync(&m.turn_relayed_bytes.with_label_values(&[dir]), ("bytes", dir), bytes);
+            sync(&m.turn_relayed_packets.with_label_values(&[dir]), ("packets", dir), packets);
         }
         for (result, v) in [
             ("ok", s.allocate_ok),
@@ -367,11 +488,7 @@ impl RelayHandle {
             ("mismatch", s.allocate_mismatch),
             ("unsupported", s.allocate_unsupported),
         ] {
-            sync(
-                &m.turn_allocations.with_label_values(&[result]),
-                ("alloc", result),
-                v,
-            );
+            sync(&m.turn_allocations.with_label_values(&[result]), ("alloc", result), v);
         }
         for (reason, v) in [
             ("malformed", s.drops_malformed),
@@ -380,25 +497,14 @@ impl RelayHandle {
             ("peer_denied", s.drops_peer_denied),
             ("rate_limited", s.drops_rate_limited),
             ("unknown_channel", s.drops_unknown_channel),
-            (
-                "unauthenticated_reply_suppressed",
-                s.unauthenticated_replies_suppressed,
-            ),
+            ("unauthenticated_reply_suppressed", s.unauthenticated_replies_suppressed),
         ] {
-            sync(
-                &m.turn_drops.with_label_values(&[reason]),
-                ("drops", reason),
-                v,
-            );
+            sync(&m.turn_drops.with_label_values(&[reason]), ("drops", reason), v);
         }
-        for (transport, v) in [
-            ("udp", s.allocations_active_udp),
-            ("tcp", s.allocations_active_tcp),
-            ("tls", s.allocations_active_tls),
-        ] {
-            m.turn_allocations_active
-                .with_label_values(&[transport])
-                .set(v as i64);
+        for (transport, v) in
+            [("udp", s.allocations_active_udp), ("tcp", s.allocations_active_tcp), ("tls", s.allocations_active_tls)]
+        {
+            m.turn_allocations_active.with_label_values(&[transport]).set(v as i64);
         }
     }
 }

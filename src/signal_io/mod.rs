@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
-use duet_signaling::{
-    Admission, CloseReason, ConnectionId, Hub, HubConfig, HubEvent, Output, close_code,
-};
+use duet_signaling::{Admission, CloseReason, ConnectionId, Hub, HubConfig, HubEvent, Output, close_code};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -34,27 +32,11 @@ enum Outgoing {
 }
 
 enum HubInput {
-    Connect {
-        conn: ConnectionId,
-        admission: Admission,
-        out: mpsc::Sender<Outgoing>,
-    },
-    Text {
-        conn: ConnectionId,
-        text: String,
-    },
-    Binary {
-        conn: ConnectionId,
-        len: usize,
-    },
-    Disconnect {
-        conn: ConnectionId,
-        timed_out: bool,
-    },
-    CloseBooking {
-        booking: String,
-        reason: CloseReason,
-    },
+    Connect { conn: ConnectionId, admission: Admission, out: mpsc::Sender<Outgoing> },
+    Text { conn: ConnectionId, text: String },
+    Binary { conn: ConnectionId, len: usize },
+    Disconnect { conn: ConnectionId, timed_out: bool },
+    CloseBooking { booking: String, reason: CloseReason },
     CloseAll,
 }
 
@@ -68,11 +50,7 @@ pub struct HubHandle {
 
 impl HubHandle {
     /// Starts the hub task. It stops when `shutdown` is cancelled (closing every socket with 1001).
-    pub fn spawn(
-        config: SignalingConfig,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-    ) -> HubHandle {
+    pub fn spawn(config: SignalingConfig, metrics: Metrics, shutdown: CancellationToken) -> HubHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub::new(HubConfig {
             max_message_bytes: config.max_message_bytes,
@@ -81,19 +59,12 @@ impl HubHandle {
             ..HubConfig::default()
         });
         tokio::spawn(run_hub(hub, rx, metrics, shutdown));
-        HubHandle {
-            tx,
-            next_id: Default::default(),
-            config,
-        }
+        HubHandle { tx, next_id: Default::default(), config }
     }
 
     /// Closes the room of a cancelled booking (4004).
     pub fn cancel_booking(&self, booking: &str) {
-        let _ = self.tx.send(HubInput::CloseBooking {
-            booking: booking.to_string(),
-            reason: CloseReason::Cancelled,
-        });
+        let _ = self.tx.send(HubInput::CloseBooking { booking: booking.to_string(), reason: CloseReason::Cancelled });
     }
 
     /// Closes every socket (1001).
@@ -157,20 +128,13 @@ async fn run_hub(
     }
 }
 
-fn drain(
-    hub: &mut Hub,
-    conns: &mut HashMap<ConnectionId, mpsc::Sender<Outgoing>>,
-    metrics: &Metrics,
-) {
+fn drain(hub: &mut Hub, conns: &mut HashMap<ConnectionId, mpsc::Sender<Outgoing>>, metrics: &Metrics) {
     let now = Instant::now();
     let mut overflowed = Vec::new();
     while let Some(out) = hub.poll_output() {
         match out {
             Output::Send { conn, text } => {
-                metrics
-                    .signal_messages
-                    .with_label_values(&["out", message_type(&text)])
-                    .inc();
+                metrics.signal_messages.with_label_values(&["out", message_type(&text)]).inc();
                 if let Some(tx) = conns.get(&conn) {
                     if tx.try_send(Outgoing::Text(text)).is_err() {
                         overflowed.push(conn);
@@ -178,20 +142,14 @@ fn drain(
                 }
             }
             Output::Close { conn, code, reason } => {
-                metrics
-                    .signal_closes
-                    .with_label_values(&[&code.to_string()])
-                    .inc();
+                metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
                 if let Some(tx) = conns.remove(&conn) {
                     let _ = tx.try_send(Outgoing::Close(code, reason));
                 }
             }
             Output::Event(e) => match e {
                 HubEvent::Ready { .. } => metrics.signal_ready.inc(),
-                HubEvent::Dropped { reason } => metrics
-                    .signal_drops
-                    .with_label_values(&[reason.as_str()])
-                    .inc(),
+                HubEvent::Dropped { reason } => metrics.signal_drops.with_label_values(&[reason.as_str()]).inc(),
                 _ => {}
             },
         }
@@ -199,26 +157,18 @@ fn drain(
     for conn in overflowed {
         // Dropping the sender ends the connection task, which closes the socket with 1008 "queue full".
         if conns.remove(&conn).is_some() {
-            metrics
-                .signal_drops
-                .with_label_values(&["queue_full"])
-                .inc();
+            metrics.signal_drops.with_label_values(&["queue_full"]).inc();
             hub.handle_disconnect(now, conn);
         }
     }
-    metrics
-        .signal_connections
-        .set(hub.connection_count() as i64);
+    metrics.signal_connections.set(hub.connection_count() as i64);
     metrics.rooms_active.set(hub.room_count() as i64);
 }
 
 /// The `type` of a frame for metrics, from a bounded set (never raw text: no unbounded labels). Reads only a
 /// leading `{"type":"…"` (how the hub writes every frame and how clients usually do); anything else is "other".
 fn message_type(text: &str) -> &'static str {
-    let t = text
-        .trim_start()
-        .strip_prefix("{\"type\":\"")
-        .and_then(|rest| rest.split('"').next());
+    let t = text.trim_start().strip_prefix("{\"type\":\"").and_then(|rest| rest.split('"').next());
     match t {
         Some("signal") => "signal",
         Some("ping") => "ping",
@@ -242,52 +192,32 @@ pub struct SignalQuery {
 /// `GET /v1/signal?token=…`: validates the session token and the booking, then upgrades. A refused socket is
 /// still upgraded so the browser sees the close code: 4001 bad or outdated token, 4003 outside the window, 4004
 /// unknown or cancelled booking.
-pub async fn upgrade(
-    State(state): State<AppState>,
-    Query(q): Query<SignalQuery>,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn upgrade(State(state): State<AppState>, Query(q): Query<SignalQuery>, ws: WebSocketUpgrade) -> Response {
     let verdict = admit(&state, q.token.as_deref().unwrap_or("")).await;
     let cfg = state.hub.config;
     // The transport refuses frames past twice the hub's limit; between the two the hub closes with 1009 itself.
     let transport_limit = cfg.max_message_bytes * 2;
-    ws.max_message_size(transport_limit)
-        .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| async move {
-            match verdict {
-                Ok(admission) => connection(socket, state, admission).await,
-                Err((code, reason)) => {
-                    tracing::debug!(target: "signaling", code, reason, "socket refused");
-                    state
-                        .metrics
-                        .signal_closes
-                        .with_label_values(&[&code.to_string()])
-                        .inc();
-                    close(socket, code, reason).await
-                }
+    ws.max_message_size(transport_limit).max_frame_size(transport_limit).on_upgrade(move |socket| async move {
+        match verdict {
+            Ok(admission) => connection(socket, state, admission).await,
+            Err((code, reason)) => {
+                tracing::debug!(target: "signaling", code, reason, "socket refused");
+                state.metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
+                close(socket, code, reason).await
             }
-        })
+        }
+    })
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
     // Wait briefly for the peer's close so the code is delivered before the TCP connection goes.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = socket.recv().await {}
-    })
-    .await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = socket.recv().await {} }).await;
 }
 
 async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'static str)> {
-    let claims = state
-        .session_keys
-        .verify(token)
-        .map_err(|_| (close_code::BAD_TOKEN, "invalid or expired token"))?;
+    let claims = state.session_keys.verify(token).map_err(|_| (close_code::BAD_TOKEN, "invalid or expired token"))?;
     let booking = state
         .store
         .booking(None, &claims.bkg)
@@ -312,9 +242,7 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
     let to_end = Duration::from_secs((booking.window.hard_end_at - now) as u64);
     let ice = ice_servers(state, &booking, &participant.id);
     let window = window_json(&booking.window);
-    let raw = |v: &serde_json::Value| {
-        serde_json::value::to_raw_value(v).map_err(|_| (1011, "internal error"))
-    };
+    let raw = |v: &serde_json::Value| serde_json::value::to_raw_value(v).map_err(|_| (1011, "internal error"));
     Ok(Admission {
         booking: booking.id.clone(),
         participant: participant.id.clone(),
@@ -323,10 +251,7 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
             Role::Guest => duet_signaling::Role::Guest,
         },
         ice_servers: raw(&ice)?,
-        hard_end_at_rfc3339: window["hard_end_at"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        hard_end_at_rfc3339: window["hard_end_at"].as_str().unwrap_or_default().to_string(),
         window: raw(&window)?,
         hard_end_at: Instant::now() + to_end,
     })
@@ -336,21 +261,10 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
 /// unanswered pings close it.
 async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
     let hub = state.hub.clone();
-    let conn = ConnectionId(
-        hub.next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-    );
+    let conn = ConnectionId(hub.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let (out_tx, mut out_rx) = mpsc::channel(QUEUE_PER_CONNECTION);
     tracing::info!(target: "signaling", booking = %admission.booking, role = admission.role.as_str(), conn = conn.0, "connected");
-    if hub
-        .tx
-        .send(HubInput::Connect {
-            conn,
-            admission,
-            out: out_tx,
-        })
-        .is_err()
-    {
+    if hub.tx.send(HubInput::Connect { conn, admission, out: out_tx }).is_err() {
         return;
     }
     let (mut sink, mut stream) = socket.split();
@@ -359,12 +273,8 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
     let mut unanswered = 0u32;
     let mut hub_closed = false;
     let mut timed_out = false;
-    let close_frame = |code: u16, reason: &'static str| {
-        Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))
-    };
+    let close_frame =
+        |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     loop {
         tokio::select! {
             msg = stream.next() => match msg {

@@ -43,10 +43,7 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -63,15 +60,10 @@ impl Daemon {
                 }
             }
         });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("daemon printed no ready line within 30 s");
+        let ready = rx.recv_timeout(Duration::from_secs(30)).expect("daemon printed no ready line within 30 s");
         let addr = |k: &str| -> SocketAddr { ready[k].as_str().unwrap().parse().unwrap() };
         let api_key_file = ready["api_key_file"].as_str().unwrap().to_string();
-        let api_key = std::fs::read_to_string(&api_key_file)
-            .unwrap()
-            .trim()
-            .to_string();
+        let api_key = std::fs::read_to_string(&api_key_file).unwrap().trim().to_string();
         Daemon {
             child,
             http: addr("http"),
@@ -93,14 +85,8 @@ impl Daemon {
 
     /// POST /v1/bookings with the API key; returns (status, body).
     pub async fn create_booking(&self, body: &Value) -> (u16, Value) {
-        let r = self
-            .client()
-            .post(self.url("/v1/bookings"))
-            .bearer_auth(&self.api_key)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let r =
+            self.client().post(self.url("/v1/bookings")).bearer_auth(&self.api_key).json(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -114,13 +100,7 @@ impl Daemon {
 
     /// POST /v1/join/{link_token}; returns (status, headers, body).
     pub async fn join(&self, link_token: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-        let r = self
-            .client()
-            .post(self.url(&format!("/v1/join/{link_token}")))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
+        let r = self.client().post(self.url(&format!("/v1/join/{link_token}"))).json(&json!({})).send().await.unwrap();
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         (status, headers, r.json().await.unwrap_or(Value::Null))
@@ -128,12 +108,7 @@ impl Daemon {
 
     /// The Prometheus text of the admin listener.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
     }
 }
 
@@ -147,10 +122,7 @@ impl Drop for Daemon {
 /// RFC 3339 (UTC, seconds) for now + `offset_s`.
 pub fn rfc3339_in(offset_s: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_s);
-    t.replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
+    t.replace_nanosecond(0).unwrap().format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
 pub fn booking_body(start_in_s: i64, len_s: i64) -> Value {
@@ -188,10 +160,7 @@ fn merge_tables(text: &str) -> String {
             sections.entry(cur.clone()).or_default();
             continue;
         }
-        sections
-            .entry(cur.clone())
-            .or_default()
-            .push(line.to_string());
+        sections.entry(cur.clone()).or_default().push(line.to_string());
     }
     let mut out = String::new();
     for s in order {
@@ -225,27 +194,16 @@ pub fn start_with_args(args: &[&str], cwd: &Path) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
         .args(args)
         .current_dir(cwd)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn duet");
     let ready = wait_ready(&mut child);
     let addr = |k: &str| -> SocketAddr {
-        ready[k]
-            .as_str()
-            .unwrap_or_else(|| panic!("ready line lacks {k}: {ready}"))
-            .parse()
-            .unwrap()
+        ready[k].as_str().unwrap_or_else(|| panic!("ready line lacks {k}: {ready}")).parse().unwrap()
     };
-    let api_key_file = cwd.join(
-        ready["api_key_file"]
-            .as_str()
-            .expect("ready line names api_key_file"),
-    );
+    let api_key_file = cwd.join(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
     let api_key = std::fs::read_to_string(&api_key_file)
         .unwrap_or_else(|e| panic!("read {}: {e}", api_key_file.display()))
         .trim()
@@ -328,21 +286,13 @@ pub async fn join_as(d: &Daemon, booking: &Value, role: &str) -> Value {
 
 /// The TURN entry of a join response's ice_servers: (url, username, credential).
 pub fn turn_credentials(join: &Value) -> (String, String, String) {
-    let servers = join["ice_servers"]
-        .as_array()
-        .expect("join response has ice_servers");
+    let servers = join["ice_servers"].as_array().expect("join response has ice_servers");
     let turn = servers
         .iter()
         .find(|s| s.get("username").is_some())
         .unwrap_or_else(|| panic!("no ice server with credentials in {join}"));
     let url = turn["urls"][0].as_str().expect("turn url").to_string();
-    let username = turn["username"]
-        .as_str()
-        .expect("turn username")
-        .to_string();
-    let credential = turn["credential"]
-        .as_str()
-        .expect("turn credential")
-        .to_string();
+    let username = turn["username"].as_str().expect("turn username").to_string();
+    let credential = turn["credential"].as_str().expect("turn credential").to_string();
     (url, username, credential)
 }

@@ -5,12 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use duet_relay::stun::{
-    Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code,
-};
+use duet_relay::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code};
 use duet_relay::{
-    AddressFamily, Command, FiveTuple, PeerPolicy, Server, ServerConfig, Transport, long_term_key,
-    rest_password,
+    AddressFamily, Command, FiveTuple, PeerPolicy, Server, ServerConfig, Transport, long_term_key, rest_password,
 };
 
 pub const SECRET: &[u8] = b"turn-secret";
@@ -46,12 +43,7 @@ pub struct Harness {
 impl Harness {
     pub fn new(config: ServerConfig) -> Self {
         let t0 = Instant::now();
-        Harness {
-            server: Server::new(config, t0, Duration::from_secs(UNIX0)),
-            t0,
-            now: t0,
-            next_relay_port: 50_000,
-        }
+        Harness { server: Server::new(config, t0, Duration::from_secs(UNIX0)), t0, now: t0, next_relay_port: 50_000 }
     }
 
     pub fn unix_now(&self) -> Duration {
@@ -88,10 +80,7 @@ impl Harness {
 
     /// Feeds a client packet; returns the relayed transmit (owned) and the commands.
     pub fn input(&mut self, from: FiveTuple, packet: &[u8]) -> (Option<Relayed>, Vec<Command>) {
-        let t = self
-            .server
-            .handle_client_input(self.now, from, packet)
-            .map(|t| (t.relay, t.peer, t.payload.to_vec()));
+        let t = self.server.handle_client_input(self.now, from, packet).map(|t| (t.relay, t.peer, t.payload.to_vec()));
         (t, self.drain())
     }
 
@@ -100,9 +89,7 @@ impl Harness {
         let mut out = Vec::new();
         for c in cmds {
             match c {
-                Command::BindRelay {
-                    pending, family, ..
-                } => {
+                Command::BindRelay { pending, family, .. } => {
                     let ip = match family {
                         AddressFamily::V4 => "198.51.100.10",
                         AddressFamily::V6 => "2001:db8::10",
@@ -110,8 +97,7 @@ impl Harness {
                     let port = self.next_relay_port;
                     self.next_relay_port += 2;
                     let bound = SocketAddr::new(ip.parse().unwrap(), port);
-                    self.server
-                        .handle_relay_bound(self.now, pending, Ok((bound, bound)));
+                    self.server.handle_relay_bound(self.now, pending, Ok((bound, bound)));
                     out.extend(self.drain());
                 }
                 other => out.push(other),
@@ -146,11 +132,7 @@ impl Client {
         let username = format!("{expiry_unix}:{booking}:{participant}");
         let password = rest_password(SECRET, &username);
         Client {
-            five_tuple: FiveTuple {
-                transport,
-                server: addr(LISTENER),
-                client: addr(client),
-            },
+            five_tuple: FiveTuple { transport, server: addr(LISTENER), client: addr(client) },
             username,
             password,
             nonce: None,
@@ -177,12 +159,7 @@ impl Client {
         self.request_with_tid(method, tid, attrs)
     }
 
-    pub fn request_with_tid(
-        &self,
-        method: Method,
-        tid: TransactionId,
-        attrs: &[Attribute<'_>],
-    ) -> Vec<u8> {
+    pub fn request_with_tid(&self, method: Method, tid: TransactionId, attrs: &[Attribute<'_>]) -> Vec<u8> {
         let mut e = MessageEncoder::new(Class::Request, method, tid);
         for a in attrs {
             e.attribute(a);
@@ -225,12 +202,7 @@ impl Client {
         let (_, cmds) = h.input(self.five_tuple, &req);
         let cmds = h.bind_relays(cmds);
         let resp = only_message(&cmds);
-        assert_eq!(
-            class(&resp),
-            Class::SuccessResponse,
-            "allocate failed: {:?}",
-            error(&resp)
-        );
+        assert_eq!(class(&resp), Class::SuccessResponse, "allocate failed: {:?}", error(&resp));
         let m = Message::decode(&resp).unwrap();
         m.verify_integrity(&self.key()).unwrap();
         match m.get(attr::XOR_RELAYED_ADDRESS) {
@@ -248,12 +220,7 @@ impl Client {
 
     /// Like a real client: sends an authenticated request, and on 438 learns the fresh nonce
     /// and retries once. Returns all commands of the final attempt.
-    pub fn exchange(
-        &mut self,
-        h: &mut Harness,
-        method: Method,
-        attrs: &[Attribute<'_>],
-    ) -> Vec<Command> {
+    pub fn exchange(&mut self, h: &mut Harness, method: Method, attrs: &[Attribute<'_>]) -> Vec<Command> {
         let req = self.request(method, attrs);
         let (_, cmds) = h.input(self.five_tuple, &req);
         if let [Command::SendToClient { message, .. }] = cmds.as_slice()

@@ -41,11 +41,7 @@ impl Sim {
 
     pub fn with_config(config: HubConfig) -> Self {
         let t0 = Instant::now();
-        Sim {
-            hub: Hub::new(config),
-            t0,
-            now: t0,
-        }
+        Sim { hub: Hub::new(config), t0, now: t0 }
     }
 
     /// Moves virtual time to `t0 + d`.
@@ -122,18 +118,12 @@ impl Outs {
 
     /// Frames sent to `c`, parsed.
     pub fn frames(&self, c: u64) -> Vec<Value> {
-        self.texts(c)
-            .into_iter()
-            .map(|t| serde_json::from_str(t).expect("server frames are JSON"))
-            .collect()
+        self.texts(c).into_iter().map(|t| serde_json::from_str(t).expect("server frames are JSON")).collect()
     }
 
     /// `type` of each frame sent to `c`.
     pub fn types(&self, c: u64) -> Vec<String> {
-        self.frames(c)
-            .iter()
-            .map(|v| v["type"].as_str().unwrap_or("?").to_owned())
-            .collect()
+        self.frames(c).iter().map(|v| v["type"].as_str().unwrap_or("?").to_owned()).collect()
     }
 
     /// `(conn, code)` of every Close.
@@ -159,9 +149,6 @@ impl Outs {
 
     /// Number of Send outputs to anyone.
     pub fn send_count(&self) -> usize {
-        self.0
-            .iter()
-            .filter(|o| matches!(o, Output::Send { .. }))
-            .count()
+        self.0.iter().filter(|o| matches!(o, Output::Send { .. })).count()
     }
 }
