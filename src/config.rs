@@ -427,10 +427,10 @@ impl RawConfig {
         if session_ttl < Duration::from_secs(10) {
             return Err(invalid("tokens.session_ttl", "at least 10s"));
         }
-        if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid("public_url", format!("{url:?}: must start with http:// or https://")));
-            }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid("public_url", format!("{url:?}: must start with http:// or https://")));
         }
         Ok(Config {
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),

@@ -75,10 +75,10 @@ fn api_error_mismatch(case: &str, got: (u16, Value), status: u16, code: &str, fi
     if !body["message"].is_string() {
         wrong.push("no human-readable message".to_string());
     }
-    if let Some(field) = field {
-        if body["field"] != field {
-            wrong.push(format!("field {}, want {field:?}", body["field"]));
-        }
+    if let Some(field) = field
+        && body["field"] != field
+    {
+        wrong.push(format!("field {}, want {field:?}", body["field"]));
     }
     (!wrong.is_empty()).then(|| format!("{case}: {}; body {body}", wrong.join(", ")))
 }

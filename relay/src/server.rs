@@ -821,7 +821,9 @@ impl Server {
     ///
     /// Returns `Some` only for ChannelData / Send indications that are to be relayed now (the
     /// hot path: no allocation, O(1) lookups); every other outcome (responses, errors) is
-    /// queued as a [`Command`]. Malformed input is dropped and counted (never panics).
+    /// queued as a [`Command`]. Malformed input is dropped and counted (never panics). Relayed
+    /// payload bytes are charged to the allocation's client → peer bucket and the server's
+    /// total bucket; over a cap the datagram is dropped ([`Stats::drops_bandwidth`]).
     pub fn handle_client_input<'a>(
         &mut self,
         now: Instant,
@@ -1591,7 +1593,9 @@ impl Server {
     /// A datagram of `payload_len` bytes received by the relay socket bound at `relay` from
     /// `peer`. `Some` when a permission exists (RFC 8656 §9): [`ClientDelivery::ChannelData`]
     /// when a channel is bound to `peer`, else [`ClientDelivery::DataIndication`]. `None`:
-    /// dropped and counted. Hot path: no allocation, O(1) lookups.
+    /// dropped and counted (no allocation, no permission, or over a bandwidth cap:
+    /// [`Stats::drops_bandwidth`]). Hot path: no allocation, O(1) lookups; `payload_len` is
+    /// charged to the allocation's peer → client bucket and the server's total bucket.
     pub fn handle_peer_input(
         &mut self,
         now: Instant,
@@ -1794,6 +1798,73 @@ mod tests {
         assert!(r.allow(0, ip, 2));
         assert!(!r.allow(0, ip, 2));
         assert!(r.allow(1, ip, 2));
+    }
+
+    #[test]
+    fn token_bucket_refills_at_rate_up_to_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(Some(1_000), t0);
+        // Burst is the 64 KiB minimum for a small rate; starts full.
+        assert!(b.has(65_536) && !b.has(65_537));
+        b.consume(65_536);
+        assert!(!b.has(1));
+        b.refill(t0 + Duration::from_millis(1));
+        assert!(b.has(1) && !b.has(2), "1 ms at 1000 B/s = 1 byte");
+        // A clock that goes backwards refills nothing and does not panic.
+        b.refill(t0);
+        assert!(b.has(1) && !b.has(2));
+        b.refill(t0 + Duration::from_secs(3600 * 24 * 365 * 100));
+        assert!(b.has(65_536) && !b.has(65_537), "capped at the burst");
+        let mut unlimited = TokenBucket::new(None, t0);
+        unlimited.consume(usize::MAX);
+        assert!(unlimited.has(usize::MAX));
+        let mut huge = TokenBucket::new(Some(u64::MAX), t0);
+        huge.refill(t0 + Duration::from_secs(10_000_000_000));
+        assert!(huge.has(usize::MAX));
+    }
+
+    #[test]
+    fn take_both_is_all_or_nothing() {
+        let t0 = Instant::now();
+        let mut a = TokenBucket::new(Some(100_000), t0);
+        let mut total = TokenBucket::new(Some(100_000), t0);
+        total.consume(99_000);
+        assert!(!take_both(&mut a, &mut total, t0, 2_000));
+        assert!(a.has(100_000), "a refused datagram costs the allocation nothing");
+        assert!(take_both(&mut a, &mut total, t0, 1_000));
+        assert!(a.has(99_000) && !a.has(99_001));
+    }
+
+    #[test]
+    fn static_lookup_matches_exact_username_only() {
+        let mut cfg = ServerConfig::new("duet", vec![], [0; 32]);
+        cfg.static_credentials = vec![
+            StaticCredential { username: "alice".into(), password: "a".into(), max_allocations: 3 },
+            StaticCredential { username: "al".into(), password: "b".into(), max_allocations: 1 },
+        ];
+        let server = Server::new(cfg, Instant::now(), Duration::from_secs(1));
+        assert_eq!(server.lookup_static("alice"), Some((long_term_key("alice", "duet", "a"), 3)));
+        assert_eq!(server.lookup_static("al"), Some((long_term_key("al", "duet", "b"), 1)));
+        for other in ["", "a", "alic", "alice ", "ALICE", "alice\0"] {
+            assert_eq!(server.lookup_static(other), None, "{other:?}");
+        }
+    }
+
+    /// Checklist item 21 guard: the MESSAGE-INTEGRITY comparison and the static-credential
+    /// lookup stay constant-time (`subtle`), which no behavioural test can observe reliably.
+    #[test]
+    fn integrity_and_static_lookup_use_constant_time_comparisons() {
+        fn body<'a>(src: &'a str, signature: &str) -> &'a str {
+            let start = src.find(signature).expect("function present");
+            let end = src[start..].find("\n    }\n").map_or(src.len(), |e| start + e);
+            &src[start..end]
+        }
+        let stun = body(include_str!("stun.rs"), "pub fn verify_integrity(");
+        assert!(stun.contains(".ct_eq(") && !stun.contains("== expected"), "{stun}");
+        let here = body(include_str!("server.rs"), "fn lookup_static(");
+        assert!(here.contains(".ct_eq(") && !here.contains("return Some"), "{here}");
+        let nonce = body(include_str!("auth.rs"), "pub fn verify(");
+        assert!(nonce.contains(".ct_eq("), "{nonce}");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use crate::{ConnectionId, Role, close_code};
 /// One thing the driver must do, returned by [`Hub::poll_output`](crate::Hub::poll_output) in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Send one text frame to the connection. `text` is a complete JSON document (native v1).
+    /// Send one text frame to the connection. `text` is a complete JSON document in native v1 and peerjs mode; in vy
+    /// mode it is the literal `ready` or a partner's frame, byte-identical.
     Send {
         /// The destination connection.
         conn: ConnectionId,
@@ -78,6 +79,47 @@ pub enum HubEvent {
         /// Why.
         reason: CloseReason,
     },
+    /// Something [`PeerjsServer`](crate::peerjs::PeerjsServer) did (never emitted by [`Hub`](crate::Hub)).
+    Peerjs(PeerjsEvent),
+}
+
+/// Registrations and expiries of [`PeerjsServer`](crate::peerjs::PeerjsServer), inside [`HubEvent::Peerjs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerjsEvent {
+    /// An id was registered (`OPEN` sent) or a same-token socket re-attached to it (no `OPEN`).
+    Registered {
+        /// The registration's namespace (key, or booking id when scoped).
+        namespace: String,
+        /// The PeerJS id.
+        id: String,
+        /// True for a same-token re-attach.
+        reattached: bool,
+    },
+    /// An id's registration ended (its socket is closed or was closed by the server).
+    Unregistered {
+        /// Namespace.
+        namespace: String,
+        /// The PeerJS id.
+        id: String,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A connection attempt got `ID-TAKEN` (the id is registered with another token) and was closed.
+    IdTaken {
+        /// Namespace.
+        namespace: String,
+        /// The contested id.
+        id: String,
+    },
+    /// Messages queued for `dst` went unread for `expire_timeout`: dropped, `EXPIRE` sent to each connected sender.
+    Expired {
+        /// Namespace.
+        namespace: String,
+        /// The absent destination id.
+        dst: String,
+        /// How many queued messages were dropped.
+        messages: usize,
+    },
 }
 
 /// Why a whole room is closed: [`Hub::close_booking`](crate::Hub::close_booking),
@@ -144,6 +186,8 @@ pub enum LeaveReason {
     Cancelled,
     /// The daemon shut down (closed 1001).
     Shutdown,
+    /// The driver could not deliver a frame to the socket (peerjs mode: closed 1008, `LEAVE` to the sender).
+    SendFailed,
 }
 
 impl LeaveReason {
@@ -159,6 +203,7 @@ impl LeaveReason {
             LeaveReason::WindowClosed => "window_closed",
             LeaveReason::Cancelled => "cancelled",
             LeaveReason::Shutdown => "shutdown",
+            LeaveReason::SendFailed => "send_failed",
         }
     }
 
@@ -189,14 +234,20 @@ impl From<CloseReason> for LeaveReason {
 pub enum DropReason {
     /// `signal` with a `session` other than the room's current one: `error stale_session`.
     StaleSession,
-    /// `signal` while the partner slot is empty (nothing is queued): `error no_peer`.
+    /// `signal` while the partner slot is empty (nothing is queued): `error no_peer`. In vy mode: any frame while the
+    /// partner slot is empty (silently). In peerjs mode: `LEAVE`/`EXPIRE` for an absent id, or a `dst` registered in
+    /// another booking.
     NoPeer,
-    /// Not JSON, not an object, unknown `type`, or `data` that is not a simple-peer signal: `error bad_message`.
+    /// Not JSON, not an object, unknown `type`, or `data` that is not a simple-peer signal: `error bad_message`. In vy
+    /// strict mode: a frame that is not a simple-peer signal (silently). In peerjs mode: a frame upstream ignores
+    /// (not a JSON object, no handled `type`, a non-string `dst`).
     BadMessage,
-    /// A binary frame (not part of native v1): `error bad_message`.
+    /// A binary frame (not part of native v1 or vy): `error bad_message` in native mode, silent in the others.
     Binary,
     /// A frame for a connection the hub does not know (already closed or replaced); nothing is sent.
     UnknownConnection,
+    /// peerjs mode: a message for an absent id whose queue already holds `max_queued_per_peer` messages.
+    QueueFull,
 }
 
 impl DropReason {
@@ -208,6 +259,7 @@ impl DropReason {
             DropReason::BadMessage => "bad_message",
             DropReason::Binary => "binary",
             DropReason::UnknownConnection => "unknown_connection",
+            DropReason::QueueFull => "queue_full",
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::native::{self, ClientMsg, ErrorCode};
 use crate::rate::TokenBucket;
 use crate::room::{Peer, Room};
 use crate::stats::Stats;
-use crate::{ConnectionId, Role, close_code};
+use crate::{ConnectionId, Mode, Role, close_code, vy};
 
 /// What the daemon has verified (session token, booking live) before handing a socket to the hub.
 ///
@@ -35,21 +35,94 @@ pub struct Admission {
     pub hard_end_at_rfc3339: String,
 }
 
+/// What the daemon has verified before handing a Virtual Y (`vy` mode) socket to the hub
+/// ([`Hub::handle_connect_vy`]).
+///
+/// The Virtual Y client connects to `wss://host:8091/<any path>?meetingId=<id>&isInstructorRole=<true|false>` and
+/// cannot present a token: the driver looks the meeting id up as a booking's `external_id`, refuses the upgrade with
+/// HTTP 403 outside the join window (and 400 without a `meetingId`), and maps the role with
+/// [`VyAdmission::role_from_query`].
+///
+/// **Room rule:** vy rooms and native rooms are separate even for the same booking id: a vy socket is only ever paired
+/// with another vy socket of the same `room`, never with a native socket (the two protocols cannot talk to each
+/// other). [`Hub::close_booking`] closes both the native and the vy room of a booking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VyAdmission {
+    /// Room key: the booking id (`bkg_…`) when the meeting id matched a booking, or `vy:<meetingId>` for the open relay
+    /// (`vy.require_booking = false`, no booking behind it). See [`VyAdmission::booking`] and
+    /// [`VyAdmission::open_relay`].
+    pub room: String,
+    /// Participant id for events and logs only (never on the wire: vy has no peer ids). The driver may pass the
+    /// booking's participant of `role`, or an empty string.
+    pub participant: String,
+    /// The slot: [`Role::Host`] for `isInstructorRole=true` (the simple-peer initiator), [`Role::Guest`] otherwise.
+    pub role: Role,
+    /// Monotonic instant of the booking's hard end: the room's sockets are closed with 4003 then (no warning frames in
+    /// vy mode). `None`: the room never ends on its own (open relay). The newest admission of a room sets it.
+    pub hard_end_at: Option<Instant>,
+    /// Strict mode (default off, research §10.2 rule 4): drop, silently, frames from this socket that are not a JSON
+    /// object with a truthy `sdp`, `candidate`, `renegotiate` or `transceiverRequest`. Off relays everything, as the
+    /// Virtual Y server does.
+    pub strict: bool,
+}
+
+impl VyAdmission {
+    /// A vy socket gated by a booking: room = booking id, closed 4003 at `hard_end_at`. Not strict, no participant.
+    pub fn booking(booking: impl Into<String>, role: Role, hard_end_at: Instant) -> Self {
+        VyAdmission {
+            room: booking.into(),
+            participant: String::new(),
+            role,
+            hard_end_at: Some(hard_end_at),
+            strict: false,
+        }
+    }
+
+    /// A vy socket of the open relay (no booking): room `vy:<meeting_id>`, no hard end. Not strict, no participant.
+    pub fn open_relay(meeting_id: &str, role: Role) -> Self {
+        VyAdmission {
+            room: format!("vy:{meeting_id}"),
+            participant: String::new(),
+            role,
+            hard_end_at: None,
+            strict: false,
+        }
+    }
+
+    /// Sets [`strict`](Self::strict).
+    pub fn with_strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// Sets [`participant`](Self::participant).
+    pub fn with_participant(mut self, participant: impl Into<String>) -> Self {
+        self.participant = participant.into();
+        self
+    }
+
+    /// The slot for the URL-decoded `isInstructorRole` query value, as the Virtual Y server decides it: exactly
+    /// `"true"` is the instructor ([`Role::Host`]); anything else, or absent, is the customer ([`Role::Guest`]).
+    pub fn role_from_query(is_instructor_role: Option<&str>) -> Role {
+        if is_instructor_role == Some("true") { Role::Host } else { Role::Guest }
+    }
+}
+
 /// Tuning of the hub. [`HubConfig::default`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
     /// Largest accepted frame in bytes (default 65 536, the signalhub cap; a simple-peer SDP is well under it, research
-    /// §10.2 rule 5). A bigger frame gets `error too_big` and close 1009.
+    /// §10.2 rule 5). A bigger frame gets `error too_big` and close 1009 (vy: close 1009 only).
     pub max_message_bytes: usize,
     /// Sustained per-socket frame rate (token bucket, burst = 2 × rate); default 50/s (research §10.2 rule 5, which
-    /// leaves room for a trickle-ICE burst of candidates). Over it: `error rate_limited` and close 4029. 0 disables
-    /// the limit.
+    /// leaves room for a trickle-ICE burst of candidates). Over it: `error rate_limited` and close 4029 (vy: close 4029
+    /// only). 0 disables the limit.
     pub messages_per_second: u32,
     /// Interval of the driver's WebSocket pings (default 20 s); the hub only reports it in `welcome` as
     /// `ping_interval_s` (whole seconds).
     pub ping_interval: Duration,
     /// Lead times of the `window` closing warnings before `hard_end_at` (default 300 s and 60 s, DESIGN.md §3). Order
-    /// does not matter; zero and duplicate entries are ignored.
+    /// does not matter; zero and duplicate entries are ignored. Native rooms only (vy sends nothing but `ready`).
     pub warn_before_end: Vec<Duration>,
 }
 
@@ -71,11 +144,25 @@ struct Conn {
     room: usize,
     /// The slot this connection holds.
     role: Role,
+    /// Native or vy (the same as its room's).
+    mode: Mode,
+    /// vy strict mode.
+    strict: bool,
     /// Message rate limiter.
     bucket: TokenBucket,
 }
 
-/// The sans-IO signaling hub (native v1). See the crate documentation for the run loop and the invariants.
+/// Removes a connection and keeps the gauges in step.
+fn remove_conn(conns: &mut HashMap<ConnectionId, Conn>, stats: &mut Stats, conn: ConnectionId) -> Option<Conn> {
+    let c = conns.remove(&conn)?;
+    stats.connections = conns.len();
+    let m = stats.mode_mut(c.mode);
+    m.connections = m.connections.saturating_sub(1);
+    Some(c)
+}
+
+/// The sans-IO signaling hub for native v1 and vy sockets. See the crate documentation for the run loop and the
+/// invariants.
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
@@ -86,9 +173,11 @@ pub struct Hub {
     /// Room slab; `None` entries are listed in `free_rooms`.
     rooms: Vec<Option<Room>>,
     free_rooms: Vec<usize>,
-    /// Booking id -> index into `rooms`.
+    /// Booking id -> index into `rooms`, native rooms.
     by_booking: HashMap<String, usize>,
-    /// One entry `(room.deadline, index)` per open room.
+    /// Room key (booking id or `vy:<meetingId>`) -> index into `rooms`, vy rooms.
+    by_vy: HashMap<String, usize>,
+    /// One entry `(room.deadline, index)` per open room that has a deadline.
     timers: BTreeSet<(Instant, usize)>,
     out: VecDeque<Output>,
     stats: Stats,
@@ -107,13 +196,14 @@ impl Hub {
             rooms: Vec::new(),
             free_rooms: Vec::new(),
             by_booking: HashMap::new(),
+            by_vy: HashMap::new(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
     }
 
-    /// A socket admitted to its booking's room.
+    /// A native v1 socket admitted to its booking's room.
     ///
     /// Sends `welcome`; if the other role is present, `ready` to both with the room's `session` incremented (a
     /// per-room counter starting at 1). If the same role is already connected, the old connection gets Close 4008
@@ -130,7 +220,7 @@ impl Hub {
         }
         let Admission { booking, participant, role, ice_servers, window, hard_end_at, hard_end_at_rfc3339 } = admission;
 
-        let idx = self.room_for(now, booking, hard_end_at, hard_end_at_rfc3339);
+        let idx = self.room_for(now, Mode::Native, booking, Some(hard_end_at), hard_end_at_rfc3339);
         let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
             // Unreachable: `room_for` returns the index of an open room.
             return;
@@ -138,8 +228,7 @@ impl Hub {
 
         // Newest connection per role wins.
         if let Some(old) = room.take(role) {
-            self.conns.remove(&old.conn);
-            self.stats.connections = self.conns.len();
+            remove_conn(&mut self.conns, &mut self.stats, old.conn);
             self.stats.closes.bump(close_code::REPLACED);
             self.out.push_back(Output::Close { conn: old.conn, code: close_code::REPLACED, reason: "replaced" });
             if let Some(partner) = room.slot(role.other()) {
@@ -173,11 +262,15 @@ impl Hub {
             role,
         }));
         let paired = room.occupy(role, Peer { conn, participant });
-        self.conns
-            .insert(conn, Conn { room: idx, role, bucket: TokenBucket::new(now, self.config.messages_per_second) });
-        self.stats.connections = self.conns.len();
-        self.stats.connections_total = self.stats.connections_total.saturating_add(1);
+        self.insert_conn(
+            now,
+            conn,
+            Conn { room: idx, role, mode: Mode::Native, strict: false, bucket: self.bucket(now) },
+        );
 
+        let Some(room) = self.rooms.get(idx).and_then(Option::as_ref) else {
+            return;
+        };
         if let Some(session) = paired {
             // Both slots are occupied right after `occupy` returned a session.
             if let (Some(me), Some(partner)) = (room.slot(role), room.slot(role.other())) {
@@ -191,13 +284,64 @@ impl Hub {
                 });
             }
             self.out.push_back(Output::Event(HubEvent::Ready { booking: room.booking.clone(), session }));
-            self.stats.ready_total = self.stats.ready_total.saturating_add(1);
+            self.count_ready(Mode::Native);
         }
+    }
+
+    /// A Virtual Y socket (`vy` mode) admitted to its room (research/signaling.md §10.2).
+    ///
+    /// Nothing is sent to the new socket on connect. When this completes the pair, the exact 5-byte text `ready` goes
+    /// to both sockets (this connection first), every time, including after either side reconnects, as the Virtual Y
+    /// server's `sendAll('ready')` does. An older socket in the same slot is closed with 4008 "replaced" and its
+    /// partner is told nothing (the Virtual Y client ignores close codes and retries after 1 s). If `now` is at or past
+    /// `hard_end_at`, the socket is closed with 4003 and nothing else happens. Reusing the id of a live connection
+    /// first disconnects the old one.
+    ///
+    /// The driver answers WebSocket pings itself (e.g. every 20 s, closing after 2 missed pongs, then
+    /// [`Hub::handle_liveness_timeout`]); the hub never sends any keepalive frame in vy mode.
+    pub fn handle_connect_vy(&mut self, now: Instant, conn: ConnectionId, admission: VyAdmission) {
+        if self.conns.contains_key(&conn) {
+            self.detach(conn, LeaveReason::Closed, None);
+        }
+        if admission.hard_end_at.is_some_and(|end| now >= end) {
+            self.close(conn, close_code::OUTSIDE_WINDOW, CloseReason::WindowClosed.text());
+            return;
+        }
+        let VyAdmission { room: key, participant, role, hard_end_at, strict } = admission;
+        let idx = self.room_for(now, Mode::Vy, key, hard_end_at, String::new());
+        let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(old) = room.take(role) {
+            remove_conn(&mut self.conns, &mut self.stats, old.conn);
+            self.stats.closes.bump(close_code::REPLACED);
+            self.out.push_back(Output::Close { conn: old.conn, code: close_code::REPLACED, reason: "replaced" });
+            self.out.push_back(Output::Event(HubEvent::Left {
+                booking: room.booking.clone(),
+                participant: old.participant,
+                role,
+                reason: LeaveReason::Replaced,
+            }));
+        }
+        self.out.push_back(Output::Event(HubEvent::Joined {
+            booking: room.booking.clone(),
+            participant: participant.clone(),
+            role,
+        }));
+        let paired = room.occupy(role, Peer { conn, participant });
+        if let (Some(session), Some(partner)) = (paired, room.slot(role.other())) {
+            self.out.push_back(Output::Send { conn, text: vy::READY.to_owned() });
+            self.out.push_back(Output::Send { conn: partner.conn, text: vy::READY.to_owned() });
+            self.out.push_back(Output::Event(HubEvent::Ready { booking: room.booking.clone(), session }));
+            self.count_ready(Mode::Vy);
+        }
+        self.insert_conn(now, conn, Conn { room: idx, role, mode: Mode::Vy, strict, bucket: self.bucket(now) });
     }
 
     /// One text frame from a connection.
     ///
-    /// Client messages: `{"type":"signal","session":N?,"data":{…}}`, `{"type":"ping","t":…}`, `{"type":"leave"}`.
+    /// **Native v1.** Client messages: `{"type":"signal","session":N?,"data":{…}}`, `{"type":"ping","t":…}`,
+    /// `{"type":"leave"}`.
     /// - `signal` is relayed to the partner as `{"type":"signal","session":N,"from":"<participant>","data":<data>}`
     ///   with `data` byte-identical. No partner: `error no_peer` (dropped, never queued). `session` present and not the
     ///   room's current one: `error stale_session` (dropped). `data` not an object with a truthy `sdp`, `candidate`,
@@ -208,11 +352,20 @@ impl Hub {
     /// - Text longer than `max_message_bytes`: `error too_big`, then Close 1009. Over the message rate: `error
     ///   rate_limited`, then Close 4029. The partner gets `peer-left` (reason `closed`) in both cases.
     ///
+    /// **vy.** The frame goes to the other slot byte-identical if it is occupied, otherwise it is dropped (never
+    /// queued, never delivered later). In strict mode a frame that is not a simple-peer signal object is dropped. Over
+    /// the size limit: Close 1009; over the rate: Close 4029. Nothing else is ever sent: no error frames, nothing to
+    /// the partner when a socket goes.
+    ///
     /// A frame for an unknown (closed or replaced) connection is counted as dropped and ignored.
     pub fn handle_text(&mut self, now: Instant, conn: ConnectionId, text: &str) {
-        let Some((room_idx, role)) = self.admit_frame(now, conn, text.len()) else {
+        let Some((room_idx, role, mode, strict)) = self.admit_frame(now, conn, text.len()) else {
             return;
         };
+        if mode == Mode::Vy {
+            self.relay_vy(room_idx, role, strict, text);
+            return;
+        }
         let msg = match native::parse(text) {
             Ok(msg) => msg,
             Err(e) => {
@@ -232,20 +385,23 @@ impl Hub {
         }
     }
 
-    /// A binary frame of `len` bytes. Binary frames are not part of native v1: `error bad_message`, dropped. Size and
-    /// rate limits apply as for text (Close 1009 / 4029).
+    /// A binary frame of `len` bytes. Binary frames are not part of native v1: `error bad_message`, dropped. In vy mode
+    /// they are dropped silently (a relayed one would break the client's `JSON.parse`). Size and rate limits apply as
+    /// for text (Close 1009 / 4029).
     pub fn handle_binary(&mut self, now: Instant, conn: ConnectionId, len: usize) {
-        if self.admit_frame(now, conn, len).is_some() {
-            self.reject(
+        match self.admit_frame(now, conn, len) {
+            Some((_, _, Mode::Vy, _)) => self.drop_frame(DropReason::Binary),
+            Some(_) => self.reject(
                 conn,
                 ErrorCode::BadMessage,
                 "binary frames are not supported; send JSON text",
                 DropReason::Binary,
-            );
+            ),
+            None => {}
         }
     }
 
-    /// The transport closed. The partner gets `peer-left` (reason `closed`).
+    /// The transport closed. The partner gets `peer-left` (reason `closed`) in native mode, nothing in vy mode.
     ///
     /// A connection the hub no longer knows (already closed by the hub, or replaced by a newer connection for its
     /// role) is ignored, so the late close of a replaced socket never clears its replacement's slot (the Virtual Y
@@ -255,16 +411,18 @@ impl Hub {
     }
 
     /// The driver's WebSocket pings went unanswered and it dropped the connection: like [`Hub::handle_disconnect`],
-    /// but the partner's `peer-left` says `timeout`. (Addition to the API contract.)
+    /// but the partner's `peer-left` says `timeout` (native; nothing in vy). (Addition to the API contract.)
     pub fn handle_liveness_timeout(&mut self, _now: Instant, conn: ConnectionId) {
         self.detach(conn, LeaveReason::Timeout, None);
     }
 
-    /// Closes every socket of the booking's room with `reason`'s code (4003 window closed, 4004 cancelled, 1001
-    /// shutdown) and forgets the room (its session counter restarts if the booking is admitted again). Unknown
+    /// Closes every socket of the booking's rooms (the native room and the vy room keyed by this string) with
+    /// `reason`'s code (4003 window closed, 4004 cancelled, 1001 shutdown) and forgets them (a room's session counter
+    /// restarts if the booking is admitted again). For a vy open relay pass its room key `vy:<meetingId>`. Unknown
     /// booking: no-op.
     pub fn close_booking(&mut self, _now: Instant, booking: &str, reason: CloseReason) {
-        if let Some(&idx) = self.by_booking.get(booking) {
+        let rooms = [self.by_booking.get(booking).copied(), self.by_vy.get(booking).copied()];
+        for idx in rooms.into_iter().flatten() {
             self.close_room(idx, reason);
         }
     }
@@ -282,14 +440,15 @@ impl Hub {
     }
 
     /// The next instant [`Hub::handle_timeout`] has work: the earliest pending window warning (T-5 min, T-1 min by
-    /// default) or hard end among all rooms. `None` when no room is open.
+    /// default, native rooms) or hard end among all rooms. `None` when no open room has a hard end.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|&(at, _)| at)
     }
 
     /// Acts on every deadline at or before `now`: sends `{"type":"window","event":"closing","closes_at":…,
-    /// "in_s":N}` to the room's sockets (`in_s` = whole seconds left, rounded; if several warnings are overdue only
-    /// the latest is sent), and at `hard_end_at` closes the room's sockets with 4003 and forgets the room.
+    /// "in_s":N}` to a native room's sockets (`in_s` = whole seconds left, rounded; if several warnings are overdue
+    /// only the latest is sent), and at `hard_end_at` closes the room's sockets with 4003 and forgets the room (vy
+    /// rooms: only the close, no frame).
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(&(at, idx)) = self.timers.first() {
             if at > now {
@@ -299,63 +458,122 @@ impl Hub {
             let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
-            if now >= room.hard_end_at {
+            let Some(hard_end_at) = room.hard_end_at else {
+                room.deadline = None;
+                continue;
+            };
+            if now >= hard_end_at {
                 self.close_room(idx, CloseReason::WindowClosed);
                 continue;
             }
+            let warn: &[Duration] = if room.mode == Mode::Native { &self.warn } else { &[] };
             // The latest warning already due; `room.next_warning` is due because `at` is its deadline.
             let mut i = room.next_warning;
-            while i + 1 < self.warn.len() && room.deadline_from(i + 1, &self.warn) <= now {
+            while i + 1 < warn.len() && room.deadline_from(i + 1, warn).is_some_and(|d| d <= now) {
                 i += 1;
             }
-            let left = room.hard_end_at.saturating_duration_since(now);
-            let in_s = u64::try_from(left.as_millis().saturating_add(500) / 1000).unwrap_or(u64::MAX);
-            for (_, peer) in room.peers() {
-                self.out.push_back(Output::Send {
-                    conn: peer.conn,
-                    text: native::window_closing(&room.hard_end_at_rfc3339, in_s),
-                });
-                self.stats.window_warnings = self.stats.window_warnings.saturating_add(1);
+            if i < warn.len() {
+                let left = hard_end_at.saturating_duration_since(now);
+                let in_s = u64::try_from(left.as_millis().saturating_add(500) / 1000).unwrap_or(u64::MAX);
+                for (_, peer) in room.peers() {
+                    self.out.push_back(Output::Send {
+                        conn: peer.conn,
+                        text: native::window_closing(&room.hard_end_at_rfc3339, in_s),
+                    });
+                    self.stats.window_warnings = self.stats.window_warnings.saturating_add(1);
+                }
             }
-            room.next_warning = i + 1;
-            room.deadline = room.deadline_from(room.next_warning, &self.warn);
-            self.timers.insert((room.deadline, idx));
+            room.next_warning = (i + 1).min(warn.len());
+            room.deadline = room.deadline_from(room.next_warning, warn);
+            if let Some(d) = room.deadline {
+                self.timers.insert((d, idx));
+            }
         }
     }
 
-    /// Counters and gauges.
+    /// Counters and gauges (totals and per mode).
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
-    /// Connections currently holding a slot.
+    /// Connections currently holding a slot (native and vy).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }
 
-    /// Rooms currently open.
+    /// Rooms currently open (native and vy).
     pub fn room_count(&self) -> usize {
-        self.by_booking.len()
+        self.by_booking.len() + self.by_vy.len()
     }
 
     // ----- internals -----
 
-    /// The index of the booking's room, opening it if needed; the newest admission sets the hard end.
-    fn room_for(&mut self, now: Instant, booking: String, hard_end_at: Instant, rfc3339: String) -> usize {
-        if let Some(&idx) = self.by_booking.get(&booking)
+    /// A full token bucket for a new connection.
+    fn bucket(&self, now: Instant) -> TokenBucket {
+        TokenBucket::new(now, self.config.messages_per_second)
+    }
+
+    /// Registers an admitted connection and counts it.
+    fn insert_conn(&mut self, _now: Instant, conn: ConnectionId, c: Conn) {
+        let mode = c.mode;
+        self.conns.insert(conn, c);
+        self.stats.connections = self.conns.len();
+        self.stats.connections_total = self.stats.connections_total.saturating_add(1);
+        let m = self.stats.mode_mut(mode);
+        m.connections = m.connections.saturating_add(1);
+        m.connections_total = m.connections_total.saturating_add(1);
+    }
+
+    fn count_ready(&mut self, mode: Mode) {
+        self.stats.ready_total = self.stats.ready_total.saturating_add(1);
+        let m = self.stats.mode_mut(mode);
+        m.ready_total = m.ready_total.saturating_add(1);
+    }
+
+    fn count_relayed(&mut self, mode: Mode, bytes: usize) {
+        self.out.push_back(Output::Event(HubEvent::Relayed { bytes }));
+        self.stats.signals_relayed = self.stats.signals_relayed.saturating_add(1);
+        self.stats.signal_bytes_relayed =
+            self.stats.signal_bytes_relayed.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        let m = self.stats.mode_mut(mode);
+        m.relayed = m.relayed.saturating_add(1);
+    }
+
+    fn sync_room_gauges(&mut self) {
+        self.stats.rooms = self.by_booking.len() + self.by_vy.len();
+        self.stats.native.rooms = self.by_booking.len();
+        self.stats.vy.rooms = self.by_vy.len();
+    }
+
+    /// The index of the room `key` of `mode`, opening it if needed; the newest admission sets the hard end.
+    fn room_for(
+        &mut self,
+        now: Instant,
+        mode: Mode,
+        key: String,
+        hard_end_at: Option<Instant>,
+        rfc3339: String,
+    ) -> usize {
+        let warn: &[Duration] = if mode == Mode::Native { &self.warn } else { &[] };
+        let map = if mode == Mode::Native { &mut self.by_booking } else { &mut self.by_vy };
+        if let Some(&idx) = map.get(&key)
             && let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut)
         {
             if room.hard_end_at != hard_end_at || room.hard_end_at_rfc3339 != rfc3339 {
-                self.timers.remove(&(room.deadline, idx));
+                if let Some(d) = room.deadline {
+                    self.timers.remove(&(d, idx));
+                }
                 room.hard_end_at = hard_end_at;
                 room.hard_end_at_rfc3339 = rfc3339;
-                room.schedule(now, &self.warn);
-                self.timers.insert((room.deadline, idx));
+                room.schedule(now, warn);
+                if let Some(d) = room.deadline {
+                    self.timers.insert((d, idx));
+                }
             }
             return idx;
         }
-        let mut room = Room::new(booking.clone(), hard_end_at, rfc3339);
-        room.schedule(now, &self.warn);
+        let mut room = Room::new(key.clone(), mode, hard_end_at, rfc3339);
+        room.schedule(now, warn);
         let deadline = room.deadline;
         let idx = match self.free_rooms.pop() {
             Some(idx) if idx < self.rooms.len() => {
@@ -367,38 +585,47 @@ impl Hub {
                 self.rooms.len() - 1
             }
         };
-        self.timers.insert((deadline, idx));
-        self.by_booking.insert(booking.clone(), idx);
-        self.stats.rooms = self.by_booking.len();
+        if let Some(d) = deadline {
+            self.timers.insert((d, idx));
+        }
+        map.insert(key.clone(), idx);
+        self.sync_room_gauges();
         self.stats.rooms_total = self.stats.rooms_total.saturating_add(1);
-        self.out.push_back(Output::Event(HubEvent::RoomOpened { booking }));
+        self.out.push_back(Output::Event(HubEvent::RoomOpened { booking: key }));
         idx
     }
 
-    /// Common gate for every client frame: known connection, size limit, rate limit. Returns the connection's room and
-    /// role when the frame may be processed.
-    fn admit_frame(&mut self, now: Instant, conn: ConnectionId, len: usize) -> Option<(usize, Role)> {
+    /// Common gate for every client frame: known connection, size limit, rate limit. Returns the connection's room,
+    /// role, mode and strictness when the frame may be processed. Native sockets get an `error` frame before the
+    /// close; vy sockets only the close.
+    fn admit_frame(&mut self, now: Instant, conn: ConnectionId, len: usize) -> Option<(usize, Role, Mode, bool)> {
         let rate = self.config.messages_per_second;
         let Some(c) = self.conns.get_mut(&conn) else {
             self.drop_frame(DropReason::UnknownConnection);
             return None;
         };
-        let (room, role) = (c.room, c.role);
+        let (room, role, mode, strict) = (c.room, c.role, c.mode, c.strict);
         if len > self.config.max_message_bytes {
-            self.out.push_back(Output::Send {
-                conn,
-                text: native::error(ErrorCode::TooBig, "frame exceeds the size limit"),
-            });
+            if mode == Mode::Native {
+                self.out.push_back(Output::Send {
+                    conn,
+                    text: native::error(ErrorCode::TooBig, "frame exceeds the size limit"),
+                });
+            }
             self.detach(conn, LeaveReason::TooBig, Some((close_code::TOO_BIG, "too big")));
             return None;
         }
         if !c.bucket.take(now, rate) {
-            self.out
-                .push_back(Output::Send { conn, text: native::error(ErrorCode::RateLimited, "message rate exceeded") });
+            if mode == Mode::Native {
+                self.out.push_back(Output::Send {
+                    conn,
+                    text: native::error(ErrorCode::RateLimited, "message rate exceeded"),
+                });
+            }
             self.detach(conn, LeaveReason::RateLimited, Some((close_code::RATE_LIMITED, "rate limited")));
             return None;
         }
-        Some((room, role))
+        Some((room, role, mode, strict))
     }
 
     /// Relays one validated signal to the partner, or answers `no_peer` / `stale_session`.
@@ -414,13 +641,23 @@ impl Hub {
             self.reject(conn, ErrorCode::StaleSession, "signal for an old session; dropped", DropReason::StaleSession);
             return;
         }
-        let bytes = data.get().len();
         self.out
             .push_back(Output::Send { conn: partner.conn, text: native::signal(room.session, &me.participant, data) });
-        self.out.push_back(Output::Event(HubEvent::Relayed { bytes }));
-        self.stats.signals_relayed = self.stats.signals_relayed.saturating_add(1);
-        self.stats.signal_bytes_relayed =
-            self.stats.signal_bytes_relayed.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        self.count_relayed(Mode::Native, data.get().len());
+    }
+
+    /// vy: the frame verbatim to the partner slot, or a silent drop.
+    fn relay_vy(&mut self, room_idx: usize, role: Role, strict: bool, text: &str) {
+        if strict && !vy::is_strict_signal(text) {
+            self.drop_frame(DropReason::BadMessage);
+            return;
+        }
+        let Some(partner) = self.rooms.get(room_idx).and_then(Option::as_ref).and_then(|r| r.slot(role.other())) else {
+            self.drop_frame(DropReason::NoPeer);
+            return;
+        };
+        self.out.push_back(Output::Send { conn: partner.conn, text: text.to_owned() });
+        self.count_relayed(Mode::Vy, text.len());
     }
 
     /// Sends an `error` frame to `conn` and counts the drop.
@@ -440,13 +677,12 @@ impl Hub {
         self.out.push_back(Output::Close { conn, code, reason });
     }
 
-    /// Removes a known connection from its slot: optional Close, `Left` event, `peer-left` to the partner.
+    /// Removes a known connection from its slot: optional Close, `Left` event, `peer-left` to a native partner.
     /// Unknown connections are ignored (this is the close-race fix together with `Room::vacate`).
     fn detach(&mut self, conn: ConnectionId, reason: LeaveReason, close: Option<(u16, &'static str)>) {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(c) = remove_conn(&mut self.conns, &mut self.stats, conn) else {
             return;
         };
-        self.stats.connections = self.conns.len();
         if let Some((code, text)) = close {
             self.close(conn, code, text);
         }
@@ -456,7 +692,9 @@ impl Hub {
         let Some(peer) = room.vacate(c.role, conn) else {
             return;
         };
-        if let Some(partner) = room.slot(c.role.other()) {
+        if room.mode == Mode::Native
+            && let Some(partner) = room.slot(c.role.other())
+        {
             self.out.push_back(Output::Send {
                 conn: partner.conn,
                 text: native::peer_left(room.session, &peer.participant, reason.peer_left_reason()),
@@ -475,14 +713,20 @@ impl Hub {
         let Some(mut room) = self.rooms.get_mut(idx).and_then(Option::take) else {
             return;
         };
-        self.timers.remove(&(room.deadline, idx));
-        self.by_booking.remove(&room.booking);
+        if let Some(d) = room.deadline {
+            self.timers.remove(&(d, idx));
+        }
+        if room.mode == Mode::Native {
+            self.by_booking.remove(&room.booking);
+        } else {
+            self.by_vy.remove(&room.booking);
+        }
         self.free_rooms.push(idx);
         for role in [Role::Host, Role::Guest] {
             let Some(peer) = room.take(role) else {
                 continue;
             };
-            self.conns.remove(&peer.conn);
+            remove_conn(&mut self.conns, &mut self.stats, peer.conn);
             self.close(peer.conn, reason.code(), reason.text());
             self.out.push_back(Output::Event(HubEvent::Left {
                 booking: room.booking.clone(),
@@ -491,8 +735,7 @@ impl Hub {
                 reason: reason.into(),
             }));
         }
-        self.stats.connections = self.conns.len();
-        self.stats.rooms = self.by_booking.len();
+        self.sync_room_gauges();
         self.out.push_back(Output::Event(HubEvent::RoomClosed { booking: room.booking, reason }));
     }
 }
@@ -521,16 +764,25 @@ mod tests {
             let room = hub.rooms[c.room].as_ref();
             assert_eq!(room.and_then(|r| r.slot(c.role)).map(|p| p.conn), Some(*id));
         }
-        assert_eq!(hub.timers.len(), hub.by_booking.len());
+        let timed = hub.rooms.iter().flatten().filter(|r| r.deadline.is_some()).count();
+        assert_eq!(hub.timers.len(), timed);
         for &(at, idx) in &hub.timers {
             let room = hub.rooms[idx].as_ref();
-            assert_eq!(room.map(|r| r.deadline), Some(at));
+            assert_eq!(room.and_then(|r| r.deadline), Some(at));
         }
-        for (booking, &idx) in &hub.by_booking {
-            assert_eq!(hub.rooms[idx].as_ref().map(|r| r.booking.as_str()), Some(booking.as_str()));
+        for (map, mode) in [(&hub.by_booking, Mode::Native), (&hub.by_vy, Mode::Vy)] {
+            for (booking, &idx) in map {
+                let room = hub.rooms[idx].as_ref();
+                assert_eq!(room.map(|r| (r.booking.as_str(), r.mode)), Some((booking.as_str(), mode)));
+            }
         }
         assert_eq!(hub.stats.connections, hub.conns.len());
-        assert_eq!(hub.stats.rooms, hub.by_booking.len());
+        assert_eq!(hub.stats.rooms, hub.by_booking.len() + hub.by_vy.len());
+        let vy = hub.conns.values().filter(|c| c.mode == Mode::Vy).count();
+        assert_eq!((hub.stats.vy.connections, hub.stats.native.connections), (vy, hub.conns.len() - vy));
+        for c in hub.conns.values() {
+            assert_eq!(hub.rooms[c.room].as_ref().map(|r| r.mode), Some(c.mode));
+        }
     }
 
     #[test]

@@ -61,15 +61,51 @@
 mod event;
 mod hub;
 mod native;
+pub mod peerjs;
 mod rate;
 mod room;
 mod stats;
+mod vy;
 
 use std::fmt;
 
-pub use event::{CloseReason, DropReason, HubEvent, LeaveReason, Output};
-pub use hub::{Admission, Hub, HubConfig};
-pub use stats::{CloseCounts, DropCounts, Stats};
+pub use event::{CloseReason, DropReason, HubEvent, LeaveReason, Output, PeerjsEvent};
+pub use hub::{Admission, Hub, HubConfig, VyAdmission};
+pub use stats::{CloseCounts, DropCounts, ModeStats, Stats};
+
+/// The wire protocol of a connection, for metrics (`duet_signal_connections{mode}`) and logs.
+///
+/// [`Hub`] serves [`Mode::Native`] and [`Mode::Vy`] sockets (in separate rooms, never paired with each other);
+/// [`peerjs::PeerjsServer`] serves [`Mode::Peerjs`] sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// Duet's own JSON protocol, `native` v1 (`GET /v1/signal?token=…`).
+    Native,
+    /// Drop-in for the Virtual Y signaling server: literal `ready` plus verbatim relay (`?meetingId=…`).
+    Vy,
+    /// Drop-in for peerjs-server 1.0.x (`{path}peerjs?key=…&id=…&token=…`).
+    Peerjs,
+}
+
+impl Mode {
+    /// Every mode, in label order.
+    pub const ALL: [Mode; 3] = [Mode::Native, Mode::Vy, Mode::Peerjs];
+
+    /// Stable lowercase label for metrics and logs: `"native"`, `"vy"`, `"peerjs"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Vy => "vy",
+            Mode::Peerjs => "peerjs",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Identifies one WebSocket connection. Chosen by the driver; must be unique among live connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,8 +169,13 @@ impl fmt::Display for Role {
 pub mod close_code {
     /// 1000: normal closure; the client sent `leave` (RFC 6455 §7.4.1).
     pub const NORMAL: u16 = 1000;
-    /// 1001: going away; the server shuts down (RFC 6455 §7.4.1).
+    /// 1001: going away (RFC 6455 §7.4.1): the server shuts down; also a peerjs socket silent past `alive_timeout`
+    /// (reason `"alive timeout"`), as the daemon's own ping timeout does.
     pub const SHUTDOWN: u16 = 1001;
+    /// 1008: policy violation (RFC 6455 §7.4.1). Used by [`PeerjsServer`](crate::peerjs::PeerjsServer) after an
+    /// `ID-TAKEN` or `ERROR` frame (upstream peerjs-server closes without a code; PeerJS clients ignore the code) and
+    /// when a send to a socket failed.
+    pub const POLICY: u16 = 1008;
     /// 1009: message too big; a frame exceeded `max_message_bytes` (RFC 6455 §7.4.1).
     pub const TOO_BIG: u16 = 1009;
     /// 4001: bad or expired session token (checked by the daemon).

@@ -105,7 +105,7 @@ pub(crate) fn is_simple_peer_signal(data: &RawValue) -> bool {
 }
 
 /// Walks an object's keys without allocating; true if a signal key holds a truthy value.
-struct ShapeVisitor;
+pub(crate) struct ShapeVisitor;
 
 impl<'de> Visitor<'de> for ShapeVisitor {
     type Value = bool;

@@ -1,6 +1,6 @@
 //! Plain counters the daemon exports as Prometheus metrics (no globals, no atomics).
 
-use crate::{DropReason, close_code};
+use crate::{DropReason, Mode, close_code};
 
 /// The hub's gauges and counters, read with [`Hub::stats`](crate::Hub::stats).
 ///
@@ -30,6 +30,50 @@ pub struct Stats {
     pub drops: DropCounts,
     /// Connections closed by the hub, by close code.
     pub closes: CloseCounts,
+    /// The share of the figures above that belongs to native v1 sockets and rooms.
+    pub native: ModeStats,
+    /// The share of the figures above that belongs to vy sockets and rooms.
+    pub vy: ModeStats,
+}
+
+impl Stats {
+    /// Connections currently holding a slot, per mode the hub serves (`native`, `vy`), for
+    /// `duet_signal_connections{mode}`; add [`PeerjsStats::connections`](crate::peerjs::PeerjsStats::connections) for
+    /// `peerjs`.
+    pub fn connections_by_mode(&self) -> [(Mode, usize); 2] {
+        [(Mode::Native, self.native.connections), (Mode::Vy, self.vy.connections)]
+    }
+
+    /// The per-mode share for `mode` (all zero for [`Mode::Peerjs`], which the hub does not serve).
+    pub fn mode(&self, mode: Mode) -> ModeStats {
+        match mode {
+            Mode::Native => self.native.clone(),
+            Mode::Vy => self.vy.clone(),
+            Mode::Peerjs => ModeStats::default(),
+        }
+    }
+
+    pub(crate) fn mode_mut(&mut self, mode: Mode) -> &mut ModeStats {
+        match mode {
+            Mode::Vy => &mut self.vy,
+            _ => &mut self.native,
+        }
+    }
+}
+
+/// Figures of one protocol mode inside [`Stats`] (gauges are current values, the rest totals).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModeStats {
+    /// Gauge: connections of this mode currently holding a slot.
+    pub connections: usize,
+    /// Gauge: rooms of this mode currently open.
+    pub rooms: usize,
+    /// Connections of this mode admitted.
+    pub connections_total: u64,
+    /// Pairings (`ready` to both) in rooms of this mode.
+    pub ready_total: u64,
+    /// Frames relayed to a partner (native `signal`, vy verbatim frames).
+    pub relayed: u64,
 }
 
 /// Dropped client frames by [`DropReason`].
@@ -45,6 +89,8 @@ pub struct DropCounts {
     pub binary: u64,
     /// [`DropReason::UnknownConnection`].
     pub unknown_connection: u64,
+    /// [`DropReason::QueueFull`] (peerjs mode only).
+    pub queue_full: u64,
 }
 
 impl DropCounts {
@@ -56,6 +102,7 @@ impl DropCounts {
             DropReason::BadMessage => self.bad_message,
             DropReason::Binary => self.binary,
             DropReason::UnknownConnection => self.unknown_connection,
+            DropReason::QueueFull => self.queue_full,
         }
     }
 
@@ -67,6 +114,7 @@ impl DropCounts {
             (DropReason::BadMessage, self.bad_message),
             (DropReason::Binary, self.binary),
             (DropReason::UnknownConnection, self.unknown_connection),
+            (DropReason::QueueFull, self.queue_full),
         ]
         .into_iter()
     }
@@ -78,6 +126,7 @@ impl DropCounts {
             DropReason::BadMessage => &mut self.bad_message,
             DropReason::Binary => &mut self.binary,
             DropReason::UnknownConnection => &mut self.unknown_connection,
+            DropReason::QueueFull => &mut self.queue_full,
         };
         *slot = slot.saturating_add(1);
     }
@@ -88,8 +137,10 @@ impl DropCounts {
 pub struct CloseCounts {
     /// 1000, after `leave`.
     pub normal: u64,
-    /// 1001, shutdown.
+    /// 1001, shutdown (and peerjs `alive_timeout`).
     pub shutdown: u64,
+    /// 1008, policy violation (peerjs `ID-TAKEN`, `ERROR`, failed send).
+    pub policy: u64,
     /// 1009, frame too big.
     pub too_big: u64,
     /// 4003, hard end of the window passed.
@@ -113,6 +164,7 @@ impl CloseCounts {
         [
             (close_code::NORMAL, self.normal),
             (close_code::SHUTDOWN, self.shutdown),
+            (close_code::POLICY, self.policy),
             (close_code::TOO_BIG, self.too_big),
             (close_code::OUTSIDE_WINDOW, self.outside_window),
             (close_code::UNKNOWN_BOOKING, self.unknown_booking),
@@ -126,6 +178,7 @@ impl CloseCounts {
         let slot = match code {
             close_code::NORMAL => &mut self.normal,
             close_code::SHUTDOWN => &mut self.shutdown,
+            close_code::POLICY => &mut self.policy,
             close_code::TOO_BIG => &mut self.too_big,
             close_code::OUTSIDE_WINDOW => &mut self.outside_window,
             close_code::UNKNOWN_BOOKING => &mut self.unknown_booking,
@@ -154,6 +207,6 @@ mod tests {
         c.bump(close_code::BAD_TOKEN); // not a hub code: ignored
         assert_eq!(c.get(close_code::REPLACED), 1);
         assert_eq!(c.get(close_code::BAD_TOKEN), 0);
-        assert_eq!(c.iter().count(), 7);
+        assert_eq!(c.iter().count(), 8);
     }
 }

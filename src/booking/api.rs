@@ -103,8 +103,8 @@ fn body_error(e: BytesRejection) -> ApiError {
     }
 }
 
-/// Parses a JSON body into `T`, mapping serde's errors: syntax -> 400 `invalid_json`; unknown field or wrong type
-/// -> 400 `invalid_request` (with `field` when known); missing field -> 422 `missing_field` naming it.
+/// Parses a JSON body into `T`, mapping serde's errors: syntax, unknown field or wrong type -> 400 `invalid_request`
+/// (with `field` when known); missing field -> 422 `missing_field` naming it.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let e = match serde_json::from_slice::<T>(body) {
         Ok(v) => return Ok(v),
@@ -126,7 +126,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
             }
             Err(err)
         }
-        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", msg)),
+        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("malformed JSON: {msg}"))),
     }
 }
 
@@ -167,11 +167,11 @@ fn booking_json(b: &Booking, links: Option<(&AppState, &[String])>) -> Value {
                 "id": p.id, "ref": p.reference, "role": p.role, "display_name": p.display_name,
                 "joined": p.first_joined_at.is_some(),
             });
-            if let Some((state, tokens)) = links {
-                if let Some(t) = tokens.get(i) {
-                    v["link_token"] = json!(t);
-                    v["join_url"] = json!(format!("{}/j/{t}", state.public_base));
-                }
+            if let Some((state, tokens)) = links
+                && let Some(t) = tokens.get(i)
+            {
+                v["link_token"] = json!(t);
+                v["join_url"] = json!(format!("{}/j/{t}", state.public_base));
             }
             v
         })

@@ -172,10 +172,10 @@ impl Store {
         .bind(b.updated_at)
         .execute(&mut *tx)
         .await;
-        if let Err(sqlx::Error::Database(e)) = &r {
-            if e.is_unique_violation() {
-                return Err(StoreError::DuplicateExternalId);
-            }
+        if let Err(sqlx::Error::Database(e)) = &r
+            && e.is_unique_violation()
+        {
+            return Err(StoreError::DuplicateExternalId);
         }
         r?;
         for p in parts {

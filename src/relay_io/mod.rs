@@ -213,10 +213,10 @@ impl RelayHandle {
             };
             let five = FiveTuple { transport: Transport::Udp, server: local, client: from };
             let mut core = self.lock();
-            if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[..n]) {
-                if let Some((relay, _)) = core.relays.get(&t.relay) {
-                    let _ = relay.try_send_to(t.payload, t.peer);
-                }
+            if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[..n])
+                && let Some((relay, _)) = core.relays.get(&t.relay)
+            {
+                let _ = relay.try_send_to(t.payload, t.peer);
             }
             self.drain(&mut core);
         }
@@ -404,10 +404,9 @@ impl RelayHandle {
                     Ok(Some(len)) if filled - start >= len => {
                         let mut core = self.lock();
                         if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[start..start + len])
+                            && let Some((relay, _)) = core.relays.get(&t.relay)
                         {
-                            if let Some((relay, _)) = core.relays.get(&t.relay) {
-                                let _ = relay.try_send_to(t.payload, t.peer);
-                            }
+                            let _ = relay.try_send_to(t.payload, t.peer);
                         }
                         self.drain(&mut core);
                         start += len;

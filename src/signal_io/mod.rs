@@ -135,10 +135,10 @@ fn drain(hub: &mut Hub, conns: &mut HashMap<ConnectionId, mpsc::Sender<Outgoing>
         match out {
             Output::Send { conn, text } => {
                 metrics.signal_messages.with_label_values(&["out", message_type(&text)]).inc();
-                if let Some(tx) = conns.get(&conn) {
-                    if tx.try_send(Outgoing::Text(text)).is_err() {
-                        overflowed.push(conn);
-                    }
+                if let Some(tx) = conns.get(&conn)
+                    && tx.try_send(Outgoing::Text(text)).is_err()
+                {
+                    overflowed.push(conn);
                 }
             }
             Output::Close { conn, code, reason } => {

@@ -53,10 +53,10 @@ impl Daemon {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["event"] == "ready" {
-                        let _ = tx.send(v);
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["event"] == "ready"
+                {
+                    let _ = tx.send(v);
                 }
             }
         });
@@ -226,10 +226,10 @@ fn wait_ready(child: &mut Child) -> Value {
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["event"] == "ready" {
-                    let _ = tx.send(v);
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["event"] == "ready"
+            {
+                let _ = tx.send(v);
             }
         }
     });

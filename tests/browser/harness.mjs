@@ -1,0 +1,218 @@
+// Shared pieces of Duet's real-browser tests: Debian's chromium driven by playwright-core (which never downloads a
+// browser of its own), a hard deadline, WebRTC stats checks, and a tiny static server for test pages built on npm
+// clients (simple-peer, peerjs) that the daemon itself does not serve.
+//
+// Every scenario (call.mjs: `native` now; `vy` with simple-peer and `peerjs` with the peerjs client later) runs
+// inside a network namespace of its own with only `lo` (tests/browser/run-in-netns.sh), so every ICE candidate is
+// on loopback, and asks for relay-only ICE, so media must cross Duet's TURN relay.
+
+import { createServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { dirname, extname, join, normalize } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const HERE = dirname(fileURLToPath(import.meta.url));
+export const CHROMIUM = process.env.DUET_CHROMIUM || '/usr/bin/chromium';
+
+/** Chromium flags: headless on a closed machine, fake camera and microphone, loopback ICE. */
+export const CHROMIUM_ARGS = [
+  '--no-sandbox', // root in CI
+  '--disable-gpu',
+  '--disable-quic',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-default-apps',
+  '--disable-extensions',
+  '--no-first-run',
+  '--no-default-browser-check',
+  '--use-fake-device-for-media-stream', // synthetic camera (moving pattern) and microphone (beeps)
+  '--use-fake-ui-for-media-stream', // grant getUserMedia without a prompt
+  '--autoplay-policy=no-user-gesture-required', // ?autojoin=1 has no click; let the remote <video> play
+  // Without it Chromium enumerates no loopback network, and in a namespace with only `lo` it gathers no candidate
+  // at all, not even a relay one (the TURN server is reached from a local socket on some network).
+  '--allow-loopback-in-peer-connection',
+  // No name lookups leave the browser (there is nothing to ask in the namespace anyway), but the loopback names and
+  // literals must stay resolvable: without the EXCLUDEs `MAP *` also swallows 127.0.0.1 and the pages never load.
+  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1, EXCLUDE [::1]',
+];
+
+/** Fails the run with `message` (one line on stderr, exit code 1). */
+export class Failure extends Error {}
+
+/**
+ * Runs `body(ctx)` with a hard deadline: whatever happens (a hung page, a browser that never starts), the process
+ * prints one JSON line with ok:false and exits non-zero within `timeoutMs` (plus a few seconds to close the browser).
+ * On success prints the JSON line `{"ok":true,…result}` on stdout and exits 0.
+ */
+export async function run(name, timeoutMs, body) {
+  const started = Date.now();
+  const ctx = { browser: null, pages: [], log: [], started };
+  const finish = async (ok, extra) => {
+    const line = JSON.stringify({ ok, test: name, elapsed_ms: Date.now() - started, ...extra });
+    if (ok) process.stdout.write(line + '\n');
+    else {
+      process.stdout.write(line + '\n');
+      if (ctx.log.length) process.stderr.write('--- browser log (last 60 lines) ---\n' + ctx.log.slice(-60).join('\n') + '\n');
+    }
+    const closing = ctx.browser ? ctx.browser.close().catch(() => {}) : Promise.resolve();
+    await Promise.race([closing, sleep(5000)]);
+    process.exit(ok ? 0 : 1);
+  };
+  const deadline = setTimeout(async () => {
+    const states = await describePages(ctx).catch(() => null);
+    process.stderr.write(`FAIL ${name}: timed out after ${timeoutMs} ms (${ctx.phase || 'starting'})\n`);
+    await finish(false, { error: `timed out after ${timeoutMs} ms`, phase: ctx.phase || 'starting', pages: states });
+  }, timeoutMs);
+  try {
+    const result = await body(ctx);
+    clearTimeout(deadline);
+    await finish(true, result);
+  } catch (e) {
+    clearTimeout(deadline);
+    const message = e instanceof Failure ? e.message : (e && e.stack) || String(e);
+    const states = await describePages(ctx).catch(() => null);
+    process.stderr.write(`FAIL ${name}: ${message}\n`);
+    await finish(false, { error: e && e.message ? e.message : String(e), phase: ctx.phase, pages: states });
+  }
+}
+
+async function describePages(ctx) {
+  const out = {};
+  for (const { label, page } of ctx.pages) {
+    out[label] = await Promise.race([
+      page.evaluate(() => ({
+        url: location.pathname,
+        state: window.duetCall ? window.duetCall.state : null,
+        status: document.getElementById('status') ? document.getElementById('status').textContent : null,
+        pc: window.duetCall && window.duetCall.pc
+          ? { connection: window.duetCall.pc.connectionState, ice: window.duetCall.pc.iceConnectionState,
+            gathering: window.duetCall.pc.iceGatheringState, signaling: window.duetCall.pc.signalingState }
+          : null,
+      })),
+      sleep(2000).then(() => 'page did not answer'),
+    ]).catch((e) => 'evaluate failed: ' + (e && e.message));
+  }
+  return out;
+}
+
+/** Launches Debian's chromium (playwright gives it a fresh temporary --user-data-dir and removes it on close). */
+export async function launch(ctx, extraArgs = []) {
+  if (!existsSync(CHROMIUM)) throw new Failure(`${CHROMIUM} not found: apt-get install chromium`);
+  const { chromium } = await import('playwright-core');
+  ctx.phase = 'launching chromium';
+  ctx.browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
+    timeout: 30000,
+  });
+  return ctx.browser;
+}
+
+/** A page in a browser context of its own (separate storage, as two people on two machines), logging to ctx.log. */
+export async function newPage(ctx, label) {
+  const context = await ctx.browser.newContext({ permissions: ['camera', 'microphone'] });
+  const page = await context.newPage();
+  const t = () => ((Date.now() - ctx.started) / 1000).toFixed(1).padStart(5);
+  page.on('console', (m) => {
+    const where = m.location() && m.location().url ? ` (${m.location().url.replace(/\?.*/, '')})` : '';
+    ctx.log.push(`${t()} [${label}] console.${m.type()}: ${m.text()}${where}`);
+  });
+  page.on('pageerror', (e) => ctx.log.push(`${t()} [${label}] pageerror: ${e.message}`));
+  page.on('requestfailed', (r) => ctx.log.push(`${t()} [${label}] requestfailed: ${r.url()} ${r.failure() && r.failure().errorText}`));
+  page.on('crash', () => ctx.log.push(`${t()} [${label}] page crashed`));
+  ctx.pages.push({ label, page });
+  return page;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls `check()` every `intervalMs` until it returns `{ done: true, seen }` (resolves to `seen`) or `ms` pass
+ * (Failure naming `what` and the last `seen`).
+ */
+export async function waitFor(what, ms, check, { intervalMs = 250 } = {}) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const { done, seen } = await check();
+    if (done) return seen;
+    if (Date.now() > end) throw new Failure(`${what}: not reached within ${ms} ms; last seen ${JSON.stringify(seen)}`);
+    await sleep(intervalMs);
+  }
+}
+
+/**
+ * In-page function: a summary of an RTCPeerConnection's stats. Pass it to page.evaluate with an expression naming
+ * the peer connection, e.g. `page.evaluate(pcSummary, 'window.duetCall && window.duetCall.pc')`.
+ * Returns { connection, inbound:{video,audio}, outbound:{video,audio} (bytes), pair:{state, local, remote} } where
+ * local/remote are {type, protocol, relayProtocol, address, port}, or null without a peer connection.
+ */
+export async function pcSummary(pcExpr) {
+  // eslint-disable-next-line no-new-func
+  const pc = new Function('return (' + pcExpr + ')')();
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  const byId = new Map();
+  stats.forEach((s) => byId.set(s.id, s));
+  const out = { connection: pc.connectionState, inbound: { video: 0, audio: 0 }, outbound: { video: 0, audio: 0 },
+    frames_decoded: 0, pair: null };
+  let pairId = null;
+  stats.forEach((s) => {
+    const kind = s.kind || s.mediaType;
+    if (s.type === 'inbound-rtp' && kind in out.inbound) out.inbound[kind] += s.bytesReceived || 0;
+    if (s.type === 'inbound-rtp' && kind === 'video') out.frames_decoded += s.framesDecoded || 0;
+    if (s.type === 'outbound-rtp' && kind in out.outbound) out.outbound[kind] += s.bytesSent || 0;
+    if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+  });
+  if (!pairId) { // older or other browsers: the nominated succeeded pair, or one flagged `selected`
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pairId = pairId || s.id;
+    });
+  }
+  const pair = pairId && byId.get(pairId);
+  if (pair) {
+    const cand = (id) => {
+      const c = byId.get(id);
+      return c ? { type: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol || null,
+        address: c.address || c.ip || null, port: c.port } : null;
+    };
+    out.pair = { state: pair.state, local: cand(pair.localCandidateId), remote: cand(pair.remoteCandidateId),
+      bytes_sent: pair.bytesSent || 0, bytes_received: pair.bytesReceived || 0,
+      rtt_ms: pair.currentRoundTripTime != null ? Math.round(pair.currentRoundTripTime * 1000) : null };
+  }
+  return out;
+}
+
+/** Whether a pcSummary shows inbound video and a selected pair through a relay candidate on either end. */
+export function relayedVideo(s) {
+  return !!(s && s.inbound.video > 0 && s.pair && s.pair.local && s.pair.remote &&
+    (s.pair.local.type === 'relay' || s.pair.remote.type === 'relay'));
+}
+
+const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8', '.map': 'application/json', '.json': 'application/json' };
+
+/**
+ * A static HTTP server on 127.0.0.1 (port 0) for pages of the npm-client scenarios: `routes` maps URL paths to files
+ * (absolute, or relative to this folder), e.g. { '/simplepeer.min.js': 'node_modules/simple-peer/simplepeer.min.js',
+ * '/vy.html': 'pages/vy.html' }. Resolves to { origin, close() }.
+ */
+export async function serveStatic(routes) {
+  const server = createServer(async (req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    const file = routes[path];
+    if (!file) { res.writeHead(404).end('not found'); return; }
+    try {
+      const body = await readFile(normalize(file.startsWith('/') ? file : join(HERE, file)));
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] || 'application/octet-stream', 'cache-control': 'no-store' });
+      res.end(body);
+    } catch (e) {
+      res.writeHead(500).end(String(e));
+    }
+  });
+  await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  return { origin: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(r)) };
+}
