@@ -165,6 +165,55 @@ pub struct RawSignaling {
     pub messages_per_second: Option<u32>,
     /// Interval of WebSocket pings (default `20s`); two missed pongs close the socket.
     pub ping_interval: Option<String>,
+    /// Browser origins allowed to open a signaling socket, e.g. `["https://clinic.example"]` (default: any).
+    /// A socket whose `Origin` is not listed gets HTTP 403 before the upgrade.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Open signaling sockets per client IP (default 64); over gets HTTP 429 before the upgrade.
+    pub max_connections_per_ip: Option<u32>,
+    /// `[signaling.vy]`: drop-in for the Virtual Y signaling server.
+    #[serde(default)]
+    pub vy: RawVy,
+    /// `[signaling.peerjs]`: drop-in for peerjs-server 1.0.
+    #[serde(default)]
+    pub peerjs: RawPeerjs,
+}
+
+/// `[signaling.vy]` (research/signaling.md §10.2).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVy {
+    /// Accept `?meetingId=…&isInstructorRole=…` upgrades on any path (default true).
+    pub enabled: Option<bool>,
+    /// The meetingId must be the `external_id` of a booking, and the upgrade happens only inside its window
+    /// (default true). `false` makes a literal open relay, as the original server was.
+    pub require_booking: Option<bool>,
+    /// Drop frames that are not JSON objects with sdp/candidate/renegotiate/transceiverRequest (default false).
+    pub strict: Option<bool>,
+    /// A listener of its own for Virtual Y clients (they use port 8091), e.g. "0.0.0.0:8091" (default: none).
+    pub listen: Option<String>,
+}
+
+/// `[signaling.peerjs]` (research/signaling.md §10.4).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeerjs {
+    /// Serve the peerjs-server 1.0 protocol (default false).
+    pub enabled: Option<bool>,
+    /// Mount path, as peerjs-server's `path` (default "/").
+    pub path: Option<String>,
+    /// Static API key of unscoped clients (default "peerjs"); a session token from a join is also accepted as key
+    /// and scopes the client to its booking.
+    pub key: Option<String>,
+    /// Accept the static key at all (default true); false allows only booking-scoped clients.
+    pub allow_static_key: Option<bool>,
+    /// `GET {path}{key}/peers` lists ids (default false, as upstream).
+    pub allow_discovery: Option<bool>,
+    /// Close a client silent for this long (default "60s", upstream alive_timeout).
+    pub alive_timeout: Option<String>,
+    /// Queued messages for an absent peer expire after this (default "5s", upstream expire_timeout).
+    pub expire_timeout: Option<String>,
+    /// Most connected clients (default 5000, upstream concurrent_limit).
+    pub concurrent_limit: Option<usize>,
 }
 
 /// `[log]`.
@@ -268,7 +317,7 @@ pub struct BookingPolicy {
 }
 
 /// Validated `[signaling]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SignalingConfig {
     /// Largest text frame, bytes.
     pub max_message_bytes: usize,
@@ -276,6 +325,48 @@ pub struct SignalingConfig {
     pub messages_per_second: u32,
     /// WebSocket ping interval.
     pub ping_interval: Duration,
+    /// Allowed `Origin` values; empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Open sockets per client IP.
+    pub max_connections_per_ip: u32,
+    /// Virtual Y mode.
+    pub vy: VyConfig,
+    /// PeerJS mode.
+    pub peerjs: PeerjsConfig,
+}
+
+/// Validated `[signaling.vy]`.
+#[derive(Debug, Clone)]
+pub struct VyConfig {
+    /// Mode on.
+    pub enabled: bool,
+    /// Gate by booking `external_id` and window.
+    pub require_booking: bool,
+    /// Strict frame filter.
+    pub strict: bool,
+    /// Dedicated listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Validated `[signaling.peerjs]`.
+#[derive(Debug, Clone)]
+pub struct PeerjsConfig {
+    /// Mode on.
+    pub enabled: bool,
+    /// Mount path, always starting and ending with `/`.
+    pub path: String,
+    /// Static key.
+    pub key: String,
+    /// Static key accepted.
+    pub allow_static_key: bool,
+    /// Peer listing allowed.
+    pub allow_discovery: bool,
+    /// Liveness timeout.
+    pub alive_timeout: Duration,
+    /// Queue expiry.
+    pub expire_timeout: Duration,
+    /// Connection cap.
+    pub concurrent_limit: usize,
 }
 
 /// Command-line overrides applied on top of the file (`--data-dir`, `--http-listen`, ...).
@@ -419,7 +510,43 @@ impl RawConfig {
             max_message_bytes: s.max_message_bytes.unwrap_or(65_536),
             messages_per_second: s.messages_per_second.unwrap_or(50),
             ping_interval: duration("signaling.ping_interval", &s.ping_interval, Duration::from_secs(20))?,
+            allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
+            max_connections_per_ip: s.max_connections_per_ip.unwrap_or(64),
+            vy: VyConfig {
+                enabled: s.vy.enabled.unwrap_or(true),
+                require_booking: s.vy.require_booking.unwrap_or(true),
+                strict: s.vy.strict.unwrap_or(false),
+                listen: s.vy.listen.as_deref().map(|a| addr("signaling.vy.listen", a)).transpose()?,
+            },
+            peerjs: PeerjsConfig {
+                enabled: s.peerjs.enabled.unwrap_or(false),
+                path: {
+                    let p = s.peerjs.path.clone().unwrap_or_else(|| "/".into());
+                    let p = if p.starts_with('/') { p } else { format!("/{p}") };
+                    if p.ends_with('/') { p } else { format!("{p}/") }
+                },
+                key: s.peerjs.key.clone().unwrap_or_else(|| "peerjs".into()),
+                allow_static_key: s.peerjs.allow_static_key.unwrap_or(true),
+                allow_discovery: s.peerjs.allow_discovery.unwrap_or(false),
+                alive_timeout: duration(
+                    "signaling.peerjs.alive_timeout",
+                    &s.peerjs.alive_timeout,
+                    Duration::from_secs(60),
+                )?,
+                expire_timeout: duration(
+                    "signaling.peerjs.expire_timeout",
+                    &s.peerjs.expire_timeout,
+                    Duration::from_secs(5),
+                )?,
+                concurrent_limit: s.peerjs.concurrent_limit.unwrap_or(5000),
+            },
         };
+        if signaling.max_connections_per_ip == 0 {
+            return Err(invalid("signaling.max_connections_per_ip", "must be positive"));
+        }
+        if signaling.peerjs.key.is_empty() {
+            return Err(invalid("signaling.peerjs.key", "must not be empty"));
+        }
         if signaling.max_message_bytes < 1024 {
             return Err(invalid("signaling.max_message_bytes", "at least 1024"));
         }

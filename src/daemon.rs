@@ -164,7 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ice_urls = (vec![format!("stun:{host}:{turn_port}")], turn_urls);
 
     let turn_secret = Arc::new(std::sync::RwLock::new(secrets.turn_secret_bytes().remove(0)));
-    let hub = HubHandle::spawn(config.signaling, metrics.clone(), shutdown.clone());
+    let hub = HubHandle::spawn(config.signaling.clone(), metrics.clone(), shutdown.clone());
     let state = AppState {
         store: store.clone(),
         policy: config.booking,

@@ -30,11 +30,12 @@ pub enum Output {
 /// Something worth counting, logging or turning into a webhook (`participant.joined`, `meeting.ended`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
-    /// A connection took its role's slot in the booking's room.
+    /// A connection took its role's slot in the booking's room (native or vy).
     Joined {
-        /// Booking id (room key).
+        /// Booking id (room key; for a vy open relay `vy:<meetingId>`).
         booking: String,
-        /// Participant id.
+        /// Participant id (vy: whatever [`VyAdmission::participant`](crate::VyAdmission::participant) said, possibly
+        /// empty).
         participant: String,
         /// The slot taken.
         role: Role,
@@ -50,7 +51,8 @@ pub enum HubEvent {
         /// Why it left.
         reason: LeaveReason,
     },
-    /// Both slots are filled and `ready` went to both with this session number.
+    /// Both slots are filled and `ready` went to both with this session number (vy: the literal `ready`; the session
+    /// is counted internally all the same).
     Ready {
         /// Booking id (room key).
         booking: String,

@@ -1,4 +1,5 @@
-//! Sans-IO signaling hub for Duet: rooms, slots and sessions for scheduled 1-on-1 WebRTC meetings.
+//! Sans-IO signaling hub for Duet: rooms, slots and sessions for scheduled 1-on-1 WebRTC meetings, in three wire
+//! protocols (`native` v1, the Virtual Y drop-in `vy`, the peerjs-server drop-in `peerjs`).
 //!
 //! Browsers exchange simple-peer signals (offer, answer, candidate, renegotiate, transceiverRequest) over WebSocket.
 //! This crate holds the whole signaling state machine and does no IO: it never opens a socket, reads a file, spawns a
@@ -6,57 +7,88 @@
 //!
 //! # Run loop
 //!
-//! The driver owns one [`Hub`] and feeds it everything that happens, each call carrying the current `now`:
+//! The driver owns one [`Hub`] (native and vy sockets) and, if peerjs mode is on, one [`peerjs::PeerjsServer`], and
+//! feeds each everything that happens to its sockets, each call carrying the current `now`:
 //!
 //! ```text
 //! loop {
 //!     // 1. feed inputs
-//!     accepted socket (token and booking verified) -> hub.handle_connect(now, conn, admission)
-//!     text frame                                   -> hub.handle_text(now, conn, &text)
-//!     binary frame                                 -> hub.handle_binary(now, conn, len)
-//!     socket closed / ping timeout                 -> hub.handle_disconnect(now, conn)
-//!     booking cancelled                            -> hub.close_booking(now, booking, CloseReason::Cancelled)
-//!     shutdown                                     -> hub.close_all(now, CloseReason::Shutdown)
-//!     timer fired                                  -> hub.handle_timeout(now)
+//!     native socket (token and booking verified) -> hub.handle_connect(now, conn, admission)
+//!     vy socket (meetingId looked up, in window) -> hub.handle_connect_vy(now, conn, vy_admission)
+//!     peerjs socket (key checked)                -> peerjs.handle_connect(now, conn, registration)
+//!                         (wrong key)            -> peerjs.reject(conn, PeerjsError::InvalidKey)
+//!     text frame                                 -> hub.handle_text(now, conn, &text)      / peerjs.handle_text
+//!     binary frame                               -> hub.handle_binary(now, conn, len)      / peerjs.handle_binary
+//!     socket closed                              -> hub.handle_disconnect(now, conn)       / peerjs.handle_disconnect
+//!     WebSocket ping timeout                     -> hub.handle_liveness_timeout(now, conn) / peerjs.handle_disconnect
+//!     could not deliver a Send (queue full)      -> hub.handle_disconnect(now, conn)
+//!                                                   / peerjs.handle_send_failed(now, conn, &text)
+//!     booking cancelled                          -> hub.close_booking(now, booking, CloseReason::Cancelled)
+//!                                                   and peerjs.close_booking(…)
+//!     shutdown                                   -> hub.close_all(now, CloseReason::Shutdown) and peerjs.close_all(…)
+//!     timer fired                                -> hub.handle_timeout(now)                / peerjs.handle_timeout
 //!     // 2. drain outputs after every input
-//!     while let Some(out) = hub.poll_output() {
+//!     while let Some(out) = hub.poll_output() {    // same for peerjs.poll_output()
 //!         Output::Send { conn, text }          => write one text frame to conn
-//!         Output::Close { conn, code, reason } => send a close frame; the hub has already forgotten conn
+//!         Output::Close { conn, code, reason } => send a close frame; the state machine has already forgotten conn
 //!         Output::Event(event)                 => metrics, webhooks, logs
 //!     }
-//!     // 3. re-arm the single timer
-//!     sleep until hub.poll_timeout()   (None: no timer needed)
+//!     // 3. re-arm the timers
+//!     sleep until min(hub.poll_timeout(), peerjs.poll_timeout())   (None: no timer needed)
 //! }
 //! ```
 //!
 //! [`Hub::handle_timeout`] may be called early or late; it only acts on deadlines that are due at `now`. The hub keeps
 //! no queue of its own beyond the outputs not yet polled, so the driver must drain [`Hub::poll_output`] after every
-//! call. WebSocket ping/pong control frames are the driver's job (the hub only announces
-//! [`HubConfig::ping_interval`] in `welcome`); a missed pong is reported with [`Hub::handle_liveness_timeout`].
+//! call. Connection ids must be unique across both state machines' live connections (one counter is simplest).
+//!
+//! Keepalive per mode:
+//! - **native**: WebSocket ping/pong control frames are the driver's job (the hub only announces
+//!   [`HubConfig::ping_interval`] in `welcome`); a missed pong is reported with [`Hub::handle_liveness_timeout`].
+//! - **vy**: the same WebSocket pings (e.g. every 20 s, close after 2 missed pongs); the hub never sends a keepalive
+//!   frame, since the Virtual Y client would hand it to simple-peer.
+//! - **peerjs**: the client's `{"type":"HEARTBEAT"}` (every 5 s in PeerJS) is the liveness signal; the server closes
+//!   a socket silent for [`peerjs::PeerjsConfig::alive_timeout`] itself. WebSocket pings are optional.
+//!
+//! vy admission (research/signaling.md §10.2): the driver answers HTTP 400 without `meetingId` and 403 outside the
+//! booking's window *before* upgrading, maps `isInstructorRole` with [`VyAdmission::role_from_query`], and passes
+//! [`VyAdmission::booking`] (room = booking id, closed 4003 at the hard end) or, for the open relay without a booking
+//! (`vy.require_booking = false`), [`VyAdmission::open_relay`] (room = `vy:<meetingId>`, no hard end).
+//!
+//! Metrics per mode (`duet_signal_connections{mode}`): [`Stats::connections_by_mode`] for `native` and `vy`,
+//! [`peerjs::PeerjsStats::connections`] for `peerjs`; labels from [`Mode::as_str`].
 //!
 //! # Invariants
 //!
-//! - **One room per booking.** Rooms are keyed by booking id and created on the first admitted connection. A room
-//!   outlives its connections (its `session` counter keeps counting across reconnects) until the booking's hard end,
-//!   its cancellation or shutdown.
+//! - **One room per booking and protocol.** Rooms are keyed by booking id (vy: booking id or `vy:<meetingId>`) and
+//!   created on the first admitted connection. A native room and a vy room of the same booking are distinct: sockets
+//!   of different protocols are never paired. A room outlives its connections (its `session` counter keeps counting
+//!   across reconnects) until the booking's hard end, its cancellation or shutdown.
 //! - **One slot per role.** A room has exactly two slots, `host` and `guest`; room capacity is 2.
 //! - **Newest connection per role wins.** A second connection for an occupied role replaces the first, which is
-//!   closed with [`close_code::REPLACED`] (4008); the partner sees `peer-left` (reason `replaced`) and then `ready`
-//!   with a new session.
+//!   closed with [`close_code::REPLACED`] (4008); the native partner sees `peer-left` (reason `replaced`) and then
+//!   `ready` with a new session; the vy partner sees only `ready`.
 //! - **Close race fixed.** A connection's disconnect only clears a slot that still holds *that* connection, so the late
 //!   close of a replaced socket never evicts its replacement (the Virtual Y server bug, research/signaling.md §1.3).
-//! - **No queueing.** A signal sent while the partner is absent is dropped with an `error no_peer`; clients rebuild
-//!   their peers on `ready`.
-//! - **Opaque payloads.** The `data` of a relayed `signal` is forwarded byte-identical (never re-serialised).
-//! - **Never panics on input.** Every malformed frame is data: an `error` frame, a counted drop or a close code.
+//!   The peerjs server applies the same rule to a same-token re-attach.
+//! - **No queueing** in native and vy: a signal sent while the partner is absent is dropped (native answers
+//!   `error no_peer`, vy says nothing); clients rebuild their peers on `ready`. peerjs queues for
+//!   `expire_timeout`, as upstream.
+//! - **Opaque payloads.** The `data` of a relayed `signal`, a vy frame and a peerjs `payload` are forwarded
+//!   byte-identical (never re-serialised).
+//! - **Never panics on input.** Every malformed frame is data: an `error` frame (native), a counted drop or a close
+//!   code.
 //! - **Outputs are addressed by [`ConnectionId`], rooms by booking id**, so that a later `Bus` seam can carry outputs for
 //!   peers connected to another node.
 //!
-//! # Protocol
+//! # Protocols
 //!
-//! The wire protocol is `native` v1 (research/signaling.md §10.3, DESIGN.md §5): JSON text frames with a `type`
-//! field. Wire encoding lives in its own module, apart from the room model, so that the `vy` (verbatim relay plus the
-//! literal text `ready`) and `peerjs` modes can later share the same rooms and slots.
+//! - `native` v1 (research/signaling.md §10.3, DESIGN.md §5): JSON text frames with a `type` field.
+//! - `vy` (§10.2): the literal text `ready` and the partner's frames verbatim; nothing else, ever.
+//! - `peerjs` (§4, §10.4): peerjs-server 1.0.x's `OPEN`, `ID-TAKEN`, `ERROR`, relayed `OFFER`/`ANSWER`/`CANDIDATE`/
+//!   `LEAVE`/`EXPIRE` and `HEARTBEAT`, in [`peerjs`].
+//!
+//! Wire encodings live in their own modules, apart from the room model, which native and vy share.
 
 mod event;
 mod hub;
@@ -161,7 +193,8 @@ impl fmt::Display for Role {
 /// WebSocket close codes used by Duet's signaling (DESIGN.md §5; RFC 6455 §7.4.1 for the 1xxx codes, the 4xxx range
 /// is application-defined per RFC 6455 §7.4.2).
 ///
-/// The hub itself emits [`NORMAL`](close_code::NORMAL), [`SHUTDOWN`](close_code::SHUTDOWN),
+/// The hub and the peerjs server emit [`NORMAL`](close_code::NORMAL), [`SHUTDOWN`](close_code::SHUTDOWN),
+/// [`POLICY`](close_code::POLICY) (peerjs only),
 /// [`TOO_BIG`](close_code::TOO_BIG), [`OUTSIDE_WINDOW`](close_code::OUTSIDE_WINDOW),
 /// [`UNKNOWN_BOOKING`](close_code::UNKNOWN_BOOKING), [`REPLACED`](close_code::REPLACED) and
 /// [`RATE_LIMITED`](close_code::RATE_LIMITED); the daemon uses [`BAD_TOKEN`](close_code::BAD_TOKEN) and

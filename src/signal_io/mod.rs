@@ -194,7 +194,7 @@ pub struct SignalQuery {
 /// unknown or cancelled booking.
 pub async fn upgrade(State(state): State<AppState>, Query(q): Query<SignalQuery>, ws: WebSocketUpgrade) -> Response {
     let verdict = admit(&state, q.token.as_deref().unwrap_or("")).await;
-    let cfg = state.hub.config;
+    let cfg = &state.hub.config;
     // The transport refuses frames past twice the hub's limit; between the two the hub closes with 1009 itself.
     let transport_limit = cfg.max_message_bytes * 2;
     ws.max_message_size(transport_limit).max_frame_size(transport_limit).on_upgrade(move |socket| async move {

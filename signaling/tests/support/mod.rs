@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use duet_signaling::{Admission, ConnectionId, Hub, HubConfig, HubEvent, Output, Role};
+use duet_signaling::{Admission, ConnectionId, Hub, HubConfig, HubEvent, Output, Role, VyAdmission};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -69,6 +69,27 @@ impl Sim {
     pub fn connect(&mut self, c: u64, booking: &str, role: Role) -> Outs {
         let adm = self.admission(booking, role);
         self.hub.handle_connect(self.now, conn(c), adm);
+        self.drain()
+    }
+
+    /// A vy admission for booking `room` ending at `HARD_END`.
+    pub fn vy_admission(&self, room: &str, role: Role) -> VyAdmission {
+        VyAdmission::booking(room, role, self.t0 + HARD_END)
+    }
+
+    /// Connects a vy socket gated by booking `room` and returns the outputs.
+    pub fn connect_vy(&mut self, c: u64, room: &str, role: Role) -> Outs {
+        let adm = self.vy_admission(room, role);
+        self.connect_vy_with(c, adm)
+    }
+
+    pub fn connect_vy_with(&mut self, c: u64, adm: VyAdmission) -> Outs {
+        self.hub.handle_connect_vy(self.now, conn(c), adm);
+        self.drain()
+    }
+
+    pub fn binary(&mut self, c: u64, len: usize) -> Outs {
+        self.hub.handle_binary(self.now, conn(c), len);
         self.drain()
     }
 
