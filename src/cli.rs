@@ -133,6 +133,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "turn_udp": running.turn_udp.first().map(|a| a.to_string()),
             "turn_tcp": running.turn_tcp.first().map(|a| a.to_string()),
             "turn_tls": running.turn_tls.first().map(|a| a.to_string()),
+            "vy": running.vy.map(|a| a.to_string()),
             "admin": running.admin.to_string(),
             "api_key_file": running.api_key_file,
         })

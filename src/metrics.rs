@@ -31,8 +31,8 @@ pub struct Metrics {
     pub turn_quota_refusals: IntCounter,
     /// `duet_turn_drops_total{reason}`.
     pub turn_drops: IntCounterVec,
-    /// `duet_signal_connections`.
-    pub signal_connections: IntGauge,
+    /// `duet_signal_connections{mode}`: native|vy|peerjs.
+    pub signal_connections: IntGaugeVec,
     /// `duet_rooms_active`.
     pub rooms_active: IntGauge,
     /// `duet_signal_ready_total`.
@@ -122,7 +122,15 @@ impl Metrics {
                 "Packets dropped by the relay, by reason.",
                 &["reason"],
             ),
-            signal_connections: gauge(&r, "duet_signal_connections", "Signaling WebSocket connections open now."),
+            signal_connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new("duet_signal_connections", "Signaling WebSocket connections open now, by protocol mode."),
+                    &["mode"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             rooms_active: gauge(&r, "duet_rooms_active", "Rooms (bookings) with at least one connected participant."),
             signal_ready: counter(&r, "duet_signal_ready_total", "Times a pair formed (ready sent)."),
             signal_messages: counter_vec(

@@ -253,6 +253,23 @@ impl Store {
         Ok(Some((b, p)))
     }
 
+    /// The live (not cancelled) bookings whose `external_id` is `external_id`, across tenants, soonest first: the
+    /// Virtual Y `meetingId` lookup.
+    pub async fn by_external_id(&self, external_id: &str) -> Result<Vec<Booking>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM bookings WHERE external_id = ? AND status <> 'cancelled' ORDER BY start_at")
+                .bind(external_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut b = booking_from_row(r)?;
+            b.participants = self.participants(&b.id).await?;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
     /// Records the first admission of a participant (kept if already set).
     pub async fn mark_joined(&self, participant: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, ?) WHERE id = ?")

@@ -1,25 +1,34 @@
-//! WebSocket driver of the sans-IO [`duet_signaling::Hub`]: one task owns the hub; each socket has a task that
-//! forwards frames in and writes the hub's outputs from a bounded queue. A slow reader whose queue fills is closed
-//! (1008, "queue full") without blocking anyone else.
+//! WebSocket driver of the sans-IO signaling cores: [`duet_signaling::Hub`] (native v1 and Virtual Y) and
+//! [`duet_signaling::peerjs::PeerjsServer`] (PeerJS). One task owns both state machines; each socket has a task that
+//! forwards frames in and writes the outputs from a bounded queue. A slow reader whose queue fills is closed (1008,
+//! "queue full") without blocking anyone else.
+//!
+//! Admission (token, booking and window checks, `Origin`, per-IP limit) happens before the upgrade, in
+//! [`native`], [`vy`] and [`peerjs`]; the cores trust what they are handed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::response::Response;
-use duet_signaling::{Admission, CloseReason, ConnectionId, Hub, HubConfig, HubEvent, Output, close_code};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use duet_signaling::peerjs::{PeerjsConfig as CorePeerjsConfig, PeerjsError, PeerjsServer, Registration};
+use duet_signaling::{
+    Admission, CloseReason, ConnectionId, Hub, HubConfig, HubEvent, Mode, Output, VyAdmission, close_code,
+};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppState, unix_now};
-use crate::booking::api::{ice_servers, window_json};
-use crate::booking::store::Status;
-use crate::booking::window::Role;
 use crate::config::SignalingConfig;
 use crate::metrics::Metrics;
+
+pub mod guard;
+pub mod native;
+pub mod peerjs;
+pub mod vy;
+
+pub use native::upgrade;
 
 /// Frames queued per connection before it counts as a slow reader and is closed.
 const QUEUE_PER_CONNECTION: usize = 64;
@@ -31,25 +40,51 @@ enum Outgoing {
     Close(u16, &'static str),
 }
 
-enum HubInput {
-    Connect { conn: ConnectionId, admission: Admission, out: mpsc::Sender<Outgoing> },
+/// What a new socket is admitted as.
+pub enum Admit {
+    /// Native v1.
+    Native(Admission),
+    /// Virtual Y.
+    Vy(VyAdmission),
+    /// PeerJS registration.
+    Peerjs(Registration),
+    /// PeerJS socket refused after the upgrade (upstream sends `ERROR` then closes).
+    PeerjsReject(PeerjsError),
+}
+
+impl Admit {
+    fn mode(&self) -> Mode {
+        match self {
+            Admit::Native(_) => Mode::Native,
+            Admit::Vy(_) => Mode::Vy,
+            Admit::Peerjs(_) | Admit::PeerjsReject(_) => Mode::Peerjs,
+        }
+    }
+}
+
+enum Input {
+    Connect { conn: ConnectionId, admit: Admit, out: mpsc::Sender<Outgoing> },
     Text { conn: ConnectionId, text: String },
     Binary { conn: ConnectionId, len: usize },
     Disconnect { conn: ConnectionId, timed_out: bool },
     CloseBooking { booking: String, reason: CloseReason },
     CloseAll,
+    PeerjsIds { namespace: String, reply: oneshot::Sender<Vec<String>> },
 }
 
-/// Control handle of the hub task; cheap to clone.
+/// Control handle of the signaling task; cheap to clone.
 #[derive(Clone)]
 pub struct HubHandle {
-    tx: mpsc::UnboundedSender<HubInput>,
-    next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    config: SignalingConfig,
+    tx: mpsc::UnboundedSender<Input>,
+    next_id: Arc<AtomicU64>,
+    /// The signaling settings.
+    pub config: Arc<SignalingConfig>,
+    /// Open sockets per client IP.
+    pub guard: guard::ConnectionGuard,
 }
 
 impl HubHandle {
-    /// Starts the hub task. It stops when `shutdown` is cancelled (closing every socket with 1001).
+    /// Starts the signaling task. It stops when `shutdown` is cancelled (closing every socket with 1001).
     pub fn spawn(config: SignalingConfig, metrics: Metrics, shutdown: CancellationToken) -> HubHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub::new(HubConfig {
@@ -58,30 +93,55 @@ impl HubHandle {
             ping_interval: config.ping_interval,
             ..HubConfig::default()
         });
-        tokio::spawn(run_hub(hub, rx, metrics, shutdown));
-        HubHandle { tx, next_id: Default::default(), config }
+        let peerjs = PeerjsServer::new(CorePeerjsConfig {
+            expire_timeout: config.peerjs.expire_timeout,
+            alive_timeout: config.peerjs.alive_timeout,
+            concurrent_limit: config.peerjs.concurrent_limit,
+            max_message_bytes: config.max_message_bytes,
+            messages_per_second: config.messages_per_second,
+            ..CorePeerjsConfig::default()
+        });
+        tokio::spawn(run(Cores { hub, peerjs, conns: HashMap::new() }, rx, metrics, shutdown));
+        HubHandle {
+            tx,
+            next_id: Default::default(),
+            guard: guard::ConnectionGuard::new(config.max_connections_per_ip),
+            config: Arc::new(config),
+        }
     }
 
-    /// Closes the room of a cancelled booking (4004).
+    /// Closes the rooms of a cancelled booking (4004) in every mode.
     pub fn cancel_booking(&self, booking: &str) {
-        let _ = self.tx.send(HubInput::CloseBooking { booking: booking.to_string(), reason: CloseReason::Cancelled });
+        let _ = self.tx.send(Input::CloseBooking { booking: booking.to_string(), reason: CloseReason::Cancelled });
     }
 
     /// Closes every socket (1001).
     pub fn close_all(&self) {
-        let _ = self.tx.send(HubInput::CloseAll);
+        let _ = self.tx.send(Input::CloseAll);
+    }
+
+    /// The ids registered in a PeerJS namespace (for `GET {path}{key}/peers`).
+    pub async fn peerjs_ids(&self, namespace: String) -> Vec<String> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Input::PeerjsIds { namespace, reply }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 }
 
-async fn run_hub(
-    mut hub: Hub,
-    mut rx: mpsc::UnboundedReceiver<HubInput>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
-    let mut conns: HashMap<ConnectionId, mpsc::Sender<Outgoing>> = HashMap::new();
+struct Cores {
+    hub: Hub,
+    peerjs: PeerjsServer,
+    conns: HashMap<ConnectionId, (Mode, mpsc::Sender<Outgoing>)>,
+}
+
+async fn run(mut c: Cores, mut rx: mpsc::UnboundedReceiver<Input>, metrics: Metrics, shutdown: CancellationToken) {
     loop {
-        let deadline = hub.poll_timeout();
+        let deadline = match (c.hub.poll_timeout(), c.peerjs.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -89,85 +149,138 @@ async fn run_hub(
             }
         };
         tokio::select! {
-            input = rx.recv() => {
+            input = rx.recv() => match input {
+                None => break,
+                Some(input) => c.handle(Instant::now(), input, &metrics),
+            },
+            _ = sleep => {
                 let now = Instant::now();
-                match input {
-                    None => break,
-                    Some(HubInput::Connect { conn, admission, out }) => {
-                        conns.insert(conn, out);
-                        hub.handle_connect(now, conn, admission);
-                    }
-                    Some(HubInput::Text { conn, text }) => {
-                        metrics.signal_messages.with_label_values(&["in", message_type(&text)]).inc();
-                        hub.handle_text(now, conn, &text);
-                    }
-                    Some(HubInput::Binary { conn, len }) => {
-                        metrics.signal_messages.with_label_values(&["in", "binary"]).inc();
-                        hub.handle_binary(now, conn, len);
-                    }
-                    Some(HubInput::Disconnect { conn, timed_out }) => {
-                        conns.remove(&conn);
-                        if timed_out {
-                            hub.handle_liveness_timeout(now, conn);
-                        } else {
-                            hub.handle_disconnect(now, conn);
-                        }
-                    }
-                    Some(HubInput::CloseBooking { booking, reason }) => hub.close_booking(now, &booking, reason),
-                    Some(HubInput::CloseAll) => hub.close_all(now, CloseReason::Shutdown),
-                }
+                c.hub.handle_timeout(now);
+                c.peerjs.handle_timeout(now);
             }
-            _ = sleep => hub.handle_timeout(Instant::now()),
             _ = shutdown.cancelled() => {
-                hub.close_all(Instant::now(), CloseReason::Shutdown);
-                drain(&mut hub, &mut conns, &metrics);
+                let now = Instant::now();
+                c.hub.close_all(now, CloseReason::Shutdown);
+                c.peerjs.close_all(now, CloseReason::Shutdown);
+                c.drain(&metrics);
                 break;
             }
         }
-        drain(&mut hub, &mut conns, &metrics);
+        c.drain(&metrics);
     }
 }
 
-fn drain(hub: &mut Hub, conns: &mut HashMap<ConnectionId, mpsc::Sender<Outgoing>>, metrics: &Metrics) {
-    let now = Instant::now();
-    let mut overflowed = Vec::new();
-    while let Some(out) = hub.poll_output() {
-        match out {
-            Output::Send { conn, text } => {
-                metrics.signal_messages.with_label_values(&["out", message_type(&text)]).inc();
-                if let Some(tx) = conns.get(&conn)
-                    && tx.try_send(Outgoing::Text(text)).is_err()
-                {
-                    overflowed.push(conn);
+impl Cores {
+    fn handle(&mut self, now: Instant, input: Input, metrics: &Metrics) {
+        match input {
+            Input::Connect { conn, admit, out } => {
+                self.conns.insert(conn, (admit.mode(), out));
+                match admit {
+                    Admit::Native(a) => self.hub.handle_connect(now, conn, a),
+                    Admit::Vy(a) => self.hub.handle_connect_vy(now, conn, a),
+                    Admit::Peerjs(r) => self.peerjs.handle_connect(now, conn, r),
+                    Admit::PeerjsReject(e) => self.peerjs.reject(conn, e),
                 }
             }
-            Output::Close { conn, code, reason } => {
-                metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
-                if let Some(tx) = conns.remove(&conn) {
-                    let _ = tx.try_send(Outgoing::Close(code, reason));
+            Input::Text { conn, text } => {
+                let Some((mode, _)) = self.conns.get(&conn) else { return };
+                metrics.signal_messages.with_label_values(&["in", message_type(*mode, &text)]).inc();
+                match mode {
+                    Mode::Peerjs => self.peerjs.handle_text(now, conn, &text),
+                    _ => self.hub.handle_text(now, conn, &text),
                 }
             }
-            Output::Event(e) => match e {
-                HubEvent::Ready { .. } => metrics.signal_ready.inc(),
-                HubEvent::Dropped { reason } => metrics.signal_drops.with_label_values(&[reason.as_str()]).inc(),
-                _ => {}
+            Input::Binary { conn, len } => {
+                let Some((mode, _)) = self.conns.get(&conn) else { return };
+                metrics.signal_messages.with_label_values(&["in", "binary"]).inc();
+                match mode {
+                    Mode::Peerjs => self.peerjs.handle_binary(now, conn, len),
+                    _ => self.hub.handle_binary(now, conn, len),
+                }
+            }
+            Input::Disconnect { conn, timed_out } => match self.conns.remove(&conn) {
+                Some((Mode::Peerjs, _)) => self.peerjs.handle_disconnect(now, conn),
+                Some(_) if timed_out => self.hub.handle_liveness_timeout(now, conn),
+                Some(_) => self.hub.handle_disconnect(now, conn),
+                None => {}
             },
+            Input::CloseBooking { booking, reason } => {
+                self.hub.close_booking(now, &booking, reason);
+                self.peerjs.close_booking(now, &booking, reason);
+            }
+            Input::CloseAll => {
+                self.hub.close_all(now, CloseReason::Shutdown);
+                self.peerjs.close_all(now, CloseReason::Shutdown);
+            }
+            Input::PeerjsIds { namespace, reply } => {
+                let _ = reply.send(self.peerjs.peer_ids(&namespace).into_iter().map(str::to_string).collect());
+            }
         }
     }
-    for conn in overflowed {
-        // Dropping the sender ends the connection task, which closes the socket with 1008 "queue full".
-        if conns.remove(&conn).is_some() {
-            metrics.signal_drops.with_label_values(&["queue_full"]).inc();
-            hub.handle_disconnect(now, conn);
+
+    /// Routes every pending output of both cores to its socket's queue.
+    fn drain(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        loop {
+            let out = match self.hub.poll_output() {
+                Some(o) => o,
+                None => match self.peerjs.poll_output() {
+                    Some(o) => o,
+                    None => break,
+                },
+            };
+            match out {
+                Output::Send { conn, text } => {
+                    let Some((mode, tx)) = self.conns.get(&conn) else { continue };
+                    let mode = *mode;
+                    metrics.signal_messages.with_label_values(&["out", message_type(mode, &text)]).inc();
+                    if let Err(e) = tx.try_send(Outgoing::Text(text)) {
+                        // A full queue: that reader is too slow. Forget it; dropping the sender makes its task
+                        // close the socket with 1008 "queue full".
+                        metrics.signal_drops.with_label_values(&["queue_full"]).inc();
+                        self.conns.remove(&conn);
+                        match mode {
+                            Mode::Peerjs => {
+                                if let Outgoing::Text(text) = e.into_inner() {
+                                    self.peerjs.handle_send_failed(now, conn, &text);
+                                }
+                            }
+                            _ => self.hub.handle_disconnect(now, conn),
+                        }
+                    }
+                }
+                Output::Close { conn, code, reason } => {
+                    metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
+                    if let Some((_, tx)) = self.conns.remove(&conn) {
+                        let _ = tx.try_send(Outgoing::Close(code, reason));
+                    }
+                }
+                Output::Event(e) => match e {
+                    HubEvent::Ready { .. } => metrics.signal_ready.inc(),
+                    HubEvent::Dropped { reason } => metrics.signal_drops.with_label_values(&[reason.as_str()]).inc(),
+                    _ => {}
+                },
+            }
         }
+        let stats = self.hub.stats();
+        for mode in [Mode::Native, Mode::Vy] {
+            metrics.signal_connections.with_label_values(&[mode.as_str()]).set(stats.mode(mode).connections as i64);
+        }
+        metrics
+            .signal_connections
+            .with_label_values(&[Mode::Peerjs.as_str()])
+            .set(self.peerjs.connection_count() as i64);
+        metrics.rooms_active.set(self.hub.room_count() as i64);
     }
-    metrics.signal_connections.set(hub.connection_count() as i64);
-    metrics.rooms_active.set(hub.room_count() as i64);
 }
 
-/// The `type` of a frame for metrics, from a bounded set (never raw text: no unbounded labels). Reads only a
-/// leading `{"type":"…"` (how the hub writes every frame and how clients usually do); anything else is "other".
-fn message_type(text: &str) -> &'static str {
+/// The type of a frame for metrics, from a bounded set (never raw text: no unbounded labels). Native and PeerJS
+/// frames are read from a leading `{"type":"…"` (how the cores write every frame and how clients usually do);
+/// Virtual Y frames are `ready` or opaque relays.
+fn message_type(mode: Mode, text: &str) -> &'static str {
+    if mode == Mode::Vy {
+        return if text == "ready" { "ready" } else { "relay" };
+    }
     let t = text.trim_start().strip_prefix("{\"type\":\"").and_then(|rest| rest.split('"').next());
     match t {
         Some("signal") => "signal",
@@ -179,99 +292,41 @@ fn message_type(text: &str) -> &'static str {
         Some("peer-left") => "peer-left",
         Some("window") => "window",
         Some("error") => "error",
+        Some("OPEN") => "OPEN",
+        Some("OFFER") => "OFFER",
+        Some("ANSWER") => "ANSWER",
+        Some("CANDIDATE") => "CANDIDATE",
+        Some("LEAVE") => "LEAVE",
+        Some("EXPIRE") => "EXPIRE",
+        Some("HEARTBEAT") => "HEARTBEAT",
+        Some("ID-TAKEN") => "ID-TAKEN",
+        Some("ERROR") => "ERROR",
         _ => "other",
     }
 }
 
-/// Query of `GET /v1/signal`.
-#[derive(Deserialize)]
-pub struct SignalQuery {
-    token: Option<String>,
-}
-
-/// `GET /v1/signal?token=…`: validates the session token and the booking, then upgrades. A refused socket is
-/// still upgraded so the browser sees the close code: 4001 bad or outdated token, 4003 outside the window, 4004
-/// unknown or cancelled booking.
-pub async fn upgrade(State(state): State<AppState>, Query(q): Query<SignalQuery>, ws: WebSocketUpgrade) -> Response {
-    let verdict = admit(&state, q.token.as_deref().unwrap_or("")).await;
-    let cfg = &state.hub.config;
-    // The transport refuses frames past twice the hub's limit; between the two the hub closes with 1009 itself.
-    let transport_limit = cfg.max_message_bytes * 2;
-    ws.max_message_size(transport_limit).max_frame_size(transport_limit).on_upgrade(move |socket| async move {
-        match verdict {
-            Ok(admission) => connection(socket, state, admission).await,
-            Err((code, reason)) => {
-                tracing::debug!(target: "signaling", code, reason, "socket refused");
-                state.metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
-                close(socket, code, reason).await
-            }
-        }
-    })
-}
-
+/// Sends a close frame and waits briefly for the peer's, so the code arrives before the TCP connection goes.
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-    // Wait briefly for the peer's close so the code is delivered before the TCP connection goes.
     let _ =
         tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = socket.recv().await {} }).await;
 }
 
-async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'static str)> {
-    let claims = state.session_keys.verify(token).map_err(|_| (close_code::BAD_TOKEN, "invalid or expired token"))?;
-    let booking = state
-        .store
-        .booking(None, &claims.bkg)
-        .await
-        .map_err(|_| (1011, "internal error"))?
-        .ok_or((close_code::UNKNOWN_BOOKING, "unknown booking"))?;
-    if booking.status == Status::Cancelled {
-        return Err((close_code::UNKNOWN_BOOKING, "booking cancelled"));
-    }
-    if booking.sequence != claims.seq {
-        return Err((close_code::BAD_TOKEN, "token outdated, join again"));
-    }
-    let participant = booking
-        .participants
-        .iter()
-        .find(|p| p.id == claims.sub)
-        .ok_or((close_code::BAD_TOKEN, "unknown participant"))?;
-    let now = unix_now();
-    if now >= booking.window.hard_end_at || now < booking.window.opens_for(participant.role) {
-        return Err((close_code::OUTSIDE_WINDOW, "outside the meeting window"));
-    }
-    let to_end = Duration::from_secs((booking.window.hard_end_at - now) as u64);
-    let ice = ice_servers(state, &booking, &participant.id);
-    let window = window_json(&booking.window);
-    let raw = |v: &serde_json::Value| serde_json::value::to_raw_value(v).map_err(|_| (1011, "internal error"));
-    Ok(Admission {
-        booking: booking.id.clone(),
-        participant: participant.id.clone(),
-        role: match participant.role {
-            Role::Host => duet_signaling::Role::Host,
-            Role::Guest => duet_signaling::Role::Guest,
-        },
-        ice_servers: raw(&ice)?,
-        hard_end_at_rfc3339: window["hard_end_at"].as_str().unwrap_or_default().to_string(),
-        window: raw(&window)?,
-        hard_end_at: Instant::now() + to_end,
-    })
-}
-
-/// One admitted socket: frames in to the hub, queued outputs out, WebSocket pings every `ping_interval`; two
-/// unanswered pings close it.
-async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
-    let hub = state.hub.clone();
-    let conn = ConnectionId(hub.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+/// One admitted socket: frames in to the cores, queued outputs out. Native and Virtual Y sockets get WebSocket
+/// pings every `ping_interval` and are closed after two unanswered ones (research/signaling.md §10.2); PeerJS
+/// clients keep themselves alive with `HEARTBEAT` frames, which the core checks.
+async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard::Slot) {
+    let conn = ConnectionId(hub.next_id.fetch_add(1, Ordering::Relaxed));
+    let pings = admit.mode() != Mode::Peerjs;
     let (out_tx, mut out_rx) = mpsc::channel(QUEUE_PER_CONNECTION);
-    tracing::info!(target: "signaling", booking = %admission.booking, role = admission.role.as_str(), conn = conn.0, "connected");
-    if hub.tx.send(HubInput::Connect { conn, admission, out: out_tx }).is_err() {
+    if hub.tx.send(Input::Connect { conn, admit, out: out_tx }).is_err() {
         return;
     }
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(hub.config.ping_interval);
     ping.tick().await;
     let mut unanswered = 0u32;
-    let mut hub_closed = false;
+    let mut closed_by_core = false;
     let mut timed_out = false;
     let close_frame =
         |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
@@ -280,17 +335,21 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     unanswered = 0;
-                    let _ = hub.tx.send(HubInput::Text { conn, text: t.to_string() });
+                    let _ = hub.tx.send(Input::Text { conn, text: t.to_string() });
                 }
                 Some(Ok(Message::Binary(b))) => {
-                    let _ = hub.tx.send(HubInput::Binary { conn, len: b.len() });
+                    let _ = hub.tx.send(Input::Binary { conn, len: b.len() });
                 }
                 Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => unanswered = 0,
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
                     // Over the transport's size cap (or a protocol error): say why if the socket still writes.
                     let too_big = e.to_string().to_ascii_lowercase().contains("size");
-                    let frame = if too_big { close_frame(close_code::TOO_BIG, "message too big") } else { close_frame(1002, "protocol error") };
+                    let frame = if too_big {
+                        close_frame(close_code::TOO_BIG, "message too big")
+                    } else {
+                        close_frame(1002, "protocol error")
+                    };
                     let _ = sink.send(frame).await;
                     break;
                 }
@@ -300,19 +359,20 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
                     if sink.send(Message::Text(t.into())).await.is_err() { break; }
                 }
                 Some(Outgoing::Close(code, reason)) => {
-                    hub_closed = true;
+                    closed_by_core = true;
                     let _ = sink.send(close_frame(code, reason)).await;
-                    // Let the peer answer the close so the code arrives intact.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(_)) = stream.next().await {}
+                    }).await;
                     break;
                 }
                 None => {
-                    hub_closed = true;
+                    closed_by_core = true;
                     let _ = sink.send(close_frame(CLOSE_QUEUE_FULL, "queue full")).await;
                     break;
                 }
             },
-            _ = ping.tick() => {
+            _ = ping.tick(), if pings => {
                 if unanswered >= 2 {
                     timed_out = true;
                     let _ = sink.send(close_frame(1001, "ping timeout")).await;
@@ -323,8 +383,8 @@ async fn connection(socket: WebSocket, state: AppState, admission: Admission) {
             }
         }
     }
-    if !hub_closed {
-        let _ = hub.tx.send(HubInput::Disconnect { conn, timed_out });
+    if !closed_by_core {
+        let _ = hub.tx.send(Input::Disconnect { conn, timed_out });
     }
-    tracing::info!(target: "signaling", conn = conn.0, "disconnected");
+    drop(slot);
 }

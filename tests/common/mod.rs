@@ -296,3 +296,398 @@ pub fn turn_credentials(join: &Value) -> (String, String, String) {
     let credential = turn["credential"].as_str().expect("turn credential").to_string();
     (url, username, credential)
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Relay tests (relay_interop.rs, relay_security.rs): the ready line's TCP/TLS listeners, SIGHUP, cancellation, and a
+// small long-term-credential TURN client over UDP built from the `stun` and `turn` crates' codecs.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Like [`Daemon::start`] (fresh temporary data directory, every listener on 127.0.0.1:0 unless `extra_config` says
+/// otherwise), and also returns the parsed ready line, e.g. for its `turn_tcp` / `turn_tls` fields.
+pub fn start_with_ready(extra_config: &str) -> (Daemon, Value) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data_dir = tmp.path().join("data");
+    let config_path = tmp.path().join("config.toml");
+    let config = format!(
+        "data_dir = {dd:?}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[turn]\nlisten_udp = [\"127.0.0.1:0\"]\n\n{extra_config}",
+        dd = data_dir.display().to_string()
+    );
+    std::fs::write(&config_path, merge_tables(&config)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn duet");
+    let ready = wait_ready(&mut child);
+    let addr = |k: &str| -> SocketAddr {
+        ready_addr(&ready, k).unwrap_or_else(|| panic!("ready line lacks an address for {k}: {ready}"))
+    };
+    let api_key_file = ready["api_key_file"].as_str().expect("ready line names api_key_file").to_string();
+    let api_key = std::fs::read_to_string(&api_key_file).unwrap().trim().to_string();
+    let d = Daemon {
+        http: addr("http"),
+        turn_udp: addr("turn_udp"),
+        admin: addr("admin"),
+        api_key,
+        data_dir,
+        child,
+        _tmp: Some(tmp),
+    };
+    (d, ready)
+}
+
+/// An address field of the ready line: `None` when it is null or absent (e.g. `turn_tls` without TLS listeners);
+/// panics when it is present but not a socket address.
+pub fn ready_addr(ready: &Value, key: &str) -> Option<SocketAddr> {
+    match &ready[key] {
+        Value::Null => None,
+        Value::String(s) => {
+            Some(s.parse().unwrap_or_else(|e| panic!("ready line field {key} = {s:?} is not an address: {e}")))
+        }
+        other => panic!("ready line field {key} must be an address string or null, got {other} in {ready}"),
+    }
+}
+
+/// Sends SIGHUP to the daemon (reload of the TURNS certificate/key and of the TURN secrets in secrets.toml).
+pub fn sighup(d: &Daemon) {
+    let pid = d.child.id().to_string();
+    let status = Command::new("kill").args(["-HUP", &pid]).status().expect("run kill -HUP");
+    assert!(status.success(), "kill -HUP {pid} failed: {status}");
+}
+
+/// POST /v1/bookings/{id}/cancel with the API key; returns (status, body).
+pub async fn cancel_booking(d: &Daemon, booking_id: &str) -> (u16, Value) {
+    let r = d
+        .client()
+        .post(d.url(&format!("/v1/bookings/{booking_id}/cancel")))
+        .bearer_auth(&d.api_key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/bookings/{booking_id}/cancel: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The ERROR-CODE of a STUN message, if any.
+pub fn stun_error_code(m: &stun::message::Message) -> Option<u16> {
+    use stun::message::Getter;
+    let mut e = stun::error_code::ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+/// Data that came back through the relay: from a Data indication (`peer` set) or a ChannelData message (`channel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    pub peer: Option<SocketAddr>,
+    pub channel: Option<u16>,
+    pub data: Vec<u8>,
+}
+
+/// A TURN client over UDP with long-term credentials (RFC 8489 §9.2: 401 challenge, then USERNAME, REALM, NONCE and
+/// MESSAGE-INTEGRITY keyed with MD5(username:realm:password); 438 answered with the fresh nonce). Messages are built
+/// with the `stun` crate and the `turn` crate's attribute codecs (`turn::proto`). Every wait is bounded.
+pub struct TurnUdpClient {
+    pub sock: tokio::net::UdpSocket,
+    pub server: SocketAddr,
+    pub username: String,
+    pub password: String,
+    pub realm: String,
+    pub nonce: Option<String>,
+    /// Data indications / ChannelData that arrived while a response was awaited.
+    pending: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl TurnUdpClient {
+    /// A client on a fresh loopback socket of the server's family, connected to `server`.
+    pub async fn connect(server: SocketAddr, username: &str, password: &str) -> TurnUdpClient {
+        let local = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+        let sock = tokio::net::UdpSocket::bind(local).await.expect("bind client UDP socket");
+        sock.connect(server).await.expect("connect client UDP socket");
+        TurnUdpClient {
+            sock,
+            server,
+            username: username.to_string(),
+            password: password.to_string(),
+            realm: String::new(),
+            nonce: None,
+            pending: Default::default(),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    /// Sends `req` and waits (5 s at most, retransmitting after 0.5, 1 and 2 s as RFC 8489 §6.2.1 does) for the
+    /// response to its transaction. Relayed data arriving meanwhile is kept for [`Self::recv_relayed`].
+    pub async fn transact(&mut self, req: &stun::message::Message) -> stun::message::Message {
+        let start = std::time::Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let mut next_send = start;
+        let mut rto = Duration::from_millis(500);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                panic!("no response to {} from {} within 5 s", req.typ, self.server);
+            }
+            if now >= next_send {
+                self.sock.send(&req.raw).await.expect("send STUN request");
+                next_send = now + rto;
+                rto *= 2;
+            }
+            let wait = next_send.min(deadline) - now;
+            let Ok(r) = tokio::time::timeout(wait, self.sock.recv(&mut buf)).await else { continue };
+            let n = match r {
+                Ok(n) => n,
+                // ICMP port unreachable from an earlier datagram; keep waiting.
+                Err(_) => continue,
+            };
+            let bytes = &buf[..n];
+            if n >= 4 && bytes[0] >> 6 == 1 {
+                self.pending.push_back(bytes.to_vec());
+                continue;
+            }
+            let mut m = stun::message::Message::new();
+            m.raw = bytes.to_vec();
+            if m.decode().is_err() {
+                panic!("undecodable datagram from the relay while waiting for {}: {bytes:02x?}", req.typ);
+            }
+            if m.typ.class == stun::message::CLASS_INDICATION {
+                self.pending.push_back(bytes.to_vec());
+                continue;
+            }
+            if m.transaction_id == req.transaction_id {
+                return m;
+            }
+        }
+    }
+
+    /// The 401 challenge: sends an unauthenticated Allocate and stores REALM and NONCE.
+    pub async fn challenge(&mut self) {
+        use stun::message::Setter;
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::MessageType::new(stun::message::METHOD_ALLOCATE, stun::message::CLASS_REQUEST)),
+            Box::new(turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP }),
+        ];
+        let mut req = stun::message::Message::new();
+        req.build(&setters).expect("build Allocate");
+        let resp = self.transact(&req).await;
+        assert_eq!(
+            stun_error_code(&resp),
+            Some(401),
+            "an unauthenticated Allocate must be challenged with 401: {resp}"
+        );
+        self.set_realm_nonce(&resp);
+    }
+
+    fn set_realm_nonce(&mut self, resp: &stun::message::Message) {
+        use stun::textattrs::TextAttribute;
+        self.realm = TextAttribute::get_from_as(resp, stun::attributes::ATTR_REALM)
+            .unwrap_or_else(|e| panic!("{} without REALM ({e}): {resp}", stun_error_code(resp).unwrap_or(0)))
+            .text;
+        self.nonce = Some(
+            TextAttribute::get_from_as(resp, stun::attributes::ATTR_NONCE)
+                .unwrap_or_else(|e| panic!("{} without NONCE ({e}): {resp}", stun_error_code(resp).unwrap_or(0)))
+                .text,
+        );
+    }
+
+    fn integrity(&self) -> stun::integrity::MessageIntegrity {
+        stun::integrity::MessageIntegrity::new_long_term_integrity(
+            self.username.clone(),
+            self.realm.clone(),
+            self.password.clone(),
+        )
+    }
+
+    /// A signed request of `method` with `attrs` (after a 401 challenge if no nonce is known yet); a 438 Stale Nonce
+    /// is retried once with the new nonce. A response carrying MESSAGE-INTEGRITY must verify with our key.
+    pub async fn request(
+        &mut self,
+        method: stun::message::Method,
+        attrs: Vec<Box<dyn stun::message::Setter>>,
+    ) -> stun::message::Message {
+        use stun::message::Setter;
+        use stun::textattrs::TextAttribute;
+        if self.nonce.is_none() {
+            self.challenge().await;
+        }
+        let mut resp = None;
+        for _ in 0..2 {
+            let mut setters: Vec<&dyn Setter> = Vec::new();
+            let tid = stun::agent::TransactionId::new();
+            let typ = stun::message::MessageType::new(method, stun::message::CLASS_REQUEST);
+            let user = TextAttribute::new(stun::attributes::ATTR_USERNAME, self.username.clone());
+            let realm = TextAttribute::new(stun::attributes::ATTR_REALM, self.realm.clone());
+            let nonce = TextAttribute::new(stun::attributes::ATTR_NONCE, self.nonce.clone().unwrap_or_default());
+            let integrity = self.integrity();
+            setters.push(&tid);
+            setters.push(&typ);
+            setters.extend(attrs.iter().map(|a| a.as_ref()));
+            setters.extend([&user as &dyn Setter, &realm, &nonce, &integrity, &stun::fingerprint::FINGERPRINT]);
+            let mut req = stun::message::Message::new();
+            req.write_header();
+            for s in &setters {
+                s.add_to(&mut req).expect("build signed request");
+            }
+            let r = self.transact(&req).await;
+            if stun_error_code(&r) == Some(438) {
+                self.set_realm_nonce(&r);
+                resp = Some(r);
+                continue;
+            }
+            resp = Some(r);
+            break;
+        }
+        let mut resp = resp.unwrap();
+        if resp.contains(stun::attributes::ATTR_MESSAGE_INTEGRITY) {
+            self.integrity()
+                .check(&mut resp)
+                .unwrap_or_else(|e| panic!("the response's MESSAGE-INTEGRITY does not verify ({e}): {resp}"));
+        }
+        resp
+    }
+
+    fn outcome(resp: &stun::message::Message, what: &str) -> Result<(), u16> {
+        match resp.typ.class {
+            stun::message::CLASS_SUCCESS_RESPONSE => Ok(()),
+            stun::message::CLASS_ERROR_RESPONSE => {
+                Err(stun_error_code(resp)
+                    .unwrap_or_else(|| panic!("{what}: error response without ERROR-CODE: {resp}")))
+            }
+            _ => panic!("{what}: unexpected response class: {resp}"),
+        }
+    }
+
+    /// Allocate (REQUESTED-TRANSPORT UDP plus `extra` attributes); the XOR-RELAYED-ADDRESS, or the error code.
+    pub async fn allocate_with(&mut self, extra: Vec<Box<dyn stun::message::Setter>>) -> Result<SocketAddr, u16> {
+        use stun::message::Getter;
+        let mut attrs: Vec<Box<dyn stun::message::Setter>> =
+            vec![Box::new(turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP })];
+        attrs.extend(extra);
+        let resp = self.request(stun::message::METHOD_ALLOCATE, attrs).await;
+        Self::outcome(&resp, "Allocate")?;
+        let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
+        relayed
+            .get_from(&resp)
+            .unwrap_or_else(|e| panic!("Allocate success without XOR-RELAYED-ADDRESS ({e}): {resp}"));
+        let mut lifetime = turn::proto::lifetime::Lifetime::default();
+        lifetime.get_from(&resp).unwrap_or_else(|e| panic!("Allocate success without LIFETIME ({e}): {resp}"));
+        assert!(lifetime.0 > Duration::ZERO, "Allocate success with LIFETIME 0: {resp}");
+        Ok(SocketAddr::new(relayed.ip, relayed.port))
+    }
+
+    /// Allocate for UDP with the default (IPv4) family.
+    pub async fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        self.allocate_with(vec![]).await
+    }
+
+    /// CreatePermission with one XOR-PEER-ADDRESS per peer.
+    pub async fn create_permission(&mut self, peers: &[SocketAddr]) -> Result<(), u16> {
+        let attrs: Vec<Box<dyn stun::message::Setter>> = peers
+            .iter()
+            .map(|p| {
+                Box::new(turn::proto::peeraddr::PeerAddress { ip: p.ip(), port: p.port() })
+                    as Box<dyn stun::message::Setter>
+            })
+            .collect();
+        let resp = self.request(stun::message::METHOD_CREATE_PERMISSION, attrs).await;
+        Self::outcome(&resp, "CreatePermission")
+    }
+
+    /// ChannelBind of `channel` to `peer`.
+    pub async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<(), u16> {
+        let attrs: Vec<Box<dyn stun::message::Setter>> = vec![
+            Box::new(turn::proto::channum::ChannelNumber(channel)),
+            Box::new(turn::proto::peeraddr::PeerAddress { ip: peer.ip(), port: peer.port() }),
+        ];
+        let resp = self.request(stun::message::METHOD_CHANNEL_BIND, attrs).await;
+        Self::outcome(&resp, "ChannelBind")
+    }
+
+    /// Refresh with LIFETIME `lifetime_s` (0 deletes the allocation); the granted lifetime in seconds.
+    pub async fn refresh(&mut self, lifetime_s: u64) -> Result<u64, u16> {
+        use stun::message::Getter;
+        let attrs: Vec<Box<dyn stun::message::Setter>> =
+            vec![Box::new(turn::proto::lifetime::Lifetime(Duration::from_secs(lifetime_s)))];
+        let resp = self.request(stun::message::METHOD_REFRESH, attrs).await;
+        Self::outcome(&resp, "Refresh")?;
+        let mut lifetime = turn::proto::lifetime::Lifetime::default();
+        lifetime.get_from(&resp).unwrap_or_else(|e| panic!("Refresh success without LIFETIME ({e}): {resp}"));
+        Ok(lifetime.0.as_secs())
+    }
+
+    /// A Send indication carrying `data` to `peer` (RFC 8656 §11).
+    pub async fn send_indication(&self, peer: SocketAddr, data: &[u8]) {
+        let setters: Vec<Box<dyn stun::message::Setter>> = vec![
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::MessageType::new(stun::message::METHOD_SEND, stun::message::CLASS_INDICATION)),
+            Box::new(turn::proto::peeraddr::PeerAddress { ip: peer.ip(), port: peer.port() }),
+            Box::new(turn::proto::data::Data(data.to_vec())),
+            Box::new(stun::fingerprint::FINGERPRINT),
+        ];
+        let mut m = stun::message::Message::new();
+        m.build(&setters).expect("build Send indication");
+        self.sock.send(&m.raw).await.expect("send Send indication");
+    }
+
+    /// A ChannelData message on `channel` (RFC 8656 §12.4).
+    pub async fn send_channel_data(&self, channel: u16, data: &[u8]) {
+        let mut cd = turn::proto::chandata::ChannelData {
+            data: data.to_vec(),
+            number: turn::proto::channum::ChannelNumber(channel),
+            raw: Vec::new(),
+        };
+        cd.encode();
+        self.sock.send(&cd.raw).await.expect("send ChannelData");
+    }
+
+    /// The next relayed payload (Data indication or ChannelData) within `wait`; `None` if nothing came.
+    pub async fn recv_relayed(&mut self, wait: Duration) -> Option<Relayed> {
+        use stun::message::Getter;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let bytes = match self.pending.pop_front() {
+                Some(b) => b,
+                None => match tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await {
+                    Err(_) => return None,
+                    Ok(Err(_)) => continue,
+                    Ok(Ok(n)) => buf[..n].to_vec(),
+                },
+            };
+            if bytes.len() >= 4 && bytes[0] >> 6 == 1 {
+                let mut cd = turn::proto::chandata::ChannelData { raw: bytes.clone(), ..Default::default() };
+                cd.decode().unwrap_or_else(|e| panic!("malformed ChannelData from the relay ({e}): {bytes:02x?}"));
+                return Some(Relayed { peer: None, channel: Some(cd.number.0), data: cd.data });
+            }
+            let mut m = stun::message::Message::new();
+            m.raw = bytes.clone();
+            if m.decode().is_err() {
+                panic!("undecodable datagram from the relay: {bytes:02x?}");
+            }
+            if m.typ == stun::message::MessageType::new(stun::message::METHOD_DATA, stun::message::CLASS_INDICATION) {
+                let mut peer = turn::proto::peeraddr::PeerAddress::default();
+                peer.get_from(&m).unwrap_or_else(|e| panic!("Data indication without XOR-PEER-ADDRESS ({e}): {m}"));
+                let mut data = turn::proto::data::Data::default();
+                data.get_from(&m).unwrap_or_else(|e| panic!("Data indication without DATA ({e}): {m}"));
+                return Some(Relayed { peer: Some(SocketAddr::new(peer.ip, peer.port)), channel: None, data: data.0 });
+            }
+            // A late response to a retransmitted request: not data.
+        }
+    }
+}
+
+/// Receives one datagram on `sock` within `wait`: (payload, source), or `None`.
+pub async fn recv_datagram(sock: &tokio::net::UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => Some((buf[..n].to_vec(), from)),
+        _ => None,
+    }
+}

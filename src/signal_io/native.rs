@@ -1,0 +1,122 @@
+//! `GET /v1/signal?token=…`: the native v1 protocol (research/signaling.md §10.3). The session token and the booking
+//! are checked before the upgrade; a refused socket is still upgraded so the browser sees the close code: 4001 bad or
+//! outdated token, 4003 outside the window, 4004 unknown or cancelled booking.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use duet_signaling::{Admission, close_code};
+use serde::Deserialize;
+
+use super::{Admit, close, connection, guard};
+use crate::app::{AppState, unix_now};
+use crate::booking::api::{ApiError, ice_servers, window_json};
+use crate::booking::store::Status;
+use crate::booking::window::Role;
+
+/// Query of `GET /v1/signal`.
+#[derive(Deserialize)]
+pub struct SignalQuery {
+    token: Option<String>,
+}
+
+/// Refusals before any upgrade: `Origin` not allowed (403) or too many sockets from this IP (429).
+pub(super) fn precheck(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<guard::Slot, Box<Response>> {
+    guard::check_origin(&state.hub.config.allowed_origins, headers).map_err(|s| {
+        ApiError::new(s, "origin_not_allowed", "this Origin may not open signaling sockets").into_response()
+    })?;
+    state.hub.guard.acquire(peer.ip()).ok_or_else(|| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", "too many sockets from this address")
+            .into_response()
+            .into()
+    })
+}
+
+/// The frame size the transport accepts: twice the cores' limit, so that between the two the cores close with 1009
+/// themselves (with an `error too_big` first in native mode).
+pub(super) fn transport_limit(state: &AppState) -> usize {
+    state.hub.config.max_message_bytes * 2
+}
+
+/// `GET /v1/signal?token=…`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<SignalQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let slot = match precheck(&state, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let verdict = admit(&state, q.token.as_deref().unwrap_or("")).await;
+    let limit = transport_limit(&state);
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        match verdict {
+            Ok(admission) => {
+                tracing::info!(target: "signaling", booking = %admission.booking, role = admission.role.as_str(), "native socket admitted");
+                connection(socket, state.hub.clone(), Admit::Native(admission), slot).await
+            }
+            Err((code, reason)) => {
+                tracing::debug!(target: "signaling", code, reason, "native socket refused");
+                state.metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
+                close(socket, code, reason).await
+            }
+        }
+    })
+}
+
+async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'static str)> {
+    let claims = state.session_keys.verify(token).map_err(|_| (close_code::BAD_TOKEN, "invalid or expired token"))?;
+    let booking = state
+        .store
+        .booking(None, &claims.bkg)
+        .await
+        .map_err(|_| (1011, "internal error"))?
+        .ok_or((close_code::UNKNOWN_BOOKING, "unknown booking"))?;
+    if booking.status == Status::Cancelled {
+        return Err((close_code::UNKNOWN_BOOKING, "booking cancelled"));
+    }
+    if booking.sequence != claims.seq {
+        return Err((close_code::BAD_TOKEN, "token outdated, join again"));
+    }
+    let participant = booking
+        .participants
+        .iter()
+        .find(|p| p.id == claims.sub)
+        .ok_or((close_code::BAD_TOKEN, "unknown participant"))?;
+    let now = unix_now();
+    if now >= booking.window.hard_end_at || now < booking.window.opens_for(participant.role) {
+        return Err((close_code::OUTSIDE_WINDOW, "outside the meeting window"));
+    }
+    let ice = ice_servers(state, &booking, &participant.id);
+    let window = window_json(&booking.window);
+    let raw = |v: &serde_json::Value| serde_json::value::to_raw_value(v).map_err(|_| (1011, "internal error"));
+    Ok(Admission {
+        booking: booking.id.clone(),
+        participant: participant.id.clone(),
+        role: core_role(participant.role),
+        ice_servers: raw(&ice)?,
+        hard_end_at_rfc3339: window["hard_end_at"].as_str().unwrap_or_default().to_string(),
+        window: raw(&window)?,
+        hard_end_at: instant_of(booking.window.hard_end_at),
+    })
+}
+
+/// The booking role as the hub's role.
+pub(super) fn core_role(r: Role) -> duet_signaling::Role {
+    match r {
+        Role::Host => duet_signaling::Role::Host,
+        Role::Guest => duet_signaling::Role::Guest,
+    }
+}
+
+/// The monotonic instant of a Unix time (seconds) in the future; a past time maps to now.
+pub(super) fn instant_of(unix: i64) -> Instant {
+    Instant::now() + Duration::from_secs((unix - unix_now()).max(0) as u64)
+}

@@ -1,0 +1,124 @@
+//! PeerJS mode (off by default): a drop-in for peerjs-server 1.0 (research/signaling.md §4, §10.4) mounted at
+//! `[signaling.peerjs] path`:
+//! - `GET {path}`: the server description JSON;
+//! - `GET {path}{key}/id`: a fresh client id (UUID v4, text);
+//! - `GET {path}{key}/peers`: the ids of the key's namespace (401 unless `allow_discovery`);
+//! - `GET {path}peerjs?key=&id=&token=` WebSocket: `OPEN`, `ID-TAKEN`, `ERROR`, relay with forced `src`, queue and
+//!   `EXPIRE`, `LEAVE`, `HEARTBEAT` timeout (the [`PeerjsServer`](duet_signaling::peerjs::PeerjsServer) core).
+//!
+//! `key` is either the static key of the config (behaves as upstream) or a session token from `POST /v1/join`: the
+//! client is then scoped to its booking (ids namespaced per booking, the window enforced, closed at the hard end or
+//! on cancel).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use duet_signaling::peerjs::{PeerjsError, Registration, SERVER_INFO, Scope};
+use serde::Deserialize;
+
+use super::native::{instant_of, precheck, transport_limit};
+use super::{Admit, connection, vy};
+use crate::app::{AppState, unix_now};
+use crate::booking::api::ApiError;
+use crate::booking::store::Status;
+
+/// The namespace and scope of a `key`, or `None` when the key is neither the static key nor a live session token.
+async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Scope>)> {
+    let cfg = &state.hub.config.peerjs;
+    if cfg.allow_static_key && key == cfg.key {
+        return Some((format!("key:{key}"), None));
+    }
+    let claims = state.session_keys.verify(key).ok()?;
+    let b = state.store.booking(None, &claims.bkg).await.ok()??;
+    let role = b.participants.iter().find(|p| p.id == claims.sub)?.role;
+    let now = unix_now();
+    if b.status == Status::Cancelled
+        || b.sequence != claims.seq
+        || now < b.window.opens_for(role)
+        || now >= b.window.hard_end_at
+    {
+        return None;
+    }
+    let scope = Scope { booking: b.id.clone(), hard_end_at: instant_of(b.window.hard_end_at) };
+    Some((b.id, Some(scope)))
+}
+
+/// The PeerJS routes under `path` (which starts and ends with `/`).
+pub fn routes(path: &str) -> Router<AppState> {
+    Router::new()
+        .route(path, get(info))
+        .route(&format!("{path}{{key}}/id"), get(id))
+        .route(&format!("{path}{{key}}/peers"), get(peers))
+        .route(&format!("{path}peerjs"), get(upgrade))
+}
+
+/// `GET {path}`: the server description, unless the request is a Virtual Y upgrade (`?meetingId=`), which any
+/// path accepts.
+async fn info(
+    state: State<AppState>,
+    connect: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if query.as_deref().is_some_and(|q| q.contains("meetingId=")) {
+        return vy::fallback(state, connect, headers, RawQuery(query), ws).await;
+    }
+    ([(header::CONTENT_TYPE, "application/json")], SERVER_INFO).into_response()
+}
+
+async fn id(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    if namespace_of(&state, &key).await.is_none() {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_key", "Invalid key provided").into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], uuid::Uuid::new_v4().to_string()).into_response()
+}
+
+async fn peers(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    let ns = match namespace_of(&state, &key).await {
+        Some((ns, _)) if state.hub.config.peerjs.allow_discovery => ns,
+        _ => return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "peer discovery is off").into_response(),
+    };
+    axum::Json(state.hub.peerjs_ids(ns).await).into_response()
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    key: Option<String>,
+    id: Option<String>,
+    token: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let slot = match precheck(&state, peer, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let key = q.key.unwrap_or_default();
+    let admit = match namespace_of(&state, &key).await {
+        Some((namespace, scope)) => Admit::Peerjs(Registration {
+            namespace,
+            id: q.id.unwrap_or_default(),
+            token: q.token.unwrap_or_default(),
+            scope,
+        }),
+        None if key.is_empty() => Admit::PeerjsReject(PeerjsError::InvalidWsParameters),
+        None => Admit::PeerjsReject(PeerjsError::InvalidKey),
+    };
+    let limit = transport_limit(&state);
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| connection(socket, state.hub.clone(), admit, slot))
+}
