@@ -195,3 +195,76 @@ async fn call_in_netns() {
     assert_alive(&mut d);
     println!("{RESULT_PREFIX}{json_line}");
 }
+
+/// debug.mjs's own hard deadline; the child and the parent allow more on top.
+const DEBUG_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Browser test 2: the join page's `?debug=1` diagnostics panel shows a relay candidate and a relay candidate pair
+/// (screenshot in /tmp/duet-debug.png); mute, a camera swap with `replaceTrack` (no renegotiation), an ICE restart
+/// asked for by the guest, and a dropped signaling socket (new session, fresh peer connections) all keep the call up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_page_debug_panel_and_recovery_in_chromium() {
+    const TEST: &str = "join_page_debug_panel_and_recovery_in_chromium";
+    if std::env::var_os(IN_NETNS).is_some() {
+        return debug_in_netns().await;
+    }
+    if let Err(why) = prerequisites() {
+        return skip_or_fail(TEST, &why);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(browser_dir().join("run-in-netns.sh"));
+    cmd.arg(&exe).args([TEST, "--exact", "--nocapture", "--test-threads=1"]).env(IN_NETNS, "1");
+    let done = tokio::task::spawn_blocking(move || run_bounded(&mut cmd, DEBUG_TIMEOUT + Duration::from_secs(90)))
+        .await
+        .expect("join the child");
+    if done.status.code() == Some(97) {
+        return skip_or_fail(TEST, &format!("no network namespace for the browser test: {}", done.stderr.trim()));
+    }
+    assert!(
+        done.status.success(),
+        "the browser test failed inside its network namespace ({}).\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    let result = line_after(&done.stdout, RESULT_PREFIX)
+        .unwrap_or_else(|| panic!("the child passed without a result line:\n{}\n{}", done.stdout, done.stderr));
+    let _ = writeln!(std::io::stderr(), "browser debug panel: {result}");
+}
+
+/// Inside the namespace: daemon, booking, the debug scenario.
+async fn debug_in_netns() {
+    let mut d = Daemon::start("");
+    let booking = d.booking_now(60, 1800).await;
+    let url = |role: &str| participant(&booking, role)["join_url"].as_str().expect("join_url").to_string();
+    let (host_url, guest_url) = (url("host"), url("guest"));
+    let shot = std::env::var("DUET_DEBUG_SCREENSHOT").unwrap_or_else(|_| "/tmp/duet-debug.png".into());
+
+    let mut cmd = Command::new("node");
+    cmd.current_dir(browser_dir())
+        .arg("debug.mjs")
+        .args(["--timeout-ms", &DEBUG_TIMEOUT.as_millis().to_string(), "--screenshot", &shot])
+        .arg(d.http.to_string())
+        .args([&host_url, &guest_url]);
+    let done = tokio::task::spawn_blocking(move || run_bounded(&mut cmd, DEBUG_TIMEOUT + Duration::from_secs(30)))
+        .await
+        .expect("join node");
+    let json_line = done.stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    let result: Value = serde_json::from_str(json_line).unwrap_or(Value::Null);
+    assert!(
+        done.status.success() && result["ok"] == true,
+        "debug.mjs failed ({}).\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        done.status,
+        done.stdout,
+        done.stderr
+    );
+    let panel = &result["panel"];
+    assert!(panel["relayCandidates"].as_u64().unwrap_or(0) > 0, "no relay candidate in the panel: {panel}");
+    assert!(
+        panel["pairLocal"] == "relay" || panel["pairRemote"] == "relay",
+        "the panel's selected pair has no relay candidate: {panel}"
+    );
+    assert!(result["sessions"]["after"].as_u64() > result["sessions"]["before"].as_u64(), "no new session: {result}");
+    assert_alive(&mut d);
+    println!("{RESULT_PREFIX}{json_line}");
+}

@@ -586,7 +586,10 @@ async fn diagnose(d: &Daemon, log: &Log, tasks: Vec<JoinHandle<Result<(), String
         }
     }
     let log = log.lock().unwrap().join("\n");
-    let metrics = d.metrics().await;
+    let metrics = match fetch_metrics(d).await {
+        Ok(text) => text,
+        Err(e) => e,
+    };
     format!("signaling tasks ended: {outcomes:?}\nlog:\n{log}\nmetrics:\n{metrics}")
 }
 
@@ -727,12 +730,20 @@ fn active_allocations(metrics: &str) -> Option<f64> {
 async fn wait_for_metrics(d: &Daemon, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = d.metrics().await;
+        let text = fetch_metrics(d).await.unwrap_or_else(|e| panic!("{e}"));
         if done(&text) || Instant::now() > deadline {
             return text;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// GET /metrics. A refused connection means the daemon is gone (it exited, or something outside the test stopped it),
+/// which is worth saying plainly.
+async fn fetch_metrics(d: &Daemon) -> Result<String, String> {
+    let url = format!("http://{}/metrics", d.admin);
+    let r = reqwest::get(&url).await.map_err(|e| format!("GET {url}: the daemon is not running any more? {e}"))?;
+    r.text().await.map_err(|e| format!("GET {url}: {e}"))
 }
 
 fn rfc3339(v: &Value) -> OffsetDateTime {

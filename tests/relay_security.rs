@@ -469,7 +469,7 @@ async fn bandwidth_cap_per_allocation_drops_and_counts() {
     }
 
     let dropped = (2 * BURST_PACKETS - to_peer - to_client) as f64;
-    assert_bandwidth_drops_counted(&before, &after, dropped * 0.9);
+    assert_bandwidth_drops_counted(&before, &after, dropped * 0.75);
 }
 
 /// Issue 3 ("... and total bandwidth caps"): max_bps_total = 20000 is shared by all allocations: after one
@@ -502,7 +502,7 @@ async fn bandwidth_cap_total_is_shared_by_allocations() {
     assert!(got_a >= 40, "the first allocation should get the burst through (about 65), got {got_a}");
     assert!(got_b <= 10, "the total cap was used up by the first allocation, yet the second got {got_b} through");
     let dropped = (2 * BURST_PACKETS - got_a - got_b) as f64;
-    assert_bandwidth_drops_counted(&before, &after, dropped * 0.9);
+    assert_bandwidth_drops_counted(&before, &after, dropped * 0.75);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

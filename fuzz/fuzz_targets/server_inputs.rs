@@ -25,25 +25,66 @@ const SECRET: &[u8] = b"fuzz-secret";
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// Arbitrary bytes from client `who`.
-    Raw { who: u8, bytes: Vec<u8> },
+    Raw {
+        who: u8,
+        bytes: Vec<u8>,
+    },
     /// A well-formed request from client `who`.
-    Request { who: u8, method: u8, attrs: Vec<FAttr>, auth: bool, fingerprint: bool, tid: u8 },
+    Request {
+        who: u8,
+        method: u8,
+        attrs: Vec<FAttr>,
+        auth: bool,
+        fingerprint: bool,
+        tid: u8,
+    },
     /// ChannelData from client `who`.
-    ChannelData { who: u8, channel: u16, len: u16, pad: u8 },
+    ChannelData {
+        who: u8,
+        channel: u16,
+        len: u16,
+        pad: u8,
+    },
     /// A Send indication from client `who`.
-    Send { who: u8, peer: u8, len: u16 },
+    Send {
+        who: u8,
+        peer: u8,
+        len: u16,
+    },
     /// A datagram on relay socket `relay` (index into known relays) from peer `peer`.
-    Peer { relay: u8, peer: u8, len: u16 },
+    Peer {
+        relay: u8,
+        peer: u8,
+        len: u16,
+    },
     /// Completes the `idx`-th outstanding BindRelay.
-    Bound { idx: u8, ok: bool, port: u16, reuse: bool },
+    Bound {
+        idx: u8,
+        ok: bool,
+        port: u16,
+        reuse: bool,
+    },
     /// Virtual time passes (ms); fires due timers like the driver.
-    Advance { ms: u32 },
+    Advance {
+        ms: u32,
+    },
     /// Calls handle_timeout right now, with a wall clock that may have stepped.
-    Timeout { unix_step: i16 },
-    Close { who: u8 },
-    Revoke { booking: u8, until: u16 },
-    Secrets { which: u8 },
-    Statics { which: u8 },
+    Timeout {
+        unix_step: i16,
+    },
+    Close {
+        who: u8,
+    },
+    Revoke {
+        booking: u8,
+        until: u16,
+    },
+    Secrets {
+        which: u8,
+    },
+    Statics {
+        which: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -347,4 +388,26 @@ fuzz_target!(|ops: Vec<Op>| {
         w.drain();
         w.check();
     }
+    if report() {
+        // Which states this input reached (FUZZ_REPORT=1 with -runs=0 over the corpus).
+        let s = w.server.stats();
+        eprintln!(
+            "REACHED allocs={} to_peer={} to_client={} bw_drops={} peer_denied={} revoked={} cred_expired={} quota={} capacity={} stale={}",
+            s.allocations_created,
+            s.relayed_packets_to_peer,
+            s.relayed_packets_to_client,
+            s.drops_bandwidth,
+            s.drops_peer_denied,
+            s.allocations_revoked,
+            s.allocations_credential_expired,
+            s.quota_refusals,
+            s.capacity_refusals,
+            s.stale_nonces,
+        );
+    }
 });
+
+fn report() -> bool {
+    static REPORT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REPORT.get_or_init(|| std::env::var_os("FUZZ_REPORT").is_some())
+}

@@ -57,11 +57,18 @@
 //!   the long-term mechanism on TURN REST credentials, and the HMAC, the credential expiry and
 //!   the booking's revocation are checked on each one (DESIGN §4). Nonces are stateless; no state
 //!   is kept per client before it authenticates except a fixed-size hashed 401 rate limiter.
+//!   Legacy static credentials ([`StaticCredential`], `vy` mode only) are looked up first, in
+//!   constant time; they never expire but have their own allocation quota.
 //! - An allocation ends when its lifetime passes, on Refresh 0, when its credential expiry (the
-//!   booking's hard end) passes, on [`Server::revoke_booking`], or when its TCP/TLS connection
-//!   closes; each end emits exactly one [`Command::FreeRelay`] for a bound relay socket.
+//!   booking's hard end) passes, on [`Server::revoke_booking`], when its static credential is
+//!   removed ([`Server::set_static_credentials`]), or when its TCP/TLS connection closes; each
+//!   end emits exactly one [`Command::FreeRelay`] for a bound relay socket.
 //! - Data is relayed only between a client and peers it holds a live permission for; peers pass
 //!   the [`policy::PeerPolicy`] (deny by default) when the permission is installed.
+//! - Relayed bytes pass token buckets on the `now` arguments: per allocation and direction
+//!   ([`ServerConfig::max_bytes_per_second_per_allocation`]) and server-wide
+//!   ([`ServerConfig::max_bytes_per_second_total`]); over a cap, datagrams are dropped and
+//!   counted ([`Stats::drops_bandwidth`]).
 //! - [`Server::poll_timeout`] is never later than the next deadline (it may be earlier).
 //!
 //! # Modules

@@ -491,7 +491,13 @@
         if (!ev.candidate) { this.gatheringDoneAt = Date.now(); return; }
         const c = ev.candidate;
         const p = parseCandidate(c.candidate);
-        if (p) this.gathered.push({ ...p, type: c.type || p.type, relayProtocol: c.relayProtocol || null, url: c.url || null });
+        if (p) {
+          const type = c.type || p.type;
+          const url = ev.url || c.url || null; // the STUN/TURN server that produced it
+          const relayProtocol = type !== 'relay' ? null : c.relayProtocol
+            || (url ? (/^turns:/i.test(url) ? 'tls' : /transport=tcp/i.test(url) ? 'tcp' : 'udp') : null);
+          this.gathered.push({ ...p, type, relayProtocol, url });
+        }
         this._signal({ type: 'candidate', candidate: { candidate: c.candidate, sdpMLineIndex: c.sdpMLineIndex, sdpMid: c.sdpMid } });
       };
       pc.onicecandidateerror = (ev) => {
@@ -841,14 +847,19 @@
       h.push(`TURN server refused the credentials (error ${auth[auth.length - 1].errorCode} from ${auth[auth.length - 1].url || 'the TURN server'}): ` +
         'a TURN authentication problem (expired link credentials, or a TURN secret mismatch on the server), not a network block.');
     }
-    const unreachable = ice.filter((e) => e.errorCode === 701 && /^turns?:/i.test(e.url || ''));
+    // Chrome names a TURN server that never answers by a stun: URL with the same host and port.
+    const hostPort = (u) => String(u || '').replace(/^[a-z]+:/i, '').replace(/\?.*$/, '').toLowerCase();
+    const turnHosts = new Set(turnUrls.map(hostPort));
+    const unreachable = ice.filter((e) => e.errorCode === 701 && turnHosts.has(hostPort(e.url)));
     if (!relays && unreachable.length) {
-      const urls = [...new Set(unreachable.map((e) => e.url))].join(', ');
-      h.push(`No relay candidate, and the TURN server did not answer (701) at ${urls}: the port is probably blocked (firewall, UDP filtered).`);
-    } else if (!relays && turnUrls.length && d.pc && (d.pc.gathering === 'complete' || d.pc.age_s > 8) && !auth.length) {
-      h.push('No relay candidate gathered although TURN servers are configured.');
+      const where = [...new Set(unreachable.map((e) => hostPort(e.url)))].join(', ');
+      h.push(`No relay candidate, and the TURN server at ${where} did not answer (error 701): its port is probably blocked ` +
+        '(firewall, or UDP filtered on this network), not an authentication problem.');
+    } else if (!relays && turnUrls.length && d.pc && d.pc.age_s > 5 && !auth.length) {
+      h.push('No relay candidate yet, and no answer from the TURN server. If this stays so (the browser reports error 701 ' +
+        'after about 40 s), the TURN port is blocked on this network.');
     }
-    if (d.pc && !d.relayOnly && !d.localCounts.srflx.udp && d.pc.gathering === 'complete' && ice.some((e) => e.errorCode === 701 && /^stun:/i.test(e.url || ''))) {
+    if (d.pc && !d.relayOnly && !d.localCounts.srflx.udp && ice.some((e) => e.errorCode === 701 && !turnHosts.has(hostPort(e.url)))) {
       h.push('No server-reflexive candidate: the STUN server is unreachable over UDP.');
     }
     if (d.pc && d.pc.ice === 'failed') h.push('ICE failed: no candidate pair works between the two browsers.');

@@ -62,6 +62,7 @@ function readPanel() {
   return {
     visible: !!diag && !diag.hidden && diag.getBoundingClientRect().height > 0,
     relayCandidates: diag ? Number(diag.dataset.relayCandidates || 0) : 0,
+    session: diag ? diag.dataset.session : null,
     pairLocal: diag ? diag.dataset.pairLocal : null,
     pairRemote: diag ? diag.dataset.pairRemote : null,
     cands,
@@ -192,7 +193,7 @@ run('duet-debug-panel', timeoutMs, async (ctx) => {
   if (reconnects < 1) throw new Failure(`the host did not count its reconnection (${reconnects})`);
   await waitFor('the panel catching up', remaining(), async () => {
     const seen = await host.evaluate(readPanel);
-    return { done: seen.pairLocal === 'relay' && seen.videoInKbps > 0, seen };
+    return { done: seen.session === String(after[0].session) && seen.pairLocal === 'relay' && seen.videoInKbps > 0, seen };
   }, { intervalMs: 500 });
   await host.screenshot({ path: sibling('reconnected'), fullPage: true });
 

@@ -316,7 +316,7 @@ pub fn start_with_ready(extra_config: &str) -> (Daemon, Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
         .args(["serve", "--config"])
         .arg(&config_path)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
