@@ -129,6 +129,21 @@ pub struct RawTurn {
     pub max_allocations: Option<u32>,
     /// Emit the SOFTWARE attribute (default false: less fingerprinting).
     pub software: Option<bool>,
+    /// Legacy static long-term credentials for Virtual Y clients, whose TURN settings are fixed in the site's
+    /// config (DESIGN §4): `[[turn.static_credentials]]` tables of `username`, `password`, `max_allocations`.
+    pub static_credentials: Option<Vec<RawStaticCredential>>,
+}
+
+/// One `[[turn.static_credentials]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStaticCredential {
+    /// USERNAME the clients send.
+    pub username: String,
+    /// Password (long-term key = MD5(username:realm:password), RFC 8489 §9.2.2).
+    pub password: String,
+    /// Allocations this credential may hold at once (default 16).
+    pub max_allocations: Option<u32>,
 }
 
 /// `[booking]`: join-window policy defaults (DESIGN §3).
@@ -277,6 +292,8 @@ pub struct TurnConfig {
     pub max_bps_per_allocation: Option<u64>,
     /// Total bytes/s cap.
     pub max_bps_total: Option<u64>,
+    /// Legacy static credentials `(username, password, max_allocations)`.
+    pub static_credentials: Vec<(String, String, u32)>,
     /// REALM.
     pub realm: String,
     /// Host for client URLs; `None` = first listen IP.
@@ -485,6 +502,19 @@ impl RawConfig {
             relay_ip6: self.turn.relay_ip6,
             max_bps_per_allocation: self.turn.max_bps_per_allocation,
             max_bps_total: self.turn.max_bps_total,
+            static_credentials: {
+                let mut v = Vec::new();
+                for c in self.turn.static_credentials.into_iter().flatten() {
+                    if c.username.is_empty() || c.username.contains(':') || c.password.len() < 12 {
+                        return Err(invalid(
+                            "turn.static_credentials",
+                            "each needs a username without ':' (that form is reserved for booking credentials) and a password of at least 12 characters",
+                        ));
+                    }
+                    v.push((c.username, c.password, c.max_allocations.unwrap_or(16)));
+                }
+                v
+            },
             realm,
             public_host: self.turn.public_host,
             public_ip: self.turn.public_ip,
@@ -638,6 +668,31 @@ mod tests {
         let o = Overrides { turn_listen: Some("0.0.0.0:3478".into()), ..Default::default() };
         let c = RawConfig::default().into_config(&o).unwrap();
         assert!(!c.all_loopback());
+    }
+
+    #[test]
+    fn static_credentials_and_modes_parse() {
+        let c = RawConfig::from_toml(
+            "[turn]\nlisten_tcp = [\"127.0.0.1:0\"]\n[[turn.static_credentials]]\nusername = \"virtualy\"\npassword = \"long-enough-password\"\n\n[signaling.peerjs]\nenabled = true\npath = \"myapp\"\n[signaling.vy]\nlisten = \"127.0.0.1:8091\"\n",
+        )
+        .unwrap()
+        .into_config(&Overrides::default())
+        .unwrap();
+        assert_eq!(c.turn.static_credentials, vec![("virtualy".into(), "long-enough-password".into(), 16)]);
+        assert_eq!(c.signaling.peerjs.path, "/myapp/");
+        assert_eq!(c.signaling.vy.listen, Some("127.0.0.1:8091".parse().unwrap()));
+        let e = RawConfig::from_toml(
+            "[[turn.static_credentials]]\nusername = \"a:b\"\npassword = \"long-enough-password\"\n",
+        )
+        .unwrap()
+        .into_config(&Overrides::default())
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("turn.static_credentials"), "{e}");
+        let e = RawConfig::from_toml("[turn]\nlisten_tls = [\"127.0.0.1:0\"]\n")
+            .unwrap()
+            .into_config(&Overrides::default());
+        assert!(e.unwrap_err().to_string().contains("turn.listen_tls"));
     }
 
     #[test]

@@ -115,6 +115,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     relay_cfg.max_allocations_total = config.turn.max_allocations;
     relay_cfg.max_bytes_per_second_per_allocation = config.turn.max_bps_per_allocation;
     relay_cfg.max_bytes_per_second_total = config.turn.max_bps_total;
+    relay_cfg.static_credentials = config
+        .turn
+        .static_credentials
+        .iter()
+        .map(|(username, password, max)| duet_relay::StaticCredential {
+            username: username.clone(),
+            password: password.clone(),
+            max_allocations: *max,
+        })
+        .collect();
     if config.turn.software {
         relay_cfg.software = Some(format!("duet/{}", env!("CARGO_PKG_VERSION")));
     }

@@ -536,6 +536,7 @@
       const s = pc.connectionState;
       if (s === 'connected') { this._restarts = 0; clearTimeout(this._timers.ice); }
       if ((s === 'failed' || s === 'closed') && !this._partnerPresent) { this._closePeer(); return this._derive(); }
+      if (s === 'failed' && !/failed/.test(pc.iceConnectionState)) this._recoverIce(pc); // DTLS or ICE gave up
       this._derive();
     }
 
