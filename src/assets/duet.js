@@ -40,10 +40,12 @@
  *   call.session      current pairing number (from `ready`)                call.initiator  true for the host
  *   call.signalingState  connecting | open | reconnecting | closed         call.remoteStream / call.localStream
  *   call.endReason    hangup | ended | cancelled | replaced | full | expired | invalid | error
- *   call.errors       last 20 errors: {t, kind:'ice'|'signaling'|'negotiation'|'media', …}; ICE server errors
+ *   call.reconnects   signaling reconnections     call.iceRestarts  ICE restarts asked for     call.log  last 50 events
+ *   call.errors       last 20 errors: {t, kind:'ice'|'signaling'|'negotiation', …}; ICE server errors
  *                     are {kind:'ice', errorCode, errorText, url, address, port} (401 = TURN auth refused,
  *                     701 = STUN/TURN server unreachable)
- *   call.on(event, fn) / call.off(event, fn)   events: status, remote, ended, window, error, session
+ *   call.on(event, fn) / call.off(event, fn)   events: status(state, text, detail), remote(stream|null),
+ *                                    ended(reason, text), window({…}), error({…}), session(n, peer)
  *   call.hangup()                    leave (tells the hub), close everything, stop local tracks
  *   call.setEnabled(kind, on)        mute / unmute ('audio') or camera off / on ('video') via track.enabled
  *   call.replaceTrack(kind, track) -> Promise   switch device: RTCRtpSender.replaceTrack (no renegotiation) when
@@ -63,7 +65,7 @@
  * Only the initiator (host) ever offers, as with simple-peer, so there is no glare.
  *
  * ---- Recovery -----------------------------------------------------------------------------------------------------
- * - WebSocket lost (or no pong for two ping intervals): reconnect with exponential backoff and jitter (0.5 s … 15 s,
+ * - WebSocket lost (or silent for 2.5 client ping intervals): reconnect with exponential backoff and jitter (0.5 s … 15 s,
  *   at once when the browser reports `online`). Close 4001, or a refused token before `welcome`, or a session token
  *   past expires_at: POST /v1/join again for a fresh one. 4003 ended, 4004 cancelled, 4008 replaced, 4009 full: end.
  * - The media path survives a signaling blip: the peer connection is kept until the hub pairs us again.

@@ -216,7 +216,7 @@ impl RelayHandle {
             if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[..n])
                 && let Some((relay, _)) = core.relays.get(&t.relay)
             {
-                let _ = relay.try_send_to(t.payload, t.peer);
+                self.send_datagram(relay, t.payload, t.peer);
             }
             self.drain(&mut core);
         }
@@ -312,13 +312,22 @@ impl RelayHandle {
         }
     }
 
+    /// Sends one datagram without waiting: a direct non-blocking `sendto` (tokio's `try_send_to` would refuse
+    /// before trying while the reactor has not yet seen a new socket writable, losing the first packet of a fresh
+    /// relay). A full socket buffer drops the datagram and counts it as `send_failed`.
+    fn send_datagram(&self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+        if socket2::SockRef::from(sock).send_to(bytes, &to.into()).is_err() {
+            self.inner.metrics.turn_drops.with_label_values(&["send_failed"]).inc();
+        }
+    }
+
     /// Sends one message to a client over its transport: UDP at once, TCP/TLS through the connection's queue (a
     /// full queue drops the frame).
     fn send_to_client(&self, core: &Core, to: FiveTuple, bytes: &[u8]) {
         match to.transport {
             Transport::Udp => {
                 if let Some(l) = self.inner.listeners.get(&to.server) {
-                    let _ = l.try_send_to(bytes, to.client);
+                    self.send_datagram(l, bytes, to.client);
                 }
             }
             Transport::Tcp | Transport::Tls => {
@@ -406,7 +415,7 @@ impl RelayHandle {
                         if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[start..start + len])
                             && let Some((relay, _)) = core.relays.get(&t.relay)
                         {
-                            let _ = relay.try_send_to(t.payload, t.peer);
+                            self.send_datagram(relay, t.payload, t.peer);
                         }
                         self.drain(&mut core);
                         start += len;
@@ -497,6 +506,7 @@ impl RelayHandle {
             ("rate_limited", s.drops_rate_limited),
             ("unknown_channel", s.drops_unknown_channel),
             ("unauthenticated_reply_suppressed", s.unauthenticated_replies_suppressed),
+            ("bandwidth", s.drops_bandwidth),
         ] {
             sync(&m.turn_drops.with_label_values(&[reason]), ("drops", reason), v);
         }

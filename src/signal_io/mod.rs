@@ -344,7 +344,9 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
                     // Over the transport's size cap (or a protocol error): say why if the socket still writes.
-                    let too_big = e.to_string().to_ascii_lowercase().contains("size");
+                    // tungstenite reports the cap as "Space limit exceeded: Message too long" (0.29) or a size error.
+                    let text = e.to_string().to_ascii_lowercase();
+                    let too_big = ["too long", "too big", "size", "space limit"].iter().any(|w| text.contains(w));
                     let frame = if too_big {
                         close_frame(close_code::TOO_BIG, "message too big")
                     } else {

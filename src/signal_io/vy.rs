@@ -38,10 +38,15 @@ pub async fn fallback(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let q: Option<VyQuery> = query.as_deref().and_then(|q| serde_urlencoded::from_str(q).ok());
+    let vy_enabled = state.hub.config.vy.enabled;
     let Some(q) = q.filter(|q| q.meeting_id.is_some()) else {
+        // A WebSocket upgrade on an unknown path is a Virtual Y client without its meetingId (research §10.2: 400).
+        if vy_enabled && ws.is_ok() {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "meetingId is required").into_response();
+        }
         return ApiError::not_found().into_response();
     };
-    if !state.hub.config.vy.enabled {
+    if !vy_enabled {
         return ApiError::not_found().into_response();
     }
     let meeting_id = q.meeting_id.unwrap_or_default();
