@@ -65,7 +65,7 @@ allocations_per_ip = 1000
 [log]
 level = "warn"
 TOML
-target/release/duet serve --config "$work/duet.toml" >"$work/duet.out" 2>"$work/duet.err" &
+env ${DUET_ENV:-} target/release/duet serve --config "$work/duet.toml" >"$work/duet.out" 2>"$work/duet.err" &
 pids+=($!); duet_pid=$!
 sleep 1.5
 secret=$(python3 -c "import tomllib,sys; print(tomllib.load(open('$work/duet-data/secrets.toml','rb'))['turn_secrets'][0])")
