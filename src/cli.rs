@@ -121,7 +121,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         eprintln!("duet: admin API key in {}", running.api_key_file.display());
     }
     eprintln!(
-        "duet: serving http://{} (API, join pages, WebSocket), TURN/STUN udp {:?}, admin http://{}/metrics",
+        "duet: serving {} (API, join pages, WebSocket), TURN/STUN udp {:?}, admin http://{}/metrics",
         running.http, running.turn_udp, running.admin
     );
     // One machine-readable line on stdout for supervisors and tests.

@@ -77,6 +77,11 @@ pub struct RawConfig {
 pub struct RawHttp {
     /// Listen address (default `127.0.0.1:8080`).
     pub listen: Option<String>,
+    /// PEM certificate chain: serve HTTPS (and WSS) directly, reloaded on SIGHUP (default: plain HTTP, e.g. behind a
+    /// TLS-terminating proxy).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[admin]`: metrics and health listener.
@@ -206,6 +211,10 @@ pub struct RawVy {
     pub strict: Option<bool>,
     /// A listener of its own for Virtual Y clients (they use port 8091), e.g. "0.0.0.0:8091" (default: none).
     pub listen: Option<String>,
+    /// PEM certificate chain for that listener (Virtual Y clients connect with wss://), reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[signaling.peerjs]` (research/signaling.md §10.4).
@@ -259,6 +268,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// HTTPS certificate and key of the HTTP listener.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     /// Admin listen address.
     pub admin_listen: SocketAddr,
     /// TURN settings.
@@ -363,6 +374,8 @@ pub struct VyConfig {
     pub strict: bool,
     /// Dedicated listener.
     pub listen: Option<SocketAddr>,
+    /// Its certificate and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Validated `[signaling.peerjs]`.
@@ -408,6 +421,20 @@ fn duration(key: &'static str, v: &Option<String>, default: Duration) -> Result<
     }
 }
 
+/// Both of `tls_cert` and `tls_key`, or neither.
+fn cert_pair(
+    section: &'static str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(section, "tls_cert is set but tls_key is not")),
+        (None, Some(_)) => Err(invalid(section, "tls_key is set but tls_cert is not")),
+    }
+}
+
 fn addr(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
     SocketAddr::from_str(v).map_err(|e| invalid(key, format!("{v:?}: {e} (e.g. \"127.0.0.1:8080\")")))
 }
@@ -433,7 +460,7 @@ impl RawConfig {
     }
 
     /// Applies overrides and validates.
-    pub fn into_config(self, o: &Overrides) -> Result<Config, ConfigError> {
+    pub fn into_config(mut self, o: &Overrides) -> Result<Config, ConfigError> {
         let http_listen =
             addr("http.listen", o.http_listen.as_deref().or(self.http.listen.as_deref()).unwrap_or("127.0.0.1:8080"))?;
         let admin_listen = addr(
@@ -453,12 +480,7 @@ impl RawConfig {
         };
         let listen_tcp = list("turn.listen_tcp", &self.turn.listen_tcp)?;
         let listen_tls = list("turn.listen_tls", &self.turn.listen_tls)?;
-        let tls = match (self.turn.tls_cert, self.turn.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => return Err(invalid("turn.tls_key", "tls_cert is set but tls_key is not")),
-            (None, Some(_)) => return Err(invalid("turn.tls_cert", "tls_key is set but tls_cert is not")),
-        };
+        let tls = cert_pair("turn", self.turn.tls_cert, self.turn.tls_key)?;
         if !listen_tls.is_empty() && tls.is_none() {
             return Err(invalid("turn.listen_tls", "TLS listeners need turn.tls_cert and turn.tls_key"));
         }
@@ -547,6 +569,7 @@ impl RawConfig {
                 require_booking: s.vy.require_booking.unwrap_or(true),
                 strict: s.vy.strict.unwrap_or(false),
                 listen: s.vy.listen.as_deref().map(|a| addr("signaling.vy.listen", a)).transpose()?,
+                tls: cert_pair("signaling.vy", s.vy.tls_cert.clone(), s.vy.tls_key.clone())?,
             },
             peerjs: PeerjsConfig {
                 enabled: s.peerjs.enabled.unwrap_or(false),
@@ -592,6 +615,7 @@ impl RawConfig {
         Ok(Config {
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,
             http_listen,
             admin_listen,
             turn,
@@ -621,7 +645,8 @@ impl Config {
 
     /// Base URL for join links when none is configured: `http://<http listen address>`.
     pub fn public_base(&self, bound_http: SocketAddr) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{bound_http}"))
+        let scheme = if self.http_tls.is_some() { "https" } else { "http" };
+        self.public_url.clone().unwrap_or_else(|| format!("{scheme}://{bound_http}"))
     }
 }
 

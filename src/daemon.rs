@@ -64,7 +64,7 @@ pub struct Running {
 #[derive(Clone)]
 pub struct Reload {
     data: DataDir,
-    tls: Option<TlsConfig>,
+    tls: Vec<TlsConfig>,
     relay: RelayHandle,
     turn_secret: Arc<std::sync::RwLock<Vec<u8>>>,
 }
@@ -72,7 +72,7 @@ pub struct Reload {
 impl Reload {
     /// Re-reads certificates and secrets; on any error the running values stay and the error is returned.
     pub fn reload(&self) -> anyhow::Result<()> {
-        if let Some(tls) = &self.tls {
+        for tls in &self.tls {
             tls.reload()?;
         }
         let secrets = self.data.secrets()?.turn_secret_bytes();
@@ -213,29 +213,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let vy_addr = vy_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let vy_tls = config.signaling.vy.tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
     if let Some(listener) = vy_listener {
         let vy_app = Router::new().fallback(signal_io::vy::fallback).with_state(state);
-        let sd = shutdown.clone();
-        tasks.spawn(async move {
-            let r = axum::serve(listener, vy_app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "vy listener failed");
-            }
-        });
+        spawn_http(&tasks, listener, vy_app, vy_tls.clone(), shutdown.clone(), "vy");
     }
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: shutdown.clone() });
-    let sd = shutdown.clone();
-    tasks.spawn(async move {
-        let r = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(sd.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    let http_tls = config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
+    spawn_http(&tasks, http_listener, app, http_tls.clone(), shutdown.clone(), "http");
     let sd = shutdown.clone();
     tasks.spawn(async move {
         let r = axum::serve(admin_listener, admin_app).with_graceful_shutdown(sd.cancelled_owned()).await;
@@ -256,8 +242,33 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
         hub,
-        reload: Reload { data, tls, relay, turn_secret },
+        reload: Reload { data, tls: [tls, http_tls, vy_tls].into_iter().flatten().collect(), relay, turn_secret },
     })
+}
+
+/// Serves a router on a listener until `shutdown`: HTTPS with `tls`, plain HTTP otherwise; handlers see the
+/// client address as `ConnectInfo<SocketAddr>` either way.
+fn spawn_http(
+    tasks: &TaskTracker,
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsConfig>,
+    shutdown: CancellationToken,
+    name: &'static str,
+) {
+    tasks.spawn(async move {
+        match tls {
+            Some(tls) => crate::https::serve(listener, tls, app, shutdown).await,
+            None => {
+                let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, listener = name, "server failed");
+                }
+            }
+        }
+    });
 }
 
 /// Relay socket addresses from `[turn]`: IPv4 relays on `relay_ip` (default: the first IPv4 UDP listener's IP,

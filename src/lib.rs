@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;
+pub mod https;
 pub mod metrics;
 pub mod relay_io;
 pub mod signal_io;
