@@ -34,6 +34,9 @@ const MAX_DATAGRAM: usize = 65_535;
 const HEADROOM: usize = 4;
 /// Upper bound of the timer's sleep: the revocation and expiry checks run at least this often.
 const TIMER_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Datagrams handled per wake-up of one socket before it yields to the others (fairness between allocations; a
+/// flood on one socket cannot starve the rest of the relay thread).
+const BATCH: usize = 64;
 /// Random ports tried before an Allocate gets 508 Insufficient Capacity.
 const BIND_ATTEMPTS: usize = 64;
 /// Frames queued for one TCP/TLS client before further ones are dropped (a slow reader loses media, not the relay).
@@ -81,6 +84,11 @@ struct Core {
     /// Writers of the TCP/TLS client connections, by 5-tuple.
     streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     last: Exported,
+    /// The one receive buffer of the relay thread (every socket reads into it under the lock), so an allocation
+    /// costs no buffer of its own: 4 bytes of headroom for the ChannelData header, 3 behind for TCP padding.
+    buf: Vec<u8>,
+    /// Scratch for Data indications.
+    indication: Vec<u8>,
 }
 
 /// The core counter values last copied into Prometheus, keyed by metric and label.
@@ -180,6 +188,8 @@ impl RelayHandle {
                 relays: HashMap::new(),
                 streams: HashMap::new(),
                 last: Exported::default(),
+                buf: vec![0u8; HEADROOM + MAX_DATAGRAM + 3],
+                indication: Vec::with_capacity(2048),
             }),
             listeners: udp.into_iter().collect(),
             tcp_addrs,
@@ -236,63 +246,82 @@ impl RelayHandle {
         self.lock().server.set_auth_secrets(secrets);
     }
 
+    /// Waits until `sock` is readable, then reads up to [`BATCH`] datagrams into the shared buffer and hands each
+    /// to `handle` under one lock. Returns `true` when the batch was used up with datagrams still queued (the caller
+    /// then yields to the other sockets), `false` when the socket is drained.
+    async fn read_batch(&self, sock: &UdpSocket, mut handle: impl FnMut(&mut Core, usize, SocketAddr)) -> bool {
+        if sock.readable().await.is_err() {
+            return false;
+        }
+        let mut core = self.lock();
+        for _ in 0..BATCH {
+            let core = &mut *core;
+            match sock.try_recv_from(&mut core.buf[HEADROOM..HEADROOM + MAX_DATAGRAM]) {
+                Ok((n, from)) => handle(core, n, from),
+                // Nothing left: try_recv_from has cleared the readiness, the next readable() waits.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                // ICMP errors surface here on Linux (ECONNREFUSED of an earlier send); keep serving.
+                Err(e) => tracing::debug!(target: "relay", error = %e, "recv"),
+            }
+            self.drain(core);
+        }
+        true
+    }
+
     async fn client_loop(self, local: SocketAddr, sock: Arc<UdpSocket>, shutdown: CancellationToken) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            let (n, from) = tokio::select! {
-                r = sock.recv_from(&mut buf) => match r {
-                    Ok(v) => v,
-                    Err(e) => {
-                        // ICMP errors surface here on Linux (ECONNREFUSED of an earlier send); keep serving.
-                        tracing::debug!(target: "relay", error = %e, "recv on client listener");
-                        continue;
-                    }
-                },
+            let batch = self.read_batch(&sock, |core, n, from| {
+                let five = FiveTuple { transport: Transport::Udp, server: local, client: from };
+                let packet = &core.buf[HEADROOM..HEADROOM + n];
+                if let Some(t) = core.server.handle_client_input(Instant::now(), five, packet)
+                    && let Some((relay, _)) = core.relays.get(&t.relay)
+                {
+                    self.send_datagram(relay, t.payload, t.peer);
+                }
+            });
+            let more = tokio::select! {
+                more = batch => more,
                 _ = shutdown.cancelled() => return,
             };
-            let five = FiveTuple { transport: Transport::Udp, server: local, client: from };
-            let mut core = self.lock();
-            if let Some(t) = core.server.handle_client_input(Instant::now(), five, &buf[..n])
-                && let Some((relay, _)) = core.relays.get(&t.relay)
-            {
-                self.send_datagram(relay, t.payload, t.peer);
+            if more {
+                tokio::task::yield_now().await;
             }
-            self.drain(&mut core);
         }
     }
 
     async fn relay_loop(self, relay_addr: SocketAddr, sock: Arc<UdpSocket>) {
-        // Headroom in front for the ChannelData header, 3 bytes behind for the TCP padding.
-        let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM + 3];
-        let mut indication = Vec::with_capacity(2048);
         loop {
-            let (n, peer) = match sock.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::debug!(target: "relay", error = %e, "recv on relay socket");
-                    continue;
-                }
-            };
-            let mut core = self.lock();
-            match core.server.handle_peer_input(Instant::now(), relay_addr, peer, n) {
-                Some(ClientDelivery::ChannelData { to, channel }) => {
-                    write_channel_data_header(&mut buf[..HEADROOM], channel, n as u16);
-                    let mut len = HEADROOM + n;
-                    if to.transport != Transport::Udp {
-                        // RFC 8656 §12.5: over TCP/TLS a ChannelData message is padded to a multiple of 4 bytes.
-                        let padded = (len + 3) & !3;
-                        buf[len..padded].fill(0);
-                        len = padded;
+            let more = self
+                .read_batch(&sock, |core, n, peer| {
+                    match core.server.handle_peer_input(Instant::now(), relay_addr, peer, n) {
+                        Some(ClientDelivery::ChannelData { to, channel }) => {
+                            write_channel_data_header(&mut core.buf[..HEADROOM], channel, n as u16);
+                            let mut len = HEADROOM + n;
+                            if to.transport != Transport::Udp {
+                                // RFC 8656 §12.5: over TCP/TLS a ChannelData message is padded to a multiple of 4 bytes.
+                                let padded = (len + 3) & !3;
+                                core.buf[len..padded].fill(0);
+                                len = padded;
+                            }
+                            self.send_to_client(core, to, &core.buf[..len]);
+                        }
+                        Some(ClientDelivery::DataIndication { to }) => {
+                            let mut indication = std::mem::take(&mut core.indication);
+                            duet_relay::server::encode_data_indication(
+                                peer,
+                                &core.buf[HEADROOM..HEADROOM + n],
+                                &mut indication,
+                            );
+                            self.send_to_client(core, to, &indication);
+                            core.indication = indication;
+                        }
+                        None => {}
                     }
-                    self.send_to_client(&core, to, &buf[..len]);
-                }
-                Some(ClientDelivery::DataIndication { to }) => {
-                    duet_relay::server::encode_data_indication(peer, &buf[HEADROOM..HEADROOM + n], &mut indication);
-                    self.send_to_client(&core, to, &indication);
-                }
-                None => {}
+                })
+                .await;
+            if more {
+                tokio::task::yield_now().await;
             }
-            self.drain(&mut core);
         }
     }
 
