@@ -12,6 +12,24 @@ use std::time::Duration;
 use duet_relay::policy::IpNet;
 use serde::Deserialize;
 
+/// A secret from the config file: usable with [`Secret::expose`], printed as `<redacted>` by `Debug` (so
+/// `duet check-config` and logs never show it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Errors turning a config file into a [`Config`]; each names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -304,7 +322,7 @@ pub struct TurnConfig {
     /// Total bytes/s cap.
     pub max_bps_total: Option<u64>,
     /// Legacy static credentials `(username, password, max_allocations)`.
-    pub static_credentials: Vec<(String, String, u32)>,
+    pub static_credentials: Vec<(String, Secret, u32)>,
     /// REALM.
     pub realm: String,
     /// Host for client URLs; `None` = first listen IP.
@@ -533,7 +551,7 @@ impl RawConfig {
                             "each needs a username without ':' (that form is reserved for booking credentials) and a password of at least 12 characters",
                         ));
                     }
-                    v.push((c.username, c.password, c.max_allocations.unwrap_or(16)));
+                    v.push((c.username, Secret(c.password), c.max_allocations.unwrap_or(16)));
                 }
                 v
             },
@@ -703,7 +721,8 @@ mod tests {
         .unwrap()
         .into_config(&Overrides::default())
         .unwrap();
-        assert_eq!(c.turn.static_credentials, vec![("virtualy".into(), "long-enough-password".into(), 16)]);
+        assert_eq!(c.turn.static_credentials, vec![("virtualy".into(), Secret("long-enough-password".into()), 16)]);
+        assert!(!format!("{c:?}").contains("long-enough-password"), "Debug hides the password");
         assert_eq!(c.signaling.peerjs.path, "/myapp/");
         assert_eq!(c.signaling.vy.listen, Some("127.0.0.1:8091".parse().unwrap()));
         let e = RawConfig::from_toml(

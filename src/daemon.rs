@@ -121,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .iter()
         .map(|(username, password, max)| duet_relay::StaticCredential {
             username: username.clone(),
-            password: password.clone(),
+            password: password.expose().to_string(),
             max_allocations: *max,
         })
         .collect();
