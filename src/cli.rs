@@ -138,7 +138,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "api_key_file": running.api_key_file,
         })
     );
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+    let mut watchdog_usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+        // Ping at half the interval systemd waits (sd_watchdog_enabled(3)).
+        let every = std::time::Duration::from_micros(watchdog_usec / 2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
     wait_for_signal(&running.reload).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     running.hub.close_all();
     // Give the hub a moment to send the 1001 closes before the tasks stop.
@@ -146,6 +160,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     running.shutdown.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), running.tasks.wait()).await;
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about the service state; a no-op outside systemd.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify");
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TURNS certificate and the TURN secrets meanwhile.
@@ -157,10 +178,17 @@ async fn wait_for_signal(reload: &crate::daemon::Reload) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
-            _ = hup.recv() => match reload.reload() {
-                Ok(()) => tracing::info!("reloaded certificates and TURN secrets"),
-                Err(e) => tracing::error!("reload failed, keeping the running settings: {e:#}"),
-            },
+            _ = hup.recv() => {
+                // systemd >= 253 wants RELOADING=1 with MONOTONIC_USEC, then READY=1 (sd_notify(3)).
+                let mut states = vec![sd_notify::NotifyState::Reloading];
+                states.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify(&states);
+                match reload.reload() {
+                    Ok(()) => tracing::info!("reloaded certificates and TURN secrets"),
+                    Err(e) => tracing::error!("reload failed, keeping the running settings: {e:#}"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
         }
     }
 }
