@@ -33,6 +33,8 @@ pub struct AppState {
     pub hub: HubHandle,
     /// Metrics.
     pub metrics: Metrics,
+    /// Cancelled on SIGTERM: new joins get 503 while running calls finish.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

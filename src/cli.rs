@@ -114,6 +114,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let deadline = config.drain_deadline;
     let running = crate::daemon::start(config).await?;
     if running.api_key_created {
         eprintln!("duet: generated an admin API key in {} (mode 0600)", running.api_key_file.display());
@@ -151,7 +152,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    wait_for_signal(&running.reload).await;
+    if wait_for_signal(&running.reload).await == Stop::Drain {
+        drain(&running, deadline).await;
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     running.hub.close_all();
@@ -169,15 +172,56 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TURNS certificate and the TURN secrets meanwhile.
-async fn wait_for_signal(reload: &crate::daemon::Reload) {
+/// How the daemon was asked to stop.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: drain first.
+    Drain,
+    /// SIGINT: stop at once.
+    Now,
+}
+
+/// Draining (DESIGN §7): `/readyz` 503 and new joins 503 at once; running calls (signaling sockets, TURN allocations)
+/// go on until none is left or `deadline` passes; a second SIGTERM or a SIGINT ends the wait.
+async fn drain(running: &crate::daemon::Running, deadline: std::time::Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    running.draining.cancel();
+    running.metrics.draining.set(1);
+    notify(&[sd_notify::NotifyState::Status("draining")]);
+    let (sockets, allocations) = running.activity();
+    tracing::info!(sockets, allocations, deadline_s = deadline.as_secs(), "draining: waiting for running calls");
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let until = tokio::time::Instant::now() + deadline;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (sockets, allocations) = running.activity();
+                if sockets == 0 && allocations == 0 {
+                    tracing::info!("drained: no call left");
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(until) => {
+                tracing::info!("drain deadline reached");
+                return;
+            }
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+        }
+    }
+}
+
+/// Waits for SIGTERM (drain) or SIGINT (stop now); SIGHUP reloads the TURNS certificate and the TURN secrets
+/// meanwhile.
+async fn wait_for_signal(reload: &crate::daemon::Reload) -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return Stop::Now,
+            _ = term.recv() => return Stop::Drain,
             _ = hup.recv() => {
                 // systemd >= 253 wants RELOADING=1 with MONOTONIC_USEC, then READY=1 (sd_notify(3)).
                 let mut states = vec![sd_notify::NotifyState::Reloading];

@@ -87,6 +87,9 @@ pub struct RawConfig {
     /// `[log]`.
     #[serde(default)]
     pub log: RawLog,
+    /// `[shutdown]`.
+    #[serde(default)]
+    pub shutdown: RawShutdown,
 }
 
 /// `[http]`: the public API, join page and WebSocket listener.
@@ -258,6 +261,14 @@ pub struct RawPeerjs {
     pub concurrent_limit: Option<usize>,
 }
 
+/// `[shutdown]`: the drain on SIGTERM (DESIGN §7).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// Longest wait for running calls after SIGTERM before their sockets are closed (default `30m`).
+    pub drain_deadline: Option<String>,
+}
+
 /// `[log]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -298,6 +309,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Hub limits.
     pub signaling: SignalingConfig,
+    /// Longest drain after SIGTERM.
+    pub drain_deadline: Duration,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -640,6 +653,11 @@ impl RawConfig {
             booking,
             session_ttl,
             signaling,
+            drain_deadline: duration(
+                "shutdown.drain_deadline",
+                &self.shutdown.drain_deadline,
+                Duration::from_secs(30 * 60),
+            )?,
             log_level: self.log.level.unwrap_or_else(|| "info".into()),
             log_format,
         })

@@ -58,6 +58,23 @@ pub struct Running {
     pub hub: HubHandle,
     /// Reloadable state (SIGHUP).
     pub reload: Reload,
+    /// Cancel to start draining (SIGTERM).
+    pub draining: CancellationToken,
+    /// The relay, to see whether calls are still running.
+    pub relay: RelayHandle,
+    /// Metrics (the signaling connection gauges tell whether sockets are still open).
+    pub metrics: Metrics,
+}
+
+impl Running {
+    /// Signaling sockets open and TURN allocations alive: the calls a drain waits for.
+    pub fn activity(&self) -> (i64, usize) {
+        let sockets = ["native", "vy", "peerjs"]
+            .iter()
+            .map(|m| self.metrics.signal_connections.with_label_values(&[m]).get())
+            .sum();
+        (sockets, self.relay.allocation_count())
+    }
 }
 
 /// What SIGHUP reloads: the TURNS certificate and key, and the TURN secrets of `secrets.toml` (rotation).
@@ -99,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     store.ensure_api_key("key_admin", "ten_default", &Sha256::digest(api_key.as_bytes()), unix_now()).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
+    let draining = CancellationToken::new();
     let tasks = TaskTracker::new();
 
     // Relay.
@@ -188,6 +206,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay: relay.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
+        draining: draining.clone(),
     };
     let app = Router::new()
         .route("/v1/bookings", post(api::create_booking))
@@ -219,7 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         spawn_http(&tasks, listener, vy_app, vy_tls.clone(), shutdown.clone(), "vy");
     }
     let admin_app =
-        admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: shutdown.clone() });
+        admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
     spawn_http(&tasks, http_listener, app, http_tls.clone(), shutdown.clone(), "http");
     let sd = shutdown.clone();
@@ -242,7 +261,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
         hub,
-        reload: Reload { data, tls: [tls, http_tls, vy_tls].into_iter().flatten().collect(), relay, turn_secret },
+        reload: Reload {
+            data,
+            tls: [tls, http_tls, vy_tls].into_iter().flatten().collect(),
+            relay: relay.clone(),
+            turn_secret,
+        },
+        draining,
+        relay,
+        metrics,
     })
 }
 

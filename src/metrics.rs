@@ -43,6 +43,8 @@ pub struct Metrics {
     pub signal_closes: IntCounterVec,
     /// `duet_signal_drops_total{reason}`.
     pub signal_drops: IntCounterVec,
+    /// `duet_draining`: 1 while draining after SIGTERM.
+    pub draining: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -151,6 +153,7 @@ impl Metrics {
                 "Signaling messages dropped, by reason.",
                 &["reason"],
             ),
+            draining: gauge(&r, "duet_draining", "1 while the daemon drains after SIGTERM, else 0."),
             registry: r,
         }
     }

@@ -1,6 +1,6 @@
 //! `Type=notify` (systemd/duet.service): the daemon reports READY=1 once every listener is bound, RELOADING=1 with
-//! MONOTONIC_USEC then READY=1 around a SIGHUP reload, and STOPPING=1 on SIGTERM, on the datagram socket named by
-//! `NOTIFY_SOCKET` (sd_notify(3)).
+//! MONOTONIC_USEC then READY=1 around a SIGHUP reload, and STATUS=draining then STOPPING=1 on SIGTERM (no call is
+//! running, so the drain ends at once), on the datagram socket named by `NOTIFY_SOCKET` (sd_notify(3)).
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
@@ -45,8 +45,14 @@ fn ready_reloading_stopping_are_notified() {
     assert!(reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{reloading:?}");
     assert!(next(&sock).lines().any(|l| l == "READY=1"), "READY=1 after the reload");
 
+    // SIGTERM drains (STATUS=draining) and, with no call running, stops at once.
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(next(&sock).lines().any(|l| l == "STOPPING=1"));
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.lines().any(|l| l == "STOPPING=1")) {
+        assert!(seen.len() < 5, "no STOPPING=1 after SIGTERM: {seen:?}");
+        seen.push(next(&sock));
+    }
+    assert!(seen[0].lines().any(|l| l == "STATUS=draining"), "draining first: {seen:?}");
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }

@@ -374,6 +374,7 @@ pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>)
             "join_window_closed" => "closed",
             "booking_cancelled" => "cancelled",
             "link_invalid_or_revoked" => "invalid",
+            "draining" => "draining",
             _ => "error",
         },
     };
@@ -382,6 +383,10 @@ pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>)
 }
 
 async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "this server is shutting down; retry")
+            .header(header::RETRY_AFTER, HeaderValue::from_static("30")));
+    }
     let invalid = || ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
     if link_token.is_empty() || link_token.len() > 128 {
         return Err(invalid());

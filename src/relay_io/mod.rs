@@ -241,6 +241,11 @@ impl RelayHandle {
         tracing::info!(target: "relay", booking, allocations = n, "booking revoked");
     }
 
+    /// Allocations alive now.
+    pub fn allocation_count(&self) -> usize {
+        self.lock().server.allocation_count()
+    }
+
     /// Replaces the accepted TURN secrets (rotation).
     pub fn set_auth_secrets(&self, secrets: Vec<Vec<u8>>) {
         self.lock().server.set_auth_secrets(secrets);
