@@ -18,186 +18,30 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::browser::{RESULT_PREFIX, assert_relay_metrics, assert_relayed_video, netns_test, node_scenario};
 use common::{Daemon, assert_alive, booking_body, join_as, metric};
 use serde_json::{Value, json};
 
 /// Set in the re-executed child, which runs inside the namespace.
 const IN_NETNS: &str = "DUET_BROWSER_MODES_IN_NETNS";
-/// Prefix of the child's line carrying the scenario's JSON result.
-const RESULT_PREFIX: &str = "BROWSER_RESULT ";
 /// The scenarios' own hard deadline; the child and the parent allow more on top.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
 /// One browser scenario at a time in this binary (two chromium instances on a small CI machine slow both down).
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-fn chromium() -> PathBuf {
-    std::env::var_os("DUET_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
-}
-
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-}
-
-/// Fails under CI, or prints a SKIPPED line (straight to stderr: libtest would hide a println! of a passing test).
-fn skip_or_fail(test: &str, why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: {why}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
-}
-
-/// What the browser tests need on the machine, or why they cannot run.
-fn prerequisites() -> Result<(), String> {
-    let dir = browser_dir();
-    let chromium = chromium();
-    if !chromium.is_file() {
-        return Err(format!(
-            "{} not found; install Debian's browser with `apt-get install chromium` (.ci/run does)",
-            chromium.display()
-        ));
-    }
-    if !on_path("node") {
-        return Err("node not found on PATH (Node.js 18 or later)".into());
-    }
-    for module in ["playwright-core", "simple-peer", "peerjs"] {
-        if !dir.join("node_modules").join(module).join("package.json").is_file() {
-            return Err(format!(
-                "tests/browser/node_modules/{module} missing; run `npm ci --prefix tests/browser` (.ci/run does)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Runs `cmd` to completion; kills it and panics with its output if it runs longer than `limit`.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let (o, e) = (out.join().unwrap(), err.join().unwrap());
-            panic!("{what} did not finish within {limit:?}; killed it.\nstdout:\n{o}\nstderr:\n{e}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
-
-/// What follows `prefix` on the last line of `text` that holds it (libtest may print `test name ... ` before it).
-fn line_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines().rev().find_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
-}
-
-/// The parent's side: re-executes this test binary (test `test` only) inside a fresh network namespace and checks
-/// that the child passed.
-async fn in_namespace(test: &'static str) {
-    if let Err(why) = prerequisites() {
-        return skip_or_fail(test, &why);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(browser_dir().join("run-in-netns.sh"));
-    cmd.arg(&exe).args([test, "--exact", "--nocapture", "--test-threads=1"]).env(IN_NETNS, "1");
-    let done = tokio::task::spawn_blocking(move || {
-        let _one = ONE_BROWSER.lock().unwrap_or_else(|p| p.into_inner());
-        run_bounded(&mut cmd, SCENARIO_TIMEOUT + Duration::from_secs(90))
-    })
-    .await
-    .expect("join the child");
-    if done.status.code() == Some(97) {
-        // run-in-netns.sh: no network namespace can be made here.
-        return skip_or_fail(test, &format!("no network namespace for the browser test: {}", done.stderr.trim()));
-    }
-    assert!(
-        done.status.success(),
-        "the browser test failed inside its network namespace ({}).\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        done.status,
-        done.stdout,
-        done.stderr
-    );
-    let result = line_after(&done.stdout, RESULT_PREFIX)
-        .unwrap_or_else(|| panic!("the child passed without a result line:\n{}\n{}", done.stdout, done.stderr));
-    let _ = writeln!(std::io::stderr(), "{test}: {result}");
+/// The parent's side: re-executes this test binary (test `test` only) inside a fresh network namespace, one browser
+/// scenario at a time, and checks that the child passed; the child runs `inside`.
+async fn in_namespace<F: std::future::Future<Output = ()>>(test: &str, inside: impl FnOnce() -> F) {
+    netns_test(test, IN_NETNS, SCENARIO_TIMEOUT + Duration::from_secs(90), Some(&ONE_BROWSER), inside).await;
 }
 
 /// Runs `node <script> --timeout-ms … <config>` in tests/browser; returns its JSON result line after checking that
 /// it passed.
-async fn scenario(script: &'static str, config: &Value) -> (String, Value) {
-    let mut cmd = Command::new("node");
-    cmd.current_dir(browser_dir())
-        .arg(script)
-        .args(["--timeout-ms", &SCENARIO_TIMEOUT.as_millis().to_string()])
-        .arg(config.to_string());
-    let done = tokio::task::spawn_blocking(move || run_bounded(&mut cmd, SCENARIO_TIMEOUT + Duration::from_secs(30)))
-        .await
-        .expect("join node");
-    let json_line = done.stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("").to_string();
-    let result: Value = serde_json::from_str(&json_line).unwrap_or(Value::Null);
-    assert!(
-        done.status.success() && result["ok"] == true,
-        "{script} failed ({}).\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        done.status,
-        done.stdout,
-        done.stderr
-    );
-    (json_line, result)
-}
-
-/// A page's `pcSummary`: inbound video bytes and a relay candidate in the selected pair.
-fn assert_relayed_video(who: &str, stats: &Value) {
-    assert!(stats["inbound"]["video"].as_u64().unwrap_or(0) > 0, "{who}: no inbound video bytes: {stats}");
-    let pair = &stats["pair"];
-    assert!(
-        pair["local"]["type"] == "relay" || pair["remote"]["type"] == "relay",
-        "{who}: the selected candidate pair has no relay candidate: {pair}"
-    );
-}
-
-/// The daemon's relay carried bytes both ways.
-async fn assert_relay_metrics(d: &Daemon) -> String {
-    let text = d.metrics().await;
-    for direction in ["to_peer", "to_client"] {
-        let sample = format!("duet_turn_relayed_bytes_total{{direction=\"{direction}\"}}");
-        let bytes = metric(&text, &sample).unwrap_or(0.0);
-        assert!(bytes > 0.0, "{sample} is {bytes} after a relayed call");
-    }
-    text
+async fn scenario(script: &str, config: &Value) -> (String, Value) {
+    node_scenario(script, SCENARIO_TIMEOUT, &[config.to_string()]).await
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -206,11 +50,7 @@ async fn assert_relay_metrics(d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vy_simple_peer_pages_call_through_hub_and_relay_in_chromium() {
-    const TEST: &str = "vy_simple_peer_pages_call_through_hub_and_relay_in_chromium";
-    if std::env::var_os(IN_NETNS).is_some() {
-        return vy_in_netns().await;
-    }
-    in_namespace(TEST).await;
+    in_namespace("vy_simple_peer_pages_call_through_hub_and_relay_in_chromium", vy_in_netns).await;
 }
 
 /// Inside the namespace: daemon, a booking with an `external_id` (the Virtual Y meeting id), the participants' TURN
@@ -271,11 +111,7 @@ async fn vy_in_netns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peerjs_pages_connect_through_hub_and_relay_in_chromium() {
-    const TEST: &str = "peerjs_pages_connect_through_hub_and_relay_in_chromium";
-    if std::env::var_os(IN_NETNS).is_some() {
-        return peerjs_in_netns().await;
-    }
-    in_namespace(TEST).await;
+    in_namespace("peerjs_pages_connect_through_hub_and_relay_in_chromium", peerjs_in_netns).await;
 }
 
 /// Inside the namespace: daemon with peerjs mode on, a booking, the participants' session tokens (the `key`) and TURN

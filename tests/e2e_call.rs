@@ -277,15 +277,7 @@ async fn outside_window_and_cancel(d: &Daemon) {
     let mut guest_ws = open_signal(&guest_join).await;
     assert_eq!(next_json(&mut guest_ws).await["type"], "welcome");
 
-    let r = d
-        .client()
-        .post(d.url(&format!("/v1/bookings/{booking_id}/cancel")))
-        .bearer_auth(&d.api_key)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let cancelled: Value = r.json().await.unwrap_or(Value::Null);
+    let (status, cancelled) = common::cancel_booking(d, booking_id).await;
     assert_eq!(status, 200, "cancel: {cancelled}");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     assert_eq!(cancelled["sequence"], 1, "cancel bumps the sequence: {cancelled}");
@@ -705,21 +697,7 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 /// A TURN client of the `turn` crate on a fresh local UDP socket, listening, not yet allocated.
 async fn turn_client(turn: SocketAddr, username: &str, password: &str) -> turn::client::Client {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
-    let client = turn::client::Client::new(turn::client::ClientConfig {
-        stun_serv_addr: turn.to_string(),
-        turn_serv_addr: turn.to_string(),
-        username: username.to_string(),
-        password: password.to_string(),
-        realm: "duet".to_string(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(socket),
-        vnet: None,
-    })
-    .await
-    .expect("TURN client");
-    client.listen().await.expect("TURN client listens");
-    client
+    common::turn_crate_client(turn, socket, username, password, "duet").await
 }
 
 fn active_allocations(metrics: &str) -> Option<f64> {

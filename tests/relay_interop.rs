@@ -10,172 +10,29 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+use common::coturn::{UCLIENT_SERIAL, free_udp_port_pair, relayed_packets as relayed, start_echo_peer, uclient_load};
+use common::process::{run_bounded, skip, tools_available};
 use common::{
     Daemon, TurnUdpClient, assert_alive, join_as, metric, ready_addr, recv_datagram, sighup, start_with_ready,
-    turn_credentials,
+    turn_crate_client, turn_credentials,
 };
 
 const ARRIVAL: Duration = Duration::from_secs(3);
 const QUIET: Duration = Duration::from_millis(800);
 
-/// uclient runs are timing-sensitive (loss is counted); run them one at a time within this test binary.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------------------------------------------
-// Tools (same pattern as tests/coturn_interop.rs)
-// ---------------------------------------------------------------------------------------------------------------
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
-}
-
-/// True when all `tools` are on PATH. Otherwise fails under CI, or prints a SKIPPED line and returns false.
-fn tools_available(test: &str, tools: &[&str], install: &str) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| find_tool(t).is_none()).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: test tools missing from PATH: {}; install them with `{install}`", missing.join(", "));
-    }
-    // Straight to the process's stderr: libtest's capture would hide a println! of a passing test.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test} needs {} on PATH (`{install}`)", missing.join(", "));
-    false
-}
-
 fn coturn_available(test: &str) -> bool {
-    tools_available(test, &["turnutils_uclient", "turnutils_peer"], "apt-get install coturn")
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Runs `cmd` (stdin /dev/null) to completion; kills it and panics with its output if it runs longer than `limit`.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let (o, e) = (out.join().unwrap(), err.join().unwrap());
-            panic!("{what} did not finish within {limit:?}; killed it.\nstdout:\n{o}\nstderr:\n{e}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
-
-/// A background process killed (by its own handle) when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A UDP port p on `ip` such that p and p+1 are both free (turnutils_peer binds both).
-fn free_udp_port_pair(ip: &str) -> u16 {
-    for _ in 0..50 {
-        let a = StdUdpSocket::bind((ip, 0)).unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p == u16::MAX {
-            continue;
-        }
-        if StdUdpSocket::bind((ip, p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free pair of UDP ports on {ip}");
-}
-
-/// Starts `turnutils_peer` (a UDP echo server) on ip:port and waits until it holds the port.
-fn start_echo_peer(ip: &str, port: u16) -> KillOnDrop {
-    let child = Command::new("turnutils_peer")
-        .args(["-L", ip, "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn turnutils_peer");
-    let mut peer = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // The peer does not set SO_REUSEADDR for us: once our own bind fails, it is listening.
-    while StdUdpSocket::bind((ip, port)).is_ok() {
-        if let Some(status) = peer.0.try_wait().unwrap() {
-            panic!("turnutils_peer exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "turnutils_peer did not bind {ip}:{port} within 10 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    peer
-}
-
-/// The numbers a finished uclient run reports on its last lines.
-#[derive(Debug)]
-struct UclientTotals {
-    sent: u64,
-    received: u64,
-    lost: u64,
-}
-
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
-/// Parses `start_mclient: tot_send_msgs=N, tot_recv_msgs=M` (the final one) and `Total lost packets L (x%)`.
-fn parse_uclient(stdout: &str) -> Option<UclientTotals> {
-    let totals = stdout.lines().rev().find(|l| l.contains("start_mclient: tot_send_msgs="))?;
-    let lost_line = stdout.lines().rev().find(|l| l.contains("Total lost packets"))?;
-    Some(UclientTotals {
-        sent: number_after(totals, "tot_send_msgs=")?,
-        received: number_after(totals, "tot_recv_msgs=")?,
-        lost: number_after(lost_line, "Total lost packets")?,
-    })
+    common::coturn::coturn_available(test, &["turnutils_uclient", "turnutils_peer"])
 }
 
 fn counter(text: &str, series: &str) -> f64 {
     metric(text, series).unwrap_or(0.0)
-}
-
-fn relayed(text: &str, direction: &str) -> f64 {
-    counter(text, &format!("duet_turn_relayed_packets_total{{direction=\"{direction}\"}}"))
 }
 
 /// Books a call open now, joins as host, and returns the TURN (username, credential).
@@ -197,50 +54,15 @@ enum Transport {
 /// checks that every message came back and that the relay's metrics account for the relayed packets; for TCP/TLS
 /// also that the allocations went with the connections.
 async fn uclient_run(d: &Daemon, server: SocketAddr, transport: Transport, mode_args: &[&str], test: &str) {
-    let _serial = SERIAL.lock().await;
+    let _serial = UCLIENT_SERIAL.lock().await;
     let (username, credential) = fresh_credentials(d).await;
-    let before = d.metrics().await;
-
-    let mut cmd = Command::new("turnutils_uclient");
-    match transport {
-        Transport::Tcp => cmd.args(["-t", "-X"]),
-        Transport::Tls => cmd.args(["-t", "-S", "-X"]),
-        Transport::Udp6 => cmd.args(["-x"]),
+    let mut args = match transport {
+        Transport::Tcp => vec!["-t", "-X"],
+        Transport::Tls => vec!["-t", "-S", "-X"],
+        Transport::Udp6 => vec!["-x"],
     };
-    cmd.args(mode_args)
-        .args(["-m", "4", "-n", "200", "-l", "170", "-z", "5", "-c", "-g"])
-        .args(["-u", &username, "-w", &credential, "-p", &server.port().to_string()])
-        .arg(server.ip().to_string());
-    let shown = format!("{cmd:?}");
-    let run = tokio::task::spawn_blocking(move || run_bounded(&mut cmd, Duration::from_secs(90))).await.unwrap();
-    let tail: String = {
-        let lines: Vec<&str> = run.stdout.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    };
-    assert!(
-        run.status.success(),
-        "{test}: {shown} failed ({}).\nstdout tail:\n{tail}\nstderr:\n{}",
-        run.status,
-        run.stderr
-    );
-    let totals = parse_uclient(&run.stdout).unwrap_or_else(|| {
-        panic!("{test}: no totals in turnutils_uclient output.\nstdout tail:\n{tail}\nstderr:\n{}", run.stderr)
-    });
-    assert_eq!(totals.sent, 800, "{test}: 4 clients x 200 messages should be sent: {totals:?}\n{tail}");
-    assert_eq!(totals.lost, 0, "{test}: packets lost through the relay: {totals:?}\n{tail}");
-    assert_eq!(totals.sent, totals.received, "{test}: every message sent must come back: {totals:?}\n{tail}");
-
-    let after = d.metrics().await;
-    let to_peer = relayed(&after, "to_peer") - relayed(&before, "to_peer");
-    let to_client = relayed(&after, "to_client") - relayed(&before, "to_client");
-    assert!(
-        to_peer >= totals.sent as f64 && to_client >= totals.received as f64,
-        "{test}: duet_turn_relayed_packets_total grew by to_peer {to_peer} / to_client {to_client}, but uclient \
-         relayed {totals:?}"
-    );
-    let ok = counter(&after, "duet_turn_allocations_total{result=\"ok\"}")
-        - counter(&before, "duet_turn_allocations_total{result=\"ok\"}");
-    assert!(ok >= 4.0, "{test}: 4 uclient allocations succeeded but allocations_total{{result=\"ok\"}} grew by {ok}");
+    args.extend_from_slice(mode_args);
+    uclient_load(d, server, &args, &username, &credential, test).await;
 
     // RFC 8656 §3.1: an allocation over TCP/TLS ends with its connection; uclient has exited.
     let label = match transport {
@@ -322,20 +144,7 @@ async fn turn_crate_client_binds_and_allocates() {
     let (username, credential) = fresh_credentials(&d).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = socket.local_addr().unwrap();
-    let client = turn::client::Client::new(turn::client::ClientConfig {
-        stun_serv_addr: d.turn_udp.to_string(),
-        turn_serv_addr: d.turn_udp.to_string(),
-        username,
-        password: credential,
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(socket),
-        vnet: None,
-    })
-    .await
-    .expect("turn client");
-    client.listen().await.expect("turn client listens");
+    let client = turn_crate_client(d.turn_udp, socket, &username, &credential, "").await;
 
     let mapped = tokio::time::timeout(Duration::from_secs(10), client.send_binding_request())
         .await
@@ -580,7 +389,7 @@ async fn uclient_tls_echo_peer_over_send_indications() {
 /// [::1] cannot be bound here.
 fn ipv6_daemon(test: &str) -> Option<Daemon> {
     if let Err(e) = StdUdpSocket::bind("[::1]:0") {
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: cannot bind a UDP socket on [::1] ({e})");
+        skip(test, &format!("cannot bind a UDP socket on [::1] ({e})"));
         return None;
     }
     let d = Daemon::start("[turn]\nallocations_per_credential = 10\nlisten_udp = [\"[::1]:0\"]\n");
@@ -632,7 +441,7 @@ fn served_certificate(addr: SocketAddr, scratch: &Path) -> String {
         Command::new("openssl").args(["x509", "-noout", "-subject", "-serial", "-in"]).arg(&file),
         Duration::from_secs(15),
     );
-    assert!(x509.status.success(), "openssl x509 failed: {}", x509.stderr);
+    x509.assert_success("openssl x509");
     // "subject=CN = duet-cert-a" (OpenSSL 3) or "subject=CN=duet-cert-a": drop the spaces.
     x509.stdout.replace(' ', "")
 }

@@ -316,6 +316,21 @@ async fn allocation_quota_per_credential_answers_486() {
     assert!(refusals >= 1.0, "duet_turn_quota_refusals_total must count the 486 (grew by {refusals})");
 }
 
+/// A client with `username` / `credential`, its allocation (the relayed address), and a loopback peer socket with
+/// channel 0x4000 bound to it.
+async fn allocation_with_channel(
+    d: &Daemon,
+    username: &str,
+    credential: &str,
+) -> (TurnUdpClient, SocketAddr, UdpSocket) {
+    let mut c = TurnUdpClient::connect(d.turn_udp, username, credential).await;
+    let relayed = c.allocate().await.unwrap_or_else(|code| panic!("Allocate refused with {code}"));
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    c.channel_bind(0x4000, peer_addr).await.unwrap_or_else(|code| panic!("ChannelBind refused with {code}"));
+    (c, relayed, peer)
+}
+
 /// Issue 3: a cancelled booking's credentials are revoked at once: a new Allocate and a Refresh of the existing
 /// allocation get 401, and the existing allocation stops relaying in both directions; other bookings are unaffected.
 #[tokio::test]
@@ -328,11 +343,7 @@ async fn cancelled_booking_revokes_credentials_and_stops_relaying() {
     let other = d.booking_now(60, 1800).await;
     let (o_user, o_cred) = credentials(&d, &other, "guest").await;
 
-    let mut c = TurnUdpClient::connect(d.turn_udp, &username, &credential).await;
-    let relayed = c.allocate().await.unwrap_or_else(|code| panic!("Allocate refused with {code}"));
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    c.channel_bind(0x4000, peer_addr).await.unwrap_or_else(|code| panic!("ChannelBind refused with {code}"));
+    let (mut c, relayed, peer) = allocation_with_channel(&d, &username, &credential).await;
     assert_client_to_peer(&c, 0x4000, &peer, relayed, b"before the cancel").await;
     assert_peer_to_client(&mut c, &peer, relayed, b"before the cancel, back").await;
     let before = d.metrics().await;
@@ -432,11 +443,7 @@ async fn bandwidth_cap_per_allocation_drops_and_counts() {
     let d = Daemon::start("[turn]\nmax_bps_per_allocation = 20000\n");
     let booking = d.booking_now(60, 1800).await;
     let (username, credential) = credentials(&d, &booking, "host").await;
-    let mut c = TurnUdpClient::connect(d.turn_udp, &username, &credential).await;
-    let relayed = c.allocate().await.unwrap_or_else(|code| panic!("Allocate refused with {code}"));
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    c.channel_bind(0x4000, peer_addr).await.unwrap_or_else(|code| panic!("ChannelBind refused with {code}"));
+    let (mut c, relayed, peer) = allocation_with_channel(&d, &username, &credential).await;
     let before = d.metrics().await;
 
     burst_from_client(&c, 0x4000).await;

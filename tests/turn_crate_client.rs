@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Daemon, join_as, metric, turn_credentials};
+use common::{Daemon, join_as, metric, turn_crate_client, turn_credentials};
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
@@ -64,20 +64,7 @@ async fn turn_crate_client_relays_both_ways_over_a_channel() {
 
     let run = async {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let client = turn::client::Client::new(turn::client::ClientConfig {
-            stun_serv_addr: front.to_string(),
-            turn_serv_addr: front.to_string(),
-            username,
-            password,
-            realm: String::new(),
-            software: String::new(),
-            rto_in_ms: 0,
-            conn: Arc::new(sock),
-            vnet: None,
-        })
-        .await
-        .expect("turn client");
-        client.listen().await.expect("listen");
+        let client = turn_crate_client(front, sock, &username, &password, "").await;
         let relay = client.allocate().await.expect("Allocate through Duet with the booking's credentials");
         let relayed = relay.local_addr().unwrap();
         assert!(relayed.ip().is_loopback(), "relayed address {relayed}");

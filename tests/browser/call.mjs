@@ -14,65 +14,26 @@
 //
 // Run it inside tests/browser/run-in-netns.sh together with the daemon (see tests/browser.rs).
 
-import { Failure, launch, newPage, pcSummary, relayedVideo, run, waitFor } from './harness.mjs';
+import { checkDaemon, daemonOrigin, joinPath, launch, openPage, parseArgs, run, waitConnected, waitRelayedVideo }
+  from './harness.mjs';
 
-function usage(msg) {
-  process.stderr.write(`${msg}\nusage: node call.mjs [--timeout-ms N] HTTP_ADDR HOST_JOIN_URL GUEST_JOIN_URL\n`);
-  process.exit(2);
-}
-
-const argv = process.argv.slice(2);
-let timeoutMs = 60000;
-const positional = [];
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--timeout-ms') timeoutMs = Number(argv[++i]);
-  else if (argv[i] === '-h' || argv[i] === '--help') usage('Two Duet join pages call each other through the relay.');
-  else positional.push(argv[i]);
-}
-if (positional.length !== 3) usage(`expected 3 arguments, got ${positional.length}`);
-if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms needs a positive number');
-const [httpArg, ...joins] = positional;
-const origin = new URL(/^https?:\/\//.test(httpArg) ? httpArg : `http://${httpArg}`).origin;
-const pageUrls = joins.map((j) => {
-  const path = /^https?:\/\//.test(j) ? new URL(j).pathname : `/j/${encodeURIComponent(j)}`;
-  if (!/^\/j\/[^/]+$/.test(path)) usage(`not a join URL: ${j}`);
-  return `${origin}${path}?autojoin=1&relay=1`;
+const { timeoutMs, positional, usage } = parseArgs({
+  usageLine: 'node call.mjs [--timeout-ms N] HTTP_ADDR HOST_JOIN_URL GUEST_JOIN_URL',
+  help: 'Two Duet join pages call each other through the relay.',
+  count: 3,
 });
+const [httpArg, ...joins] = positional;
+const origin = daemonOrigin(httpArg);
+const pageUrls = joins.map((j) => `${origin}${joinPath(j, usage)}?autojoin=1&relay=1`);
 
 run('duet-join-pages', timeoutMs, async (ctx) => {
-  ctx.phase = 'checking the daemon';
-  const res = await fetch(`${origin}/duet.js`).catch((e) => {
-    throw new Failure(`the daemon does not answer at ${origin}: ${e.cause ? e.cause.message : e.message}`);
-  });
-  if (!res.ok) throw new Failure(`GET ${origin}/duet.js answered ${res.status}`);
-
+  await checkDaemon(ctx, origin);
   await launch(ctx);
   const labels = ['host', 'guest'];
   const pages = [];
-  for (const [i, label] of labels.entries()) {
-    ctx.phase = `opening the ${label} page`;
-    const page = await newPage(ctx, label);
-    const r = await page.goto(pageUrls[i], { waitUntil: 'load', timeout: 15000 });
-    if (!r || !r.ok()) throw new Failure(`GET ${pageUrls[i]} answered ${r ? r.status() : 'nothing'}`);
-    pages.push(page);
-  }
-  const remaining = () => Math.max(1000, timeoutMs - (Date.now() - ctx.started) - 1000);
+  for (const [i, label] of labels.entries()) pages.push(await openPage(ctx, label, pageUrls[i]));
 
-  ctx.phase = "waiting for duetCall.state === 'connected' on both pages";
-  await waitFor(ctx.phase, remaining(), async () => {
-    const seen = await Promise.all(pages.map((p) => p.evaluate(() => ({
-      state: window.duetCall ? window.duetCall.state : null,
-      status: document.getElementById('status').textContent,
-    }))));
-    for (const s of seen) if (s.state === 'ended') throw new Failure(`a page ended the call: ${JSON.stringify(seen)}`);
-    return { done: seen.every((s) => s.state === 'connected'), seen };
-  });
-
-  ctx.phase = 'waiting for inbound video over a relay candidate pair on both pages (getStats)';
-  const stats = await waitFor(ctx.phase, remaining(), async () => {
-    const seen = await Promise.all(pages.map((p) => p.evaluate(pcSummary, 'window.duetCall && window.duetCall.pc')));
-    return { done: seen.every(relayedVideo), seen };
-  }, { intervalMs: 500 });
-
+  await waitConnected(ctx, pages);
+  const stats = await waitRelayedVideo(ctx, pages, 'window.duetCall && window.duetCall.pc');
   return { http: origin, pages: Object.fromEntries(labels.map((l, i) => [l, stats[i]])) };
 });

@@ -19,33 +19,23 @@
 // Prints one JSON line on stdout ({"ok":true|false,…}); exits 0 on success, 1 on failure, 2 on bad usage.
 // Run it inside tests/browser/run-in-netns.sh together with the daemon (see tests/browser.rs).
 
-import { Failure, launch, newPage, pcSummary, relayedVideo, run, waitFor } from './harness.mjs';
+import {
+  Failure, checkDaemon, daemonOrigin, duetStates, joinPath, launch, openPage, parseArgs, pcSummary, remaining, run,
+  waitConnected, waitFor, waitRelayedVideo,
+} from './harness.mjs';
 
-function usage(msg) {
-  process.stderr.write(`${msg}\nusage: node debug.mjs [--timeout-ms N] [--screenshot PATH] HTTP_ADDR HOST_JOIN_URL GUEST_JOIN_URL\n`);
-  process.exit(2);
-}
-
-const argv = process.argv.slice(2);
-let timeoutMs = 90000;
-let shot = '/tmp/duet-debug.png';
-const positional = [];
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--timeout-ms') timeoutMs = Number(argv[++i]);
-  else if (argv[i] === '--screenshot') shot = argv[++i];
-  else if (argv[i] === '-h' || argv[i] === '--help') usage('The join page diagnostics panel and recovery paths.');
-  else positional.push(argv[i]);
-}
-if (positional.length !== 3) usage(`expected 3 arguments, got ${positional.length}`);
-if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms needs a positive number');
+const { timeoutMs, options, positional, usage } = parseArgs({
+  usageLine: 'node debug.mjs [--timeout-ms N] [--screenshot PATH] HTTP_ADDR HOST_JOIN_URL GUEST_JOIN_URL',
+  help: 'The join page diagnostics panel and recovery paths.',
+  count: 3,
+  timeoutMs: 90000,
+  options: { screenshot: '/tmp/duet-debug.png' },
+});
+const shot = options.screenshot;
 if (!shot) usage('--screenshot needs a path');
 const [httpArg, ...joins] = positional;
-const origin = new URL(/^https?:\/\//.test(httpArg) ? httpArg : `http://${httpArg}`).origin;
-const paths = joins.map((j) => {
-  const path = /^https?:\/\//.test(j) ? new URL(j).pathname : `/j/${encodeURIComponent(j)}`;
-  if (!/^\/j\/[^/]+$/.test(path)) usage(`not a join URL: ${j}`);
-  return path;
-});
+const origin = daemonOrigin(httpArg);
+const paths = joins.map((j) => joinPath(j, usage));
 const linkTokens = paths.map((p) => decodeURIComponent(p.slice(3)));
 const pageUrls = [`${origin}${paths[0]}?debug=1&autojoin=1&relay=1`, `${origin}${paths[1]}?autojoin=1&relay=1`];
 const sibling = (suffix) => shot.replace(/(\.png)?$/i, `-${suffix}.png`);
@@ -73,45 +63,20 @@ function readPanel() {
 }
 
 run('duet-debug-panel', timeoutMs, async (ctx) => {
-  ctx.phase = 'checking the daemon';
-  const res = await fetch(`${origin}/duet.js`).catch((e) => {
-    throw new Failure(`the daemon does not answer at ${origin}: ${e.cause ? e.cause.message : e.message}`);
-  });
-  if (!res.ok) throw new Failure(`GET ${origin}/duet.js answered ${res.status}`);
-
+  await checkDaemon(ctx, origin);
   await launch(ctx);
   const labels = ['host', 'guest'];
+  const viewports = [{ width: 1400, height: 1000 }, { width: 1000, height: 760 }];
   const pages = [];
-  for (const [i, label] of labels.entries()) {
-    ctx.phase = `opening the ${label} page`;
-    const page = await newPage(ctx, label);
-    await page.setViewportSize(i === 0 ? { width: 1400, height: 1000 } : { width: 1000, height: 760 });
-    const r = await page.goto(pageUrls[i], { waitUntil: 'load', timeout: 15000 });
-    if (!r || !r.ok()) throw new Failure(`GET ${pageUrls[i]} answered ${r ? r.status() : 'nothing'}`);
-    pages.push(page);
-  }
+  for (const [i, label] of labels.entries()) pages.push(await openPage(ctx, label, pageUrls[i], { viewport: viewports[i] }));
   const [host, guest] = pages;
-  const remaining = () => Math.max(1000, timeoutMs - (Date.now() - ctx.started) - 1000);
-  const summaries = () => Promise.all(pages.map((p) => p.evaluate(pcSummary, 'window.duetCall && window.duetCall.pc')));
-  const bothConnected = async () => {
-    const seen = await Promise.all(pages.map((p) => p.evaluate(() => ({
-      state: window.duetCall ? window.duetCall.state : null,
-      session: window.duetCall ? window.duetCall.session : null,
-      status: document.getElementById('status').textContent,
-    }))));
-    for (const s of seen) if (s.state === 'ended') throw new Failure(`a page ended the call: ${JSON.stringify(seen)}`);
-    return seen;
-  };
+  const bothConnected = () => duetStates(pages);
 
-  ctx.phase = "waiting for duetCall.state === 'connected' on both pages";
-  const first = await waitFor(ctx.phase, remaining(), async () => {
-    const seen = await bothConnected();
-    return { done: seen.every((s) => s.state === 'connected'), seen };
-  });
+  const first = await waitConnected(ctx, pages);
 
   // 1. The diagnostics panel.
   ctx.phase = 'waiting for the diagnostics panel to show a relay candidate, a relay pair and inbound video';
-  const panel = await waitFor(ctx.phase, remaining(), async () => {
+  const panel = await waitFor(ctx.phase, remaining(ctx), async () => {
     const seen = await host.evaluate(readPanel);
     const done = seen.visible && seen.relayCandidates > 0 && seen.cands.relay && seen.cands.relay.some((n) => n > 0) &&
       (seen.pairLocal === 'relay' || seen.pairRemote === 'relay') && /relay/.test(seen.pairText || '') && seen.videoInKbps > 0;
@@ -154,7 +119,7 @@ run('duet-debug-panel', timeoutMs, async (ctx) => {
   if (!swap.samePc || !swap.senderHasNew || swap.signalled.length || swap.signalingState !== 'stable') {
     throw new Failure(`replaceTrack renegotiated or did not take: ${JSON.stringify(swap)}`);
   }
-  await waitFor('the host decoding video after the camera swap', remaining(), async () => {
+  await waitFor('the host decoding video after the camera swap', remaining(ctx), async () => {
     const s = await host.evaluate(pcSummary, 'window.duetCall.pc');
     return { done: s.frames_decoded > framesBefore + 5, seen: { framesBefore, now: s.frames_decoded } };
   }, { intervalMs: 500 });
@@ -168,7 +133,7 @@ run('duet-debug-panel', timeoutMs, async (ctx) => {
   });
   const ufragBefore = await ufrag();
   await guest.evaluate(() => window.duetCall.restartIce());
-  await waitFor(ctx.phase + ': new ICE credentials on the host, both connected', remaining(), async () => {
+  await waitFor(ctx.phase + ': new ICE credentials on the host, both connected', remaining(ctx), async () => {
     const u = await ufrag();
     const seen = await bothConnected();
     return { done: u && u !== ufragBefore && seen.every((s) => s.state === 'connected'), seen: { u, ufragBefore, seen } };
@@ -179,19 +144,16 @@ run('duet-debug-panel', timeoutMs, async (ctx) => {
   const sessionBefore = first[0].session;
   await host.evaluate(() => { window.__oldPc = window.duetCall.pc; window.duetCall.ws.close(); });
   ctx.phase = 'waiting for a new session and a connected fresh peer connection on both pages';
-  const after = await waitFor(ctx.phase, remaining(), async () => {
+  const after = await waitFor(ctx.phase, remaining(ctx), async () => {
     const seen = await bothConnected();
     const fresh = await host.evaluate(() => window.duetCall.pc && window.duetCall.pc !== window.__oldPc);
     return { done: fresh && seen.every((s) => s.state === 'connected' && s.session > sessionBefore && s.session === seen[0].session), seen };
   }, { intervalMs: 300 });
-  ctx.phase = 'waiting for inbound video over a relay pair after the reconnection';
-  const stats = await waitFor(ctx.phase, remaining(), async () => {
-    const seen = await summaries();
-    return { done: seen.every(relayedVideo), seen };
-  }, { intervalMs: 500 });
+  const stats = await waitRelayedVideo(ctx, pages, 'window.duetCall && window.duetCall.pc',
+    'waiting for inbound video over a relay pair after the reconnection');
   const reconnects = await host.evaluate(() => window.duetCall.reconnects);
   if (reconnects < 1) throw new Failure(`the host did not count its reconnection (${reconnects})`);
-  await waitFor('the panel catching up', remaining(), async () => {
+  await waitFor('the panel catching up', remaining(ctx), async () => {
     const seen = await host.evaluate(readPanel);
     return { done: seen.session === String(after[0].session) && seen.pairLocal === 'relay' && seen.videoInKbps > 0, seen };
   }, { intervalMs: 500 });

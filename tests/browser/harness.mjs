@@ -42,13 +42,67 @@ export const CHROMIUM_ARGS = [
 export class Failure extends Error {}
 
 /**
+ * The command line of a scenario: `[--timeout-ms N] [--NAME VALUE]... ARG...` with exactly `count` positional
+ * arguments. On bad usage, or `-h`/`--help` (message `help`), prints the message and `usage: <usageLine>` on stderr
+ * and exits 2. `options` maps the further option names (without `--`) to their defaults.
+ * Returns { timeoutMs, options, positional, usage }, where usage(msg) exits the same way.
+ */
+export function parseArgs({ usageLine, help, count, timeoutMs = 60000, options = {} }) {
+  const usage = (msg) => {
+    process.stderr.write(`${msg}\nusage: ${usageLine}\n`);
+    process.exit(2);
+  };
+  const argv = process.argv.slice(2);
+  const opts = { ...options };
+  const positional = [];
+  for (let i = 0; i < argv.length; i++) {
+    const name = argv[i].startsWith('--') ? argv[i].slice(2) : null;
+    if (argv[i] === '--timeout-ms') timeoutMs = Number(argv[++i]);
+    else if (name && Object.hasOwn(opts, name)) opts[name] = argv[++i];
+    else if (argv[i] === '-h' || argv[i] === '--help') usage(help);
+    else positional.push(argv[i]);
+  }
+  if (positional.length !== count) usage(`expected ${count} argument${count === 1 ? '' : 's'}, got ${positional.length}`);
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms needs a positive number');
+  return { timeoutMs, options: opts, positional, usage };
+}
+
+/**
+ * The command line of the npm-client scenarios, `node <script> [--timeout-ms N] CONFIG_JSON` (see parseArgs); exits 2
+ * if CONFIG_JSON is not JSON or lacks one of the `required` keys. Returns { timeoutMs, config }.
+ */
+export function parseConfigArgs(script, help, required) {
+  const { timeoutMs, positional, usage } = parseArgs({ usageLine: `node ${script} [--timeout-ms N] CONFIG_JSON`, help, count: 1 });
+  let config;
+  try {
+    config = JSON.parse(positional[0]);
+  } catch (e) {
+    usage(`CONFIG_JSON is not JSON: ${e.message}`);
+  }
+  for (const k of required) if (!config[k]) usage(`CONFIG_JSON lacks ${k}`);
+  return { timeoutMs, config };
+}
+
+/** The origin of the daemon's HTTP listener given as `127.0.0.1:PORT` or `http://127.0.0.1:PORT`. */
+export function daemonOrigin(httpArg) {
+  return new URL(/^https?:\/\//.test(httpArg) ? httpArg : `http://${httpArg}`).origin;
+}
+
+/** The path `/j/<token>` of a join URL or a bare link token; exits through `usage` if it is neither. */
+export function joinPath(joinUrl, usage) {
+  const path = /^https?:\/\//.test(joinUrl) ? new URL(joinUrl).pathname : `/j/${encodeURIComponent(joinUrl)}`;
+  if (!/^\/j\/[^/]+$/.test(path)) usage(`not a join URL: ${joinUrl}`);
+  return path;
+}
+
+/**
  * Runs `body(ctx)` with a hard deadline: whatever happens (a hung page, a browser that never starts), the process
  * prints one JSON line with ok:false and exits non-zero within `timeoutMs` (plus a few seconds to close the browser).
  * On success prints the JSON line `{"ok":true,…result}` on stdout and exits 0.
  */
 export async function run(name, timeoutMs, body) {
   const started = Date.now();
-  const ctx = { browser: null, pages: [], log: [], started };
+  const ctx = { browser: null, pages: [], log: [], started, timeoutMs };
   const finish = async (ok, extra) => {
     const line = JSON.stringify({ ok, test: name, elapsed_ms: Date.now() - started, ...extra });
     if (ok) process.stdout.write(line + '\n');
@@ -129,6 +183,62 @@ export async function newPage(ctx, label) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** What is left of the run's deadline, less a second for the report (1 s at least). */
+export const remaining = (ctx) => Math.max(1000, ctx.timeoutMs - (Date.now() - ctx.started) - 1000);
+
+/** Fails unless the daemon at `origin` answers GET /duet.js. */
+export async function checkDaemon(ctx, origin) {
+  ctx.phase = 'checking the daemon';
+  const res = await fetch(`${origin}/duet.js`).catch((e) => {
+    throw new Failure(`the daemon does not answer at ${origin}: ${e.cause ? e.cause.message : e.message}`);
+  });
+  if (!res.ok) throw new Failure(`GET ${origin}/duet.js answered ${res.status}`);
+}
+
+/** A new page (see newPage) showing `url`, sized `viewport` if given; fails unless the load answers 2xx. */
+export async function openPage(ctx, label, url, { viewport } = {}) {
+  ctx.phase = `opening the ${label} page`;
+  const page = await newPage(ctx, label);
+  if (viewport) await page.setViewportSize(viewport);
+  const r = await page.goto(url, { waitUntil: 'load', timeout: 15000 });
+  if (!r || !r.ok()) throw new Failure(`GET ${url} answered ${r ? r.status() : 'nothing'}`);
+  return page;
+}
+
+/**
+ * npm-client scenarios: opens `url` once per role, in order (see openPage), and fails unless the in-page function
+ * `loaded` holds on each (`what` names what did not load). Resolves to { role: page }.
+ */
+export async function openClientPages(ctx, roles, url, loaded, what) {
+  const pages = {};
+  for (const role of roles) {
+    const page = await openPage(ctx, role, url);
+    if (!(await page.evaluate(loaded))) throw new Failure(`${role}: ${what} did not load`);
+    pages[role] = page;
+  }
+  return pages;
+}
+
+/** Duet join pages: each page's duetCall state and session and its status line; fails once a page ended the call. */
+export async function duetStates(pages) {
+  const seen = await Promise.all(pages.map((p) => p.evaluate(() => ({
+    state: window.duetCall ? window.duetCall.state : null,
+    session: window.duetCall ? window.duetCall.session : null,
+    status: document.getElementById('status').textContent,
+  }))));
+  for (const s of seen) if (s.state === 'ended') throw new Failure(`a page ended the call: ${JSON.stringify(seen)}`);
+  return seen;
+}
+
+/** Duet join pages: waits (until the deadline) for duetCall.state === 'connected' on all; resolves to duetStates. */
+export async function waitConnected(ctx, pages) {
+  ctx.phase = "waiting for duetCall.state === 'connected' on both pages";
+  return waitFor(ctx.phase, remaining(ctx), async () => {
+    const seen = await duetStates(pages);
+    return { done: seen.every((s) => s.state === 'connected'), seen };
+  });
+}
+
 /**
  * Polls `check()` every `intervalMs` until it returns `{ done: true, seen }` (resolves to `seen`) or `ms` pass
  * (Failure naming `what` and the last `seen`).
@@ -191,6 +301,19 @@ export function relayedVideo(s) {
     (s.pair.local.type === 'relay' || s.pair.remote.type === 'relay'));
 }
 
+/**
+ * Waits (until the deadline) for inbound video over a relay candidate pair on every page, the pcSummary of the peer
+ * connection `pcExpr` names (polled every 500 ms); resolves to the summaries.
+ */
+export async function waitRelayedVideo(ctx, pages, pcExpr,
+  phase = 'waiting for inbound video over a relay candidate pair on both pages (getStats)') {
+  ctx.phase = phase;
+  return waitFor(ctx.phase, remaining(ctx), async () => {
+    const seen = await Promise.all(pages.map((p) => p.evaluate(pcSummary, pcExpr)));
+    return { done: seen.every(relayedVideo), seen };
+  }, { intervalMs: 500 });
+}
+
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
   '.mjs': 'text/javascript; charset=utf-8', '.map': 'application/json', '.json': 'application/json' };
 
@@ -215,4 +338,14 @@ export async function serveStatic(routes) {
   await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
   const { port } = server.address();
   return { origin: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** Runs `body(server)` with a serveStatic(routes) server, which is closed afterwards (2 s at most). */
+export async function withStaticServer(routes, body) {
+  const server = await serveStatic(routes);
+  try {
+    return await body(server);
+  } finally {
+    await Promise.race([server.close(), sleep(2000)]);
+  }
 }

@@ -13,93 +13,59 @@
 // deadline (default 60 s) means it never hangs. Run it inside tests/browser/run-in-netns.sh with the daemon (see
 // tests/browser_modes.rs).
 
-import { Failure, launch, newPage, pcSummary, relayedVideo, run, serveStatic, sleep, waitFor } from './harness.mjs';
+import {
+  Failure, launch, openClientPages, parseConfigArgs, remaining, run, waitFor, waitRelayedVideo, withStaticServer,
+} from './harness.mjs';
 
-function usage(msg) {
-  process.stderr.write(`${msg}\nusage: node vy.mjs [--timeout-ms N] CONFIG_JSON\n`);
-  process.exit(2);
-}
-
-const argv = process.argv.slice(2);
-let timeoutMs = 60000;
-const positional = [];
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--timeout-ms') timeoutMs = Number(argv[++i]);
-  else if (argv[i] === '-h' || argv[i] === '--help') usage('Two simple-peer pages call each other in vy mode.');
-  else positional.push(argv[i]);
-}
-if (positional.length !== 1) usage(`expected 1 argument, got ${positional.length}`);
-if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms needs a positive number');
-let config;
-try {
-  config = JSON.parse(positional[0]);
-} catch (e) {
-  usage(`CONFIG_JSON is not JSON: ${e.message}`);
-}
-for (const k of ['ws', 'meetingId', 'instructor', 'customer']) if (!config[k]) usage(`CONFIG_JSON lacks ${k}`);
+const { timeoutMs, config } = parseConfigArgs('vy.mjs', 'Two simple-peer pages call each other in vy mode.',
+  ['ws', 'meetingId', 'instructor', 'customer']);
 
 const PC = 'window.vy && window.vy.peer && window.vy.peer._pc';
 
-run('vy-simple-peer', timeoutMs, async (ctx) => {
-  const server = await serveStatic({
-    '/vy.html': 'pages/vy.html',
-    '/vy-client.js': 'pages/vy-client.js',
-    '/simplepeer.min.js': 'node_modules/simple-peer/simplepeer.min.js',
-  });
-  try {
-    await launch(ctx);
-    const roles = ['customer', 'instructor'];
-    const pages = {};
-    for (const role of roles) {
-      ctx.phase = `opening the ${role} page`;
-      const page = await newPage(ctx, role);
-      const r = await page.goto(`${server.origin}/vy.html`, { waitUntil: 'load', timeout: 15000 });
-      if (!r || !r.ok()) throw new Failure(`GET ${server.origin}/vy.html answered ${r ? r.status() : 'nothing'}`);
-      const ok = await page.evaluate(() => typeof window.SimplePeer === 'function' && typeof window.startVy === 'function');
-      if (!ok) throw new Failure(`${role}: simple-peer or the page script did not load`);
-      pages[role] = page;
-    }
-    const remaining = () => Math.max(1000, timeoutMs - (Date.now() - ctx.started) - 1000);
-    const path = config.path || '/';
-    const url = (isInstructor) => `${config.ws}${path}?meetingId=${config.meetingId}&isInstructorRole=${isInstructor}`;
+const ROUTES = {
+  '/vy.html': 'pages/vy.html',
+  '/vy-client.js': 'pages/vy-client.js',
+  '/simplepeer.min.js': 'node_modules/simple-peer/simplepeer.min.js',
+};
 
-    for (const role of roles) {
-      ctx.phase = `connecting the ${role} to the hub`;
-      const isInstructor = role === 'instructor';
-      await pages[role].evaluate((cfg) => window.startVy(cfg),
-        { url: url(isInstructor), isInstructor, iceServers: config[role].iceServers });
-      await waitFor(ctx.phase, Math.min(10000, remaining()), async () => {
-        const seen = await pages[role].evaluate(() => ({ opens: window.vy.opens, closes: window.vy.closes }));
-        if (seen.closes.length) throw new Failure(`${role}: the hub closed the socket: ${JSON.stringify(seen)}`);
-        return { done: seen.opens > 0, seen };
-      });
-    }
+run('vy-simple-peer', timeoutMs, (ctx) => withStaticServer(ROUTES, async (server) => {
+  await launch(ctx);
+  const roles = ['customer', 'instructor'];
+  const pages = await openClientPages(ctx, roles, `${server.origin}/vy.html`,
+    () => typeof window.SimplePeer === 'function' && typeof window.startVy === 'function', 'simple-peer or the page script');
+  const path = config.path || '/';
+  const url = (isInstructor) => `${config.ws}${path}?meetingId=${config.meetingId}&isInstructorRole=${isInstructor}`;
 
-    const state = (p) => p.evaluate(() => {
-      const s = window.vy;
-      return { opens: s.opens, closes: s.closes, ready: s.ready, frames: s.frames, badFrames: s.badFrames,
-        signalsOut: s.signalsOut, signalsIn: s.signalsIn, peers: s.peers, connected: s.connected,
-        streams: s.streams, data: s.data, errors: s.errors };
+  for (const role of roles) {
+    ctx.phase = `connecting the ${role} to the hub`;
+    const isInstructor = role === 'instructor';
+    await pages[role].evaluate((cfg) => window.startVy(cfg),
+      { url: url(isInstructor), isInstructor, iceServers: config[role].iceServers });
+    await waitFor(ctx.phase, Math.min(10000, remaining(ctx)), async () => {
+      const seen = await pages[role].evaluate(() => ({ opens: window.vy.opens, closes: window.vy.closes }));
+      if (seen.closes.length) throw new Failure(`${role}: the hub closed the socket: ${JSON.stringify(seen)}`);
+      return { done: seen.opens > 0, seen };
     });
-
-    ctx.phase = 'waiting for both simple-peer peers to connect, stream and exchange data';
-    await waitFor(ctx.phase, remaining(), async () => {
-      const seen = await Promise.all(roles.map((r) => state(pages[r])));
-      for (const s of seen) if (s.badFrames.length) throw new Failure(`a non-JSON frame reached a page: ${JSON.stringify(seen)}`);
-      return { done: seen.every((s) => s.connected && s.streams > 0 && s.data.length > 0), seen };
-    });
-
-    ctx.phase = 'waiting for inbound video over a relay candidate pair on both pages (getStats)';
-    const stats = await waitFor(ctx.phase, remaining(), async () => {
-      const seen = await Promise.all(roles.map((r) => pages[r].evaluate(pcSummary, PC)));
-      return { done: seen.every(relayedVideo), seen };
-    }, { intervalMs: 500 });
-
-    const final = await Promise.all(roles.map((r) => state(pages[r])));
-    return {
-      pages: Object.fromEntries(roles.map((r, i) => [r, { ...final[i], stats: stats[i] }])),
-    };
-  } finally {
-    await Promise.race([server.close(), sleep(2000)]);
   }
-});
+
+  const state = (p) => p.evaluate(() => {
+    const s = window.vy;
+    return { opens: s.opens, closes: s.closes, ready: s.ready, frames: s.frames, badFrames: s.badFrames,
+      signalsOut: s.signalsOut, signalsIn: s.signalsIn, peers: s.peers, connected: s.connected,
+      streams: s.streams, data: s.data, errors: s.errors };
+  });
+
+  ctx.phase = 'waiting for both simple-peer peers to connect, stream and exchange data';
+  await waitFor(ctx.phase, remaining(ctx), async () => {
+    const seen = await Promise.all(roles.map((r) => state(pages[r])));
+    for (const s of seen) if (s.badFrames.length) throw new Failure(`a non-JSON frame reached a page: ${JSON.stringify(seen)}`);
+    return { done: seen.every((s) => s.connected && s.streams > 0 && s.data.length > 0), seen };
+  });
+
+  const stats = await waitRelayedVideo(ctx, roles.map((r) => pages[r]), PC);
+
+  const final = await Promise.all(roles.map((r) => state(pages[r])));
+  return {
+    pages: Object.fromEntries(roles.map((r, i) => [r, { ...final[i], stats: stats[i] }])),
+  };
+}));

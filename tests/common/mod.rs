@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod browser;
+pub mod coturn;
+pub mod process;
+
 /// A running daemon. Killed on drop.
 pub struct Daemon {
     pub child: Child,
@@ -33,46 +37,7 @@ impl Daemon {
     }
 
     pub fn start_in(data_dir: &Path, extra_config: &str) -> Daemon {
-        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
-        let config_path = data_dir.parent().unwrap().join("config.toml");
-        let config = format!(
-            "data_dir = {dd:?}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[turn]\nlisten_udp = [\"127.0.0.1:0\"]\n\n{extra_config}",
-            dd = data_dir.display().to_string()
-        );
-        std::fs::write(&config_path, merge_tables(&config)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn duet");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["event"] == "ready"
-                {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let ready = rx.recv_timeout(Duration::from_secs(30)).expect("daemon printed no ready line within 30 s");
-        let addr = |k: &str| -> SocketAddr { ready[k].as_str().unwrap().parse().unwrap() };
-        let api_key_file = ready["api_key_file"].as_str().unwrap().to_string();
-        let api_key = std::fs::read_to_string(&api_key_file).unwrap().trim().to_string();
-        Daemon {
-            child,
-            http: addr("http"),
-            turn_udp: addr("turn_udp"),
-            admin: addr("admin"),
-            api_key,
-            data_dir: data_dir.to_path_buf(),
-            _tmp: None,
-        }
+        start_in_with_ready(data_dir, extra_config).0
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -191,20 +156,50 @@ fn merge_tables(text: &str) -> String {
 /// directory `cwd`, writing no config file. `data_dir` is the directory of the `api_key_file` named in the ready line
 /// (a relative path there is taken from `cwd`).
 pub fn start_with_args(args: &[&str], cwd: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
-        .args(args)
-        .current_dir(cwd)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(args).current_dir(cwd);
+    let (child, ready) = spawn_ready(cmd);
+    let api_key_file = cwd.join(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
+    let data_dir = api_key_file.parent().unwrap().to_path_buf();
+    from_ready(child, &ready, &api_key_file, data_dir)
+}
+
+/// Writes the config file next to `data_dir` (every listener on 127.0.0.1:0, then `extra_config`) and boots
+/// `duet serve` with it; also returns the parsed ready line.
+fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
+    std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+    let config_path = data_dir.parent().unwrap().join("config.toml");
+    let config = format!(
+        "data_dir = {dd:?}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[turn]\nlisten_udp = [\"127.0.0.1:0\"]\n\n{extra_config}",
+        dd = data_dir.display().to_string()
+    );
+    std::fs::write(&config_path, merge_tables(&config)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(["serve", "--config"]).arg(&config_path);
+    let (child, ready) = spawn_ready(cmd);
+    let api_key_file = PathBuf::from(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
+    (from_ready(child, &ready, &api_key_file, data_dir.to_path_buf()), ready)
+}
+
+/// Spawns `cmd` (the duet binary; RUST_LOG from the environment, default `warn`; stdout piped, stderr inherited) and
+/// waits for its ready line.
+fn spawn_ready(mut cmd: Command) -> (Child, Value) {
+    let mut child = cmd
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn duet");
     let ready = wait_ready(&mut child);
+    (child, ready)
+}
+
+/// The [`Daemon`] of a child that printed `ready`; the API key is read from `api_key_file`.
+fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBuf) -> Daemon {
     let addr = |k: &str| -> SocketAddr {
-        ready[k].as_str().unwrap_or_else(|| panic!("ready line lacks {k}: {ready}")).parse().unwrap()
+        ready_addr(ready, k).unwrap_or_else(|| panic!("ready line lacks an address for {k}: {ready}"))
     };
-    let api_key_file = cwd.join(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
-    let api_key = std::fs::read_to_string(&api_key_file)
+    let api_key = std::fs::read_to_string(api_key_file)
         .unwrap_or_else(|e| panic!("read {}: {e}", api_key_file.display()))
         .trim()
         .to_string();
@@ -213,7 +208,7 @@ pub fn start_with_args(args: &[&str], cwd: &Path) -> Daemon {
         turn_udp: addr("turn_udp"),
         admin: addr("admin"),
         api_key,
-        data_dir: api_key_file.parent().unwrap().to_path_buf(),
+        data_dir,
         child,
         _tmp: None,
     }
@@ -306,36 +301,8 @@ pub fn turn_credentials(join: &Value) -> (String, String, String) {
 /// otherwise), and also returns the parsed ready line, e.g. for its `turn_tcp` / `turn_tls` fields.
 pub fn start_with_ready(extra_config: &str) -> (Daemon, Value) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let data_dir = tmp.path().join("data");
-    let config_path = tmp.path().join("config.toml");
-    let config = format!(
-        "data_dir = {dd:?}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[turn]\nlisten_udp = [\"127.0.0.1:0\"]\n\n{extra_config}",
-        dd = data_dir.display().to_string()
-    );
-    std::fs::write(&config_path, merge_tables(&config)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn duet");
-    let ready = wait_ready(&mut child);
-    let addr = |k: &str| -> SocketAddr {
-        ready_addr(&ready, k).unwrap_or_else(|| panic!("ready line lacks an address for {k}: {ready}"))
-    };
-    let api_key_file = ready["api_key_file"].as_str().expect("ready line names api_key_file").to_string();
-    let api_key = std::fs::read_to_string(&api_key_file).unwrap().trim().to_string();
-    let d = Daemon {
-        http: addr("http"),
-        turn_udp: addr("turn_udp"),
-        admin: addr("admin"),
-        api_key,
-        data_dir,
-        child,
-        _tmp: Some(tmp),
-    };
+    let (mut d, ready) = start_in_with_ready(&tmp.path().join("data"), extra_config);
+    d._tmp = Some(tmp);
     (d, ready)
 }
 
@@ -690,4 +657,30 @@ pub async fn recv_datagram(sock: &tokio::net::UdpSocket, wait: Duration) -> Opti
         Ok(Ok((n, from))) => Some((buf[..n].to_vec(), from)),
         _ => None,
     }
+}
+
+/// A client of the `turn` crate (`turn::client::Client`) on `socket` for the relay at `server` (its STUN and TURN
+/// server), with long-term credentials and `realm` in its config, listening.
+pub async fn turn_crate_client(
+    server: SocketAddr,
+    socket: tokio::net::UdpSocket,
+    username: &str,
+    password: &str,
+    realm: &str,
+) -> turn::client::Client {
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.to_string(),
+        password: password.to_string(),
+        realm: realm.to_string(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: std::sync::Arc::new(socket),
+        vnet: None,
+    })
+    .await
+    .expect("turn client");
+    client.listen().await.expect("turn client listens");
+    client
 }
