@@ -660,6 +660,8 @@ async fn peerjs_relay_queue_and_expire() {
     send_text(&mut alice, r#"{"type":"LEAVE","dst":"bob"}"#).await;
     assert_eq!(next_json(&mut bob, "LEAVE").await, json!({"type": "LEAVE", "src": "alice", "dst": "bob"}));
     send_text(&mut alice, r#"{"type":"LEAVE","dst":"erin"}"#).await;
+    // Let the hub see the LEAVE while erin is still absent (sockets are separate: no ordering between them).
+    sleep(Duration::from_millis(300)).await;
     let mut erin = pj_open(d.http, "peerjs", "erin", "te").await;
     quiet(&mut erin, QUIET, "LEAVE is never queued").await;
 }
