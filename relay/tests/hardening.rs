@@ -7,9 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use duet_relay::channel::write_channel_data_header;
 use duet_relay::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code};
-use duet_relay::{ChannelNumber, Command, IpNet, PeerPolicy, Transport};
+use duet_relay::{Command, IpNet, PeerPolicy, Transport};
 
 const HOUR: u64 = 3600;
 
@@ -17,13 +16,6 @@ fn send_indication(peer: &str, data: &[u8]) -> Vec<u8> {
     let mut e = MessageEncoder::new(Class::Indication, Method::SEND, TransactionId([7; 12]));
     e.attribute(&Attribute::XorPeerAddress(addr(peer))).attribute(&Attribute::Data(data));
     e.finish().unwrap()
-}
-
-fn channel_data(ch: u16, data: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; 4 + data.len()];
-    buf[4..].copy_from_slice(data);
-    write_channel_data_header(&mut buf, ChannelNumber::new(ch).unwrap(), data.len() as u16);
-    buf
 }
 
 fn perm(peer: &str) -> [Attribute<'_>; 1] {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use duet_relay::channel::{parse_channel_data, write_channel_data_header};
 use duet_relay::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr};
-use duet_relay::{ChannelNumber, ClientDelivery, PeerPolicy, encode_data_indication};
+use duet_relay::{ClientDelivery, PeerPolicy, encode_data_indication};
 
 const HOUR: u64 = 3600;
 const PEER: &str = "8.8.4.4:6000";
@@ -18,13 +18,6 @@ fn send_indication(peer: &str, data: &[u8]) -> Vec<u8> {
         .attribute(&Attribute::DontFragment)
         .attribute(&Attribute::Data(data));
     e.finish().unwrap()
-}
-
-fn channel_data(ch: u16, data: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; 4 + data.len()];
-    buf[4..].copy_from_slice(data);
-    write_channel_data_header(&mut buf, ChannelNumber::new(ch).unwrap(), data.len() as u16);
-    buf
 }
 
 fn setup() -> (Harness, Client, std::net::SocketAddr) {

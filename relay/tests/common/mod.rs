@@ -273,3 +273,11 @@ pub fn freed(cmds: &[Command]) -> Vec<SocketAddr> {
         })
         .collect()
 }
+
+/// A ChannelData message (RFC 8656 §12.4) carrying `data` on channel `ch`.
+pub fn channel_data(ch: u16, data: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 4 + data.len()];
+    buf[4..].copy_from_slice(data);
+    duet_relay::write_channel_data_header(&mut buf, duet_relay::ChannelNumber::new(ch).unwrap(), data.len() as u16);
+    buf
+}
