@@ -25,7 +25,7 @@
 //!
 //! Usage (cargo appends `--bench`, which is ignored):
 //! ```text
-//! cargo bench --bench signal_load -- idle --url ws://127.0.0.1:9000/ --server-pid PID [--connections 20000] [--hold 65]
+//! cargo bench --bench signal_load -- idle --url ws://127.0.0.1:9000/ --server-pid PID [--connections 20000]
 //! cargo bench --bench signal_load -- relay --url ws://127.0.0.1:9000/ --server-pid PID [--pairs 100] [--rate 5000]
 //! cargo bench --bench signal_load -- relay --proto native --url http://127.0.0.1:8080 --api-key-file DATA/api-key \
 //!     --server-pid PID
@@ -62,8 +62,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const HEARTBEAT: &str = r#"{"type":"HEARTBEAT"}"#;
 /// Upgrade plus first server frame (`OPEN` / `welcome`), per socket.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Of each side's cycle of `CYCLE` messages, the first is an OFFER/ANSWER and the rest CANDIDATEs (trickle ICE: a
-/// browser gathers a handful of candidates per offer).
+/// Default of `--cycle`: of each side's cycle of this many messages, the first is an OFFER/ANSWER and the rest
+/// CANDIDATEs (trickle ICE: a browser gathers a handful of candidates per offer).
 const CYCLE: u64 = 8;
 
 #[derive(Parser)]
@@ -127,9 +127,13 @@ struct IdleArgs {
     /// Most sockets per worker process (each is a file descriptor; RLIMIT_NOFILE is per process).
     #[arg(long, default_value_t = 10_000)]
     per_worker: usize,
-    /// Most sockets per source address 127.0.0.2, 127.0.0.3, …
+    /// Most sockets per source address 127.0.0.B, 127.0.0.B+1, … (B = `--source-base`)
     #[arg(long, default_value_t = 5_000)]
     per_source_ip: usize,
+    /// Last byte B of the first source address; give runs that follow each other different ranges so the
+    /// previous run's TIME_WAIT ports are not in the way.
+    #[arg(long, default_value_t = 2)]
+    source_base: u8,
     /// Upgrades in flight per worker.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -151,6 +155,12 @@ struct RelayArgs {
     /// Seconds of load before the measurement starts.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// One OFFER/ANSWER (3 KB SDP) per this many messages of a socket, the others CANDIDATEs (1: SDP only).
+    #[arg(long, default_value_t = CYCLE)]
+    cycle: u64,
+    /// Also print the latency distribution (power-of-two buckets of microseconds) to stderr.
+    #[arg(long)]
+    histogram: bool,
 }
 
 #[derive(Args)]
@@ -164,6 +174,8 @@ struct WorkerArgs {
     count: usize,
     #[arg(long)]
     per_source_ip: usize,
+    #[arg(long)]
+    source_base: u8,
     #[arg(long)]
     concurrency: usize,
     /// Send PeerJS HEARTBEATs.
@@ -192,11 +204,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 // ---------------------------------------------------------------------------------------------------------------
 // Endpoints: the socket URLs of each pair.
 
-/// One client socket: its URL and, for PeerJS, its own id and its partner's (the `dst` of what it sends).
+/// One client socket: its URL and, for PeerJS, its partner's id (the `dst` of what it sends and the `src` of
+/// what it receives).
 #[derive(Clone)]
 struct Endpoint {
     url: String,
-    id: String,
     partner: String,
 }
 
@@ -211,10 +223,7 @@ async fn endpoints(target: &Target, pairs: usize) -> Result<Vec<[Endpoint; 2]>> 
                     let (a, b) = (format!("a{run}x{k}"), format!("b{run}x{k}"));
                     let url =
                         |id: &str| format!("{}peerjs?key={}&id={id}&token=t{id}&version=1.5.5", target.url, target.key);
-                    [
-                        Endpoint { url: url(&a), id: a.clone(), partner: b.clone() },
-                        Endpoint { url: url(&b), id: b, partner: a },
-                    ]
+                    [Endpoint { url: url(&a), partner: b.clone() }, Endpoint { url: url(&b), partner: a }]
                 })
                 .collect())
         }
@@ -263,11 +272,7 @@ async fn native_endpoints(http: &str, api_key: &str, pairs: usize) -> Result<Vec
                     let (Some(url), Some(token)) = (join["signal_url"].as_str(), join["session_token"].as_str()) else {
                         bail!("join answer without signal_url/session_token: {join}");
                     };
-                    ends.push(Endpoint {
-                        url: format!("{url}?token={token}"),
-                        id: role.into(),
-                        partner: String::new(),
-                    });
+                    ends.push(Endpoint { url: format!("{url}?token={token}"), partner: String::new() });
                 }
                 let [a, b]: [Endpoint; 2] = ends.try_into().map_err(|_| anyhow!("two roles"))?;
                 Ok([a, b])
@@ -288,9 +293,9 @@ fn check_local(uri: &Uri) -> Result<SocketAddr> {
     Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)))
 }
 
-/// The source address of socket number `index`: 127.0.0.2 for the first `per_ip`, then 127.0.0.3, …
-fn source_ip(index: usize, per_ip: usize) -> Result<Ipv4Addr> {
-    let n = 2 + index / per_ip.max(1);
+/// The source address of socket number `index`: 127.0.0.`base` for the first `per_ip`, then the next, …
+fn source_ip(base: u8, index: usize, per_ip: usize) -> Result<Ipv4Addr> {
+    let n = usize::from(base.max(2)) + index / per_ip.max(1);
     ensure!(n <= 254, "too many source addresses; raise --per-source-ip");
     Ok(Ipv4Addr::new(127, 0, 0, n as u8))
 }
@@ -400,7 +405,7 @@ fn idle(a: IdleArgs) -> Result<()> {
     let urls: Vec<&str> = eps.iter().flatten().map(|e| e.url.as_str()).take(a.connections).collect();
     let file = std::env::temp_dir().join(format!("signal_load-{}.urls", std::process::id()));
     std::fs::write(&file, urls.join("\n") + "\n")?;
-    let _ = source_ip(a.connections.saturating_sub(1), a.per_source_ip)?;
+    let _ = source_ip(a.source_base, a.connections.saturating_sub(1), a.per_source_ip)?;
 
     let rss_before = vm_kib(t.server_pid, "VmRSS")?;
     let cpu_before = cpu_secs(t.server_pid)?;
@@ -413,7 +418,8 @@ fn idle(a: IdleArgs) -> Result<()> {
             .arg("worker")
             .args(["--urls", file.to_str().context("temp path")?])
             .args(["--offset", &offset.to_string(), "--count", &count.to_string()])
-            .args(["--per-source-ip", &a.per_source_ip.to_string(), "--concurrency", &a.concurrency.to_string()])
+            .args(["--per-source-ip", &a.per_source_ip.to_string(), "--source-base", &a.source_base.to_string()])
+            .args(["--concurrency", &a.concurrency.to_string()])
             .args(["--deadline", &(a.hold + 600).to_string()])
             .args((t.proto == Proto::Peerjs).then_some("--heartbeat"))
             .stdin(Stdio::piped())
@@ -498,7 +504,7 @@ async fn worker(a: WorkerArgs) -> Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let started = Instant::now();
     for (i, url) in text.lines().enumerate().skip(a.offset).take(a.count) {
-        let src = source_ip(i, a.per_source_ip)?;
+        let src = source_ip(a.source_base, i, a.per_source_ip)?;
         let permit = permits.clone().acquire_owned().await?;
         let (url, alive, done) = (url.to_string(), alive.clone(), done_tx.clone());
         // Heartbeats spread evenly over the 5 s period.
@@ -664,7 +670,10 @@ a=ssrc:3141592653 msid:3f2c9a1e-6b7d-4e1a-9c3f-2b8d7e6a5f41 c7b6a5d4-3e2f-4b1a-8
 ";
 
 /// The `candidate` object of a trickled host candidate, as `RTCIceCandidate.toJSON()` gives it.
-const CANDIDATE: &str = r#"{"candidate":"candidate:3184786364 1 udp 2122260223 192.168.1.23 53124 typ host generation 0 ufrag Xk3v network-id 1 network-cost 10","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"Xk3v"}"#;
+const CANDIDATE: &str = concat!(
+    r#"{"candidate":"candidate:3184786364 1 udp 2122260223 192.168.1.23 53124 typ host generation 0 ufrag Xk3v "#,
+    r#"network-id 1 network-cost 10","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"Xk3v"}"#
+);
 
 /// Builds the frames one socket sends.
 struct Frames {
@@ -675,6 +684,8 @@ struct Frames {
     session: u64,
     /// Offer (initiator) or answer.
     sdp_kind: &'static str,
+    /// One SDP per `cycle` messages.
+    cycle: u64,
     /// The SDP as a JSON string literal.
     sdp_json: Arc<str>,
 }
@@ -682,26 +693,42 @@ struct Frames {
 impl Frames {
     /// Message `seq` of this socket, stamped with `ts` (ns since the run's base instant).
     fn build(&self, seq: u64, ts: u64) -> String {
-        let (cid, sdp) = (seq / CYCLE, seq % CYCLE == 0);
+        let (cid, sdp) = (seq / self.cycle, seq.is_multiple_of(self.cycle));
+        let (dst, session, kind, sdp) = (&self.dst, self.session, self.sdp_kind, sdp.then_some(&self.sdp_json));
         match (self.proto, sdp) {
-            (Proto::Peerjs, true) => format!(
-                r#"{{"type":"{}","dst":"{}","payload":{{"sdp":{{"type":"{}","sdp":{}}},"type":"media","connectionId":"mc_{cid}","metadata":null,"ts":{ts}}}}}"#,
-                self.sdp_kind.to_ascii_uppercase(),
-                self.dst,
-                self.sdp_kind,
-                self.sdp_json
+            (Proto::Peerjs, Some(sdp)) => format!(
+                concat!(
+                    r#"{{"type":"{upper}","dst":"{dst}","payload":{{"sdp":{{"type":"{kind}","sdp":{sdp}}},"#,
+                    r#""type":"media","connectionId":"mc_{cid}","metadata":null,"ts":{ts}}}}}"#
+                ),
+                upper = kind.to_ascii_uppercase(),
+                dst = dst,
+                kind = kind,
+                sdp = sdp,
+                cid = cid,
+                ts = ts
             ),
-            (Proto::Peerjs, false) => format!(
-                r#"{{"type":"CANDIDATE","dst":"{}","payload":{{"candidate":{CANDIDATE},"type":"media","connectionId":"mc_{cid}","ts":{ts}}}}}"#,
-                self.dst
+            (Proto::Peerjs, None) => format!(
+                concat!(
+                    r#"{{"type":"CANDIDATE","dst":"{dst}","payload":{{"candidate":{candidate},"#,
+                    r#""type":"media","connectionId":"mc_{cid}","ts":{ts}}}}}"#
+                ),
+                dst = dst,
+                candidate = CANDIDATE,
+                cid = cid,
+                ts = ts
             ),
-            (Proto::Native, true) => format!(
-                r#"{{"type":"signal","session":{},"data":{{"type":"{}","sdp":{},"ts":{ts}}}}}"#,
-                self.session, self.sdp_kind, self.sdp_json
-            ),
-            (Proto::Native, false) => format!(
-                r#"{{"type":"signal","session":{},"data":{{"type":"candidate","candidate":{CANDIDATE},"ts":{ts}}}}}"#,
-                self.session
+            (Proto::Native, Some(sdp)) => {
+                format!(r#"{{"type":"signal","session":{session},"data":{{"type":"{kind}","sdp":{sdp},"ts":{ts}}}}}"#)
+            }
+            (Proto::Native, None) => format!(
+                concat!(
+                    r#"{{"type":"signal","session":{session},"#,
+                    r#""data":{{"type":"candidate","candidate":{candidate},"ts":{ts}}}}}"#
+                ),
+                session = session,
+                candidate = CANDIDATE,
+                ts = ts
             ),
         }
     }
@@ -856,7 +883,7 @@ async fn relay(a: RelayArgs) -> Result<()> {
     ensure!(a.pairs > 0 && a.rate > 0.0 && a.duration > 0, "--pairs, --rate and --duration must be positive");
     let per_socket = a.rate / (2 * a.pairs) as f64;
     let eps = endpoints(t, a.pairs).await?;
-    let src = source_ip(0, usize::MAX)?;
+    let src = source_ip(2, 0, usize::MAX)?;
     let started = std::time::Instant::now();
     let mut sockets = Vec::with_capacity(2 * a.pairs);
     for [x, y] in &eps {
@@ -900,6 +927,7 @@ async fn relay(a: RelayArgs) -> Result<()> {
             dst: ep.partner.clone(),
             session: sessions[i],
             sdp_kind: if i % 2 == 0 { "offer" } else { "answer" },
+            cycle: a.cycle.max(1),
             sdp_json: sdp_json.clone(),
         };
         // Sockets start evenly spread over one period, so the total load is smooth.
@@ -937,7 +965,7 @@ async fn relay(a: RelayArgs) -> Result<()> {
         "mode": "relay", "label": t.label, "proto": proto_name(t.proto), "pairs": a.pairs, "target_rate": a.rate,
         "duration_s": a.duration, "sent": total.sent, "received": total.received,
         "lost": total.sent.saturating_sub(total.received), "achieved_rate": achieved,
-        "p50_us": us(0.50), "p99_us": us(0.99), "p999_us": us(0.999), "max_us": lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "p50_us": us(0.50), "p99_us": us(0.99), "p999_us": us(0.999), "max_us": us(1.0),
         "server_cpu_s": server_cpu, "server_cpu_s_per_1000": per_1000, "client_cpu_s": client_cpu,
         "server_rss_kib": rss, "wrong_src": total.wrong_src, "closes": closes.len(), "first_close": closes.first(),
     });
@@ -953,9 +981,27 @@ async fn relay(a: RelayArgs) -> Result<()> {
         us(0.50),
         us(0.99),
         us(0.999),
-        lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        us(1.0),
         closes.first().map(|c| format!("; {} sockets closed, first: {c}", closes.len())).unwrap_or_default()
     );
+    if a.histogram {
+        print_histogram(lat);
+    }
     println!("RESULT {result}");
     Ok(())
+}
+
+/// Counts of latencies per power-of-two bucket of microseconds, e.g. `[64, 128) us: 4321`.
+fn print_histogram(sorted_ns: &[u64]) {
+    let mut lo = 0u64;
+    let mut i = 0;
+    while i < sorted_ns.len() {
+        let hi = if lo == 0 { 1 } else { lo * 2 };
+        let n = sorted_ns[i..].partition_point(|&ns| ns < hi * 1000);
+        if n > 0 {
+            eprintln!("  [{lo}, {hi}) us: {n}");
+        }
+        i += n;
+        lo = hi;
+    }
 }
