@@ -9,15 +9,17 @@
 //! - `idle`: opens `--connections` sockets and holds them `--hold` seconds, each sending a PeerJS `HEARTBEAT` every
 //!   5 s as the PeerJS client does (native sockets answer the server's WebSocket pings instead). The sockets are
 //!   spread over worker processes of at most `--per-worker` sockets (the file limit is per process) and over source
-//!   addresses 127.0.0.2, 127.0.0.3, … of at most `--per-source-ip` sockets (so ephemeral ports never run short).
+//!   addresses 127.0.0.B, 127.0.0.B+1, … (`--source-base` B, default 2) of at most `--per-source-ip` sockets each,
+//!   so ephemeral ports never run short.
 //!   Reports how many were opened and how many are still open at the end, and the server's VmRSS
 //!   (/proc/<pid>/status) before, once all are open and at the end: memory per connection.
-//! - `relay`: `--pairs` pairs of clients, each side sending at `--rate / (2 × pairs)` signals/s (below the 50/s
-//!   per-socket limit of both Duet defaults when pairs ≥ rate / 100): per side a repeating cycle of one
-//!   `OFFER`/`ANSWER` with a 3 KB SDP and seven ~330 B `CANDIDATE`s, each carrying its send time (ns on this process's
-//!   monotonic clock) in the payload. The receiver measures the one-way relay latency. Reports, over the measurement
-//!   window after the warm-up, the sent and received counts, achieved rate, latency p50/p99/p99.9/max, and the
-//!   server's CPU time (utime + stime from /proc/<pid>/stat) and VmRSS.
+//! - `relay`: `--pairs` pairs of clients, each side sending at `--rate / (2 × pairs)` signals/s (keep it under the
+//!   50/s per-socket limit of Duet's default config: pairs ≥ rate / 100): per side a repeating cycle (`--cycle`) of
+//!   one `OFFER`/`ANSWER` frame of about 4 KB (a 3.7 KB Chrome audio + video SDP) and seven `CANDIDATE` frames of
+//!   about 310 B (a 191 B candidate object), each carrying its send time (ns on this process's monotonic clock) in the
+//!   payload. The receiver measures the one-way relay latency. Reports, over the measurement window after the
+//!   warm-up, the sent and received counts, achieved rate, latency p50/p99/p99.9/max (`--histogram`: the whole
+//!   distribution), the server's CPU time (utime + stime from /proc/<pid>/stat) and VmRSS.
 //!
 //! `--proto native` runs either mode against Duet's native protocol instead: one booking per pair is created with the
 //! admin API key, both participants join (`POST /v1/join/{link_token}`), and the sockets connect to
@@ -405,7 +407,7 @@ fn idle(a: IdleArgs) -> Result<()> {
     let urls: Vec<&str> = eps.iter().flatten().map(|e| e.url.as_str()).take(a.connections).collect();
     let file = std::env::temp_dir().join(format!("signal_load-{}.urls", std::process::id()));
     std::fs::write(&file, urls.join("\n") + "\n")?;
-    let _ = source_ip(a.source_base, a.connections.saturating_sub(1), a.per_source_ip)?;
+    source_ip(a.source_base, a.connections.saturating_sub(1), a.per_source_ip)?; // enough source addresses?
 
     let rss_before = vm_kib(t.server_pid, "VmRSS")?;
     let cpu_before = cpu_secs(t.server_pid)?;
@@ -563,8 +565,7 @@ async fn worker(a: WorkerArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------------------------
 // relay
 
-/// A Chrome-style audio + video offer, about 3 KB as browsers send (simple-peer and PeerJS use non-trickle-free SDP
-/// with a few candidates trickled afterwards).
+/// A Chrome-style audio + video offer (3.7 KB; the candidates are trickled afterwards, as PeerJS does).
 const SDP: &str = "v=0\r
 o=- 4611731400430051336 2 IN IP4 127.0.0.1\r
 s=-\r

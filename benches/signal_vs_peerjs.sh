@@ -5,7 +5,8 @@
 # measurement and a table of medians over the runs with ratios.
 #
 # Usage: benches/signal_vs_peerjs.sh [runs]        (default 3)
-#   env: CONNECTIONS=20000  idle sockets per server        HOLD=65      seconds they are held (> the 60 s alive timeout)
+#   env: CONNECTIONS=20000  idle sockets per server
+#        HOLD=65            seconds they are held (longer than both servers' 60 s alive timeout)
 #        PAIRS=100          relay client pairs (at least rate/80, so no socket sends more than 40/s, under the
 #                           50/s per-socket limit of Duet's default config)
 #        RATES="5000 20000" total signals/s, one relay measurement per rate
@@ -38,7 +39,8 @@ PEER_PORT=29100
 DUET_PORT=29180
 
 # 20 000 sockets need 20 000 descriptors in the server and as many in the clients (the load generator spreads
-# them over worker processes). Raise the soft limit as far as the hard one allows.
+# them over worker processes). Raise the soft limit as far as the hard one allows; a server process can hold no
+# more sockets than that limit minus its own descriptors.
 ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
@@ -122,13 +124,16 @@ measure() { # run server(peerjs-server|duet-peerjs|duet-native) mode args...
   case $server in
     peerjs-server) start_peerjs; target=(--url "ws://127.0.0.1:$PEER_PORT/") ;;
     duet-peerjs) start_duet; target=(--url "ws://127.0.0.1:$DUET_PORT/") ;;
-    duet-native) start_duet; target=(--proto native --url "http://127.0.0.1:$DUET_PORT" --api-key-file "$work/duet-data/api-key") ;;
+    duet-native)
+      start_duet
+      target=(--proto native --url "http://127.0.0.1:$DUET_PORT" --api-key-file "$work/duet-data/api-key") ;;
   esac
   echo "== run $run: $server $mode $* (load average $(cut -d" " -f1-3 /proc/loadavg))" >&2
   local line
   local label=$server
   [[ $server == duet-* ]] && label=$server$DUET_TAG
-  line=$("$load" "$mode" "${target[@]}" --server-pid "$server_pid" --label "$label" "$@" | grep '^RESULT ' | tail -1) || true
+  line=$("$load" "$mode" "${target[@]}" --server-pid "$server_pid" --label "$label" "$@" |
+    grep '^RESULT ' | tail -1) || true
   stop_server
   [[ -n $line ]] || { echo "no RESULT from $server $mode" >&2; return; }
   echo "$line"
@@ -138,7 +143,8 @@ measure() { # run server(peerjs-server|duet-peerjs|duet-native) mode args...
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
   "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "versions: node $(node --version), peer $(node -p "require('./$node_dir/node_modules/peer/package.json').version"),"\
+peer_version=$(node -p "require('./$node_dir/node_modules/peer/package.json').version")
+echo "versions: node $(node --version), peer $peer_version,"\
   "$("$DUET_BIN" --version) ($DUET_BIN); RLIMIT_NOFILE $(ulimit -n)"
 idle_servers=() relay_servers=()
 for s in $SERVERS; do
@@ -167,8 +173,8 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 n_conn = sys.argv[2]
 def med(mode, label, key, rate=None):
-    v = [r[key] for r in rows if r["mode"] == mode and r["label"] == label and (rate is None or r["target_rate"] == rate)
-         and r.get(key) is not None]
+    v = [r[key] for r in rows if r["mode"] == mode and r["label"] == label
+         and rate in (None, r.get("target_rate")) and r.get(key) is not None]
     return statistics.median(v) if v else None
 def fmt(x, nd):
     return "-" if x is None else f"{x:,.{nd}f}"

@@ -32,6 +32,8 @@ pub async fn serve(listener: TcpListener, tls: TlsConfig, router: Router, shutdo
             },
             _ = shutdown.cancelled() => return,
         };
+        // TCP_NODELAY, as on the plain listener (see daemon::spawn_http).
+        let _ = tcp.set_nodelay(true);
         let acceptor = tls.acceptor();
         let router = router.clone();
         let shutdown = shutdown.clone();

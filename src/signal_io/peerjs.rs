@@ -22,7 +22,7 @@ use axum::routing::get;
 use duet_signaling::peerjs::{PeerjsError, Registration, SERVER_INFO, Scope};
 use serde::Deserialize;
 
-use super::native::{instant_of, precheck, transport_limit};
+use super::native::{configure, instant_of, precheck};
 use super::{Admit, connection, vy};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::ApiError;
@@ -115,8 +115,5 @@ async fn upgrade(
         None if key.is_empty() => Admit::PeerjsReject(PeerjsError::InvalidWsParameters),
         None => Admit::PeerjsReject(PeerjsError::InvalidKey),
     };
-    let limit = transport_limit(&state);
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| connection(socket, state.hub.clone(), admit, slot))
+    configure(ws, &state).on_upgrade(move |socket| connection(socket, state.hub.clone(), admit, slot))
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use duet_signaling::VyAdmission;
 use serde::Deserialize;
 
-use super::native::{core_role, instant_of, precheck, transport_limit};
+use super::native::{configure, core_role, instant_of, precheck};
 use super::{Admit, connection};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::ApiError;
@@ -85,9 +85,6 @@ pub async fn fallback(
     } else {
         VyAdmission::open_relay(&meeting_id, role).with_strict(cfg.strict)
     };
-    let limit = transport_limit(&state);
     tracing::info!(target: "signaling", room = %admission.room, role = admission.role.as_str(), "vy socket admitted");
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| connection(socket, state.hub.clone(), Admit::Vy(admission), slot))
+    configure(ws, &state).on_upgrade(move |socket| connection(socket, state.hub.clone(), Admit::Vy(admission), slot))
 }
