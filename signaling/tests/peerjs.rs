@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use duet_signaling::peerjs::{PeerjsConfig, PeerjsError, PeerjsServer, Registration, Scope};
-use duet_signaling::{CloseReason, ConnectionId, DropReason, HubEvent, Output, PeerjsEvent, close_code};
+use duet_signaling::{CloseReason, ConnectionId, DropReason, HubEvent, PeerjsEvent, close_code};
+
+mod support;
+use support::Outs;
 
 const OPEN: &str = r#"{"type":"OPEN"}"#;
 const ID_TAKEN: &str = r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#;
@@ -20,42 +23,6 @@ struct P {
     server: PeerjsServer,
     t0: Instant,
     now: Instant,
-}
-
-#[derive(Debug)]
-struct Outs(Vec<Output>);
-
-impl Outs {
-    fn texts(&self, c: u64) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter_map(|o| match o {
-                Output::Send { conn, text } if *conn == ConnectionId(c) => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-    fn sends(&self) -> usize {
-        self.0.iter().filter(|o| matches!(o, Output::Send { .. })).count()
-    }
-    fn closes(&self) -> Vec<(u64, u16)> {
-        self.0
-            .iter()
-            .filter_map(|o| match o {
-                Output::Close { conn, code, .. } => Some((conn.0, *code)),
-                _ => None,
-            })
-            .collect()
-    }
-    fn events(&self) -> Vec<&HubEvent> {
-        self.0
-            .iter()
-            .filter_map(|o| match o {
-                Output::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect()
-    }
 }
 
 fn reg(ns: &str, id: &str, token: &str) -> Registration {
@@ -133,7 +100,7 @@ fn pj2_same_id_other_token_gets_id_taken_and_close() {
     let out = p.connect(2, "alice", "other");
     assert_eq!(out.texts(2), [ID_TAKEN]);
     assert_eq!(out.closes(), [(2, close_code::POLICY)]);
-    assert_eq!(out.sends(), 1, "the registered socket hears nothing");
+    assert_eq!(out.send_count(), 1, "the registered socket hears nothing");
     // The first registration is untouched: messages still reach it.
     p.connect(3, "bob", "tokb");
     assert_eq!(p.text(3, &offer("alice")).texts(1), [relayed("OFFER", "bob", "alice")]);
@@ -195,7 +162,7 @@ fn relay_forces_src_and_keeps_only_type_src_dst_payload() {
     p.connect(2, "bob", "tb");
     let out = p.text(1, &offer("bob"));
     assert_eq!(out.texts(2), [relayed("OFFER", "alice", "bob")]);
-    assert_eq!(out.sends(), 1);
+    assert_eq!(out.send_count(), 1);
     let answer = format!(r#"{{"type":"ANSWER","dst":"alice","payload":{PAYLOAD}}}"#);
     assert_eq!(p.text(2, &answer).texts(1), [relayed("ANSWER", "bob", "alice")]);
     // No payload: the key is omitted, as JSON.stringify omits undefined.
@@ -225,7 +192,7 @@ fn ignored_frames_send_nothing() {
         r#"{"dst":"bob"}"#,
     ] {
         let out = p.text(1, frame);
-        assert_eq!(out.sends(), 0, "{frame}");
+        assert_eq!(out.send_count(), 0, "{frame}");
         assert!(out.closes().is_empty(), "{frame}");
     }
     let out = p.text(1, r#"{"type":"HEARTBEAT"}"#);
@@ -248,7 +215,7 @@ fn pj3_offer_to_an_offline_id_is_delivered_when_it_connects_within_5s() {
     let mut p = P::new();
     p.connect(1, "alice", "ta");
     let out = p.text(1, &offer("bob"));
-    assert_eq!(out.sends(), 0);
+    assert_eq!(out.send_count(), 0);
     p.text(1, r#"{"type":"CANDIDATE","dst":"bob","payload":{"candidate":"c1"}}"#);
     p.at(Duration::from_millis(4900));
     let out = p.connect(2, "bob", "tb");
@@ -262,7 +229,7 @@ fn pj3_offer_to_an_offline_id_is_delivered_when_it_connects_within_5s() {
     );
     // No EXPIRE later.
     let out = p.run_until(secs(30));
-    assert_eq!(out.sends(), 0, "{out:?}");
+    assert_eq!(out.send_count(), 0, "{out:?}");
     assert_eq!(p.server.stats().queued, 0);
 }
 
@@ -275,10 +242,10 @@ fn pj4_not_connecting_sends_one_expire_back_with_src_the_target() {
     }
     assert_eq!(p.server.stats().queued, 3);
     let out = p.run_until(Duration::from_millis(4999));
-    assert_eq!(out.sends(), 0);
+    assert_eq!(out.send_count(), 0);
     let out = p.run_until(secs(5));
     assert_eq!(out.texts(1), [r#"{"type":"EXPIRE","src":"bob","dst":"alice"}"#]);
-    assert_eq!(out.sends(), 1);
+    assert_eq!(out.send_count(), 1);
     // Bob arriving afterwards gets only OPEN: the messages are gone.
     let out = p.connect(2, "bob", "tb");
     assert_eq!(out.texts(2), [OPEN]);
@@ -293,7 +260,7 @@ fn leave_and_expire_for_an_absent_id_are_not_queued() {
     p.text(1, r#"{"type":"EXPIRE","dst":"bob"}"#);
     assert_eq!(p.server.stats().queued, 0);
     assert_eq!(p.connect(2, "bob", "tb").texts(2), [OPEN]);
-    assert_eq!(p.run_until(secs(10)).sends(), 0);
+    assert_eq!(p.run_until(secs(10)).send_count(), 0);
 }
 
 #[test]
@@ -356,7 +323,7 @@ fn a_failed_send_closes_the_destination_and_sends_leave_to_the_sender() {
     p.server.handle_send_failed(p.now, ConnectionId(1), OPEN);
     let out = p.drain();
     assert_eq!(out.closes(), [(1, close_code::POLICY)]);
-    assert_eq!(out.sends(), 0);
+    assert_eq!(out.send_count(), 0);
 }
 
 // ----- namespaces and booking scopes -----
@@ -368,7 +335,7 @@ fn ids_are_namespaced() {
     assert_eq!(p.connect_reg(2, reg("k2", "alice", "other")).texts(2), [OPEN]);
     p.connect_reg(3, reg("k2", "bob", "t"));
     let out = p.text(1, &offer("bob"));
-    assert_eq!(out.sends(), 0, "bob of k2 is not reachable from k1");
+    assert_eq!(out.send_count(), 0, "bob of k2 is not reachable from k1");
     assert_eq!(p.server.peer_ids("k2"), ["alice", "bob"]);
 }
 
@@ -399,7 +366,7 @@ fn scoped_ids_close_at_the_hard_end_and_on_cancel() {
     // Registering after the hard end: closed at once.
     let out = p.connect_reg(4, Registration { scope: s1, ..reg("bkg_1", "host", "t") });
     assert_eq!(out.closes(), [(4, close_code::OUTSIDE_WINDOW)]);
-    assert_eq!(out.sends(), 0);
+    assert_eq!(out.send_count(), 0);
 }
 
 #[test]
