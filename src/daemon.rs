@@ -223,6 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
         .fallback(signal_io::vy::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(metrics.clone(), count_request))
         .with_state(state.clone());
     // A listener of its own for Virtual Y clients (they connect to port 8091): every path is the vy handler.
     let vy_listener = match config.signaling.vy.listen {
@@ -314,6 +315,22 @@ fn relay_sockets(config: &Config) -> RelaySockets {
         .or_else(|| first(false).map(|ip| if ip.is_unspecified() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { ip }));
     let bind_v6 = t.relay_ip6.or(t.relay_ip.filter(IpAddr::is_ipv6)).or_else(|| first(true));
     RelaySockets { bind_v4, bind_v6, advertised_v4: t.public_ip.filter(IpAddr::is_ipv4), ports: t.relay_ports.clone() }
+}
+
+/// Counts every HTTP request in `duet_http_requests_total{route,code}`, by route template (never the raw path, which
+/// holds link tokens and ids) and status code.
+async fn count_request(
+    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    metrics.http_requests.with_label_values(&[&route, response.status().as_str()]).inc();
+    response
 }
 
 /// The join page, from the binary.

@@ -193,6 +193,13 @@ async fn api_unknown_booking_and_link_are_404() {
     let (status, _, body) = d.join(&token).await;
     assert_api_error("join with a tampered link token", (status, body), 404, "link_invalid_or_revoked", None);
     join_as(&d, &booking, "host").await;
+    // Requests are counted by route template, never by the raw path (which holds the link token).
+    let m = d.metrics().await;
+    let refused = common::metric(&m, r#"duet_http_requests_total{code="404",route="/v1/join/{link_token}"}"#);
+    assert!(refused.unwrap_or(0.0) >= 2.0, "404 joins by route template:\n{m}");
+    assert!(common::metric(&m, r#"duet_http_requests_total{code="200",route="/v1/join/{link_token}"}"#).is_some());
+    let token = booking["participants"][0]["link_token"].as_str().unwrap();
+    assert!(!m.contains(token), "a link token leaked into the metrics");
 }
 
 /// Sends a POST with a `len`-byte JSON body over a raw socket, reading the response while still writing (a server
