@@ -103,6 +103,9 @@ pub struct RawHttp {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Reverse proxies (CIDRs, e.g. `["10.0.0.0/8"]`) whose `Forwarded` / `X-Forwarded-For` headers name the client
+    /// (default none: the TCP peer is the client). See `client_ip`.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[admin]`: metrics and health listener.
@@ -299,6 +302,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// HTTPS certificate and key of the HTTP listener.
     pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// Reverse proxies whose forwarding headers are believed (`[http] trusted_proxies`).
+    pub trusted_proxies: Vec<IpNet>,
     /// Admin listen address.
     pub admin_listen: SocketAddr,
     /// TURN settings.
@@ -647,6 +652,7 @@ impl RawConfig {
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,
+            trusted_proxies: nets("http.trusted_proxies", &self.http.trusted_proxies)?,
             http_listen,
             admin_listen,
             turn,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod booking;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;

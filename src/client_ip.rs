@@ -1,0 +1,180 @@
+//! The client's address behind reverse proxies, and the key per-IP limits count by.
+//!
+//! A request's TCP peer is the client unless that peer is in `[http] trusted_proxies`. From a trusted peer the
+//! client address is read from `Forwarded` (RFC 7239 §4, `for=` parameters) or, when that header is absent,
+//! `X-Forwarded-For` (the de facto form: a comma-separated list, the nearest hop last). The list is walked from the
+//! right (the hop nearest to us) and every address that is itself a trusted proxy is skipped: the first address that is
+//! not is the client. This is the "rightmost untrusted" rule of MDN's X-Forwarded-For security notes and of nginx's
+//! `real_ip_recursive on`; the leftmost entry is whatever the client chose to send and is never trusted. A header
+//! that cannot be parsed, or whose entries are all trusted, falls back to the nearest parseable hop or to the peer.
+//!
+//! Per-IP limits key IPv6 clients by their /64 ([`IpKey`]): one subscriber line usually gets a /64 (or shorter), so
+//! keying by /128 lets a single host rotate through 2^64 addresses and evade every per-IP cap.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use axum::http::HeaderMap;
+use duet_relay::policy::{IpNet, canonical_ip};
+
+/// The key of one client for per-IP limits: an IPv4 address (IPv4-mapped IPv6 forms are canonicalised to IPv4),
+/// or the /64 network of an IPv6 address (the low 64 bits zeroed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpKey(IpAddr);
+
+impl IpKey {
+    /// The key of `ip`.
+    pub fn of(ip: IpAddr) -> IpKey {
+        match canonical_ip(ip) {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpKey(IpAddr::V6(Ipv6Addr::from(bits)))
+            }
+            v4 => IpKey(v4),
+        }
+    }
+
+    /// The address (IPv4) or /64 network address (IPv6) this key stands for.
+    pub fn addr(&self) -> IpAddr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for IpKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+            v4 => write!(f, "{v4}"),
+        }
+    }
+}
+
+/// Whether `ip` is one of the `trusted` proxies.
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    trusted.iter().any(|n| n.contains(ip))
+}
+
+/// The client address of a request that arrived from TCP peer `peer`: `peer` itself unless it is a trusted proxy,
+/// else the rightmost address of `Forwarded` (or `X-Forwarded-For`) that is not a trusted proxy (module docs).
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = canonical_ip(peer.ip());
+    if !is_trusted(trusted, peer_ip) {
+        return peer_ip;
+    }
+    let hops = forwarded_hops(headers);
+    let mut nearest = peer_ip;
+    for hop in hops.iter().rev() {
+        let Some(ip) = hop else {
+            // An obfuscated or unparseable hop ("unknown", "_hidden"): what lies left of it cannot be trusted.
+            return nearest;
+        };
+        let ip = canonical_ip(*ip);
+        if !is_trusted(trusted, ip) {
+            return ip;
+        }
+        nearest = ip;
+    }
+    nearest
+}
+
+/// The hops of `Forwarded` (every `for=` of every element, in order), or when that header is absent those of
+/// `X-Forwarded-For`; `None` for a hop that is not an IP address. Several header lines are one list (RFC 9110 §5.3).
+fn forwarded_hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let forwarded: Vec<&str> = headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()).collect();
+    if !forwarded.is_empty() {
+        let mut hops = Vec::new();
+        for element in forwarded.iter().flat_map(|line| line.split(',')) {
+            for pair in element.split(';') {
+                let Some((name, value)) = pair.split_once('=') else { continue };
+                if name.trim().eq_ignore_ascii_case("for") {
+                    hops.push(parse_node(value.trim().trim_matches('"')));
+                }
+            }
+        }
+        return hops;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(|s| parse_node(s.trim()))
+        .collect()
+}
+
+/// An RFC 7239 §6 node (`192.0.2.1`, `192.0.2.1:80`, `[2001:db8::1]`, `[2001:db8::1]:80`) or a bare IPv6 address
+/// as X-Forwarded-For writes it.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    let inner = s.strip_prefix('[')?.split(']').next()?;
+    inner.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_sends() {
+        let h = headers(&[("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=203.0.113.9")]);
+        let peer: SocketAddr = "198.51.100.7:5000".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &[]), peer.ip());
+        assert_eq!(client_ip(peer, &h, &nets(&["10.0.0.0/8"])), peer.ip());
+    }
+
+    #[test]
+    fn trusted_proxy_gives_the_rightmost_untrusted_hop() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        // The client forged "1.1.1.1"; the proxy appended the real address.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.3")]);
+        assert_eq!(client_ip(peer, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        let h = headers(&[("forwarded", "for=1.1.1.1, for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.3")]);
+        assert_eq!(client_ip(peer, &h, &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        // Forwarded wins over X-Forwarded-For.
+        let h = headers(&[("forwarded", "for=192.0.2.60"), ("x-forwarded-for", "198.51.100.1")]);
+        assert_eq!(client_ip(peer, &h, &trusted), "192.0.2.60".parse::<IpAddr>().unwrap());
+        // Several header lines are one list.
+        let h = headers(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "10.0.0.9")]);
+        assert_eq!(client_ip(peer, &h, &trusted), "198.51.100.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn missing_or_opaque_hops_fall_back_to_the_nearest_known() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer.ip());
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, unknown, 10.0.0.5")]);
+        assert_eq!(client_ip(peer, &h, &trusted), "10.0.0.5".parse::<IpAddr>().unwrap());
+        let h = headers(&[("forwarded", "for=_hidden")]);
+        assert_eq!(client_ip(peer, &h, &trusted), peer.ip());
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_64_and_mapped_v4_by_v4() {
+        let a = IpKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = IpKey::of("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let c = IpKey::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(IpKey::of("::ffff:192.0.2.1".parse().unwrap()), IpKey::of("192.0.2.1".parse().unwrap()));
+    }
+}
