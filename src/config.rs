@@ -212,8 +212,21 @@ pub struct RawSignaling {
     /// Browser origins allowed to open a signaling socket, e.g. `["https://clinic.example"]` (default: any).
     /// A socket whose `Origin` is not listed gets HTTP 403 before the upgrade.
     pub allowed_origins: Option<Vec<String>>,
-    /// Open signaling sockets per client IP (default 64); over gets HTTP 429 before the upgrade.
+    /// Open signaling sockets per client (default 64), counted once the socket's token (or Virtual Y meeting) has
+    /// verified; over gets HTTP 429 before the upgrade. Clients are keyed by IP (IPv6 by /64), behind
+    /// `http.trusted_proxies` by the forwarded client address.
     pub max_connections_per_ip: Option<u32>,
+    /// Upgrades per client whose credential is being checked, plus refused sockets while they get their close code
+    /// (default 8); over gets HTTP 429.
+    pub max_pending_upgrades_per_ip: Option<u32>,
+    /// A WebSocket ping unanswered this long makes its socket not live (default `5s`): a Virtual Y newcomer may then
+    /// replace it.
+    pub pong_timeout: Option<String>,
+    /// A write to a socket that does not complete in this time closes it (default `10s`): a client that stops
+    /// reading cannot pin its task.
+    pub send_timeout: Option<String>,
+    /// Most rooms open at once (default 50000); past it a new room's socket is closed with 1013.
+    pub max_rooms: Option<usize>,
     /// `[signaling.vy]`: drop-in for the Virtual Y signaling server.
     #[serde(default)]
     pub vy: RawVy,
@@ -226,8 +239,14 @@ pub struct RawSignaling {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVy {
-    /// Accept `?meetingId=…&isInstructorRole=…` upgrades on any path (default true).
+    /// Accept `?meetingId=…&isInstructorRole=…` upgrades on any path (default false: the protocol has self-declared
+    /// roles and no credential, see the README's security section).
     pub enabled: Option<bool>,
+    /// Tenant whose bookings' `external_id` are the meeting ids (default `ten_default`).
+    pub tenant: Option<String>,
+    /// Refused upgrades (unknown or closed meeting, slot taken) per client per minute after a burst of 20 (default
+    /// 60; 0 = no limit); past it upgrades get HTTP 429 before any lookup.
+    pub refused_upgrades_per_minute: Option<u32>,
     /// The meetingId must be the `external_id` of a booking, and the upgrade happens only inside its window
     /// (default true). `false` makes a literal open relay, as the original server was.
     pub require_booking: Option<bool>,
@@ -262,6 +281,9 @@ pub struct RawPeerjs {
     pub expire_timeout: Option<String>,
     /// Most connected clients (default 5000, upstream concurrent_limit).
     pub concurrent_limit: Option<usize>,
+    /// Ids one participant of a booking may hold at once with its session token (default 2); a newer one replaces
+    /// that participant's oldest.
+    pub ids_per_participant: Option<usize>,
 }
 
 /// `[shutdown]`: the drain on SIGTERM (DESIGN §7).
@@ -391,8 +413,18 @@ pub struct SignalingConfig {
     pub ping_interval: Duration,
     /// Allowed `Origin` values; empty = any.
     pub allowed_origins: Vec<String>,
-    /// Open sockets per client IP.
+    /// Open sockets per client (after verification).
     pub max_connections_per_ip: u32,
+    /// Upgrades being verified (and refused sockets closing) per client.
+    pub max_pending_upgrades_per_ip: u32,
+    /// Unanswered-ping time after which a socket is not live.
+    pub pong_timeout: Duration,
+    /// Longest write to a socket.
+    pub send_timeout: Duration,
+    /// Room cap.
+    pub max_rooms: usize,
+    /// Reverse proxies whose forwarding headers name the client (copied from `[http] trusted_proxies`).
+    pub trusted_proxies: Vec<IpNet>,
     /// Virtual Y mode.
     pub vy: VyConfig,
     /// PeerJS mode.
@@ -406,6 +438,10 @@ pub struct VyConfig {
     pub enabled: bool,
     /// Gate by booking `external_id` and window.
     pub require_booking: bool,
+    /// Tenant of the bookings looked up.
+    pub tenant: String,
+    /// Refused upgrades per client per minute (0: unlimited).
+    pub refused_upgrades_per_minute: u32,
     /// Strict frame filter.
     pub strict: bool,
     /// Dedicated listener.
@@ -433,6 +469,8 @@ pub struct PeerjsConfig {
     pub expire_timeout: Duration,
     /// Connection cap.
     pub concurrent_limit: usize,
+    /// Ids per booking participant.
+    pub ids_per_participant: usize,
 }
 
 /// Command-line overrides applied on top of the file (`--data-dir`, `--http-listen`, ...).
@@ -600,9 +638,16 @@ impl RawConfig {
             ping_interval: duration("signaling.ping_interval", &s.ping_interval, Duration::from_secs(20))?,
             allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
             max_connections_per_ip: s.max_connections_per_ip.unwrap_or(64),
+            max_pending_upgrades_per_ip: s.max_pending_upgrades_per_ip.unwrap_or(8),
+            pong_timeout: duration("signaling.pong_timeout", &s.pong_timeout, Duration::from_secs(5))?,
+            send_timeout: duration("signaling.send_timeout", &s.send_timeout, Duration::from_secs(10))?,
+            max_rooms: s.max_rooms.unwrap_or(50_000),
+            trusted_proxies: nets("http.trusted_proxies", &self.http.trusted_proxies)?,
             vy: VyConfig {
-                enabled: s.vy.enabled.unwrap_or(true),
+                enabled: s.vy.enabled.unwrap_or(false),
                 require_booking: s.vy.require_booking.unwrap_or(true),
+                tenant: s.vy.tenant.clone().unwrap_or_else(|| "ten_default".into()),
+                refused_upgrades_per_minute: s.vy.refused_upgrades_per_minute.unwrap_or(60),
                 strict: s.vy.strict.unwrap_or(false),
                 listen: s.vy.listen.as_deref().map(|a| addr("signaling.vy.listen", a)).transpose()?,
                 tls: cert_pair("signaling.vy", s.vy.tls_cert.clone(), s.vy.tls_key.clone())?,
@@ -628,10 +673,24 @@ impl RawConfig {
                     Duration::from_secs(5),
                 )?,
                 concurrent_limit: s.peerjs.concurrent_limit.unwrap_or(5000),
+                ids_per_participant: s.peerjs.ids_per_participant.unwrap_or(2),
             },
         };
-        if signaling.max_connections_per_ip == 0 {
-            return Err(invalid("signaling.max_connections_per_ip", "must be positive"));
+        for (key, v) in [
+            ("signaling.max_connections_per_ip", signaling.max_connections_per_ip as usize),
+            ("signaling.max_pending_upgrades_per_ip", signaling.max_pending_upgrades_per_ip as usize),
+            ("signaling.max_rooms", signaling.max_rooms),
+            ("signaling.peerjs.ids_per_participant", signaling.peerjs.ids_per_participant),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if signaling.pong_timeout.is_zero() || signaling.pong_timeout >= signaling.ping_interval {
+            return Err(invalid("signaling.pong_timeout", "must be positive and shorter than signaling.ping_interval"));
+        }
+        if signaling.send_timeout < Duration::from_secs(1) {
+            return Err(invalid("signaling.send_timeout", "at least 1s"));
         }
         if signaling.peerjs.key.is_empty() {
             return Err(invalid("signaling.peerjs.key", "must not be empty"));

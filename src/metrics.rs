@@ -43,6 +43,9 @@ pub struct Metrics {
     pub signal_closes: IntCounterVec,
     /// `duet_signal_drops_total{reason}`.
     pub signal_drops: IntCounterVec,
+    /// `duet_signal_upgrades_refused_total{mode,reason}`: signaling upgrades refused before a socket got a slot.
+    /// reason: origin|too_many_connections|pending_upgrades|rate_limited|outside_window|slot_taken|bad_token.
+    pub signal_refused: IntCounterVec,
     /// `duet_draining`: 1 while draining after SIGTERM.
     pub draining: IntGauge,
 }
@@ -133,7 +136,11 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
-            rooms_active: gauge(&r, "duet_rooms_active", "Rooms (bookings) with at least one connected participant."),
+            rooms_active: gauge(
+                &r,
+                "duet_rooms_active",
+                "Rooms open in the hub (a booking's room stays open between reconnects until its hard end).",
+            ),
             signal_ready: counter(&r, "duet_signal_ready_total", "Times a pair formed (ready sent)."),
             signal_messages: counter_vec(
                 &r,
@@ -152,6 +159,12 @@ impl Metrics {
                 "duet_signal_drops_total",
                 "Signaling messages dropped, by reason.",
                 &["reason"],
+            ),
+            signal_refused: counter_vec(
+                &r,
+                "duet_signal_upgrades_refused_total",
+                "Signaling upgrades refused before the socket got a slot, by mode and reason.",
+                &["mode", "reason"],
             ),
             draining: gauge(&r, "duet_draining", "1 while the daemon drains after SIGTERM, else 0."),
             registry: r,

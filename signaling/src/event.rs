@@ -23,6 +23,14 @@ pub enum Output {
         /// Close reason text (ASCII, well under the 123-byte limit of RFC 6455 §5.5).
         reason: &'static str,
     },
+    /// Send a WebSocket ping to the connection now and report it with
+    /// [`Hub::handle_ping_sent`](crate::Hub::handle_ping_sent): a liveness probe of a vy slot's occupant after a
+    /// newcomer was refused (the answer, or its absence within [`HubConfig::pong_timeout`](crate::HubConfig::pong_timeout),
+    /// decides whether the next newcomer may replace it).
+    Ping {
+        /// The connection to probe.
+        conn: ConnectionId,
+    },
     /// For metrics, webhooks and logs. Never contains SDP or tokens.
     Event(HubEvent),
 }
@@ -73,6 +81,21 @@ pub enum HubEvent {
     RoomOpened {
         /// Booking id.
         booking: String,
+    },
+    /// A room without a hard end (vy open relay) was forgotten when its last slot emptied.
+    RoomFreed {
+        /// Room key (`vy:<meetingId>`).
+        booking: String,
+    },
+    /// A newcomer was refused: the hub holds `max_rooms` rooms (closed 1013), or in vy mode its slot is held by a
+    /// live participant (closed 4009).
+    Refused {
+        /// Room key.
+        booking: String,
+        /// The role the newcomer asked for.
+        role: Role,
+        /// The close code it got.
+        code: u16,
     },
     /// The booking's room was closed with all its connections.
     RoomClosed {

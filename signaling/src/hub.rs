@@ -124,6 +124,12 @@ pub struct HubConfig {
     /// Lead times of the `window` closing warnings before `hard_end_at` (default 300 s and 60 s, DESIGN.md §3). Order
     /// does not matter; zero and duplicate entries are ignored. Native rooms only (vy sends nothing but `ready`).
     pub warn_before_end: Vec<Duration>,
+    /// How long a WebSocket ping may stay unanswered before its connection stops counting as live (default 5 s).
+    /// Only a vy occupant that is not live may be replaced by a newcomer ([`Hub::handle_connect_vy`]).
+    pub pong_timeout: Duration,
+    /// Most rooms open at once, native and vy together (default 50 000). A connection that would open one more is
+    /// closed with [`close_code::TRY_AGAIN_LATER`] (1013).
+    pub max_rooms: usize,
 }
 
 impl Default for HubConfig {
@@ -133,6 +139,8 @@ impl Default for HubConfig {
             messages_per_second: 50,
             ping_interval: Duration::from_secs(20),
             warn_before_end: vec![Duration::from_secs(300), Duration::from_secs(60)],
+            pong_timeout: Duration::from_secs(5),
+            max_rooms: 50_000,
         }
     }
 }
@@ -150,6 +158,9 @@ struct Conn {
     strict: bool,
     /// Message rate limiter.
     bucket: TokenBucket,
+    /// When the oldest WebSocket ping still unanswered was sent; `None` when every ping was answered (or any frame
+    /// arrived since, which proves the socket alive as well).
+    ping_sent_at: Option<Instant>,
 }
 
 /// Removes a connection and keeps the gauges in step.
@@ -220,7 +231,11 @@ impl Hub {
         }
         let Admission { booking, participant, role, ice_servers, window, hard_end_at, hard_end_at_rfc3339 } = admission;
 
-        let idx = self.room_for(now, Mode::Native, booking, Some(hard_end_at), hard_end_at_rfc3339);
+        let Some(idx) = self.room_for(now, Mode::Native, booking.clone(), Some(hard_end_at), hard_end_at_rfc3339)
+        else {
+            self.refuse(conn, booking, role, close_code::TRY_AGAIN_LATER, "too many rooms");
+            return;
+        };
         let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
             // Unreachable: `room_for` returns the index of an open room.
             return;
@@ -265,7 +280,7 @@ impl Hub {
         self.insert_conn(
             now,
             conn,
-            Conn { room: idx, role, mode: Mode::Native, strict: false, bucket: self.bucket(now) },
+            Conn { room: idx, role, mode: Mode::Native, strict: false, bucket: self.bucket(now), ping_sent_at: None },
         );
 
         let Some(room) = self.rooms.get(idx).and_then(Option::as_ref) else {
@@ -292,10 +307,18 @@ impl Hub {
     ///
     /// Nothing is sent to the new socket on connect. When this completes the pair, the exact 5-byte text `ready` goes
     /// to both sockets (this connection first), every time, including after either side reconnects, as the Virtual Y
-    /// server's `sendAll('ready')` does. An older socket in the same slot is closed with 4008 "replaced" and its
-    /// partner is told nothing (the Virtual Y client ignores close codes and retries after 1 s). If `now` is at or past
-    /// `hard_end_at`, the socket is closed with 4003 and nothing else happens. Reusing the id of a live connection
-    /// first disconnects the old one.
+    /// server's `sendAll('ready')` does. If `now` is at or past `hard_end_at`, the socket is closed with 4003 and
+    /// nothing else happens. Reusing the id of a live connection first disconnects the old one.
+    ///
+    /// **Occupied slot.** The vy protocol has no credential per participant: the role is whatever the client's
+    /// `isInstructorRole` says. So unlike native mode, a newcomer never displaces a *live* occupant (one with no
+    /// WebSocket ping unanswered for longer than [`HubConfig::pong_timeout`], see [`Hub::handle_ping_sent`] and
+    /// [`Hub::handle_pong`]): the newcomer is closed with [`close_code::ROOM_FULL`] (4009, reason `"slot taken"`) and
+    /// receives no frame of the room, and the occupant gets a liveness probe ([`Output::Ping`]) unless one is already
+    /// out. An occupant that is not live is closed with 4008 "replaced" and the newcomer takes the slot; its partner is
+    /// told nothing. The Virtual Y client retries every second whatever the close code, so a participant whose old
+    /// socket died silently is back within `pong_timeout` plus one retry; one whose old socket closed is back at once.
+    /// Past [`HubConfig::max_rooms`] a newcomer that would open a room is closed with 1013.
     ///
     /// The driver answers WebSocket pings itself (e.g. every 20 s, closing after 2 missed pongs, then
     /// [`Hub::handle_liveness_timeout`]); the hub never sends any keepalive frame in vy mode.
@@ -308,7 +331,23 @@ impl Hub {
             return;
         }
         let VyAdmission { room: key, participant, role, hard_end_at, strict } = admission;
-        let idx = self.room_for(now, Mode::Vy, key, hard_end_at, String::new());
+        let occupant = self.by_vy.get(&key).and_then(|&i| self.rooms.get(i)?.as_ref()?.slot(role)).map(|p| p.conn);
+        if let Some(occupant) = occupant
+            && self.is_live(now, occupant)
+        {
+            self.refuse(conn, key, role, close_code::ROOM_FULL, "slot taken");
+            if let Some(c) = self.conns.get_mut(&occupant)
+                && c.ping_sent_at.is_none()
+            {
+                c.ping_sent_at = Some(now);
+                self.out.push_back(Output::Ping { conn: occupant });
+            }
+            return;
+        }
+        let Some(idx) = self.room_for(now, Mode::Vy, key.clone(), hard_end_at, String::new()) else {
+            self.refuse(conn, key, role, close_code::TRY_AGAIN_LATER, "too many rooms");
+            return;
+        };
         let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
@@ -335,7 +374,41 @@ impl Hub {
             self.out.push_back(Output::Event(HubEvent::Ready { booking: room.booking.clone(), session }));
             self.count_ready(Mode::Vy);
         }
-        self.insert_conn(now, conn, Conn { room: idx, role, mode: Mode::Vy, strict, bucket: self.bucket(now) });
+        self.insert_conn(
+            now,
+            conn,
+            Conn { room: idx, role, mode: Mode::Vy, strict, bucket: self.bucket(now), ping_sent_at: None },
+        );
+    }
+
+    /// The driver sent a WebSocket ping to `conn` (its periodic keepalive, or an [`Output::Ping`] probe). Until a pong
+    /// or any frame arrives ([`Hub::handle_pong`], [`Hub::handle_text`], ...), the connection counts as live for
+    /// [`HubConfig::pong_timeout`] from the first such ping. Unknown connection: no-op.
+    pub fn handle_ping_sent(&mut self, now: Instant, conn: ConnectionId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ping_sent_at.get_or_insert(now);
+        }
+    }
+
+    /// A WebSocket pong arrived from `conn`: it is live (every ping so far is answered). Unknown connection: no-op.
+    pub fn handle_pong(&mut self, _now: Instant, conn: ConnectionId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ping_sent_at = None;
+        }
+    }
+
+    /// A WebSocket ping arrived from `conn` (the driver's transport answers it with a pong). It proves the socket live
+    /// and counts against the per-socket message rate like any frame: over the rate the socket is closed with 4029
+    /// (native: after `error rate_limited`), so a client cannot make the server write pongs without limit.
+    pub fn handle_ping(&mut self, now: Instant, conn: ConnectionId) {
+        let _ = self.admit_frame(now, conn, 0);
+    }
+
+    /// Whether `conn` is live at `now`: known, and no ping unanswered for longer than [`HubConfig::pong_timeout`].
+    pub fn is_live(&self, now: Instant, conn: ConnectionId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.ping_sent_at.is_none_or(|t| now.saturating_duration_since(t) < self.config.pong_timeout))
     }
 
     /// One text frame from a connection.
@@ -545,7 +618,8 @@ impl Hub {
         self.stats.vy.rooms = self.by_vy.len();
     }
 
-    /// The index of the room `key` of `mode`, opening it if needed; the newest admission sets the hard end.
+    /// The index of the room `key` of `mode`, opening it if needed; the newest admission sets the hard end. `None`
+    /// when the room is not open and [`HubConfig::max_rooms`] are.
     fn room_for(
         &mut self,
         now: Instant,
@@ -553,7 +627,8 @@ impl Hub {
         key: String,
         hard_end_at: Option<Instant>,
         rfc3339: String,
-    ) -> usize {
+    ) -> Option<usize> {
+        let open_rooms = self.by_booking.len() + self.by_vy.len();
         let warn: &[Duration] = if mode == Mode::Native { &self.warn } else { &[] };
         let map = if mode == Mode::Native { &mut self.by_booking } else { &mut self.by_vy };
         if let Some(&idx) = map.get(&key)
@@ -570,7 +645,10 @@ impl Hub {
                     self.timers.insert((d, idx));
                 }
             }
-            return idx;
+            return Some(idx);
+        }
+        if open_rooms >= self.config.max_rooms {
+            return None;
         }
         let mut room = Room::new(key.clone(), mode, hard_end_at, rfc3339);
         room.schedule(now, warn);
@@ -592,7 +670,13 @@ impl Hub {
         self.sync_room_gauges();
         self.stats.rooms_total = self.stats.rooms_total.saturating_add(1);
         self.out.push_back(Output::Event(HubEvent::RoomOpened { booking: key }));
-        idx
+        Some(idx)
+    }
+
+    /// Closes a newcomer that gets no slot, with `code`, before it receives anything of the room.
+    fn refuse(&mut self, conn: ConnectionId, booking: String, role: Role, code: u16, reason: &'static str) {
+        self.close(conn, code, reason);
+        self.out.push_back(Output::Event(HubEvent::Refused { booking, role, code }));
     }
 
     /// Common gate for every client frame: known connection, size limit, rate limit. Returns the connection's room,
@@ -604,6 +688,7 @@ impl Hub {
             self.drop_frame(DropReason::UnknownConnection);
             return None;
         };
+        c.ping_sent_at = None;
         let (room, role, mode, strict) = (c.room, c.role, c.mode, c.strict);
         if len > self.config.max_message_bytes {
             if mode == Mode::Native {
@@ -706,13 +791,16 @@ impl Hub {
             role: c.role,
             reason,
         }));
+        // A room without a hard end (vy open relay) would never be closed by a timer: forget it when it empties.
+        let empty_without_end = room.hard_end_at.is_none() && room.peers().next().is_none();
+        if empty_without_end && let Some(room) = self.forget_room(c.room) {
+            self.out.push_back(Output::Event(HubEvent::RoomFreed { booking: room.booking }));
+        }
     }
 
-    /// Closes every connection of room `idx` and forgets the room.
-    fn close_room(&mut self, idx: usize, reason: CloseReason) {
-        let Some(mut room) = self.rooms.get_mut(idx).and_then(Option::take) else {
-            return;
-        };
+    /// Removes room `idx` from the slab, its index and the timers, and returns it (its slots untouched).
+    fn forget_room(&mut self, idx: usize) -> Option<Room> {
+        let room = self.rooms.get_mut(idx).and_then(Option::take)?;
         if let Some(d) = room.deadline {
             self.timers.remove(&(d, idx));
         }
@@ -722,6 +810,15 @@ impl Hub {
             self.by_vy.remove(&room.booking);
         }
         self.free_rooms.push(idx);
+        self.sync_room_gauges();
+        Some(room)
+    }
+
+    /// Closes every connection of room `idx` and forgets the room.
+    fn close_room(&mut self, idx: usize, reason: CloseReason) {
+        let Some(mut room) = self.forget_room(idx) else {
+            return;
+        };
         for role in [Role::Host, Role::Guest] {
             let Some(peer) = room.take(role) else {
                 continue;

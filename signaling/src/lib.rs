@@ -21,6 +21,9 @@
 //!     binary frame                               -> hub.handle_binary(now, conn, len)      / peerjs.handle_binary
 //!     socket closed                              -> hub.handle_disconnect(now, conn)       / peerjs.handle_disconnect
 //!     WebSocket ping timeout                     -> hub.handle_liveness_timeout(now, conn) / peerjs.handle_disconnect
+//!     WebSocket ping sent to a client            -> hub.handle_ping_sent(now, conn)
+//!     WebSocket pong (or ping) from a client     -> hub.handle_pong(now, conn) / hub.handle_ping(now, conn)
+//!                                                   (peerjs.handle_ping(now, conn) for a client ping)
 //!     could not deliver a Send (queue full)      -> hub.handle_disconnect(now, conn)
 //!                                                   / peerjs.handle_send_failed(now, conn, &text)
 //!     booking cancelled                          -> hub.close_booking(now, booking, CloseReason::Cancelled)
@@ -31,6 +34,7 @@
 //!     while let Some(out) = hub.poll_output() {    // same for peerjs.poll_output()
 //!         Output::Send { conn, text }          => write one text frame to conn
 //!         Output::Close { conn, code, reason } => send a close frame; the state machine has already forgotten conn
+//!         Output::Ping { conn }                => send a WebSocket ping now, then hub.handle_ping_sent(now, conn)
 //!         Output::Event(event)                 => metrics, webhooks, logs
 //!     }
 //!     // 3. re-arm the timers
@@ -65,9 +69,17 @@
 //!   of different protocols are never paired. A room outlives its connections (its `session` counter keeps counting
 //!   across reconnects) until the booking's hard end, its cancellation or shutdown.
 //! - **One slot per role.** A room has exactly two slots, `host` and `guest`; room capacity is 2.
-//! - **Newest connection per role wins.** A second connection for an occupied role replaces the first, which is
-//!   closed with [`close_code::REPLACED`] (4008); the native partner sees `peer-left` (reason `replaced`) and then
-//!   `ready` with a new session; the vy partner sees only `ready`.
+//! - **Newest connection per role wins (native).** A second connection for an occupied role replaces the first, which
+//!   is closed with [`close_code::REPLACED`] (4008); the native partner sees `peer-left` (reason `replaced`) and then
+//!   `ready` with a new session. Native connections carry a session token naming their participant, so the newcomer
+//!   is that participant.
+//! - **A live vy participant is never displaced.** Virtual Y clients declare their own role, so in vy mode a newcomer
+//!   only replaces an occupant that is not live (its last WebSocket ping went unanswered for
+//!   [`HubConfig::pong_timeout`]); otherwise the newcomer is closed with [`close_code::ROOM_FULL`] (4009) before any
+//!   frame of the room, and the occupant is probed with [`Output::Ping`] so that a dead one is found within
+//!   `pong_timeout` and the real participant's next reconnect gets in.
+//! - **Bounded rooms.** At most [`HubConfig::max_rooms`] rooms; a room without a hard end (vy open relay) is forgotten
+//!   when its last slot empties.
 //! - **Close race fixed.** A connection's disconnect only clears a slot that still holds *that* connection, so the late
 //!   close of a replaced socket never evicts its replacement (the Virtual Y server bug, research/signaling.md §1.3).
 //!   The peerjs server applies the same rule to a same-token re-attach.
@@ -219,8 +231,14 @@ pub mod close_code {
     pub const UNKNOWN_BOOKING: u16 = 4004;
     /// 4008: replaced by a newer connection for the same role.
     pub const REPLACED: u16 = 4008;
-    /// 4009: room full (the daemon's check; the hub's slots replace instead).
+    /// 4009: the slot is taken. Sent by the hub to a Virtual Y newcomer whose role's slot is held by a live
+    /// participant (one whose last WebSocket ping was answered, see [`Hub::handle_connect_vy`](crate::Hub::handle_connect_vy)):
+    /// in vy mode roles are self-declared, so a newcomer never displaces a live socket. The refused socket gets no
+    /// frame of the room.
     pub const ROOM_FULL: u16 = 4009;
+    /// 1013: try again later (RFC 6455 §7.4.1 registry, IANA): the hub holds [`HubConfig::max_rooms`](crate::HubConfig::max_rooms)
+    /// rooms and cannot open another.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// 4029: per-socket message rate exceeded.
     pub const RATE_LIMITED: u16 = 4029;
 }

@@ -63,6 +63,11 @@ pub struct PeerjsConfig {
     /// Ids registered at once in one booking's scope (Duet addition, default 4: two participants plus a stale
     /// registration each while a reload's old socket has not timed out yet). Past it: the same `ERROR` and close.
     pub scoped_limit: usize,
+    /// Ids registered at once by one participant of a booking (Duet addition, default 2: the live page and a reload
+    /// whose old socket has not timed out yet). A participant's registration past it replaces that participant's
+    /// oldest id (closed with 4008, its id unregistered), so one participant's session token can never use up the
+    /// booking's `scoped_limit` and lock the other participant out.
+    pub participant_limit: usize,
     /// Largest accepted frame in bytes (default 65 536). A bigger one closes the socket with 1009.
     pub max_message_bytes: usize,
     /// Sustained per-socket frame rate (token bucket, burst = 2 × rate), default 50/s; over it the socket is closed
@@ -79,6 +84,7 @@ impl Default for PeerjsConfig {
             alive_timeout: Duration::from_secs(60),
             concurrent_limit: 5000,
             scoped_limit: 4,
+            participant_limit: 2,
             max_message_bytes: 65_536,
             messages_per_second: 50,
             max_queued_per_peer: 128,
@@ -91,6 +97,9 @@ impl Default for PeerjsConfig {
 pub struct Scope {
     /// Booking id. Messages are only delivered between ids of the same booking.
     pub booking: String,
+    /// Participant id (`par_…`) the session token was issued to: [`PeerjsConfig::participant_limit`] counts per
+    /// participant.
+    pub participant: String,
     /// Monotonic instant of the booking's hard end: every socket of the booking is closed with 4003 then. The newest
     /// registration of a booking sets it.
     pub hard_end_at: Instant,
@@ -217,7 +226,17 @@ struct Conn {
 #[derive(Debug)]
 struct ScopeState {
     hard_end_at: Instant,
-    conns: BTreeSet<ConnectionId>,
+    /// Registered connections of the booking with their participant, oldest registration first.
+    conns: Vec<(ConnectionId, String)>,
+}
+
+impl ScopeState {
+    /// The oldest registered connection of `participant` when it holds `limit` or more.
+    fn over_limit(&self, participant: &str, limit: usize) -> Option<ConnectionId> {
+        let mut of = self.conns.iter().filter(|(_, p)| p == participant);
+        let oldest = of.next()?.0;
+        (1 + of.count() >= limit).then_some(oldest)
+    }
 }
 
 /// A parsed client frame (upstream reads `type`, `dst`, `payload`; `src` is always overwritten).
@@ -323,7 +342,8 @@ impl PeerjsServer {
     ///   `{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}`, then Close 1008; the registered socket is untouched.
     /// - `id` registered with the same token: this socket takes over the id **without** `OPEN`; the previous socket
     ///   is closed with 4008.
-    /// - New `id`: past `concurrent_limit` (or `scoped_limit` within the booking) `ERROR` "Server has reached its
+    /// - New `id`: a scoped participant already holding `participant_limit` ids loses its oldest one (Close 4008);
+    ///   then past `concurrent_limit` (or `scoped_limit` within the booking) `ERROR` "Server has reached its
     ///   concurrent user limit" then Close 1008; otherwise `{"type":"OPEN"}`.
     ///
     /// After a successful registration or re-attach, messages queued for the id are delivered in order. Reusing the
@@ -361,6 +381,14 @@ impl PeerjsServer {
                 true
             }
             None => {
+                if let Some(s) = &scope
+                    && let Some(oldest) = self
+                        .scopes
+                        .get(&s.booking)
+                        .and_then(|state| state.over_limit(&s.participant, self.config.participant_limit.max(1)))
+                {
+                    self.unregister(oldest, Some((close_code::REPLACED, "replaced")), LeaveReason::Replaced);
+                }
                 let in_scope = booking.as_ref().and_then(|b| self.scopes.get(b)).map_or(0, |s| s.conns.len());
                 if self.stats.connections >= self.config.concurrent_limit
                     || (booking.is_some() && in_scope >= self.config.scoped_limit)
@@ -464,6 +492,12 @@ impl PeerjsServer {
         }
     }
 
+    /// A WebSocket ping from the client (the driver's transport answers it with a pong): counted against the message
+    /// rate like any frame, so over the rate the socket is closed with 4029 and its id unregistered.
+    pub fn handle_ping(&mut self, now: Instant, conn: ConnectionId) {
+        let _ = self.admit_frame(now, conn, 0);
+    }
+
     /// A binary frame of `len` bytes: ignored (upstream cannot parse it either). Size and rate limits apply (Close 1009
     /// / 4029).
     pub fn handle_binary(&mut self, now: Instant, conn: ConnectionId, len: usize) {
@@ -522,7 +556,7 @@ impl PeerjsServer {
         let Some(scope) = self.scopes.get(booking) else {
             return;
         };
-        let conns: Vec<ConnectionId> = scope.conns.iter().copied().collect();
+        let conns: Vec<ConnectionId> = scope.conns.iter().map(|(c, _)| *c).collect();
         for conn in conns {
             self.unregister(conn, Some((reason.code(), reason.text())), reason.into());
         }
@@ -580,7 +614,7 @@ impl PeerjsServer {
             self.ends.remove(&(at, booking.clone()));
             let reason = CloseReason::WindowClosed;
             let conns: Vec<ConnectionId> =
-                self.scopes.get(&booking).map(|s| s.conns.iter().copied().collect()).unwrap_or_default();
+                self.scopes.get(&booking).map(|s| s.conns.iter().map(|(c, _)| *c).collect()).unwrap_or_default();
             for conn in conns {
                 self.unregister(conn, Some((reason.code(), reason.text())), reason.into());
             }
@@ -757,13 +791,13 @@ impl PeerjsServer {
         let state = self
             .scopes
             .entry(scope.booking.clone())
-            .or_insert_with(|| ScopeState { hard_end_at: scope.hard_end_at, conns: BTreeSet::new() });
+            .or_insert_with(|| ScopeState { hard_end_at: scope.hard_end_at, conns: Vec::new() });
         if state.conns.is_empty() || state.hard_end_at != scope.hard_end_at {
             self.ends.remove(&(state.hard_end_at, scope.booking.clone()));
             state.hard_end_at = scope.hard_end_at;
             self.ends.insert((scope.hard_end_at, scope.booking.clone()));
         }
-        state.conns.insert(conn);
+        state.conns.push((conn, scope.participant.clone()));
     }
 
     /// Removes the client record of `id` (if any) with its liveness entry and scope membership; keeps queues.
@@ -773,7 +807,7 @@ impl PeerjsServer {
         if let Some(booking) = &client.scope
             && let Some(state) = self.scopes.get_mut(booking)
         {
-            state.conns.remove(&client.conn);
+            state.conns.retain(|(c, _)| *c != client.conn);
             if state.conns.is_empty() {
                 self.ends.remove(&(state.hard_end_at, booking.clone()));
                 self.scopes.remove(booking);

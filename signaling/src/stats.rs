@@ -151,6 +151,10 @@ pub struct CloseCounts {
     pub replaced: u64,
     /// 4029, rate limited.
     pub rate_limited: u64,
+    /// 4009, vy newcomer refused: its slot is held by a live participant.
+    pub slot_taken: u64,
+    /// 1013, try again later: the hub's room cap is reached.
+    pub try_again_later: u64,
 }
 
 impl CloseCounts {
@@ -170,6 +174,8 @@ impl CloseCounts {
             (close_code::UNKNOWN_BOOKING, self.unknown_booking),
             (close_code::REPLACED, self.replaced),
             (close_code::RATE_LIMITED, self.rate_limited),
+            (close_code::ROOM_FULL, self.slot_taken),
+            (close_code::TRY_AGAIN_LATER, self.try_again_later),
         ]
         .into_iter()
     }
@@ -184,6 +190,8 @@ impl CloseCounts {
             close_code::UNKNOWN_BOOKING => &mut self.unknown_booking,
             close_code::REPLACED => &mut self.replaced,
             close_code::RATE_LIMITED => &mut self.rate_limited,
+            close_code::ROOM_FULL => &mut self.slot_taken,
+            close_code::TRY_AGAIN_LATER => &mut self.try_again_later,
             _ => return,
         };
         *slot = slot.saturating_add(1);
@@ -207,6 +215,6 @@ mod tests {
         c.bump(close_code::BAD_TOKEN); // not a hub code: ignored
         assert_eq!(c.get(close_code::REPLACED), 1);
         assert_eq!(c.get(close_code::BAD_TOKEN), 0);
-        assert_eq!(c.iter().count(), 8);
+        assert_eq!(c.iter().count(), 10);
     }
 }

@@ -116,6 +116,7 @@ proptest! {
                 match out {
                     Output::Send { conn: c, .. } => prop_assert!(live.contains(&c.0), "send to dead {c:?}"),
                     Output::Close { conn: c, .. } => { live.remove(&c.0); }
+                    Output::Ping { conn: c } => prop_assert!(live.contains(&c.0), "ping to dead {c:?}"),
                     Output::Event(_) => {}
                 }
             }
@@ -220,7 +221,7 @@ proptest! {
         for op in ops {
             match op {
                 PjOp::Connect { conn: c, ns, id, token, scoped } => {
-                    let scope = scoped.then(|| Scope { booking: format!("bkg_{ns}"), hard_end_at: t0 + Duration::from_secs(120) });
+                    let scope = scoped.then(|| Scope { booking: format!("bkg_{ns}"), participant: format!("par_{token}"), hard_end_at: t0 + Duration::from_secs(120) });
                     let registration = Registration { namespace: format!("bkg_{ns}"), id: format!("p{id}"), token: format!("t{token}"), scope };
                     server.handle_connect(now, conn(c), registration);
                     live.insert(c);
@@ -247,6 +248,7 @@ proptest! {
                         prop_assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{}", text);
                     }
                     Output::Close { conn: c, .. } => { live.remove(&c.0); }
+                    Output::Ping { conn: c } => prop_assert!(live.contains(&c.0), "ping to dead {c:?}"),
                     Output::Event(_) => {}
                 }
             }

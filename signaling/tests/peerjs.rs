@@ -342,7 +342,8 @@ fn ids_are_namespaced() {
 #[test]
 fn scoped_ids_close_at_the_hard_end_and_on_cancel() {
     let mut p = P::new();
-    let scope = |b: &str| Some(Scope { booking: b.into(), hard_end_at: p.t0 + secs(3600) });
+    let scope =
+        |b: &str| Some(Scope { booking: b.into(), participant: "par_x".into(), hard_end_at: p.t0 + secs(3600) });
     let (s1, s2) = (scope("bkg_1"), scope("bkg_2"));
     p.connect_reg(1, Registration { scope: s1.clone(), ..reg("bkg_1", "host", "t") });
     p.connect_reg(2, Registration { scope: s1.clone(), ..reg("bkg_1", "guest", "t") });
@@ -374,7 +375,7 @@ fn scoped_limit_and_cross_booking_ids() {
     let mut p = P::with(PeerjsConfig { scoped_limit: 2, ..PeerjsConfig::default() });
     let end = p.t0 + secs(3600);
     let scoped = |ns: &str, b: &str, id: &str| Registration {
-        scope: Some(Scope { booking: b.into(), hard_end_at: end }),
+        scope: Some(Scope { booking: b.into(), participant: format!("par_{id}"), hard_end_at: end }),
         ..reg(ns, id, "t")
     };
     p.connect_reg(1, scoped("bkg_1", "bkg_1", "a"));
@@ -384,4 +385,39 @@ fn scoped_limit_and_cross_booking_ids() {
     // Same namespace, same id and token, but another booking: taken.
     let out = p.connect_reg(4, scoped("bkg_1", "bkg_9", "a"));
     assert_eq!(out.texts(4), [ID_TAKEN]);
+}
+
+#[test]
+fn one_participant_cannot_use_up_its_bookings_ids_and_lock_the_other_out() {
+    let mut p = P::new();
+    let end = p.t0 + secs(3600);
+    let as_participant = |participant: &str, id: &str| Registration {
+        scope: Some(Scope { booking: "bkg_1".into(), participant: participant.into(), hard_end_at: end }),
+        ..reg("bkg_1", id, "t")
+    };
+    // The guest's session token registers four ids: from the third on, each replaces the guest's oldest.
+    assert_eq!(p.connect_reg(1, as_participant("par_guest", "g1")).texts(1), [OPEN]);
+    assert_eq!(p.connect_reg(2, as_participant("par_guest", "g2")).texts(2), [OPEN]);
+    let out = p.connect_reg(3, as_participant("par_guest", "g3"));
+    assert_eq!(out.texts(3), [OPEN]);
+    assert_eq!(out.closes(), [(1, close_code::REPLACED)]);
+    let out = p.connect_reg(4, as_participant("par_guest", "g4"));
+    assert_eq!(out.closes(), [(2, close_code::REPLACED)]);
+    assert_eq!(p.server.peer_ids("bkg_1"), ["g3", "g4"]);
+    // The host still gets in with two ids of its own.
+    assert_eq!(p.connect_reg(5, as_participant("par_host", "h1")).texts(5), [OPEN]);
+    assert_eq!(p.connect_reg(6, as_participant("par_host", "h2")).texts(6), [OPEN]);
+    assert_eq!(p.text(5, &offer("g4")).texts(4), [relayed("OFFER", "h1", "g4")]);
+}
+
+#[test]
+fn websocket_pings_count_against_the_message_rate() {
+    let mut p = P::with(PeerjsConfig { messages_per_second: 5, ..PeerjsConfig::default() });
+    p.connect_reg(1, reg("k", "a", "t"));
+    // Burst = 2 x rate.
+    for _ in 0..11 {
+        p.server.handle_ping(p.now, duet_signaling::ConnectionId(1));
+    }
+    let out = p.drain();
+    assert_eq!(out.closes(), [(1, close_code::RATE_LIMITED)]);
 }

@@ -102,40 +102,129 @@ fn vy_closing_a_socket_tells_the_partner_nothing() {
     assert_eq!(out.texts(3), ["ready"]);
 }
 
-// ----- VY 5: replacement and the close race -----
+// ----- VY 5: a live participant is never displaced; a dead one is replaced, and the close race -----
 
 #[test]
-fn vy5_second_instructor_replaces_the_first_and_survives_the_old_close() {
+fn vy5_a_newcomer_never_displaces_a_live_participant_whatever_role_it_claims() {
     let mut sim = vy_paired();
+    // A stranger claims the instructor's role (isInstructorRole=true), then the customer's.
+    for (c, role) in [(3, Role::Host), (4, Role::Guest)] {
+        let out = sim.connect_vy(c, BOOKING, role);
+        assert_eq!(out.closes(), [(c, close_code::ROOM_FULL)]);
+        assert_eq!(out.send_count(), 0, "the refused socket gets no frame and nobody hears of it: {out:?}");
+        assert!(out.events().iter().any(|e| matches!(e, HubEvent::Refused { code: close_code::ROOM_FULL, .. })));
+    }
+    // The real pair still talks, and the refused sockets' frames go nowhere.
+    assert_eq!(sim.text(2, OFFER).texts(1), [OFFER]);
+    assert_eq!(sim.text(3, OFFER).send_count(), 0);
+    assert_eq!(sim.hub.connection_count(), 2);
+    assert_eq!(sim.hub.stats().closes.slot_taken, 2);
+}
+
+#[test]
+fn vy5_an_occupant_answering_its_pings_stays_live_across_many_intervals() {
+    let mut sim = vy_paired();
+    for i in 1..=10u64 {
+        sim.at(secs(20 * i));
+        sim.ping_sent(1);
+        sim.at(secs(20 * i) + Duration::from_millis(300));
+        // A newcomer while the ping is out but within pong_timeout: still refused.
+        assert_eq!(sim.connect_vy(100 + i, BOOKING, Role::Host).closes(), [(100 + i, close_code::ROOM_FULL)]);
+        sim.pong(1);
+    }
+    assert_eq!(sim.text(1, OFFER).texts(2), [OFFER]);
+}
+
+#[test]
+fn vy5_a_refused_newcomer_probes_the_occupant_and_a_dead_one_is_replaced() {
+    let mut sim = vy_paired();
+    // The instructor's network died silently; the Virtual Y client reconnects every second.
     let out = sim.connect_vy(3, BOOKING, Role::Host);
+    assert_eq!(out.closes(), [(3, close_code::ROOM_FULL)]);
+    assert_eq!(out.pings(), [1], "the occupant is probed at once");
+    sim.at(secs(1));
+    let out = sim.connect_vy(4, BOOKING, Role::Host);
+    assert_eq!(out.closes(), [(4, close_code::ROOM_FULL)]);
+    assert!(out.pings().is_empty(), "one probe at a time");
+    // No pong within pong_timeout (5 s): the next retry takes the slot.
+    sim.at(secs(6));
+    let out = sim.connect_vy(5, BOOKING, Role::Host);
     assert_eq!(out.closes(), [(1, close_code::REPLACED)]);
-    assert_eq!(out.texts(3), ["ready"]);
+    assert_eq!(out.texts(5), ["ready"]);
     assert_eq!(out.texts(2), ["ready"], "the customer gets ready again, nothing else");
-    assert_eq!(out.texts(1), Vec::<&str>::new());
     assert_eq!(out.send_count(), 2);
 
     // The old socket's close completes 30 s later (ws 7's closeTimeout on a half-open socket): nothing happens.
-    sim.at(secs(30));
+    sim.at(secs(36));
     let out = sim.disconnect(1);
     assert!(out.0.iter().all(|o| matches!(o, Output::Event(_))), "{out:?}");
     assert_eq!(sim.hub.connection_count(), 2);
 
-    // The replacement still relays both ways.
-    assert_eq!(sim.text(3, OFFER).texts(2), [OFFER]);
-    assert_eq!(sim.text(2, "{\"type\":\"answer\",\"sdp\":\"y\"}").texts(3), ["{\"type\":\"answer\",\"sdp\":\"y\"}"]);
-    // Frames from the replaced socket are ignored.
+    // The replacement relays both ways; frames from the replaced socket are ignored.
+    assert_eq!(sim.text(5, OFFER).texts(2), [OFFER]);
+    assert_eq!(sim.text(2, "{\"type\":\"answer\",\"sdp\":\"y\"}").texts(5), ["{\"type\":\"answer\",\"sdp\":\"y\"}"]);
     assert_eq!(sim.text(1, OFFER).send_count(), 0);
+}
+
+#[test]
+fn vy5_a_probed_occupant_that_answers_keeps_its_slot() {
+    let mut sim = vy_paired();
+    assert_eq!(sim.connect_vy(3, BOOKING, Role::Guest).pings(), [2]);
+    sim.at(secs(2));
+    // Any frame proves it alive as well as a pong does.
+    sim.text(2, OFFER);
+    sim.at(secs(30));
+    assert_eq!(sim.connect_vy(4, BOOKING, Role::Guest).closes(), [(4, close_code::ROOM_FULL)]);
+    sim.at(secs(31));
+    sim.pong(2);
+    sim.at(secs(60));
+    assert_eq!(sim.connect_vy(5, BOOKING, Role::Guest).closes(), [(5, close_code::ROOM_FULL)]);
+}
+
+#[test]
+fn vy5_a_participant_whose_socket_closed_gets_back_at_once() {
+    let mut sim = vy_paired();
+    sim.disconnect(1);
+    let out = sim.connect_vy(3, BOOKING, Role::Host);
+    assert!(out.closes().is_empty());
+    assert_eq!(out.texts(3), ["ready"]);
 }
 
 #[test]
 fn vy5_customer_reconnect_also_repeats_ready() {
     let mut sim = vy_paired();
+    sim.ping_sent(2);
+    sim.at(secs(5));
     let out = sim.connect_vy(4, BOOKING, Role::Guest);
     assert_eq!(out.closes(), [(2, close_code::REPLACED)]);
     assert_eq!(out.texts(1), ["ready"]);
     assert_eq!(out.texts(4), ["ready"]);
     assert!(out.events().iter().any(|e| matches!(e, HubEvent::Left { reason: LeaveReason::Replaced, .. })));
     assert_eq!(sim.hub.stats().vy.ready_total, 2);
+}
+
+#[test]
+fn vy_open_relay_rooms_are_freed_when_empty_and_capped() {
+    let mut sim = Sim::with_config(duet_signaling::HubConfig { max_rooms: 3, ..Default::default() });
+    for i in 0..2000u64 {
+        sim.connect_vy_with(i, VyAdmission::open_relay(&format!("m{i}"), Role::Host));
+        let out = sim.disconnect(i);
+        assert!(out.events().iter().any(|e| matches!(e, HubEvent::RoomFreed { .. })));
+    }
+    assert_eq!(sim.hub.room_count(), 0, "2000 connect/close cycles leave no room");
+    assert_eq!(sim.hub.stats().rooms, 0);
+    // The cap: three rooms held open, the fourth is refused with 1013 and opens nothing.
+    for i in 0..3u64 {
+        sim.connect_vy_with(10_000 + i, VyAdmission::open_relay(&format!("k{i}"), Role::Guest));
+    }
+    let out = sim.connect_vy_with(10_003, VyAdmission::open_relay("k3", Role::Guest));
+    assert_eq!(out.closes(), [(10_003, close_code::TRY_AGAIN_LATER)]);
+    let out = sim.connect(10_004, "bkg_native", Role::Host);
+    assert_eq!(out.closes(), [(10_004, close_code::TRY_AGAIN_LATER)]);
+    assert_eq!(sim.hub.room_count(), 3);
+    // A room that exists still takes its second participant.
+    let out = sim.connect_vy_with(10_005, VyAdmission::open_relay("k0", Role::Host));
+    assert_eq!(out.texts(10_005), ["ready"]);
 }
 
 // ----- VY 6: nothing but ready and relay -----
@@ -284,4 +373,17 @@ fn vy_stats_count_per_mode() {
     assert_eq!(st.mode(Mode::Peerjs).connections, 0);
     sim.disconnect(1);
     assert_eq!(sim.hub.stats().vy.connections, 1);
+}
+
+#[test]
+fn websocket_pings_count_against_the_message_rate() {
+    let mut sim = Sim::with_config(duet_signaling::HubConfig { messages_per_second: 5, ..Default::default() });
+    sim.connect_vy(1, BOOKING, Role::Host);
+    // Burst = 2 x rate: the eleventh ping in the same instant is over.
+    for _ in 0..10 {
+        sim.hub.handle_ping(sim.now, support::conn(1));
+    }
+    assert!(sim.drain().closes().is_empty());
+    sim.hub.handle_ping(sim.now, support::conn(1));
+    assert_eq!(sim.drain().closes(), [(1, close_code::RATE_LIMITED)]);
 }

@@ -253,21 +253,21 @@ impl Store {
         Ok(Some((b, p)))
     }
 
-    /// The live (not cancelled) bookings whose `external_id` is `external_id`, across tenants, soonest first: the
-    /// Virtual Y `meetingId` lookup.
-    pub async fn by_external_id(&self, external_id: &str) -> Result<Vec<Booking>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM bookings WHERE external_id = ? AND status <> 'cancelled' ORDER BY start_at")
-                .bind(external_id)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut b = booking_from_row(r)?;
-            b.participants = self.participants(&b.id).await?;
-            out.push(b);
-        }
-        Ok(out)
+    /// The Virtual Y `meetingId` lookup: the live (not cancelled, not past its hard end at `now`, Unix seconds) booking
+    /// of `tenant` whose `external_id` is `external_id`, with its participants. One indexed search on the unique
+    /// `(tenant_id, external_id)` index plus one query for the participants of a hit; an unknown id costs one index
+    /// probe (the test below checks the plan).
+    pub async fn live_by_external_id(
+        &self,
+        tenant: &str,
+        external_id: &str,
+        now: i64,
+    ) -> Result<Option<Booking>, StoreError> {
+        let row = sqlx::query(VY_LOOKUP).bind(tenant).bind(external_id).bind(now).fetch_optional(&self.pool).await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut b = booking_from_row(&row)?;
+        b.participants = self.participants(&b.id).await?;
+        Ok(Some(b))
     }
 
     /// Records the first admission of a participant (kept if already set).
@@ -290,6 +290,10 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
+
+/// The query of [`Store::live_by_external_id`].
+const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = ? AND external_id = ? AND status <> 'cancelled' \
+                         AND hard_end_at > ?";
 
 fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
     let status: String = r.try_get("status")?;
@@ -324,4 +328,32 @@ fn participant_from_row(r: &SqliteRow) -> Result<Participant, StoreError> {
         display_name: r.try_get("display_name")?,
         first_joined_at: r.try_get("first_joined_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unauthenticated Virtual Y lookup is an index search, never a scan of the bookings table.
+    #[tokio::test]
+    async fn vy_lookup_searches_the_tenant_external_id_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {VY_LOOKUP}"))
+            .bind("ten_default")
+            .bind("order-1001")
+            .bind(0_i64)
+            .fetch_all(&store.pool)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect();
+        assert!(
+            plan.iter().any(|d| d.starts_with("SEARCH bookings USING INDEX bookings_tenant_external_id")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|d| d.starts_with("SCAN")), "{plan:?}");
+        assert!(store.live_by_external_id("ten_default", "order-1001", 0).await.expect("lookup").is_none());
+    }
 }

@@ -1,23 +1,39 @@
-//! Checks before a WebSocket upgrade that apply to every signaling mode: the `Origin` allow-list and the number of
-//! open sockets per client IP.
+//! Checks before a WebSocket upgrade that apply to every signaling mode: the `Origin` allow-list, the number of
+//! sockets per client, and the rate of refused upgrades per client.
+//!
+//! Clients are keyed by [`IpKey`] of their address as [`crate::client_ip::client_ip`] finds it (behind
+//! `[http] trusted_proxies` the forwarded client, IPv6 by /64). Two counts per client:
+//! - **pending**: upgrades whose credential is being checked, and refused sockets while they receive their close
+//!   code; a short cap (`signaling.max_pending_upgrades_per_ip`), so bogus upgrades cannot hold the real cap;
+//! - **admitted**: sockets whose session token (or Virtual Y meeting) verified (`signaling.max_connections_per_ip`).
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use dashmap::DashMap;
 
-/// Counts open signaling sockets per client IP.
+use crate::client_ip::IpKey;
+
+/// Counts open signaling sockets per client.
 #[derive(Clone)]
 pub struct ConnectionGuard {
-    per_ip: Arc<DashMap<IpAddr, u32>>,
+    per_ip: Arc<DashMap<IpKey, u32>>,
     max: u32,
 }
 
 /// One counted socket; dropping it gives the place back.
 pub struct Slot {
-    per_ip: Arc<DashMap<IpAddr, u32>>,
-    ip: IpAddr,
+    per_ip: Arc<DashMap<IpKey, u32>>,
+    ip: IpKey,
+}
+
+impl Slot {
+    /// The client this place is counted for.
+    pub fn ip(&self) -> IpKey {
+        self.ip
+    }
 }
 
 impl Drop for Slot {
@@ -32,19 +48,81 @@ impl Drop for Slot {
 }
 
 impl ConnectionGuard {
-    /// At most `max` sockets per IP.
+    /// At most `max` sockets per client.
     pub fn new(max: u32) -> ConnectionGuard {
         ConnectionGuard { per_ip: Arc::new(DashMap::new()), max }
     }
 
     /// Takes a place for `ip`, or `None` when it already holds `max` sockets.
-    pub fn acquire(&self, ip: IpAddr) -> Option<Slot> {
+    pub fn acquire(&self, ip: IpKey) -> Option<Slot> {
         let mut n = self.per_ip.entry(ip).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
         Some(Slot { per_ip: self.per_ip.clone(), ip })
+    }
+
+    /// Sockets `ip` holds now.
+    pub fn count(&self, ip: IpKey) -> u32 {
+        self.per_ip.get(&ip).map_or(0, |n| *n)
+    }
+}
+
+/// Token bucket per client for refused upgrades (Virtual Y: unknown or closed meetings, occupied slots): a burst of
+/// [`RefusalLimiter::BURST`], refilled at `per_minute`. While a client's bucket is empty its upgrades are answered
+/// 429 before any lookup, so meeting ids cannot be enumerated fast (the security review guessed 300 in 0.1 s). A
+/// legitimate Virtual Y client polls once a second while it waits for its window, well inside the default rate.
+///
+/// Memory is bounded: full buckets are swept when the table grows past [`RefusalLimiter::SWEEP_AT`] entries, and
+/// past [`RefusalLimiter::MAX_ENTRIES`] new clients are not tracked (the limiter fails open for them; the per-IP
+/// socket caps still hold).
+#[derive(Clone)]
+pub struct RefusalLimiter {
+    inner: Arc<Mutex<HashMap<IpKey, (f64, Instant)>>>,
+    per_second: f64,
+}
+
+impl RefusalLimiter {
+    /// Refusals a client may collect at once before it is slowed down.
+    pub const BURST: f64 = 20.0;
+    /// Table size that triggers a sweep of full buckets.
+    pub const SWEEP_AT: usize = 10_000;
+    /// Most clients tracked at once.
+    pub const MAX_ENTRIES: usize = 100_000;
+
+    /// A limiter refilling `per_minute` refusals per minute (0: no limit).
+    pub fn new(per_minute: u32) -> RefusalLimiter {
+        RefusalLimiter { inner: Arc::default(), per_second: f64::from(per_minute) / 60.0 }
+    }
+
+    fn level(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
+        (tokens + now.saturating_duration_since(since).as_secs_f64() * self.per_second).min(Self::BURST)
+    }
+
+    /// Whether `ip` may try an upgrade at `now` (its bucket is not empty).
+    pub fn allows(&self, ip: IpKey, now: Instant) -> bool {
+        if self.per_second == 0.0 {
+            return true;
+        }
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).is_none_or(|&(tokens, since)| self.level(tokens, since, now) >= 1.0)
+    }
+
+    /// Counts one refused upgrade of `ip` at `now`.
+    pub fn charge(&self, ip: IpKey, now: Instant) {
+        if self.per_second == 0.0 {
+            return;
+        }
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::SWEEP_AT && !map.contains_key(&ip) {
+            map.retain(|_, &mut (tokens, since)| self.level(tokens, since, now) < Self::BURST);
+            if map.len() >= Self::MAX_ENTRIES {
+                return;
+            }
+        }
+        let (tokens, since) = map.get(&ip).copied().unwrap_or((Self::BURST, now));
+        map.insert(ip, ((self.level(tokens, since, now) - 1.0).max(0.0), now));
     }
 }
 
@@ -63,18 +141,47 @@ pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), Statu
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn key(s: &str) -> IpKey {
+        IpKey::of(s.parse().unwrap())
+    }
 
     #[test]
     fn slots_are_counted_and_returned() {
         let g = ConnectionGuard::new(2);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip = key("192.0.2.1");
         let a = g.acquire(ip).unwrap();
         let _b = g.acquire(ip).unwrap();
         assert!(g.acquire(ip).is_none());
-        assert!(g.acquire("192.0.2.2".parse().unwrap()).is_some(), "another IP has its own count");
+        assert!(g.acquire(key("192.0.2.2")).is_some(), "another IP has its own count");
         drop(a);
         assert!(g.acquire(ip).is_some());
+    }
+
+    #[test]
+    fn ipv6_clients_of_one_64_share_a_count() {
+        let g = ConnectionGuard::new(1);
+        let _a = g.acquire(key("2001:db8::1")).unwrap();
+        assert!(g.acquire(key("2001:db8::ffff:1")).is_none(), "same /64");
+        assert!(g.acquire(key("2001:db8:0:1::1")).is_some(), "another /64");
+    }
+
+    #[test]
+    fn refusals_are_limited_and_refill() {
+        let l = RefusalLimiter::new(60);
+        let ip = key("198.51.100.1");
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert!(l.allows(ip, t0));
+            l.charge(ip, t0);
+        }
+        assert!(!l.allows(ip, t0), "burst used up");
+        assert!(l.allows(key("198.51.100.2"), t0), "others are not affected");
+        assert!(l.allows(ip, t0 + Duration::from_millis(1100)), "one per second comes back");
+        assert!(RefusalLimiter::new(0).allows(ip, t0));
     }
 
     #[test]

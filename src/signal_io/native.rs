@@ -1,6 +1,10 @@
 //! `GET /v1/signal?token=…`: the native v1 protocol (research/signaling.md §10.3). The session token and the booking
 //! are checked before the upgrade; a refused socket is still upgraded so the browser sees the close code: 4001 bad or
 //! outdated token, 4003 outside the window, 4004 unknown or cancelled booking.
+//!
+//! Per-client counting (every mode, [`guard`]): an upgrade holds a *pending* place while its credential is checked
+//! (and, when refused, while its close code is delivered); only a verified socket takes one of the client's
+//! `max_connections_per_ip` places, so bogus upgrades cannot fill them.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,7 +13,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use duet_signaling::{Admission, close_code};
+use duet_signaling::{Admission, Mode, close_code};
 use serde::Deserialize;
 
 use super::{Admit, close, connection, guard};
@@ -17,6 +21,7 @@ use crate::app::{AppState, unix_now};
 use crate::booking::api::{ApiError, ice_servers, window_json};
 use crate::booking::store::Status;
 use crate::booking::window::Role;
+use crate::client_ip::{IpKey, client_ip};
 
 /// Query of `GET /v1/signal`.
 #[derive(Deserialize)]
@@ -24,16 +29,41 @@ pub struct SignalQuery {
     token: Option<String>,
 }
 
-/// Refusals before any upgrade: `Origin` not allowed (403) or too many sockets from this IP (429).
-pub(super) fn precheck(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<guard::Slot, Box<Response>> {
-    guard::check_origin(&state.hub.config.allowed_origins, headers).map_err(|s| {
-        ApiError::new(s, "origin_not_allowed", "this Origin may not open signaling sockets").into_response()
-    })?;
-    state.hub.guard.acquire(peer.ip()).ok_or_else(|| {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", "too many sockets from this address")
+/// Refusals before any verification: `Origin` not allowed (403) or too many upgrades of this client being checked
+/// (429). Returns the client's key (its address behind trusted proxies, IPv6 by /64) and its pending place.
+pub(super) fn precheck(
+    state: &AppState,
+    mode: Mode,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(IpKey, guard::Slot), Box<Response>> {
+    let hub = &state.hub;
+    if let Err(s) = guard::check_origin(&hub.config.allowed_origins, headers) {
+        hub.count_refused(mode, "origin");
+        return Err(ApiError::new(s, "origin_not_allowed", "this Origin may not open signaling sockets")
             .into_response()
-            .into()
+            .into());
+    }
+    let ip = IpKey::of(client_ip(peer, headers, &hub.config.trusted_proxies));
+    match hub.pending.acquire(ip) {
+        Some(pending) => Ok((ip, pending)),
+        None => {
+            hub.count_refused(mode, "pending_upgrades");
+            Err(too_many("too many upgrades from this address are being checked"))
+        }
+    }
+}
+
+/// The place of a verified socket among its client's `max_connections_per_ip` (429 when they are all taken).
+pub(super) fn admitted(state: &AppState, mode: Mode, ip: IpKey) -> Result<guard::Slot, Box<Response>> {
+    state.hub.guard.acquire(ip).ok_or_else(|| {
+        state.hub.count_refused(mode, "too_many_connections");
+        too_many("too many sockets from this address")
     })
+}
+
+fn too_many(message: &str) -> Box<Response> {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", message).into_response().into()
 }
 
 /// Read buffer of one WebSocket. tungstenite's default is 128 KiB per socket, zero-filled on the first read: it made
@@ -56,24 +86,29 @@ pub async fn upgrade(
     Query(q): Query<SignalQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let slot = match precheck(&state, peer, &headers) {
+    let (ip, pending) = match precheck(&state, Mode::Native, peer, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let verdict = admit(&state, q.token.as_deref().unwrap_or("")).await;
-    configure(ws, &state).on_upgrade(move |socket| async move {
-        match verdict {
-            Ok(admission) => {
+    match admit(&state, q.token.as_deref().unwrap_or("")).await {
+        Ok(admission) => {
+            let slot = match admitted(&state, Mode::Native, ip) {
+                Ok(s) => s,
+                Err(r) => return *r,
+            };
+            drop(pending);
+            configure(ws, &state).on_upgrade(move |socket| async move {
                 tracing::info!(target: "signaling", booking = %admission.booking, role = admission.role.as_str(), "native socket admitted");
                 connection(socket, state.hub.clone(), Admit::Native(admission), slot).await
-            }
-            Err((code, reason)) => {
-                tracing::debug!(target: "signaling", code, reason, "native socket refused");
-                state.metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
-                close(socket, code, reason).await
-            }
+            })
         }
-    })
+        Err((code, reason)) => configure(ws, &state).on_upgrade(move |socket| async move {
+            tracing::debug!(target: "signaling", code, reason, "native socket refused");
+            state.hub.count_refused(Mode::Native, "bad_token");
+            state.metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
+            close(socket, code, reason, pending).await
+        }),
+    }
 }
 
 async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'static str)> {

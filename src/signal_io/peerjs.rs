@@ -19,10 +19,12 @@ use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use duet_signaling::Mode;
 use duet_signaling::peerjs::{PeerjsError, Registration, SERVER_INFO, Scope};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
-use super::native::{configure, instant_of, precheck};
+use super::native::{admitted, configure, instant_of, precheck};
 use super::{Admit, connection, vy};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::ApiError;
@@ -31,12 +33,14 @@ use crate::booking::store::Status;
 /// The namespace and scope of a `key`, or `None` when the key is neither the static key nor a live session token.
 async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Scope>)> {
     let cfg = &state.hub.config.peerjs;
-    if cfg.allow_static_key && key == cfg.key {
+    // Constant time: the static key is a shared secret (compare every byte whatever the first difference).
+    if cfg.allow_static_key && bool::from(key.as_bytes().ct_eq(cfg.key.as_bytes())) {
         return Some((format!("key:{key}"), None));
     }
     let claims = state.session_keys.verify(key).ok()?;
     let b = state.store.booking(None, &claims.bkg).await.ok()??;
-    let role = b.participants.iter().find(|p| p.id == claims.sub)?.role;
+    let participant = b.participants.iter().find(|p| p.id == claims.sub)?;
+    let (role, participant) = (participant.role, participant.id.clone());
     let now = unix_now();
     if b.status == Status::Cancelled
         || b.sequence != claims.seq
@@ -45,7 +49,7 @@ async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Sco
     {
         return None;
     }
-    let scope = Scope { booking: b.id.clone(), hard_end_at: instant_of(b.window.hard_end_at) };
+    let scope = Scope { booking: b.id.clone(), participant, hard_end_at: instant_of(b.window.hard_end_at) };
     Some((b.id, Some(scope)))
 }
 
@@ -100,20 +104,27 @@ async fn upgrade(
     Query(q): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let slot = match precheck(&state, peer, &headers) {
+    let (ip, pending) = match precheck(&state, Mode::Peerjs, peer, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
     let key = q.key.unwrap_or_default();
-    let admit = match namespace_of(&state, &key).await {
-        Some((namespace, scope)) => Admit::Peerjs(Registration {
-            namespace,
-            id: q.id.unwrap_or_default(),
-            token: q.token.unwrap_or_default(),
-            scope,
-        }),
-        None if key.is_empty() => Admit::PeerjsReject(PeerjsError::InvalidWsParameters),
-        None => Admit::PeerjsReject(PeerjsError::InvalidKey),
+    let (admit, slot) = match namespace_of(&state, &key).await {
+        Some((namespace, scope)) => {
+            let slot = match admitted(&state, Mode::Peerjs, ip) {
+                Ok(s) => s,
+                Err(r) => return *r,
+            };
+            let registration =
+                Registration { namespace, id: q.id.unwrap_or_default(), token: q.token.unwrap_or_default(), scope };
+            (Admit::Peerjs(registration), slot)
+        }
+        // Refused sockets keep their pending place until the core has sent `ERROR` and closed them.
+        None if key.is_empty() => (Admit::PeerjsReject(PeerjsError::InvalidWsParameters), pending),
+        None => {
+            state.hub.count_refused(Mode::Peerjs, "bad_token");
+            (Admit::PeerjsReject(PeerjsError::InvalidKey), pending)
+        }
     };
     configure(ws, &state).on_upgrade(move |socket| connection(socket, state.hub.clone(), admit, slot))
 }

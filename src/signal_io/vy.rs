@@ -1,9 +1,17 @@
 //! Virtual Y mode: a drop-in for the Virtual Y signaling server (open-y-subprojects/virtual_y_signaling_server,
 //! research/signaling.md §10.2). A WebSocket upgrade on **any path** with `?meetingId=…&isInstructorRole=…` joins the
 //! meeting's room: `isInstructorRole=true` is the instructor (host), anything else the customer (guest). The
-//! `meetingId` is looked up as a booking's `external_id` and the upgrade is refused with 403 outside its join window
-//! (the client's 1 s retry loop then polls until the window opens); `require_booking = false` gives the original open
-//! relay. Requests without `meetingId` fall through to the JSON 404 of the API.
+//! `meetingId` is looked up as the `external_id` of a booking of `[signaling.vy] tenant` and the upgrade is refused
+//! with 403 outside its join window (the client's 1 s retry loop then polls until the window opens);
+//! `require_booking = false` gives the original open relay. Requests without `meetingId` fall through to the JSON 404
+//! of the API. The mode is off unless `[signaling.vy] enabled = true`.
+//!
+//! **Security.** The protocol carries no credential: whoever knows the meeting id may knock, and the role is the
+//! client's own claim. Duet therefore (1) never lets a newcomer displace a live participant (the hub closes it with
+//! 4009 before it sees any frame of the room, see [`duet_signaling::Hub::handle_connect_vy`]), (2) limits refused
+//! upgrades (unknown or closed meeting ids, taken slots) per client with a token bucket, answering 429 before any
+//! lookup once it is empty, so ids cannot be enumerated fast, and (3) looks ids up in one tenant with one index probe.
+//! What remains (documented in the README): a stranger who learns a meeting id can take a slot that nobody holds yet.
 
 use std::net::SocketAddr;
 
@@ -12,10 +20,12 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use duet_signaling::VyAdmission;
+use std::time::Instant;
+
+use duet_signaling::{Mode, VyAdmission};
 use serde::Deserialize;
 
-use super::native::{configure, core_role, instant_of, precheck};
+use super::native::{admitted, configure, core_role, instant_of, precheck};
 use super::{Admit, connection};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::ApiError;
@@ -57,14 +67,21 @@ pub async fn fallback(
         return ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "a WebSocket upgrade is required")
             .into_response();
     };
-    let slot = match precheck(&state, peer, &headers) {
+    let (ip, pending) = match precheck(&state, Mode::Vy, peer, &headers) {
         Ok(s) => s,
         Err(r) => return *r,
     };
+    let hub = &state.hub;
+    if !hub.refusals.allows(ip, Instant::now()) {
+        hub.count_refused(Mode::Vy, "rate_limited");
+        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many refused upgrades; retry later")
+            .into_response();
+    }
     let role = VyAdmission::role_from_query(q.is_instructor_role.as_deref());
-    let cfg = &state.hub.config.vy;
+    let cfg = &hub.config.vy;
     let admission = if cfg.require_booking {
-        let bookings = match state.store.by_external_id(&meeting_id).await {
+        let now = unix_now();
+        let booking = match state.store.live_by_external_id(&cfg.tenant, &meeting_id, now).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(target: "signaling", error = %e, "vy booking lookup");
@@ -72,10 +89,10 @@ pub async fn fallback(
             }
         };
         let booking_role = if role == duet_signaling::Role::Host { Role::Host } else { Role::Guest };
-        let now = unix_now();
-        let open = bookings.into_iter().find(|b| now >= b.window.opens_for(booking_role) && now < b.window.hard_end_at);
-        let Some(b) = open else {
-            tracing::debug!(target: "signaling", meeting_id, "vy upgrade outside any window");
+        let Some(b) = booking.filter(|b| now >= b.window.opens_for(booking_role)) else {
+            tracing::debug!(target: "signaling", "vy upgrade outside any window");
+            hub.refusals.charge(ip, Instant::now());
+            hub.count_refused(Mode::Vy, "outside_window");
             return ApiError::new(StatusCode::FORBIDDEN, "outside_window", "the meeting is not open").into_response();
         };
         let participant = b.participants.iter().find(|p| p.role == booking_role).map(|p| p.id.clone());
@@ -85,6 +102,11 @@ pub async fn fallback(
     } else {
         VyAdmission::open_relay(&meeting_id, role).with_strict(cfg.strict)
     };
+    let slot = match admitted(&state, Mode::Vy, ip) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    drop(pending);
     tracing::info!(target: "signaling", room = %admission.room, role = admission.role.as_str(), "vy socket admitted");
     configure(ws, &state).on_upgrade(move |socket| connection(socket, state.hub.clone(), Admit::Vy(admission), slot))
 }

@@ -103,6 +103,18 @@ impl Sim {
         self.drain()
     }
 
+    /// The driver sent a WebSocket ping to `c`.
+    pub fn ping_sent(&mut self, c: u64) -> Outs {
+        self.hub.handle_ping_sent(self.now, conn(c));
+        self.drain()
+    }
+
+    /// `c` answered with a pong.
+    pub fn pong(&mut self, c: u64) -> Outs {
+        self.hub.handle_pong(self.now, conn(c));
+        self.drain()
+    }
+
     pub fn timeout(&mut self) -> Outs {
         self.hub.handle_timeout(self.now);
         self.drain()
@@ -169,6 +181,17 @@ impl Outs {
     }
 
     /// Number of Send outputs to anyone.
+    /// Connections the hub asked the driver to probe with a WebSocket ping.
+    pub fn pings(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .filter_map(|o| match o {
+                Output::Ping { conn } => Some(conn.0),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn send_count(&self) -> usize {
         self.0.iter().filter(|o| matches!(o, Output::Send { .. })).count()
     }
