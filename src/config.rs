@@ -219,8 +219,8 @@ pub struct RawSignaling {
     /// Upgrades per client whose credential is being checked, plus refused sockets while they get their close code
     /// (default 8); over gets HTTP 429.
     pub max_pending_upgrades_per_ip: Option<u32>,
-    /// A WebSocket ping unanswered this long makes its socket not live (default `5s`): a Virtual Y newcomer may then
-    /// replace it.
+    /// A WebSocket ping unanswered this long makes its socket not live (default `5s`, or half of `ping_interval` when
+    /// that is shorter): a Virtual Y newcomer may then replace it.
     pub pong_timeout: Option<String>,
     /// A write to a socket that does not complete in this time closes it (default `10s`): a client that stops
     /// reading cannot pin its task.
@@ -632,14 +632,19 @@ impl RawConfig {
             start_leeway: duration("booking.start_leeway", &b.start_leeway, Duration::from_secs(60))?,
         };
         let s = &self.signaling;
+        let ping_interval = duration("signaling.ping_interval", &s.ping_interval, Duration::from_secs(20))?;
         let signaling = SignalingConfig {
             max_message_bytes: s.max_message_bytes.unwrap_or(65_536),
             messages_per_second: s.messages_per_second.unwrap_or(50),
-            ping_interval: duration("signaling.ping_interval", &s.ping_interval, Duration::from_secs(20))?,
+            ping_interval,
             allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
             max_connections_per_ip: s.max_connections_per_ip.unwrap_or(64),
             max_pending_upgrades_per_ip: s.max_pending_upgrades_per_ip.unwrap_or(8),
-            pong_timeout: duration("signaling.pong_timeout", &s.pong_timeout, Duration::from_secs(5))?,
+            pong_timeout: duration(
+                "signaling.pong_timeout",
+                &s.pong_timeout,
+                (ping_interval / 2).min(Duration::from_secs(5)),
+            )?,
             send_timeout: duration("signaling.send_timeout", &s.send_timeout, Duration::from_secs(10))?,
             max_rooms: s.max_rooms.unwrap_or(50_000),
             trusted_proxies: nets("http.trusted_proxies", &self.http.trusted_proxies)?,

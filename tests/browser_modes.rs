@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 /// Set in the re-executed child, which runs inside the namespace.
 const IN_NETNS: &str = "DUET_BROWSER_MODES_IN_NETNS";
 /// The scenarios' own hard deadline; the child and the parent allow more on top.
+/// Virtual Y mode is off by default.
+const VY: &str = "[signaling.vy]\nenabled = true\n";
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
 /// One browser scenario at a time in this binary (two chromium instances on a small CI machine slow both down).
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
@@ -56,7 +58,7 @@ async fn vy_simple_peer_pages_call_through_hub_and_relay_in_chromium() {
 /// Inside the namespace: daemon, a booking with an `external_id` (the Virtual Y meeting id), the participants' TURN
 /// credentials from joins, two simple-peer pages.
 async fn vy_in_netns() {
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start(VY);
     let meeting = uuid::Uuid::new_v4().to_string();
     let mut body = booking_body(60, 1800);
     body["external_id"] = json!(meeting);
@@ -117,7 +119,7 @@ async fn peerjs_pages_connect_through_hub_and_relay_in_chromium() {
 /// Inside the namespace: daemon with peerjs mode on, a booking, the participants' session tokens (the `key`) and TURN
 /// credentials from joins, two peerjs pages.
 async fn peerjs_in_netns() {
-    let mut d = Daemon::start("[signaling.peerjs]\nenabled = true\n");
+    let mut d = Daemon::start(&format!("{VY}[signaling.peerjs]\nenabled = true\n"));
     let booking = d.booking_now(60, 1800).await;
     let host = join_as(&d, &booking, "host").await;
     let guest = join_as(&d, &booking, "guest").await;

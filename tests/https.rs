@@ -61,7 +61,7 @@ async fn http_and_vy_listeners_serve_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path());
     let (d, ready): (Daemon, _) = start_with_ready(&format!(
-        "[http]\ntls_cert = {cert:?}\ntls_key = {key:?}\n\n[signaling.vy]\nlisten = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        "[http]\ntls_cert = {cert:?}\ntls_key = {key:?}\n\n[signaling.vy]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
     ));
     let http = d.http.to_string();
     let resp = https_request(&http, "GET /duet.js HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");

@@ -256,6 +256,9 @@ async fn native_pair(d: &Daemon, booking: &Value) -> (Ws, Ws, u64) {
     (h, g, rh["session"].as_u64().expect("session is a number"))
 }
 
+/// Virtual Y mode is off by default.
+const VY: &str = "[signaling.vy]\nenabled = true\n";
+
 const PEERJS: &str = "[signaling.peerjs]\nenabled = true\n";
 
 /// The PeerJS socket URL as the peerjs client builds it.
@@ -290,7 +293,7 @@ const HEARTBEAT: &str = r#"{"type":"HEARTBEAT"}"#;
 /// `isInstructorRole` other than exactly `true`.
 #[tokio::test]
 async fn vy_ready_exactly_once_in_either_order_and_role_defaults_to_customer() {
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start(VY);
 
     // 1: customer, then instructor.
     let (m, _) = vy_booking(&d, 60, 1800).await;
@@ -317,10 +320,13 @@ async fn vy_ready_exactly_once_in_either_order_and_role_defaults_to_customer() {
     expect_ready(&mut i, "instructor (VY 7)").await;
     vy_relayed(&mut i, &mut c, r#"{"type":"offer","sdp":"x"}"#, "VY 7: instructor to role-less customer").await;
 
-    // `TRUE` is not exactly `true`: another customer, which replaces the role-less one (4008), and the pair forms
-    // again.
+    // `TRUE` is not exactly `true`: a customer. While the role-less customer is live it is refused (4009); once that
+    // one has left, it pairs with the instructor (an instructor would have been refused: the instructor is live).
     let mut c2 = connect(&vy_url(d.http, "/", &m, Some("TRUE"))).await;
-    expect_close(&mut c, 4008, "VY 7: role-less customer replaced by isInstructorRole=TRUE").await;
+    expect_close(&mut c2, 4009, "VY 7: isInstructorRole=TRUE while both slots are live").await;
+    c.close(None).await.unwrap();
+    until_end(&mut c).await;
+    let mut c2 = connect(&vy_url(d.http, "/", &m, Some("TRUE"))).await;
     expect_ready(&mut c2, "isInstructorRole=TRUE customer").await;
     expect_ready(&mut i, "instructor after the customer was replaced").await;
     vy_relayed(&mut c2, &mut i, r#"{"type":"answer","sdp":"y"}"#, "VY 7: TRUE customer to instructor").await;
@@ -329,7 +335,7 @@ async fn vy_ready_exactly_once_in_either_order_and_role_defaults_to_customer() {
     assert_eq!(
         metric(&text, "duet_signal_connections{mode=\"vy\"}"),
         Some(6.0),
-        "vy sockets open: the pairs of cases 1 and 2, and of case 7 (its first customer was replaced)"
+        "vy sockets open: the pairs of cases 1 and 2, and of case 7 (its first customer left)"
     );
     assert!(metric(&text, "duet_signal_ready_total").unwrap_or(0.0) >= 4.0, "ready count in metrics:\n{text}");
     assert_alive(&mut d);
@@ -339,7 +345,7 @@ async fn vy_ready_exactly_once_in_either_order_and_role_defaults_to_customer() {
 /// sent while the partner is absent is dropped for good; binary frames are never relayed.
 #[tokio::test]
 async fn vy_relays_text_verbatim_and_drops_frames_while_alone() {
-    let d = Daemon::start("");
+    let d = Daemon::start(VY);
     let (m, _) = vy_booking(&d, 60, 1800).await;
 
     // 4: the customer is alone; its frames go nowhere and are not kept for later.
@@ -377,58 +383,69 @@ async fn vy_relays_text_verbatim_and_drops_frames_while_alone() {
     vy_relayed(&mut i, &mut c, r#"{"type":"offer","sdp":"after binary"}"#, "relay after a binary frame").await;
 }
 
-/// VY 5: a second instructor socket closes the first with 4008; the new one stays connected after the old close
-/// completes, also when the old socket is half-open and never answers the close; both parties get `ready` again.
+/// VY 5 (issue 7): roles are self-declared in Virtual Y, so a newcomer never displaces a live participant, whatever
+/// role it claims: it is closed with 4009 before any frame of the room, and the real pair goes on talking. (Before
+/// the fix an anonymous `isInstructorRole=true` closed the real host with 4008 and received the guest's offer.)
 #[tokio::test]
-async fn vy_newest_instructor_wins_and_the_old_close_never_evicts_it() {
-    let d = Daemon::start("");
+async fn vy_a_stranger_never_takes_over_a_live_meeting() {
+    let d = Daemon::start(VY);
     let (m, _) = vy_booking(&d, 60, 1800).await;
-    let (mut i1, mut c) = vy_pair(d.http, &m).await;
+    let (mut i, mut c) = vy_pair(d.http, &m).await;
+    for role in ["true", "false"] {
+        let mut stranger = connect(&vy_url(d.http, "/", &m, Some(role))).await;
+        let (texts, code) = closed_within(&mut stranger, WAIT, "the stranger").await;
+        assert_eq!(code, Some(4009), "isInstructorRole={role}: the stranger is refused");
+        assert!(texts.is_empty(), "isInstructorRole={role}: the stranger got frames of the room: {texts:?}");
+    }
+    // The guest's offer still reaches the real host, and only it.
+    vy_relayed(&mut c, &mut i, r#"{"type":"offer","sdp":"v=0 secret-sdp-from-guest"}"#, "guest to the real host").await;
+    vy_relayed(&mut i, &mut c, r#"{"type":"answer","sdp":"v=0 host"}"#, "host to the guest").await;
+    let text = d.metrics().await;
+    let refused = metric(&text, r#"duet_signal_upgrades_refused_total{mode="vy",reason="slot_taken"}"#);
+    assert_eq!(refused, Some(2.0), "{text}");
+    assert_eq!(metric(&text, r#"duet_signal_closes_total{code="4009"}"#), Some(2.0));
 
-    let mut i2 = connect(&vy_url(d.http, "/", &m, Some("true"))).await;
-    expect_ready(&mut c, "customer after the instructor reconnected").await;
-    expect_ready(&mut i2, "the new instructor").await;
-    // The replaced socket, before it has read its close, can no longer reach the customer.
-    send_text(&mut i1, r#"{"type":"offer","sdp":"from the replaced socket"}"#).await;
-    expect_close(&mut i1, 4008, "VY 5: the replaced instructor").await;
-    until_end(&mut i1).await;
-    drop(i1);
-    // The old close has completed: the new socket must still hold the slot.
-    quiet(&mut i2, QUIET, "the new instructor after the old close").await;
-    vy_relayed(&mut c, &mut i2, r#"{"type":"answer","sdp":"to i2"}"#, "customer to the new instructor").await;
-    vy_relayed(&mut i2, &mut c, r#"{"type":"offer","sdp":"from i2"}"#, "new instructor to customer").await;
-
-    // A plain reconnect: the partner is told nothing when a socket goes (§10.2 rule 3), and `ready` again when it
-    // is back.
+    // A plain reconnect (the old socket closed) gets back at once; the partner hears nothing but `ready`.
     c.close(None).await.unwrap();
     until_end(&mut c).await;
-    quiet(&mut i2, QUIET, "the instructor when the customer left").await;
+    quiet(&mut i, QUIET, "the instructor when the customer left").await;
     let mut c = connect(&vy_url(d.http, "/", &m, Some("false"))).await;
     expect_ready(&mut c, "customer after its reconnect").await;
-    expect_ready(&mut i2, "instructor after the customer's reconnect").await;
+    expect_ready(&mut i, "instructor after the customer's reconnect").await;
+}
 
-    // Half-open: i2 is never read again, so it never answers the close handshake of its replacement; the server
-    // gives up on it after its close timeout, and the TCP connection goes even later.
-    let mut i3 = connect(&vy_url(d.http, "/", &m, Some("true"))).await;
-    expect_ready(&mut c, "customer after the second replacement").await;
-    expect_ready(&mut i3, "the third instructor").await;
-    let _ = tokio::join!(
-        quiet(&mut i3, Duration::from_secs(3), "i3 while the half-open i2 times out"),
-        quiet(&mut c, Duration::from_secs(3), "customer while the half-open i2 times out")
-    );
-    let (texts, code) = closed_within(&mut i2, WAIT, "the half-open i2").await;
-    assert_eq!(code, Some(4008), "the half-open instructor was told 4008; texts before: {texts:?}");
-    drop(i2);
-    quiet(&mut i3, QUIET, "i3 after the half-open i2 finally went").await;
-    vy_relayed(&mut c, &mut i3, r#"{"type":"answer","sdp":"to i3"}"#, "customer to i3 after the late close").await;
-    vy_relayed(&mut i3, &mut c, r#"{"type":"offer","sdp":"from i3"}"#, "i3 to customer after the late close").await;
+/// The Virtual Y client reconnects every second and ignores close codes: a participant whose old socket died
+/// silently (it answers no ping) is refused while the server probes the old socket, and gets back in within one
+/// ping interval; the replaced socket is closed with 4008.
+#[tokio::test]
+async fn vy_a_participant_whose_socket_died_gets_back_within_a_ping_interval() {
+    let d = Daemon::start(&format!("{VY}[signaling]\nping_interval = \"4s\"\npong_timeout = \"1s\"\n"));
+    let (m, _) = vy_booking(&d, 60, 1800).await;
+    let (dead, mut c) = vy_pair(d.http, &m).await;
+    // `dead` is never read again: it answers no ping, as a socket whose network went away.
+    let started = Instant::now();
+    let mut refusals = 0;
+    let mut i = loop {
+        assert!(started.elapsed() < Duration::from_secs(4), "not back within one ping interval ({refusals} refusals)");
+        let mut ws = connect(&vy_url(d.http, "/", &m, Some("true"))).await;
+        match recv(&mut ws, WAIT).await {
+            Got::Text(t) if t == "ready" => break ws,
+            Got::Close(Some(4009)) => refusals += 1,
+            other => panic!("the returning instructor got {other:?}"),
+        }
+        sleep(Duration::from_millis(500)).await;
+    };
+    assert!(refusals >= 1, "the first retry must be refused while the old socket may still be live");
+    expect_ready(&mut c, "the customer when the instructor is back").await;
+    vy_relayed(&mut c, &mut i, r#"{"type":"offer","sdp":"again"}"#, "customer to the returned instructor").await;
+    drop(dead);
 }
 
 /// VY 6: an idle pair sees no frame but WebSocket pings (here every second), answers them automatically, and stays
 /// connected.
 #[tokio::test]
 async fn vy_idle_sockets_get_only_pings() {
-    let d = Daemon::start("[signaling]\nping_interval = \"1s\"\n");
+    let d = Daemon::start(&format!("{VY}[signaling]\nping_interval = \"1s\"\n"));
     let (m, _) = vy_booking(&d, 60, 1800).await;
     let (mut i, mut c) = vy_pair(d.http, &m).await;
     let idle = Duration::from_millis(3500);
@@ -440,9 +457,10 @@ async fn vy_idle_sockets_get_only_pings() {
 
     // A socket that never answers pings (a raw client that reads nothing, so sends no pongs) is closed after two
     // unanswered ones; its partner is told nothing, and the slot is free for the next connection.
+    c.close(None).await.unwrap();
+    until_end(&mut c).await;
     let path = format!("/?meetingId={m}&isInstructorRole=false");
     let mut dead = raw_upgrade(d.http, &path).await.expect("raw customer upgraded");
-    expect_close(&mut c, 4008, "customer replaced by the raw one").await;
     expect_ready(&mut i, "instructor with the raw customer").await;
     quiet(&mut i, Duration::from_secs(4), "the instructor while the customer answers no ping").await;
     let frames = server_frames(&mut dead, WAIT).await;
@@ -459,7 +477,7 @@ async fn vy_idle_sockets_get_only_pings() {
 /// Strict mode (research §10.2 rule 4, off by default): only simple-peer signal objects are relayed, silently.
 #[tokio::test]
 async fn vy_strict_mode_relays_only_simple_peer_signals() {
-    let d = Daemon::start("[signaling.vy]\nstrict = true\n");
+    let d = Daemon::start("[signaling.vy]\nenabled = true\nstrict = true\n");
     let (m, _) = vy_booking(&d, 60, 1800).await;
     let (mut i, mut c) = vy_pair(d.http, &m).await;
     for junk in ["not json", r#"{"type":"offer"}"#, r#"[{"sdp":"x"}]"#, r#"{"sdp":""}"#, r#"{"sdp":"x"} {}"#, "ready"] {
@@ -475,7 +493,7 @@ async fn vy_strict_mode_relays_only_simple_peer_signals() {
 /// instructor is the host and may enter earlier); a missing or empty meetingId is refused.
 #[tokio::test]
 async fn vy_any_path_and_the_booking_window_gate() {
-    let mut d = Daemon::start("");
+    let mut d = Daemon::start(VY);
 
     // 8: paths other than `/` (the Virtual Y server only worked with `/`; Duet accepts any).
     let (m, _) = vy_booking(&d, 60, 1800).await;
@@ -516,7 +534,7 @@ async fn vy_any_path_and_the_booking_window_gate() {
 /// sharing rooms with the main listener, and serving nothing else.
 #[tokio::test]
 async fn vy_dedicated_listener() {
-    let (d, ready) = common::start_with_ready("[signaling.vy]\nlisten = \"127.0.0.1:0\"\n");
+    let (d, ready) = common::start_with_ready("[signaling.vy]\nenabled = true\nlisten = \"127.0.0.1:0\"\n");
     let vy = ready_addr(&ready, "vy").unwrap_or_else(|| panic!("the ready line must name the vy listener: {ready}"));
     assert_ne!(vy, d.http, "the vy listener is a listener of its own");
     let (m, _) = vy_booking(&d, 60, 1800).await;
@@ -525,9 +543,13 @@ async fn vy_dedicated_listener() {
     vy_relayed(&mut i, &mut c, r#"{"type":"offer","sdp":"x"}"#, "relay on the vy listener").await;
     vy_relayed(&mut c, &mut i, r#"{"type":"answer","sdp":"y"}"#, "relay on the vy listener, back").await;
 
-    // Same hub: a customer arriving on the main listener replaces the one on the vy listener.
+    // Same hub: the customer's slot is live, so a customer arriving on the main listener is refused; once the first
+    // one has left, the second pairs with the instructor on the vy listener.
     let mut c2 = connect(&vy_url(d.http, "/", &m, Some("false"))).await;
-    expect_close(&mut c, 4008, "customer replaced from the other listener").await;
+    expect_close(&mut c2, 4009, "a second customer from the other listener while the first is live").await;
+    c.close(None).await.unwrap();
+    until_end(&mut c).await;
+    let mut c2 = connect(&vy_url(d.http, "/", &m, Some("false"))).await;
     expect_ready(&mut c2, "customer on the main listener").await;
     expect_ready(&mut i, "instructor on the vy listener").await;
     vy_relayed(&mut i, &mut c2, r#"{"type":"offer","sdp":"across listeners"}"#, "across listeners").await;
@@ -543,7 +565,7 @@ async fn vy_dedicated_listener() {
 /// `require_booking = false`: the literal open relay of the original server, any meetingId, one room each.
 #[tokio::test]
 async fn vy_open_relay_without_booking() {
-    let d = Daemon::start("[signaling.vy]\nrequire_booking = false\n");
+    let d = Daemon::start("[signaling.vy]\nenabled = true\nrequire_booking = false\n");
     let (mut i, mut c) = vy_pair(d.http, "7348347").await;
     vy_relayed(&mut i, &mut c, r#"{"type":"offer","sdp":"x"}"#, "open relay").await;
     vy_relayed(&mut c, &mut i, r#"{"type":"answer","sdp":"y"}"#, "open relay, back").await;
@@ -558,7 +580,7 @@ async fn vy_open_relay_without_booking() {
 /// Cancelling the booking closes its vy sockets with 4004; new upgrades are refused.
 #[tokio::test]
 async fn vy_cancel_closes_4004() {
-    let d = Daemon::start("");
+    let d = Daemon::start(VY);
     let (m, booking) = vy_booking(&d, 60, 1800).await;
     let (mut i, mut c) = vy_pair(d.http, &m).await;
     let id = booking["id"].as_str().unwrap();
@@ -733,7 +755,7 @@ async fn peerjs_http_routes() {
     vy_relayed(&mut i, &mut c, r#"{"type":"offer","sdp":"x"}"#, "vy beside peerjs").await;
 
     // A custom path and discovery.
-    let d = Daemon::start(&format!("{PEERJS}path = \"/myapp\"\nallow_discovery = true\n"));
+    let d = Daemon::start(&format!("{VY}{PEERJS}path = \"/myapp\"\nallow_discovery = true\n"));
     let r = reqwest::get(d.url("/myapp/")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "GET /myapp/");
     let mut alice = connect(&pj_url(d.http, "/myapp/", "peerjs", "alice", "ta")).await;
@@ -900,7 +922,7 @@ async fn native_newest_connection_per_role_wins() {
 /// sockets get only the 4029 close.
 #[tokio::test]
 async fn rate_limit_closes_4029_in_every_mode() {
-    let d = Daemon::start(&format!("[signaling]\nmessages_per_second = 2\n\n{PEERJS}"));
+    let d = Daemon::start(&format!("{VY}[signaling]\nmessages_per_second = 2\n\n{PEERJS}"));
     let b = d.booking_now(60, 1800).await;
     let (mut h, mut g, _) = native_pair(&d, &b).await;
     for n in 0..12 {
@@ -952,7 +974,7 @@ async fn rate_limit_closes_4029_in_every_mode() {
 /// (not a browser) are upgraded.
 #[tokio::test]
 async fn origin_allow_list_refuses_foreign_origins() {
-    let d = Daemon::start(&format!("[signaling]\nallowed_origins = [\"https://clinic.example\"]\n\n{PEERJS}"));
+    let d = Daemon::start(&format!("{VY}[signaling]\nallowed_origins = [\"https://clinic.example\"]\n\n{PEERJS}"));
     let b = d.booking_now(60, 1800).await;
     let native_url = signal_url(&join_as(&d, &b, "host").await);
     let (m, _) = vy_booking(&d, 60, 1800).await;
@@ -974,7 +996,7 @@ async fn origin_allow_list_refuses_foreign_origins() {
 /// place is given back when a socket closes.
 #[tokio::test]
 async fn per_ip_socket_cap_answers_429() {
-    let d = Daemon::start(&format!("[signaling]\nmax_connections_per_ip = 2\n\n{PEERJS}"));
+    let d = Daemon::start(&format!("{VY}[signaling]\nmax_connections_per_ip = 2\n\n{PEERJS}"));
     let b = d.booking_now(60, 1800).await;
     let (mut h, _g, _) = native_pair(&d, &b).await;
     let (m, _) = vy_booking(&d, 60, 1800).await;
@@ -1003,7 +1025,7 @@ async fn per_ip_socket_cap_answers_429() {
 /// (native and vy sockets of the booking), after which the meeting is not open any more.
 #[tokio::test]
 async fn window_warnings_and_room_closed_4003_at_hard_end() {
-    let d = Daemon::start(&format!("[booking]\noverrun_grace = \"1s\"\n\n{PEERJS}"));
+    let d = Daemon::start(&format!("{VY}[booking]\noverrun_grace = \"1s\"\n\n{PEERJS}"));
 
     // Warnings: bookings whose hard end is a little over 5 min and 1 min away get their warning within seconds.
     for (len, lead) in [(299, 300), (59, 60)] {
@@ -1055,7 +1077,7 @@ async fn window_warnings_and_room_closed_4003_at_hard_end() {
 /// to twice the limit); native says `too_big` first; the vy partner gets nothing.
 #[tokio::test]
 async fn oversized_frames_close_1009_in_every_mode() {
-    let d = Daemon::start(&format!("[signaling]\nmax_message_bytes = 1024\n\n{PEERJS}"));
+    let d = Daemon::start(&format!("{VY}[signaling]\nmax_message_bytes = 1024\n\n{PEERJS}"));
     for size in [1500] {
         let (m, _) = vy_booking(&d, 60, 1800).await;
         let (mut i, mut c) = vy_pair(d.http, &m).await;
@@ -1149,7 +1171,7 @@ drain_deadline = \"2s\"
 /// fills its bounded queue and is closed (1008 "queue full"); another room relays promptly all along.
 #[tokio::test]
 async fn slow_reader_is_closed_and_blocks_nobody() {
-    let d = Daemon::start("[signaling]\nmessages_per_second = 100000\n");
+    let d = Daemon::start(&format!("{VY}[signaling]\nmessages_per_second = 100000\n"));
     let (ma, _) = vy_booking(&d, 60, 1800).await;
     let (mb, _) = vy_booking(&d, 60, 1800).await;
     let (mut ia, mut ca) = vy_pair(d.http, &ma).await;
