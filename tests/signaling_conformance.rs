@@ -144,9 +144,15 @@ async fn send_text(ws: &mut Ws, text: &str) {
 
 /// An upgrade attempt: the socket, or the refusal's HTTP status and body.
 async fn upgrade(url: &str, origin: Option<&str>) -> Result<Ws, (u16, String)> {
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    upgrade_with(url, &headers).await
+}
+
+/// An upgrade attempt with extra request headers (`Origin`, `X-Forwarded-For`, ...).
+async fn upgrade_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Ws, (u16, String)> {
     let mut req = url.into_client_request().unwrap_or_else(|e| panic!("bad URL {url}: {e}"));
-    if let Some(o) = origin {
-        req.headers_mut().insert("origin", o.parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().append(*name, value.parse().unwrap());
     }
     match timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
         Err(_) => panic!("upgrade at {url} did not finish within {WAIT:?}"),
@@ -1377,4 +1383,184 @@ async fn garbage_never_crashes_the_hub() {
     let (mut i, mut c) = vy_pair(d.http, &m2).await;
     vy_relayed(&mut i, &mut c, r#"{"type":"offer","sdp":"fresh"}"#, "fresh vy pair").await;
     assert_alive(&mut d);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Issue 7: limits of the public signaling surfaces
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The upgrade's status as seen through a trusted proxy that forwarded it for `client`.
+async fn status_for(url: &str, client: &str) -> u16 {
+    match upgrade_with(url, &[("x-forwarded-for", client)]).await {
+        Ok(_) => 101,
+        Err((status, _)) => status,
+    }
+}
+
+/// Refused Virtual Y upgrades are limited per client: after a burst of 20 unknown meeting ids the client gets 429
+/// before any lookup (ids cannot be enumerated fast), counted; another client is not affected. (Before: 300 guesses
+/// answered in 0.1 s.)
+#[tokio::test]
+async fn vy_refused_upgrades_are_rate_limited_per_client() {
+    let d = Daemon::start(&format!("{VY}[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"));
+    let (m, _) = vy_booking(&d, 60, 1800).await;
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(status_for(&vy_url(d.http, "/", &meeting_id(), Some("true")), "198.51.100.9").await);
+    }
+    assert_eq!(statuses[..20], [403; 20], "{statuses:?}");
+    assert_eq!(statuses[20..], [429; 5], "{statuses:?}");
+    // While its bucket is empty, even a real meeting is answered 429 for that client; another client gets in.
+    assert_eq!(status_for(&vy_url(d.http, "/", &m, Some("true")), "198.51.100.9").await, 429);
+    assert_eq!(status_for(&vy_url(d.http, "/", &meeting_id(), Some("true")), "198.51.100.10").await, 403);
+    assert_eq!(status_for(&vy_url(d.http, "/", &m, Some("true")), "198.51.100.10").await, 101);
+    let text = d.metrics().await;
+    let refused =
+        |reason: &str| metric(&text, &format!("duet_signal_upgrades_refused_total{{mode=\"vy\",reason=\"{reason}\"}}"));
+    assert_eq!(refused("outside_window"), Some(21.0), "{text}");
+    assert_eq!(refused("rate_limited"), Some(6.0), "{text}");
+}
+
+/// `require_booking = false`: 300 connect-and-close cycles with unique meeting ids leave no room behind (before:
+/// one room each, forever).
+#[tokio::test]
+async fn vy_open_relay_rooms_are_freed_when_their_last_socket_goes() {
+    let d = Daemon::start("[signaling.vy]\nenabled = true\nrequire_booking = false\n");
+    for n in 0..300 {
+        let mut ws = connect(&vy_url(d.http, "/", &format!("cycle-{n}"), Some("true"))).await;
+        ws.close(None).await.unwrap();
+        until_end(&mut ws).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = d.metrics().await;
+        let rooms = metric(&text, "duet_rooms_active");
+        if rooms == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rooms left after 300 cycles: {rooms:?}");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// PeerJS: a guest's session token that registers four ids replaces its own older ones and never locks the host
+/// out of its booking (before: the fourth id used up the booking's cap and the host got `ERROR`).
+#[tokio::test]
+async fn peerjs_a_guest_cannot_lock_the_host_out_of_its_booking() {
+    let d = Daemon::start(PEERJS);
+    let b = d.booking_now(60, 1800).await;
+    let guest = join_as(&d, &b, "guest").await["session_token"].as_str().unwrap().to_string();
+    let host = join_as(&d, &b, "host").await["session_token"].as_str().unwrap().to_string();
+    let mut guests = Vec::new();
+    for n in 0..4 {
+        guests.push(pj_open(d.http, &guest, &format!("g{n}"), "t").await);
+    }
+    expect_close(&mut guests[0], 4008, "the guest's oldest id").await;
+    expect_close(&mut guests[1], 4008, "the guest's second id").await;
+    let mut h = pj_open(d.http, &host, "h", "t").await;
+    send_text(&mut h, &pj_msg("OFFER", "g3", "{}")).await;
+    assert_eq!(
+        next_text(&mut guests[3], "offer to the guest's newest id").await,
+        pj_delivered("OFFER", "h", "g3", "{}")
+    );
+}
+
+/// WebSocket pings count against the message rate (before: 3 000 pings got 3 000 pongs).
+#[tokio::test]
+async fn websocket_pings_are_rate_limited() {
+    let d = Daemon::start("");
+    let b = d.booking_now(60, 1800).await;
+    let (mut h, _) = native(&join_as(&d, &b, "host").await, "host").await;
+    for _ in 0..3000 {
+        if h.send(Message::Ping(Vec::new().into())).await.is_err() {
+            break;
+        }
+    }
+    let (texts, code) = closed_within(&mut h, WAIT, "the pinging host").await;
+    assert_eq!(code, Some(4029), "texts before the close: {texts:?}");
+}
+
+/// Bogus upgrades (bad tokens) do not take the client's socket places: they wait in the short pending cap while
+/// their 4001 is delivered, and the client's two real sockets still get in (before: the bogus ones used up the
+/// per-IP cap and the real ones got 429).
+#[tokio::test]
+async fn bogus_upgrades_do_not_use_up_a_clients_sockets() {
+    let d = Daemon::start("[signaling]\nmax_connections_per_ip = 2\n");
+    let b = d.booking_now(60, 1800).await;
+    let mut bogus = Vec::new();
+    for _ in 0..6 {
+        // Never read: each keeps its refused socket (and pending place) until the server's close linger ends.
+        bogus.push(upgrade(&format!("ws://{}/v1/signal?token=forged", d.http), None).await);
+    }
+    assert!(bogus.iter().all(Result::is_ok), "bad tokens are upgraded to see their close code");
+    let (mut h, mut g, _) = native_pair(&d, &b).await;
+    send_text(&mut g, r#"{"type":"signal","data":{"sdp":"x"}}"#).await;
+    assert_eq!(expect_kind(&mut h, "signal", "host").await["data"]["sdp"], "x");
+    let text = d.metrics().await;
+    assert_eq!(metric(&text, r#"duet_signal_upgrades_refused_total{mode="native",reason="bad_token"}"#), Some(6.0));
+}
+
+/// Behind `trusted_proxies` each forwarded client has its own socket cap (IPv6 clients by /64); a peer that is not
+/// a trusted proxy cannot choose its address with `X-Forwarded-For`.
+#[tokio::test]
+async fn sockets_are_counted_per_forwarded_client_behind_trusted_proxies() {
+    let cfg = "[signaling]\nmax_connections_per_ip = 1\n";
+    let d = Daemon::start(&format!("[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{cfg}"));
+    let as_client = async |b: &Value, role: &str, header: &'static str, value: &str| {
+        upgrade_with(&signal_url(&join_as(&d, b, role).await), &[(header, value)]).await.map_err(|e| e.0)
+    };
+    let b = d.booking_now(60, 1800).await;
+    let _x = as_client(&b, "host", "x-forwarded-for", "203.0.113.1").await.expect("client X");
+    let second = as_client(&b, "guest", "x-forwarded-for", "10.9.9.9, 203.0.113.1").await;
+    assert_eq!(second.err(), Some(429), "client X already holds its one socket");
+    let _y = as_client(&b, "guest", "x-forwarded-for", "203.0.113.2").await.expect("client Y");
+    let b2 = d.booking_now(60, 1800).await;
+    let _v6 = as_client(&b2, "host", "forwarded", "for=\"[2001:db8:1:2::1]:443\"").await.expect("v6 client");
+    let same64 = as_client(&b2, "guest", "forwarded", "for=\"[2001:db8:1:2:ffff::9]\"").await;
+    assert_eq!(same64.err(), Some(429), "one /64 is one client");
+
+    // Without trusted proxies the header is ignored: both sockets are 127.0.0.1's.
+    let d2 = Daemon::start(cfg);
+    let b = d2.booking_now(60, 1800).await;
+    let first = signal_url(&join_as(&d2, &b, "host").await);
+    let _x = upgrade_with(&first, &[("x-forwarded-for", "203.0.113.1")]).await.expect("first");
+    let other = signal_url(&join_as(&d2, &b, "guest").await);
+    let other = upgrade_with(&other, &[("x-forwarded-for", "203.0.113.2")]).await;
+    assert_eq!(other.err().map(|e| e.0), Some(429), "a forged X-Forwarded-For is not believed");
+}
+
+/// A client that stops reading cannot pin its socket: the write times out (`send_timeout`), the socket goes, and
+/// the participant can connect again (before: the stuck write held the socket and its place forever).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    let d =
+        Daemon::start("[signaling]\nmessages_per_second = 100000\nsend_timeout = \"1s\"\nmax_connections_per_ip = 2\n");
+    let b = d.booking_now(60, 1800).await;
+    let (h, g, _) = native_pair(&d, &b).await;
+    // The guest `g` reads nothing from now on. The host floods it with large signals (and drains its own socket).
+    let big = format!(r#"{{"type":"signal","data":{{"sdp":"{}"}}}}"#, "x".repeat(60_000));
+    let (mut tx, mut rx) = h.split();
+    let (left_tx, mut left) = tokio::sync::watch::channel(false);
+    let drain = tokio::spawn(async move {
+        while let Some(Ok(m)) = rx.next().await {
+            if matches!(&m, Message::Text(t) if t.contains("peer-left")) {
+                let _ = left_tx.send(true);
+            }
+        }
+    });
+    // Until the hub gives up on the guest's full queue and tells the host it left.
+    for _ in 0..1000 {
+        if *left.borrow_and_update() {
+            break;
+        }
+        let _ = timeout(Duration::from_secs(2), tx.send(Message::text(big.clone()))).await;
+        // Paced, so the guest's socket task keeps up until the TCP window is full and its write blocks.
+        sleep(Duration::from_millis(2)).await;
+    }
+    assert!(*left.borrow(), "the guest's queue never filled");
+    // Long enough for the stuck write to time out.
+    sleep(Duration::from_secs(4)).await;
+    let (mut g2, _) = native(&join_as(&d, &b, "guest").await, "the guest again").await;
+    expect_kind(&mut g2, "ready", "the returning guest").await;
+    drop((g, drain));
 }
