@@ -727,7 +727,7 @@ async fn peerjs_heartbeat_timeout() {
 /// unless `allow_discovery`; a custom `path`; vy upgrades still work on `/`.
 #[tokio::test]
 async fn peerjs_http_routes() {
-    let d = Daemon::start(PEERJS);
+    let d = Daemon::start(&format!("{VY}{PEERJS}"));
     let r = reqwest::get(d.url("/")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "GET /");
     let ct = r.headers()["content-type"].to_str().unwrap().to_string();
@@ -1111,7 +1111,7 @@ async fn oversized_frames_close_1009_in_every_mode() {
 /// be closed with 1009 too (DESIGN/daemon contract: "frames > 64 KiB -> close 1009"; research §10.2 rule 5).
 #[tokio::test]
 async fn frames_beyond_the_transport_cap_close_1009() {
-    let mut d = Daemon::start(PEERJS);
+    let mut d = Daemon::start(&format!("{VY}{PEERJS}"));
     let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "x".repeat(140 * 1024));
     let (m, _) = vy_booking(&d, 60, 1800).await;
     let (mut i, _c) = vy_pair(d.http, &m).await;
@@ -1137,7 +1137,7 @@ async fn frames_beyond_the_transport_cap_close_1009() {
 #[tokio::test]
 async fn sigterm_drains_then_closes_every_socket_1001() {
     let mut d = Daemon::start(&format!(
-        "{PEERJS}
+        "{VY}{PEERJS}
 [shutdown]
 drain_deadline = \"2s\"
 "
@@ -1274,7 +1274,7 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 /// still form and relay in all three modes.
 #[tokio::test]
 async fn garbage_never_crashes_the_hub() {
-    let mut d = Daemon::start(PEERJS);
+    let mut d = Daemon::start(&format!("{VY}{PEERJS}"));
     let b = d.booking_now(60, 1800).await;
     let (m, _) = vy_booking(&d, 60, 1800).await;
 
