@@ -41,7 +41,8 @@ pub struct Metrics {
     pub signal_messages: IntCounterVec,
     /// `duet_signal_closes_total{code}`.
     pub signal_closes: IntCounterVec,
-    /// `duet_signal_drops_total{reason}`.
+    /// `duet_signal_drops_total{reason}`: the hub's drop reasons, plus `queue_full` (a slow reader's queue overflowed)
+    /// and `send_timeout` (a write did not complete within `signaling.send_timeout`; the socket was dropped).
     pub signal_drops: IntCounterVec,
     /// `duet_signal_upgrades_refused_total{mode,reason}`: signaling upgrades refused before a socket got a slot.
     /// reason: origin|too_many_connections|pending_upgrades|rate_limited|outside_window|slot_taken|bad_token.

@@ -1562,5 +1562,7 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     sleep(Duration::from_secs(4)).await;
     let (mut g2, _) = native(&join_as(&d, &b, "guest").await, "the guest again").await;
     expect_kind(&mut g2, "ready", "the returning guest").await;
+    let text = d.metrics().await;
+    assert_eq!(metric(&text, r#"duet_signal_drops_total{reason="send_timeout"}"#), Some(1.0), "{text}");
     drop((g, drain));
 }

@@ -426,7 +426,13 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
     // counts as a failed one.
     macro_rules! send {
         ($msg:expr) => {
-            matches!(tokio::time::timeout(send_timeout, sink.send($msg)).await, Ok(Ok(())))
+            match tokio::time::timeout(send_timeout, sink.send($msg)).await {
+                Ok(r) => r.is_ok(),
+                Err(_) => {
+                    hub.metrics.signal_drops.with_label_values(&["send_timeout"]).inc();
+                    false
+                }
+            }
         };
     }
     let mut ping = tokio::time::interval(hub.config.ping_interval);
