@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use duet_relay::policy::PeerPolicy;
 use duet_relay::server::ServerConfig;
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,7 @@ use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
 use crate::config::Config;
 use crate::data_dir::DataDir;
+use crate::http_serve::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::relay_io::tls::TlsConfig;
 use crate::relay_io::{Listeners, RelayHandle, RelaySockets};
@@ -234,14 +235,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let vy_addr = vy_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let vy_tls = config.signaling.vy.tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
+    // One set of connection caps for both public listeners (http_serve).
+    let limits = ConnectionLimits::new(config.http_limits, config.trusted_proxies.clone(), metrics.clone());
     if let Some(listener) = vy_listener {
         let vy_app = Router::new().fallback(signal_io::vy::fallback).with_state(state);
-        spawn_http(&tasks, listener, vy_app, vy_tls.clone(), shutdown.clone(), "vy");
+        let serve = http_serve::serve(
+            listener,
+            vy_tls.clone(),
+            vy_app,
+            limits.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+            "vy",
+        );
+        tasks.spawn(serve);
     }
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
-    spawn_http(&tasks, http_listener, app, http_tls.clone(), shutdown.clone(), "http");
+    tasks.spawn(http_serve::serve(http_listener, http_tls.clone(), app, limits, shutdown.clone(), tasks.clone(), "http"));
     let sd = shutdown.clone();
     tasks.spawn(async move {
         let r = axum::serve(admin_listener, admin_app).with_graceful_shutdown(sd.cancelled_owned()).await;
@@ -272,36 +284,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay,
         metrics,
     })
-}
-
-/// Serves a router on a listener until `shutdown`: HTTPS with `tls`, plain HTTP otherwise; handlers see the
-/// client address as `ConnectInfo<SocketAddr>` either way.
-fn spawn_http(
-    tasks: &TaskTracker,
-    listener: TcpListener,
-    app: Router,
-    tls: Option<TlsConfig>,
-    shutdown: CancellationToken,
-    name: &'static str,
-) {
-    tasks.spawn(async move {
-        match tls {
-            Some(tls) => crate::https::serve(listener, tls, app, shutdown).await,
-            None => {
-                // TCP_NODELAY: without it 4-7 % of relayed signaling frames waited 1-2 ms for Nagle (p99 1.39 ms at
-                // 5 000 signals/s, 0.36 ms with it; benches/signal_vs_peerjs.sh). peerjs-server's `ws` sets it too.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |t: &mut TcpStream| {
-                    let _ = t.set_nodelay(true);
-                });
-                let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, listener = name, "server failed");
-                }
-            }
-        }
-    });
 }
 
 /// Relay socket addresses from `[turn]`: IPv4 relays on `relay_ip` (default: the first IPv4 UDP listener's IP,
