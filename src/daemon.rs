@@ -209,14 +209,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let app = Router::new()
+    let api = Router::new()
         .route("/v1/bookings", post(api::create_booking))
         .route("/v1/bookings/{id}", get(api::get_booking))
         .route("/v1/bookings/{id}/cancel", post(api::cancel_booking))
         .route("/v1/join/{link_token}", post(api::join))
         .route("/v1/signal", get(signal_io::upgrade))
+        .route_layer(axum::middleware::map_response(no_store));
+    let app = Router::new()
+        .merge(api)
         .route("/j/{link_token}", get(join_page))
         .route("/duet.js", get(duet_js))
+        .route("/join.js", get(join_js))
+        .route("/join.css", get(join_css))
         .merge(if config.signaling.peerjs.enabled {
             signal_io::peerjs::routes(&config.signaling.peerjs.path)
         } else {
@@ -315,22 +320,70 @@ async fn count_request(
     response
 }
 
-/// The join page, from the binary.
+/// The join page's Content-Security-Policy: only its own scripts and styles (`/duet.js`, `/join.js`, `/join.css`), no
+/// inline code, fetch and WebSocket to this origin or a `ws:`/`wss:` signaling URL (`public_url` may name another host),
+/// never framed (clickjacking), no `<base>` or form targets. Media are MediaStreams set as `srcObject`, which CSP does
+/// not govern; `blob:`/`mediastream:` cover older forms.
+pub const JOIN_PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'none'";
+
+/// The join page's Permissions-Policy: camera, microphone and screen capture for this origin only, nothing for frames
+/// or other features it does not use.
+pub const JOIN_PAGE_PERMISSIONS: &str =
+    "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), usb=()";
+
+/// The join page, from the binary, with its security headers: [`JOIN_PAGE_CSP`], [`JOIN_PAGE_PERMISSIONS`],
+/// `X-Frame-Options: DENY` (frame-ancestors for old browsers), `nosniff`, no referrer (the URL holds the link token),
+/// not stored (the same).
 async fn join_page() -> impl axum::response::IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
             (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_SECURITY_POLICY, JOIN_PAGE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::HeaderName::from_static("permissions-policy"), JOIN_PAGE_PERMISSIONS),
         ],
         include_str!("assets/join.html"),
     )
 }
 
-/// The client library, from the binary.
-async fn duet_js() -> impl axum::response::IntoResponse {
+/// A static asset from the binary: `content_type`, `nosniff` (browsers run it only as that type), revalidated
+/// (`no-cache`) so an upgrade is picked up at once.
+fn asset(content_type: &'static str, body: &'static str) -> axum::response::Response {
+    use axum::response::IntoResponse;
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
-        include_str!("assets/duet.js"),
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
     )
+        .into_response()
+}
+
+/// The client library.
+async fn duet_js() -> axum::response::Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/duet.js"))
+}
+
+/// The join page's script.
+async fn join_js() -> axum::response::Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/join.js"))
+}
+
+/// The join page's styles.
+async fn join_css() -> axum::response::Response {
+    asset("text/css; charset=utf-8", include_str!("assets/join.css"))
+}
+
+/// `Cache-Control: no-store` on every `/v1/` response that does not set its own: they carry link tokens, session
+/// tokens and TURN credentials, which no browser or proxy cache may keep.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(header::HeaderValue::from_static("no-store"));
+    response
 }

@@ -12,8 +12,9 @@
 //! 4. HTTP/1.1 by hyper with a timer: the request head must arrive within `header_read_timeout` (else hyper closes
 //!    the connection), and hyper starts that timer again as soon as a response is written, so a
 //!    kept-alive connection idle between requests is closed after the same time. A WebSocket upgrade is an ordinary
-//!    request until the `101`, so it has the same deadline. The read buffer is capped at [`MAX_BUF_BYTES`], which caps
-//!    the request head: a longer head gets `431 Request Header Fields Too Large` and the connection closes.
+//!    request until the `101`, so it has the same deadline. The request head (request line and headers) is capped at
+//!    [`MAX_HEAD_BYTES`] and the read buffer at the same size: a longer head, complete or not, gets
+//!    `431 Request Header Fields Too Large` and the connection closes.
 //! 5. The router sees the TCP peer as `ConnectInfo<SocketAddr>`, as with `axum::serve`.
 //! 6. On `shutdown` the listener stops accepting, each connection finishes its request in flight
 //!    (hyper's graceful shutdown) for at most [`SHUTDOWN_GRACE`], then closes.
@@ -41,9 +42,9 @@ use crate::config::HttpLimits;
 use crate::metrics::Metrics;
 use crate::relay_io::tls::TlsConfig;
 
-/// Largest read buffer of one connection, bytes; hence the largest request head (request line and headers). Browsers
-/// send 1-4 KiB; nginx's default `large_client_header_buffers` is 4 x 8 KiB.
-pub const MAX_BUF_BYTES: usize = 32 * 1024;
+/// Largest request head (request line and headers), bytes, and largest read buffer of one connection. Browsers send
+/// 1-4 KiB; nginx's default `large_client_header_buffers` is 4 x 8 KiB.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Longest wait for a connection's request in flight after `shutdown`.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -209,7 +210,8 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
-        .max_buf_size(MAX_BUF_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
