@@ -759,10 +759,8 @@ mod tests {
     #[test]
     fn http_limits_parse_and_bad_ones_name_their_key() {
         let parse = |t: &str| RawConfig::from_toml(t).unwrap().into_config(&Overrides::default());
-        let c = parse(
-            "[http]\nmax_connections = 50\nmax_connections_per_ip = 5\nheader_read_timeout = \"2s\"\n",
-        )
-        .unwrap();
+        let c =
+            parse("[http]\nmax_connections = 50\nmax_connections_per_ip = 5\nheader_read_timeout = \"2s\"\n").unwrap();
         assert_eq!(
             c.http_limits,
             HttpLimits { max_connections: 50, max_connections_per_ip: 5, header_read_timeout: Duration::from_secs(2) }

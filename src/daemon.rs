@@ -244,21 +244,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let limits = ConnectionLimits::new(config.http_limits, config.trusted_proxies.clone(), metrics.clone());
     if let Some(listener) = vy_listener {
         let vy_app = Router::new().fallback(signal_io::vy::fallback).with_state(state);
-        let serve = http_serve::serve(
-            listener,
-            vy_tls.clone(),
-            vy_app,
-            limits.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-            "vy",
-        );
+        let serve =
+            http_serve::serve(listener, vy_tls.clone(), vy_app, limits.clone(), shutdown.clone(), tasks.clone(), "vy");
         tasks.spawn(serve);
     }
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
-    tasks.spawn(http_serve::serve(http_listener, http_tls.clone(), app, limits, shutdown.clone(), tasks.clone(), "http"));
+    tasks.spawn(http_serve::serve(
+        http_listener,
+        http_tls.clone(),
+        app,
+        limits,
+        shutdown.clone(),
+        tasks.clone(),
+        "http",
+    ));
     let sd = shutdown.clone();
     tasks.spawn(async move {
         let r = axum::serve(admin_listener, admin_app).with_graceful_shutdown(sd.cancelled_owned()).await;

@@ -253,9 +253,7 @@ mod tests {
         let _e = l.admit("2001:db8::3".parse().unwrap(), "http").unwrap();
         let text = l.metrics.render();
         assert!(
-            text.contains(
-                "duet_http_connections_refused_total{listener=\"http\",reason=\"max_connections_per_ip\"} 1"
-            ),
+            text.contains("duet_http_connections_refused_total{listener=\"http\",reason=\"max_connections_per_ip\"} 1"),
             "{text}"
         );
         assert!(text.contains("duet_http_connections{listener=\"http\"} 3"), "{text}");

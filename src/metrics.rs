@@ -95,7 +95,10 @@ impl Metrics {
             ),
             http_connections: {
                 let g = IntGaugeVec::new(
-                    Opts::new("duet_http_connections", "HTTP connections open now (upgraded WebSockets too), by listener."),
+                    Opts::new(
+                        "duet_http_connections",
+                        "HTTP connections open now (upgraded WebSockets too), by listener.",
+                    ),
                     &["listener"],
                 )
                 .expect("static metric definition");

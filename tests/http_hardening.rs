@@ -39,7 +39,8 @@ async fn wait_open_connections(d: &Daemon, n: f64) {
 }
 
 fn refused(text: &str, reason: &str) -> f64 {
-    metric(text, &format!("duet_http_connections_refused_total{{listener=\"http\",reason=\"{reason}\"}}")).unwrap_or(0.0)
+    metric(text, &format!("duet_http_connections_refused_total{{listener=\"http\",reason=\"{reason}\"}}"))
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +104,10 @@ async fn request_head_over_32_kib_gets_431_at_once() {
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "64 KiB unterminated head: {text}");
     // Complete, 40 KiB: 431 (it was served with 200 before).
     let stream = connect_from(LOCAL, d.http).await;
-    let head = format!("GET /duet.js HTTP/1.1\r\nHost: duet.test\r\nX-Pad: {}\r\nConnection: close\r\n\r\n", &pad[..40 * 1024]);
+    let head = format!(
+        "GET /duet.js HTTP/1.1\r\nHost: duet.test\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        &pad[..40 * 1024]
+    );
     let closed = send_until_closed(stream, head.as_bytes(), None, limit).await.expect("a 40 KiB head gets an answer");
     assert!(closed.text().starts_with("HTTP/1.1 431"), "40 KiB head: {}", closed.text());
     assert_alive(&mut d);
@@ -121,9 +125,10 @@ async fn per_ip_cap_refuses_the_next_connection_from_that_address_only() {
     wait_open_connections(&d, 3.0).await;
     // The fourth from 127.0.0.1 is closed at once, before any answer.
     let fourth = connect_from(LOCAL, d.http).await;
-    let closed = send_until_closed(fourth, b"GET /duet.js HTTP/1.1\r\nHost: duet.test\r\n\r\n", None, Duration::from_secs(5))
-        .await
-        .expect("the connection over the per-IP cap is closed");
+    let closed =
+        send_until_closed(fourth, b"GET /duet.js HTTP/1.1\r\nHost: duet.test\r\n\r\n", None, Duration::from_secs(5))
+            .await
+            .expect("the connection over the per-IP cap is closed");
     assert!(closed.received.is_empty(), "served over the cap: {}", closed.text());
     assert!(refused(&d.metrics().await, "max_connections_per_ip") >= 1.0);
     // Another address is not affected.
