@@ -106,6 +106,15 @@ pub struct RawHttp {
     /// Reverse proxies (CIDRs, e.g. `["10.0.0.0/8"]`) whose `Forwarded` / `X-Forwarded-For` headers name the client
     /// (default none: the TCP peer is the client). See `client_ip`.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Open connections on the HTTP and Virtual Y listeners together (default 10000); over it a new connection is
+    /// closed at once.
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (IPv4, or IPv6 /64) on those listeners (default 256); a trusted proxy
+    /// counts only against `max_connections`.
+    pub max_connections_per_ip: Option<u32>,
+    /// Time a client has for its TLS handshake and for each request's headers, and longest idle time of a kept-alive
+    /// connection between requests (default `10s`).
+    pub header_read_timeout: Option<String>,
 }
 
 /// `[admin]`: metrics and health listener.
@@ -326,6 +335,8 @@ pub struct Config {
     pub http_tls: Option<(PathBuf, PathBuf)>,
     /// Reverse proxies whose forwarding headers are believed (`[http] trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
+    /// Connection caps and timeouts of the HTTP and Virtual Y listeners.
+    pub http_limits: HttpLimits,
     /// Admin listen address.
     pub admin_listen: SocketAddr,
     /// TURN settings.
@@ -342,6 +353,18 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// Validated connection limits of `[http]`, applied by `http_serve` to the HTTP and Virtual Y listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open connections on both listeners together (`max_connections`, at least 1).
+    pub max_connections: usize,
+    /// Open connections per client key (IPv4 address or IPv6 /64) not in `trusted_proxies` (at least 1).
+    pub max_connections_per_ip: u32,
+    /// TLS handshake deadline, request-header deadline and keep-alive idle limit (`header_read_timeout`, 0.5 s to
+    /// 10 min).
+    pub header_read_timeout: Duration,
 }
 
 /// Validated `[turn]`.
@@ -703,6 +726,24 @@ impl RawConfig {
         if signaling.max_message_bytes < 1024 {
             return Err(invalid("signaling.max_message_bytes", "at least 1024"));
         }
+        let http_limits = HttpLimits {
+            max_connections: self.http.max_connections.unwrap_or(10_000),
+            max_connections_per_ip: self.http.max_connections_per_ip.unwrap_or(256),
+            header_read_timeout: duration(
+                "http.header_read_timeout",
+                &self.http.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+        };
+        if http_limits.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be positive"));
+        }
+        if http_limits.max_connections_per_ip == 0 {
+            return Err(invalid("http.max_connections_per_ip", "must be positive"));
+        }
+        if !(Duration::from_millis(500)..=Duration::from_secs(600)).contains(&http_limits.header_read_timeout) {
+            return Err(invalid("http.header_read_timeout", "between 500ms and 10m"));
+        }
         let session_ttl = duration("tokens.session_ttl", &self.tokens.session_ttl, Duration::from_secs(600))?;
         if session_ttl < Duration::from_secs(10) {
             return Err(invalid("tokens.session_ttl", "at least 10s"));
@@ -717,6 +758,7 @@ impl RawConfig {
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,
             trusted_proxies: nets("http.trusted_proxies", &self.http.trusted_proxies)?,
+            http_limits,
             http_listen,
             admin_listen,
             turn,
@@ -768,6 +810,34 @@ mod tests {
         assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
         assert!(c.all_loopback());
         assert_eq!(c.booking.overrun_grace, Duration::from_secs(900));
+        assert_eq!(
+            c.http_limits,
+            HttpLimits {
+                max_connections: 10_000,
+                max_connections_per_ip: 256,
+                header_read_timeout: Duration::from_secs(10)
+            }
+        );
+    }
+
+    #[test]
+    fn http_limits_parse_and_bad_ones_name_their_key() {
+        let parse = |t: &str| RawConfig::from_toml(t).unwrap().into_config(&Overrides::default());
+        let c =
+            parse("[http]\nmax_connections = 50\nmax_connections_per_ip = 5\nheader_read_timeout = \"2s\"\n").unwrap();
+        assert_eq!(
+            c.http_limits,
+            HttpLimits { max_connections: 50, max_connections_per_ip: 5, header_read_timeout: Duration::from_secs(2) }
+        );
+        for (text, key) in [
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nmax_connections_per_ip = 0\n", "http.max_connections_per_ip"),
+            ("[http]\nheader_read_timeout = \"1ms\"\n", "http.header_read_timeout"),
+            ("[http]\nheader_read_timeout = \"soon\"\n", "http.header_read_timeout"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

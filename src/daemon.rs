@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use duet_relay::policy::PeerPolicy;
 use duet_relay::server::ServerConfig;
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,7 @@ use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
 use crate::config::Config;
 use crate::data_dir::DataDir;
+use crate::http_serve::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::relay_io::tls::TlsConfig;
 use crate::relay_io::{Listeners, RelayHandle, RelaySockets};
@@ -208,14 +209,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let app = Router::new()
+    let api = Router::new()
         .route("/v1/bookings", post(api::create_booking))
         .route("/v1/bookings/{id}", get(api::get_booking))
         .route("/v1/bookings/{id}/cancel", post(api::cancel_booking))
         .route("/v1/join/{link_token}", post(api::join))
         .route("/v1/signal", get(signal_io::upgrade))
+        .route_layer(axum::middleware::map_response(no_store));
+    let app = Router::new()
+        .merge(api)
         .route("/j/{link_token}", get(join_page))
         .route("/duet.js", get(duet_js))
+        .route("/join.js", get(join_js))
+        .route("/join.css", get(join_css))
         .merge(if config.signaling.peerjs.enabled {
             signal_io::peerjs::routes(&config.signaling.peerjs.path)
         } else {
@@ -234,14 +240,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let vy_addr = vy_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let vy_tls = config.signaling.vy.tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
+    // One set of connection caps for both public listeners (http_serve).
+    let limits = ConnectionLimits::new(config.http_limits, config.trusted_proxies.clone(), metrics.clone());
     if let Some(listener) = vy_listener {
         let vy_app = Router::new().fallback(signal_io::vy::fallback).with_state(state);
-        spawn_http(&tasks, listener, vy_app, vy_tls.clone(), shutdown.clone(), "vy");
+        let serve =
+            http_serve::serve(listener, vy_tls.clone(), vy_app, limits.clone(), shutdown.clone(), tasks.clone(), "vy");
+        tasks.spawn(serve);
     }
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
-    spawn_http(&tasks, http_listener, app, http_tls.clone(), shutdown.clone(), "http");
+    tasks.spawn(http_serve::serve(
+        http_listener,
+        http_tls.clone(),
+        app,
+        limits,
+        shutdown.clone(),
+        tasks.clone(),
+        "http",
+    ));
     let sd = shutdown.clone();
     tasks.spawn(async move {
         let r = axum::serve(admin_listener, admin_app).with_graceful_shutdown(sd.cancelled_owned()).await;
@@ -274,36 +292,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Serves a router on a listener until `shutdown`: HTTPS with `tls`, plain HTTP otherwise; handlers see the
-/// client address as `ConnectInfo<SocketAddr>` either way.
-fn spawn_http(
-    tasks: &TaskTracker,
-    listener: TcpListener,
-    app: Router,
-    tls: Option<TlsConfig>,
-    shutdown: CancellationToken,
-    name: &'static str,
-) {
-    tasks.spawn(async move {
-        match tls {
-            Some(tls) => crate::https::serve(listener, tls, app, shutdown).await,
-            None => {
-                // TCP_NODELAY: without it 4-7 % of relayed signaling frames waited 1-2 ms for Nagle (p99 1.39 ms at
-                // 5 000 signals/s, 0.36 ms with it; benches/signal_vs_peerjs.sh). peerjs-server's `ws` sets it too.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |t: &mut TcpStream| {
-                    let _ = t.set_nodelay(true);
-                });
-                let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, listener = name, "server failed");
-                }
-            }
-        }
-    });
-}
-
 /// Relay socket addresses from `[turn]`: IPv4 relays on `relay_ip` (default: the first IPv4 UDP listener's IP,
 /// 0.0.0.0 when unspecified), IPv6 relays on `relay_ip6` (default: the first IPv6 UDP listener's IP).
 fn relay_sockets(config: &Config) -> RelaySockets {
@@ -333,22 +321,70 @@ async fn count_request(
     response
 }
 
-/// The join page, from the binary.
+/// The join page's Content-Security-Policy: only its own scripts and styles (`/duet.js`, `/join.js`, `/join.css`), no
+/// inline code, fetch and WebSocket to this origin or a `ws:`/`wss:` signaling URL (`public_url` may name another host),
+/// never framed (clickjacking), no `<base>` or form targets. Media are MediaStreams set as `srcObject`, which CSP does
+/// not govern; `blob:`/`mediastream:` cover older forms.
+pub const JOIN_PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'none'";
+
+/// The join page's Permissions-Policy: camera, microphone and screen capture for this origin only, nothing for frames
+/// or other features it does not use.
+pub const JOIN_PAGE_PERMISSIONS: &str =
+    "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), usb=()";
+
+/// The join page, from the binary, with its security headers: [`JOIN_PAGE_CSP`], [`JOIN_PAGE_PERMISSIONS`],
+/// `X-Frame-Options: DENY` (frame-ancestors for old browsers), `nosniff`, no referrer (the URL holds the link token),
+/// not stored (the same).
 async fn join_page() -> impl axum::response::IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
             (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_SECURITY_POLICY, JOIN_PAGE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::HeaderName::from_static("permissions-policy"), JOIN_PAGE_PERMISSIONS),
         ],
         include_str!("assets/join.html"),
     )
 }
 
-/// The client library, from the binary.
-async fn duet_js() -> impl axum::response::IntoResponse {
+/// A static asset from the binary: `content_type`, `nosniff` (browsers run it only as that type), revalidated
+/// (`no-cache`) so an upgrade is picked up at once.
+fn asset(content_type: &'static str, body: &'static str) -> axum::response::Response {
+    use axum::response::IntoResponse;
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
-        include_str!("assets/duet.js"),
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
     )
+        .into_response()
+}
+
+/// The client library.
+async fn duet_js() -> axum::response::Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/duet.js"))
+}
+
+/// The join page's script.
+async fn join_js() -> axum::response::Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/join.js"))
+}
+
+/// The join page's styles.
+async fn join_css() -> axum::response::Response {
+    asset("text/css; charset=utf-8", include_str!("assets/join.css"))
+}
+
+/// `Cache-Control: no-store` on every `/v1/` response that does not set its own: they carry link tokens, session
+/// tokens and TURN credentials, which no browser or proxy cache may keep.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(header::HeaderValue::from_static("no-store"));
+    response
 }

@@ -13,7 +13,7 @@ pub mod client_ip;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;
-pub mod https;
+pub mod http_serve;
 pub mod metrics;
 pub mod relay_io;
 pub mod signal_io;

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub bookings: IntCounterVec,
     /// `duet_http_requests_total{route,code}`.
     pub http_requests: IntCounterVec,
+    /// `duet_http_connections{listener}`: http|vy, connections open now (TLS handshakes and upgraded WebSockets
+    /// included).
+    pub http_connections: IntGaugeVec,
+    /// `duet_http_connections_refused_total{listener,reason}`: reason max_connections|max_connections_per_ip.
+    pub http_connections_refused: IntCounterVec,
     /// `duet_turn_allocations_active{transport}`.
     pub turn_allocations_active: IntGaugeVec,
     /// `duet_turn_allocations_total{result}`.
@@ -91,6 +96,24 @@ impl Metrics {
                 "duet_http_requests_total",
                 "HTTP API requests by route template and status code.",
                 &["route", "code"],
+            ),
+            http_connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "duet_http_connections",
+                        "HTTP connections open now (upgraded WebSockets too), by listener.",
+                    ),
+                    &["listener"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            http_connections_refused: counter_vec(
+                &r,
+                "duet_http_connections_refused_total",
+                "HTTP connections closed at accept by a connection cap, by listener and cap.",
+                &["listener", "reason"],
             ),
             turn_allocations_active,
             turn_allocations: counter_vec(

@@ -39,12 +39,20 @@ async fn call_in_netns() {
     for role in ["host", "guest"] {
         assert_relayed_video(role, &result["pages"][role]);
     }
+    assert_csp_held(&result);
 
     let text = assert_relay_metrics(&d).await;
     let allocations = metric(&text, "duet_turn_allocations_total{result=\"ok\"}").unwrap_or(0.0);
     assert!(allocations >= 2.0, "expected an allocation per page, metrics count {allocations}");
     assert_alive(&mut d);
     println!("{RESULT_PREFIX}{json_line}");
+}
+
+/// The pages were served with the join page's Content-Security-Policy and reported no violation of it (issue 7 item
+/// 7: harness.mjs `cspReport`, which fails the scenario on a violation; checked here too).
+fn assert_csp_held(result: &serde_json::Value) {
+    assert_eq!(result["csp"]["policy"], duet::daemon::JOIN_PAGE_CSP, "the pages' CSP: {result}");
+    assert_eq!(result["csp"]["violations"], 0, "CSP violations: {result}");
 }
 
 /// debug.mjs's own hard deadline; the child and the parent allow more on top.
@@ -74,6 +82,7 @@ async fn debug_in_netns() {
         "the panel's selected pair has no relay candidate: {panel}"
     );
     assert!(result["sessions"]["after"].as_u64() > result["sessions"]["before"].as_u64(), "no new session: {result}");
+    assert_csp_held(&result);
     assert_alive(&mut d);
     println!("{RESULT_PREFIX}{json_line}");
 }

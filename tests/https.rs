@@ -93,3 +93,59 @@ async fn http_and_vy_listeners_serve_tls() {
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
     assert!(resp.contains("\"join_url\":\"https://"), "join links use https: {resp}");
 }
+
+/// A TLS client (tokio-rustls) that trusts only the self-signed `cert_pem`.
+fn tls_connector(cert_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("PEM certificate");
+    roots.add(der).expect("trust the test certificate");
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Slowloris over TLS (issue 7 item 5): with `header_read_timeout = "2s"`, a client that never starts the handshake,
+/// one idle after the handshake and one trickling a request head after it are all closed within 6 s, on the HTTPS
+/// listener and on the Virtual Y TLS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_close_slowloris_after_the_handshake() {
+    use common::raw_http::{connect_from, send_until_closed};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let (mut d, ready): (Daemon, _) = start_with_ready(&format!(
+        "[http]\ntls_cert = {cert:?}\ntls_key = {key:?}\nheader_read_timeout = \"2s\"\n\n\
+         [signaling.vy]\nlisten = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+    ));
+    let connector = tls_connector(&std::fs::read_to_string(&cert).unwrap());
+    let vy = common::ready_addr(&ready, "vy").expect("vy listener in the ready line");
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    let limit = Duration::from_secs(6);
+    let mut failures = Vec::new();
+    for (listener, addr) in [("https", d.http), ("vy", vy)] {
+        let tcp = connect_from(local, addr).await;
+        if let Err(e) = send_until_closed(tcp, b"", None, limit).await {
+            failures.push(format!("{listener}: no TLS handshake: {e}"));
+        }
+        for (what, head, trickle) in [
+            ("idle after the handshake", "", None),
+            ("request head trickled", "GET /duet.js HTTP/1.1\r\nHost: localhost\r\n", Some(Duration::from_millis(500))),
+        ] {
+            let tcp = connect_from(local, addr).await;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+                .await
+                .unwrap_or_else(|_| panic!("{listener}: TLS handshake within 5 s"))
+                .unwrap_or_else(|e| panic!("{listener}: TLS handshake: {e}"));
+            if let Err(e) = send_until_closed(tls, head.as_bytes(), trickle, limit).await {
+                failures.push(format!("{listener}: {what}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "not closed within {limit:?} (header_read_timeout 2 s):\n{}", failures.join("\n"));
+    common::assert_alive(&mut d);
+}

@@ -8,13 +8,14 @@
 // line); the join URLs are the bookings' `join_url`s (or bare link tokens). The pages are loaded from HTTP_ADDR
 // (the path of each join URL, so a `public_url` naming another host still works) with `?autojoin=1&relay=1`: they
 // join at once and use relay-only ICE. Passes when both `duetCall.state === 'connected'` and, on BOTH pages,
-// `duetCall.pc.getStats()` shows inbound-rtp video bytes and a selected candidate pair with a relay candidate.
+// `duetCall.pc.getStats()` shows inbound-rtp video bytes and a selected candidate pair with a relay candidate, and
+// both pages were served with a Content-Security-Policy that reported no violation (cspReport).
 // Prints one JSON line on stdout ({"ok":true|false,…}); exits 0 on success, 1 on failure (message on stderr),
 // 2 on bad usage. A hard deadline (default 60 s) means it never hangs.
 //
 // Run it inside tests/browser/run-in-netns.sh together with the daemon (see tests/browser.rs).
 
-import { checkDaemon, daemonOrigin, joinPath, launch, openPage, parseArgs, run, waitConnected, waitRelayedVideo }
+import { checkDaemon, cspReport, daemonOrigin, joinPath, launch, openPage, parseArgs, run, waitConnected, waitRelayedVideo }
   from './harness.mjs';
 
 const { timeoutMs, positional, usage } = parseArgs({
@@ -35,5 +36,6 @@ run('duet-join-pages', timeoutMs, async (ctx) => {
 
   await waitConnected(ctx, pages);
   const stats = await waitRelayedVideo(ctx, pages, 'window.duetCall && window.duetCall.pc');
-  return { http: origin, pages: Object.fromEntries(labels.map((l, i) => [l, stats[i]])) };
+  const csp = await cspReport(ctx);
+  return { http: origin, csp, pages: Object.fromEntries(labels.map((l, i) => [l, stats[i]])) };
 });

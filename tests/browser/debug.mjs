@@ -20,7 +20,7 @@
 // Run it inside tests/browser/run-in-netns.sh together with the daemon (see tests/browser.rs).
 
 import {
-  Failure, checkDaemon, daemonOrigin, duetStates, joinPath, launch, openPage, parseArgs, pcSummary, remaining, run,
+  Failure, checkDaemon, cspReport, daemonOrigin, duetStates, joinPath, launch, openPage, parseArgs, pcSummary, remaining, run,
   waitConnected, waitFor, waitRelayedVideo,
 } from './harness.mjs';
 
@@ -161,13 +161,17 @@ run('duet-debug-panel', timeoutMs, async (ctx) => {
 
   // 5. Nothing secret on the console.
   ctx.phase = 'checking the console';
-  // (harness lines end with the message's source location, which for the inline script is the page URL itself)
+  // (harness lines end with the message's source location)
   const texts = ctx.log.map((l) => l.replace(/ \(https?:\/\/[^ ]*\)$/, ''));
   const leaks = texts.filter((l) => /v=0|a=ice-ufrag|a=fingerprint|candidate:\d/.test(l) || linkTokens.some((t) => l.includes(t)));
   if (leaks.length) throw new Failure(`a page logged SDP, a candidate or a token: ${leaks.slice(0, 3).join(' | ')}`);
 
+  // 6. The join page's Content-Security-Policy held through all of it (diagnostics panel, swaps, reconnection).
+  const csp = await cspReport(ctx);
+
   return {
     http: origin,
+    csp,
     panel,
     swap,
     sessions: { before: sessionBefore, after: after[0].session },

@@ -168,17 +168,51 @@ export async function launch(ctx, extraArgs = []) {
 /** A page in a browser context of its own (separate storage, as two people on two machines), logging to ctx.log. */
 export async function newPage(ctx, label) {
   const context = await ctx.browser.newContext({ permissions: ['camera', 'microphone'] });
+  // Every Content-Security-Policy violation the page reports (see cspReport); init scripts are not subject to the CSP.
+  await context.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => window.__cspViolations.push({
+      directive: e.violatedDirective, blocked: e.blockedURI, source: e.sourceFile, line: e.lineNumber, sample: e.sample,
+    }));
+  });
   const page = await context.newPage();
+  const entry = { label, page, policy: null, cspConsole: [] };
   const t = () => ((Date.now() - ctx.started) / 1000).toFixed(1).padStart(5);
   page.on('console', (m) => {
     const where = m.location() && m.location().url ? ` (${m.location().url.replace(/\?.*/, '')})` : '';
     ctx.log.push(`${t()} [${label}] console.${m.type()}: ${m.text()}${where}`);
+    if (/Content Security Policy/i.test(m.text())) entry.cspConsole.push(m.text());
+  });
+  page.on('response', (r) => {
+    if (r.request().isNavigationRequest() && r.frame() === page.mainFrame()) {
+      entry.policy = r.headers()['content-security-policy'] || null;
+    }
   });
   page.on('pageerror', (e) => ctx.log.push(`${t()} [${label}] pageerror: ${e.message}`));
   page.on('requestfailed', (r) => ctx.log.push(`${t()} [${label}] requestfailed: ${r.url()} ${r.failure() && r.failure().errorText}`));
   page.on('crash', () => ctx.log.push(`${t()} [${label}] page crashed`));
-  ctx.pages.push({ label, page });
+  ctx.pages.push(entry);
   return page;
+}
+
+/**
+ * The Content-Security-Policy of every page (newPage) and what it blocked: `securitypolicyviolation` events and
+ * console errors naming the policy. Fails unless every page was served with a policy and none was violated; resolves
+ * to { policy, violations: 0 } for the result line.
+ */
+export async function cspReport(ctx) {
+  ctx.phase = 'collecting Content-Security-Policy violations';
+  const problems = [];
+  let policy = null;
+  for (const { label, page, policy: p, cspConsole } of ctx.pages) {
+    if (!p) problems.push(`${label}: the page was served without a Content-Security-Policy`);
+    policy = policy || p;
+    const events = await page.evaluate(() => window.__cspViolations || []);
+    for (const v of events) problems.push(`${label}: securitypolicyviolation ${JSON.stringify(v)}`);
+    for (const text of cspConsole) problems.push(`${label}: console: ${text}`);
+  }
+  if (problems.length) throw new Failure(`Content-Security-Policy: ${problems.join('; ')}`);
+  return { policy, violations: 0 };
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -255,13 +289,16 @@ export async function waitFor(what, ms, check, { intervalMs = 250 } = {}) {
 
 /**
  * In-page function: a summary of an RTCPeerConnection's stats. Pass it to page.evaluate with an expression naming
- * the peer connection, e.g. `page.evaluate(pcSummary, 'window.duetCall && window.duetCall.pc')`.
+ * the peer connection, e.g. `page.evaluate(pcSummary, 'window.duetCall && window.duetCall.pc')` (only property paths
+ * joined by `&&`: it is walked, not evaluated, so it works under a CSP without 'unsafe-eval').
  * Returns { connection, inbound:{video,audio}, outbound:{video,audio} (bytes), pair:{state, local, remote} } where
  * local/remote are {type, protocol, relayProtocol, address, port}, or null without a peer connection.
  */
 export async function pcSummary(pcExpr) {
   // eslint-disable-next-line no-new-func
-  const pc = new Function('return (' + pcExpr + ')')();
+  // Walk the property path of the last `&&` operand (no eval: the join page's CSP forbids it).
+  const path = pcExpr.split('&&').pop().trim().replace(/^window\./, '').split('.');
+  const pc = path.reduce((o, k) => (o == null ? o : o[k]), window);
   if (!pc) return null;
   const stats = await pc.getStats();
   const byId = new Map();

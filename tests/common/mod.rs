@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 pub mod browser;
 pub mod coturn;
 pub mod process;
+pub mod raw_http;
 
 /// A running daemon. Killed on drop.
 pub struct Daemon {
