@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -120,23 +120,89 @@ impl DataDir {
         Ok(s)
     }
 
-    /// Reads the admin API key, or generates one (0600) and returns `(key, true)`.
-    pub fn api_key(&self) -> anyhow::Result<(String, bool)> {
+    /// Reads the admin API key file: `None` when it is missing or blank (never generated, or revoked with `duet
+    /// api-key revoke`). Errors: a file readable by others, or a key shorter than 32 characters.
+    pub fn read_api_key(&self) -> anyhow::Result<Option<String>> {
         let p = self.api_key_file();
-        if p.exists() {
-            check_private(&p)?;
-            let k = fs::read_to_string(&p)?.trim().to_string();
-            if k.len() < 32 {
-                bail!("{}: API key too short", p.display());
-            }
-            return Ok((k, false));
+        if !p.exists() {
+            return Ok(None);
         }
-        let mut b = [0u8; 24];
-        rand::rng().fill_bytes(&mut b);
-        let key = format!("dk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b));
-        write_private(&p, format!("{key}\n").as_bytes())?;
-        Ok((key, true))
+        check_private(&p)?;
+        let k = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string();
+        if k.is_empty() {
+            return Ok(None);
+        }
+        if k.len() < 32 {
+            bail!(
+                "{}: API key too short (at least 32 characters; `duet api-key rotate` writes a new one)",
+                p.display()
+            );
+        }
+        Ok(Some(k))
     }
+
+    /// Replaces the admin API key file with `key` (mode 0600, owned like the data directory) in two steps, so the
+    /// caller can record the key elsewhere in between: [`DataDir::stage_api_key`] writes `api-key.new`, then
+    /// [`StagedApiKey::commit`] renames it over `api-key` (atomic) or dropping it removes it.
+    pub fn stage_api_key(&self, key: &str) -> anyhow::Result<StagedApiKey> {
+        let tmp = self.path.join("api-key.new");
+        // A leftover from an interrupted rotation holds a key that was never committed.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", tmp.display()));
+            }
+            _ => {}
+        }
+        write_private(&tmp, format!("{key}\n").as_bytes())?;
+        // Run as root (e.g. next to a systemd DynamicUser service) the file must stay readable by the daemon.
+        let dir = fs::metadata(&self.path)?;
+        let _ = std::os::unix::fs::chown(&tmp, Some(dir.uid()), Some(dir.gid()));
+        Ok(StagedApiKey { tmp, dest: self.api_key_file(), done: false })
+    }
+
+    /// Removes the admin API key file (after a revocation); a missing file is fine.
+    pub fn remove_api_key(&self) -> anyhow::Result<()> {
+        let p = self.api_key_file();
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", p.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A new API key written next to the `api-key` file, not yet in place; removed on drop unless committed.
+#[derive(Debug)]
+pub struct StagedApiKey {
+    tmp: PathBuf,
+    dest: PathBuf,
+    done: bool,
+}
+
+impl StagedApiKey {
+    /// Renames the staged file over `api-key`.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedApiKey {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A fresh admin API key: `dk_` and 192 random bits, base64url (35 characters).
+pub fn new_api_key() -> String {
+    let mut b = [0u8; 24];
+    rand::rng().fill_bytes(&mut b);
+    format!("dk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 /// Refuses a secret file that group or others may read or write.
@@ -177,11 +243,17 @@ mod tests {
         assert_eq!(s1.session_key, s2.session_key);
         let mode = fs::metadata(d.path.join("secrets.toml")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let (k1, new1) = d.api_key().unwrap();
-        let (k2, new2) = d.api_key().unwrap();
-        assert!(new1 && !new2);
-        assert_eq!(k1, k2);
+        assert_eq!(d.read_api_key().unwrap(), None);
+        let k1 = new_api_key();
+        d.stage_api_key(&k1).unwrap().commit().unwrap();
+        assert_eq!(d.read_api_key().unwrap(), Some(k1.clone()));
         assert_eq!(fs::metadata(d.api_key_file()).unwrap().permissions().mode() & 0o777, 0o600);
+        // A staged key that is dropped leaves the file alone.
+        drop(d.stage_api_key(&new_api_key()).unwrap());
+        assert_eq!(d.read_api_key().unwrap(), Some(k1));
+        assert!(!d.path.join("api-key.new").exists());
+        d.remove_api_key().unwrap();
+        assert_eq!(d.read_api_key().unwrap(), None);
         assert_eq!(fs::metadata(&d.path).unwrap().permissions().mode() & 0o777, 0o700);
     }
 

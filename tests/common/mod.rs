@@ -50,8 +50,12 @@ impl Daemon {
 
     /// POST /v1/bookings with the API key; returns (status, body).
     pub async fn create_booking(&self, body: &Value) -> (u16, Value) {
-        let r =
-            self.client().post(self.url("/v1/bookings")).bearer_auth(&self.api_key).json(body).send().await.unwrap();
+        self.create_booking_with(&self.api_key, body).await
+    }
+
+    /// POST /v1/bookings with `Authorization: Bearer <api_key>`; returns (status, body).
+    pub async fn create_booking_with(&self, api_key: &str, body: &Value) -> (u16, Value) {
+        let r = self.client().post(self.url("/v1/bookings")).bearer_auth(api_key).json(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -82,6 +86,17 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the `duet` binary with `args` (e.g. `["api-key", "rotate", "--data-dir", …]`) to completion (60 s at most).
+pub fn run_duet<I, S>(args: I) -> process::Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(args);
+    process::run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
 /// RFC 3339 (UTC, seconds) for now + `offset_s`.
@@ -199,10 +214,12 @@ fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBu
     let addr = |k: &str| -> SocketAddr {
         ready_addr(ready, k).unwrap_or_else(|| panic!("ready line lacks an address for {k}: {ready}"))
     };
-    let api_key = std::fs::read_to_string(api_key_file)
-        .unwrap_or_else(|e| panic!("read {}: {e}", api_key_file.display()))
-        .trim()
-        .to_string();
+    // No file: the admin key was revoked (`duet api-key revoke`); the key is then empty.
+    let api_key = match std::fs::read_to_string(api_key_file) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("read {}: {e}", api_key_file.display()),
+    };
     Daemon {
         http: addr("http"),
         turn_udp: addr("turn_udp"),
