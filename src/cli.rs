@@ -308,8 +308,8 @@ async fn drain(running: &crate::daemon::Running, deadline: std::time::Duration) 
     }
 }
 
-/// Waits for SIGTERM (drain) or SIGINT (stop now); SIGHUP reloads the TURNS certificate and the TURN secrets
-/// meanwhile.
+/// Waits for SIGTERM (drain) or SIGINT (stop now); SIGHUP reloads the TLS certificates and keys, the TURN secrets and
+/// the session keys meanwhile.
 async fn wait_for_signal(reload: &crate::daemon::Reload) -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
@@ -324,7 +324,7 @@ async fn wait_for_signal(reload: &crate::daemon::Reload) -> Stop {
                 states.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
                 notify(&states);
                 match reload.reload() {
-                    Ok(()) => tracing::info!("reloaded certificates and TURN secrets"),
+                    Ok(()) => tracing::info!("reloaded certificates, TURN secrets and session keys"),
                     Err(e) => tracing::error!("reload failed, keeping the running settings: {e:#}"),
                 }
                 notify(&[sd_notify::NotifyState::Ready]);

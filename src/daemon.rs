@@ -77,24 +77,31 @@ impl Running {
     }
 }
 
-/// What SIGHUP reloads: the TURNS certificate and key, and the TURN secrets of `secrets.toml` (rotation).
+/// What SIGHUP reloads: the TLS certificates and keys, and the TURN secrets and session keys of `secrets.toml`
+/// (rotation).
 #[derive(Clone)]
 pub struct Reload {
     data: DataDir,
     tls: Vec<TlsConfig>,
     relay: RelayHandle,
     turn_secret: Arc<std::sync::RwLock<Vec<u8>>>,
+    session_keys: Arc<std::sync::RwLock<Arc<SessionKeys>>>,
 }
 
 impl Reload {
-    /// Re-reads certificates and secrets; on any error the running values stay and the error is returned.
+    /// Re-reads `secrets.toml` and the TLS files. A bad `secrets.toml` (e.g. a secret shorter than 32 bytes) changes
+    /// nothing; a bad TLS pair keeps its running pair and the secrets unchanged. The error is returned.
     pub fn reload(&self) -> anyhow::Result<()> {
+        let secrets = self.data.secrets()?;
+        let turn = secrets.turn_secret_bytes()?;
+        let session = secrets.session_keyring()?;
         for tls in &self.tls {
             tls.reload()?;
         }
-        let secrets = self.data.secrets()?.turn_secret_bytes();
-        *self.turn_secret.write().unwrap_or_else(|p| p.into_inner()) = secrets[0].clone();
-        self.relay.set_auth_secrets(secrets);
+        *self.turn_secret.write().unwrap_or_else(|p| p.into_inner()) = turn[0].clone();
+        self.relay.set_auth_secrets(turn);
+        tracing::info!(kid = session.signing_kid(), "session tokens are signed with this key");
+        *self.session_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(session);
         Ok(())
     }
 }
@@ -126,7 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     policy.allow.extend(config.turn.allow_peers.iter().cloned());
     policy.deny.extend(config.turn.deny_peers.iter().cloned());
     let mut relay_cfg =
-        ServerConfig::new(config.turn.realm.clone(), secrets.turn_secret_bytes(), secrets.nonce_key_bytes()?);
+        ServerConfig::new(config.turn.realm.clone(), secrets.turn_secret_bytes()?, secrets.nonce_key_bytes()?);
     relay_cfg.max_allocations_per_credential = config.turn.allocations_per_credential;
     relay_cfg.max_allocations_per_source_ip = config.turn.allocations_per_ip;
     relay_cfg.max_allocations_total = config.turn.max_allocations;
@@ -161,7 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         p
     };
     let tls = match &config.turn.tls {
-        Some((cert, key)) => Some(TlsConfig::load(cert, key)?),
+        Some((cert, key)) => Some(TlsConfig::load(cert, key).context("[turn] tls_cert / tls_key")?),
         None => None,
     };
     let listeners = Listeners {
@@ -192,12 +199,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let ice_urls = (vec![format!("stun:{host}:{turn_port}")], turn_urls);
 
-    let turn_secret = Arc::new(std::sync::RwLock::new(secrets.turn_secret_bytes().remove(0)));
+    let turn_secret = Arc::new(std::sync::RwLock::new(secrets.turn_secret_bytes()?.remove(0)));
+    let session_keys = Arc::new(std::sync::RwLock::new(Arc::new(secrets.session_keyring()?)));
     let hub = HubHandle::spawn(config.signaling.clone(), metrics.clone(), shutdown.clone());
     let state = AppState {
         store: store.clone(),
         policy: config.booking,
-        session_keys: SessionKeys::new(&secrets.session_key_bytes()?),
+        session_keys: session_keys.clone(),
         session_ttl: config.session_ttl,
         turn_secret: turn_secret.clone(),
         public_base: config.public_base(http_addr).into(),
@@ -232,14 +240,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let vy_addr = vy_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let vy_tls = config.signaling.vy.tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
+    let vy_tls = config
+        .signaling
+        .vy
+        .tls
+        .as_ref()
+        .map(|(c, k)| TlsConfig::load(c, k).context("[signaling.vy] tls_cert / tls_key"))
+        .transpose()?;
     if let Some(listener) = vy_listener {
         let vy_app = Router::new().fallback(signal_io::vy::fallback).with_state(state);
         spawn_http(&tasks, listener, vy_app, vy_tls.clone(), shutdown.clone(), "vy");
     }
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
-    let http_tls = config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k)).transpose()?;
+    let http_tls =
+        config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k).context("[http] tls_cert / tls_key")).transpose()?;
     spawn_http(&tasks, http_listener, app, http_tls.clone(), shutdown.clone(), "http");
     let sd = shutdown.clone();
     tasks.spawn(async move {
@@ -266,6 +281,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tls: [tls, http_tls, vy_tls].into_iter().flatten().collect(),
             relay: relay.clone(),
             turn_secret,
+            session_keys,
         },
         draining,
         relay,

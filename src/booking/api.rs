@@ -437,7 +437,7 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
         role: p.role,
         seq: b.sequence,
     };
-    let session_token = state.session_keys.sign(&claims);
+    let session_token = state.session_keys().sign(&claims);
     tracing::info!(target: "booking", booking = %b.id, role = p.role.as_str(), "join admitted");
     let body = json!({
         "session_token": session_token,

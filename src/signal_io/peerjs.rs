@@ -34,7 +34,7 @@ async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Sco
     if cfg.allow_static_key && key == cfg.key {
         return Some((format!("key:{key}"), None));
     }
-    let claims = state.session_keys.verify(key).ok()?;
+    let claims = state.session_keys().verify(key).ok()?;
     let b = state.store.booking(None, &claims.bkg).await.ok()??;
     let role = b.participants.iter().find(|p| p.id == claims.sub)?.role;
     let now = unix_now();

@@ -88,6 +88,17 @@ impl Drop for Daemon {
     }
 }
 
+/// Writes a PEM certificate chain and private key into `dir` as `cert.pem` and `key.pem`, the key with mode 0600 (the
+/// daemon refuses a key file that group or others may read); returns their paths.
+pub fn write_tls_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, cert_pem).unwrap_or_else(|e| panic!("write {}: {e}", cert.display()));
+    std::fs::write(&key, key_pem).unwrap_or_else(|e| panic!("write {}: {e}", key.display()));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert, key)
+}
+
 /// Runs the `duet` binary with `args` (e.g. `["api-key", "rotate", "--data-dir", …]`) to completion (60 s at most).
 pub fn run_duet<I, S>(args: I) -> process::Finished
 where
