@@ -208,6 +208,9 @@ fn init_logging(config: &Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let deadline = config.drain_deadline;
     let running = crate::daemon::start(config).await?;
+    // Handlers before the ready line: a SIGHUP sent as soon as the daemon says it is ready must reload, not kill it
+    // (SIGHUP's default action is to terminate).
+    let signals = Signals::install()?;
     let key_file = running.api_key_file.display();
     match running.api_key {
         AdminKey::Generated => eprintln!("duet: generated an admin API key in {key_file} (mode 0600)"),
@@ -248,7 +251,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    if wait_for_signal(&running.reload).await == Stop::Drain {
+    if wait_for_signal(signals, &running.reload).await == Stop::Drain {
         drain(&running, deadline).await;
     }
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -308,12 +311,27 @@ async fn drain(running: &crate::daemon::Running, deadline: std::time::Duration) 
     }
 }
 
+/// The SIGTERM and SIGHUP streams of [`wait_for_signal`].
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use anyhow::Context;
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing a SIGHUP handler")?,
+        })
+    }
+}
+
 /// Waits for SIGTERM (drain) or SIGINT (stop now); SIGHUP reloads the TLS certificates and keys, the TURN secrets and
 /// the session keys meanwhile.
-async fn wait_for_signal(reload: &crate::daemon::Reload) -> Stop {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+async fn wait_for_signal(signals: Signals, reload: &crate::daemon::Reload) -> Stop {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Stop::Now,

@@ -3,10 +3,16 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::{Daemon, booking_body, run_duet};
+use base64::Engine;
+use serde_json::Value;
+
+use common::{Daemon, booking_body, join_as, run_duet, serve_refused, sighup, signal_first_frame, write_tls_pair};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).permissions().mode() & 0o777
@@ -105,4 +111,211 @@ fn api_key_cli_refuses_a_missing_data_dir() {
     assert!(!run.status.success(), "rotate without a data directory must fail");
     assert!(run.stderr.contains("duet serve"), "the error says what to do: {}", run.stderr);
     assert!(!dir.exists(), "nothing is created");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item 14: secrets.toml, session key rotation, permissions
+// ---------------------------------------------------------------------------------------------------------------
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Edits `<data_dir>/secrets.toml` in place (it keeps its 0600 mode).
+fn edit_secrets(data_dir: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let path = data_dir.join("secrets.toml");
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut table);
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// `session_keys = [{kid, key}, …]`, newest first.
+fn set_session_keys(table: &mut toml::Table, keys: &[(&str, &str)]) {
+    let entries = keys
+        .iter()
+        .map(|(kid, key)| {
+            let mut t = toml::Table::new();
+            t.insert("kid".into(), (*kid).into());
+            t.insert("key".into(), (*key).into());
+            toml::Value::Table(t)
+        })
+        .collect();
+    table.remove("session_key");
+    table.insert("session_keys".into(), toml::Value::Array(entries));
+}
+
+/// The `kid` in the JWT header of a join response's session token.
+fn kid(join: &Value) -> String {
+    let token = join["session_token"].as_str().expect("session_token");
+    let head = token.split('.').next().unwrap();
+    let head: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head).unwrap())
+        .expect("JWT header is JSON");
+    head["kid"].as_str().unwrap_or_else(|| panic!("JWT header without kid: {head}")).to_string()
+}
+
+/// Item 14: a new session key put first in secrets.toml and SIGHUP: new joins get tokens with its `kid`, a token of the
+/// old key still opens the signaling socket; a short key on a later SIGHUP is refused and the running keys stay;
+/// once the old key is removed its tokens are refused (close 4001).
+#[tokio::test]
+async fn session_key_rotates_on_sighup() {
+    let d = Daemon::start("");
+    let booking = d.booking_now(60, 1800).await;
+    let old_join = join_as(&d, &booking, "host").await;
+    assert_eq!(kid(&old_join), "s1", "the generated session key's kid");
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(d.data_dir.join("secrets.toml")).unwrap()).unwrap();
+    let old_key = table["session_keys"][0]["key"].as_str().expect("session_keys[0].key").to_string();
+
+    let new_key = b64(&rand::random::<[u8; 32]>());
+    edit_secrets(&d.data_dir, |t| set_session_keys(t, &[("s2", &new_key), ("s1", &old_key)]));
+    sighup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_join = loop {
+        let j = join_as(&d, &booking, "guest").await;
+        if kid(&j) == "s2" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "10 s after SIGHUP joins still get kid {}", kid(&j));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let welcome = signal_first_frame(&old_join).await.expect("a token of the old key must still open the socket");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let welcome = signal_first_frame(&new_join).await.expect("a token of the new key must open the socket");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+
+    // A key of 31 bytes: the reload is refused, s2 keeps signing, s1 tokens keep verifying.
+    edit_secrets(&d.data_dir, |t| set_session_keys(t, &[("s3", &b64(&[7u8; 31])), ("s2", &new_key)]));
+    sighup(&d);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(kid(&join_as(&d, &booking, "guest").await), "s2", "a refused reload keeps the running keys");
+    assert_eq!(signal_first_frame(&old_join).await.map(|w| w["type"].clone()), Ok("welcome".into()));
+
+    // The old key retired: its tokens are refused.
+    edit_secrets(&d.data_dir, |t| set_session_keys(t, &[("s2", &new_key)]));
+    sighup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match signal_first_frame(&old_join).await {
+            Err(4001) => break,
+            other => assert!(Instant::now() < deadline, "10 s after retiring s1 its token still gets {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let welcome = signal_first_frame(&new_join).await.expect("s2 tokens after retiring s1");
+    assert_eq!(welcome["type"], "welcome");
+}
+
+/// Item 14: start is refused with an error naming what to fix: a data directory with mode 0755 (`chmod 700`), a TURN
+/// secret or a session key shorter than 32 bytes (naming the entry). Each fixed, the daemon starts.
+#[tokio::test]
+async fn start_refuses_open_data_dir_and_short_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o755);
+    let run = serve_refused(&dir, "");
+    assert!(run.stderr.contains(&format!("chmod 700 {}", dir.display())), "{}", run.stderr);
+    chmod(&dir, 0o700);
+    drop(Daemon::start_in(&dir, ""));
+
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("secrets.toml")).unwrap()).unwrap();
+    let turn = table["turn_secrets"][0].as_str().unwrap().to_string();
+    edit_secrets(&dir, |t| {
+        t.insert("turn_secrets".into(), toml::Value::Array(vec![turn.clone().into(), "twenty-byte-secret!!".into()]));
+    });
+    let run = serve_refused(&dir, "");
+    assert!(run.stderr.contains("`turn_secrets[1]` is 20 bytes; at least 32"), "{}", run.stderr);
+    edit_secrets(&dir, |t| {
+        t.insert("turn_secrets".into(), toml::Value::Array(vec![turn.clone().into()]));
+    });
+
+    edit_secrets(&dir, |t| set_session_keys(t, &[("s2", &b64(&[1u8; 16]))]));
+    let run = serve_refused(&dir, "");
+    assert!(run.stderr.contains(r#"`session_keys[0] (kid "s2")` is 16 bytes"#), "{}", run.stderr);
+    // The single-key form of older files still works (kid "s1").
+    edit_secrets(&dir, |t| {
+        t.remove("session_keys");
+        t.insert("session_key".into(), b64(&[2u8; 32]).into());
+    });
+    let d = Daemon::start_in(&dir, "");
+    let booking = d.booking_now(60, 1800).await;
+    assert_eq!(kid(&join_as(&d, &booking, "host").await), "s1");
+}
+
+/// A self-signed certificate for localhost: (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("self-signed certificate");
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+/// Item 14: a TLS key file that group or others may read is refused at start for every TLS listener (`[http]`,
+/// `[turn]`, `[signaling.vy]`), naming the section and the `chmod 600`.
+#[tokio::test]
+async fn start_refuses_a_tls_key_readable_by_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = self_signed();
+    let (cert, key) = write_tls_pair(tmp.path(), &cert_pem, &key_pem);
+    chmod(&key, 0o644);
+    let pair = format!("tls_cert = {:?}\ntls_key = {:?}\n", cert.display().to_string(), key.display().to_string());
+    for (section, extra) in [
+        ("[http]", format!("[http]\n{pair}")),
+        ("[turn]", format!("[turn]\nlisten_tls = [\"127.0.0.1:0\"]\n{pair}")),
+        ("[signaling.vy]", format!("[signaling.vy]\nlisten = \"127.0.0.1:0\"\n{pair}")),
+    ] {
+        let run = serve_refused(&tmp.path().join("data"), &extra);
+        let err = &run.stderr;
+        assert!(err.contains(section) && err.contains("has mode 644") && err.contains("chmod 600"), "{section}: {err}");
+    }
+}
+
+/// A TLS handshake with `addr` (as `localhost`) that trusts only `cert_pem`: whether it succeeds, i.e. whether that
+/// certificate is the one served.
+async fn serves_certificate(addr: SocketAddr, cert_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(c.expect("certificate PEM")).expect("a usable trust anchor");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTPS listener");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    matches!(tokio::time::timeout(Duration::from_secs(10), handshake).await, Ok(Ok(_)))
+}
+
+/// Item 14: on SIGHUP a new key file readable by others is refused and the running pair stays; fixed to 0600, the
+/// next SIGHUP loads it.
+#[tokio::test]
+async fn sighup_refuses_a_tls_key_readable_by_others() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (a, b) = (self_signed(), self_signed());
+    let (cert, key) = write_tls_pair(tls_dir.path(), &a.0, &a.1);
+    let d = Daemon::start(&format!(
+        "[http]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    ));
+    assert!(serves_certificate(d.http, &a.0).await, "certificate A at start");
+
+    write_tls_pair(tls_dir.path(), &b.0, &b.1);
+    chmod(&key, 0o640);
+    sighup(&d);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(serves_certificate(d.http, &a.0).await, "a key readable by the group must not be loaded on SIGHUP");
+    assert!(!serves_certificate(d.http, &b.0).await, "certificate B must not be served with a 0640 key");
+
+    chmod(&key, 0o600);
+    sighup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !serves_certificate(d.http, &b.0).await {
+        assert!(Instant::now() < deadline, "10 s after SIGHUP with a 0600 key certificate B is not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -190,9 +190,8 @@ pub fn start_with_args(args: &[&str], cwd: &Path) -> Daemon {
     from_ready(child, &ready, &api_key_file, data_dir)
 }
 
-/// Writes the config file next to `data_dir` (every listener on 127.0.0.1:0, then `extra_config`) and boots
-/// `duet serve` with it; also returns the parsed ready line.
-fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
+/// Writes the config file next to `data_dir` (every listener on 127.0.0.1:0, then `extra_config`); returns its path.
+fn write_config(data_dir: &Path, extra_config: &str) -> PathBuf {
     std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
     let config_path = data_dir.parent().unwrap().join("config.toml");
     let config = format!(
@@ -200,6 +199,24 @@ fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
         dd = data_dir.display().to_string()
     );
     std::fs::write(&config_path, merge_tables(&config)).unwrap();
+    config_path
+}
+
+/// Runs `duet serve` as [`Daemon::start_in`] would and expects it to refuse to start: panics if it exits with 0 (or
+/// keeps running for 30 s); returns the run for its stderr.
+pub fn serve_refused(data_dir: &Path, extra_config: &str) -> process::Finished {
+    let config_path = write_config(data_dir, extra_config);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(["serve", "--config"]).arg(&config_path).env("RUST_LOG", "warn");
+    let run = process::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(!run.status.success(), "duet serve must refuse to start; it exited with 0:\n{}", run.stderr);
+    run
+}
+
+/// Writes the config file next to `data_dir` (see [`write_config`]) and boots `duet serve` with it; also returns the
+/// parsed ready line.
+fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
+    let config_path = write_config(data_dir, extra_config);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
     cmd.args(["serve", "--config"]).arg(&config_path);
     let (child, ready) = spawn_ready(cmd);
@@ -289,6 +306,30 @@ pub fn assert_alive(d: &mut Daemon) {
         Ok(Some(status)) => panic!("the duet daemon is no longer running: {status}"),
         Err(e) => panic!("cannot query the duet daemon process: {e}"),
     }
+}
+
+/// Opens a native signaling WebSocket with a join response's `session_token`: `Ok(first text frame)` (the `welcome`)
+/// or `Err(close code)` when the server closes first (e.g. 4001 for a refused token). Panics after 10 s.
+pub async fn signal_first_frame(join: &Value) -> Result<Value, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "{}?token={}",
+        join["signal_url"].as_str().expect("join has signal_url"),
+        join["session_token"].as_str().expect("join has session_token")
+    );
+    let first = async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("WebSocket upgrade");
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("a JSON text frame")),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map_or(1005, |f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                other => panic!("signaling socket ended without a frame: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), first).await.unwrap_or_else(|_| panic!("no frame within 10 s"))
 }
 
 /// POST /v1/join for the participant of `booking` (a create-booking response) with `role`; asserts 200, returns the body.
