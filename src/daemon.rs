@@ -253,8 +253,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
-    let http_tls =
-        config.http_tls.as_ref().map(|(c, k)| TlsConfig::load(c, k).context("[http] tls_cert / tls_key")).transpose()?;
+    let http_tls = config
+        .http_tls
+        .as_ref()
+        .map(|(c, k)| TlsConfig::load(c, k).context("[http] tls_cert / tls_key"))
+        .transpose()?;
     spawn_http(&tasks, http_listener, app, http_tls.clone(), shutdown.clone(), "http");
     let sd = shutdown.clone();
     tasks.spawn(async move {

@@ -383,7 +383,10 @@ mod tests {
         let short = STANDARD.encode([1u8; 31]);
         let long = STANDARD.encode([2u8; 32]);
         let e = with(|t| {
-            t.insert("turn_secrets".into(), toml::Value::Array(vec![long.clone().into(), "only-20-bytes-secret".into()]))
+            t.insert(
+                "turn_secrets".into(),
+                toml::Value::Array(vec![long.clone().into(), "only-20-bytes-secret".into()]),
+            )
         })
         .unwrap_err();
         assert!(format!("{e:#}").contains("`turn_secrets[1]` is 20 bytes; at least 32"), "{e:#}");
@@ -424,14 +427,23 @@ mod tests {
         assert_eq!(s.session_keys().unwrap().iter().map(|k| k.0.as_str()).collect::<Vec<_>>(), ["2027-01", "s1"]);
         assert_eq!(s.session_keyring().unwrap().signing_kid(), "2027-01");
         for (what, edit) in [
-            ("both", Box::new(|t: &mut toml::Table| drop(t.insert("session_key".into(), a.clone().into())))
-                as Box<dyn FnOnce(&mut toml::Table)>),
-            ("repeated kid", Box::new(|t: &mut toml::Table| {
-                t.insert("session_keys".into(), toml::Value::Array(vec![key_entry("k", &a), key_entry("k", &b)]));
-            })),
-            ("bad kid", Box::new(|t: &mut toml::Table| {
-                t.insert("session_keys".into(), toml::Value::Array(vec![key_entry("a b", &a)]));
-            })),
+            (
+                "both",
+                Box::new(|t: &mut toml::Table| drop(t.insert("session_key".into(), a.clone().into())))
+                    as Box<dyn FnOnce(&mut toml::Table)>,
+            ),
+            (
+                "repeated kid",
+                Box::new(|t: &mut toml::Table| {
+                    t.insert("session_keys".into(), toml::Value::Array(vec![key_entry("k", &a), key_entry("k", &b)]));
+                }),
+            ),
+            (
+                "bad kid",
+                Box::new(|t: &mut toml::Table| {
+                    t.insert("session_keys".into(), toml::Value::Array(vec![key_entry("a b", &a)]));
+                }),
+            ),
             ("none", Box::new(|t: &mut toml::Table| drop(t.remove("session_keys")))),
         ] {
             assert!(with(edit).is_err(), "{what} must be refused");

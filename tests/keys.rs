@@ -118,7 +118,8 @@ fn api_key_cli_refuses_a_missing_data_dir() {
 // ---------------------------------------------------------------------------------------------------------------
 
 fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -166,8 +167,15 @@ async fn session_key_rotates_on_sighup() {
     let booking = d.booking_now(60, 1800).await;
     let old_join = join_as(&d, &booking, "host").await;
     assert_eq!(kid(&old_join), "s1", "the generated session key's kid");
-    let table: toml::Table = toml::from_str(&std::fs::read_to_string(d.data_dir.join("secrets.toml")).unwrap()).unwrap();
-    let old_key = table["session_keys"][0]["key"].as_str().expect("session_keys[0].key").to_string();
+    let table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(d.data_dir.join("secrets.toml")).unwrap()).unwrap();
+    // The generated entry, or the single `session_key` of older files.
+    let old_key = table
+        .get("session_keys")
+        .and_then(|k| k[0]["key"].as_str())
+        .or_else(|| table.get("session_key").and_then(|k| k.as_str()))
+        .expect("a session key in secrets.toml")
+        .to_string();
 
     let new_key = b64(&rand::random::<[u8; 32]>());
     edit_secrets(&d.data_dir, |t| set_session_keys(t, &[("s2", &new_key), ("s1", &old_key)]));
