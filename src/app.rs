@@ -17,8 +17,8 @@ pub struct AppState {
     pub store: Store,
     /// Join-window defaults.
     pub policy: BookingPolicy,
-    /// Session-token keys.
-    pub session_keys: SessionKeys,
+    /// Session-token keys (newest signs, all verify); replaced on SIGHUP, read with [`AppState::session_keys`].
+    pub session_keys: Arc<std::sync::RwLock<Arc<SessionKeys>>>,
     /// Session-token lifetime (capped at `hard_end_at`).
     pub session_ttl: Duration,
     /// Secret that signs new TURN credentials (the first of the rotation list; replaced on SIGHUP).
@@ -38,6 +38,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The current session-token keys.
+    pub fn session_keys(&self) -> Arc<SessionKeys> {
+        self.session_keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The WebSocket URL of the native signaling endpoint.
     pub fn signal_url(&self) -> String {
         let base = &self.public_base;

@@ -1,4 +1,4 @@
-//! Command line (clap): `duet serve`, `duet check-config`.
+//! Command line (clap): `duet serve`, `duet check-config`, `duet api-key rotate|revoke`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::api_key::AdminKey;
 use crate::config::{Config, LogFormat, Overrides, RawConfig};
 
 /// Self-hosted call infrastructure for scheduled 1-on-1 video meetings.
@@ -25,6 +26,37 @@ pub enum Cmd {
     /// Parse and validate the configuration, print the effective settings (secrets hidden); exit 1 naming the
     /// field on error.
     CheckConfig(ConfigArgs),
+    /// Rotate or revoke the admin API key (`<data_dir>/api-key`); works while the daemon runs, effective at once.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCmd),
+}
+
+/// `duet api-key …`.
+#[derive(Subcommand, Debug)]
+pub enum ApiKeyCmd {
+    /// Write a new admin key to `<data_dir>/api-key` (0600); the old key is refused from the next request on.
+    Rotate {
+        /// Where the data directory is.
+        #[command(flatten)]
+        target: DataDirArgs,
+        /// Also print the new key on stdout (keep it off shared logs).
+        #[arg(long)]
+        print: bool,
+    },
+    /// Revoke the admin key (401 from the next request on) and remove the `api-key` file; restarts keep it revoked
+    /// until `duet api-key rotate` issues a new key.
+    Revoke(DataDirArgs),
+}
+
+/// The data directory, from the config file and/or `--data-dir`.
+#[derive(Args, Debug)]
+pub struct DataDirArgs {
+    /// TOML configuration file whose `data_dir` to use (see config.toml.example).
+    #[arg(long, short = 'c', env = "DUET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory; overrides `data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Config file and overrides.
@@ -76,6 +108,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::ApiKey(cmd) => match api_key_command(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Serve(args) => {
             let config = match args.load() {
                 Ok(c) => c,
@@ -104,6 +143,59 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs `duet api-key rotate|revoke` against the data directory of the config (which must exist: the daemon creates
+/// it on first start).
+fn api_key_command(cmd: ApiKeyCmd) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let target = match &cmd {
+        ApiKeyCmd::Rotate { target, .. } | ApiKeyCmd::Revoke(target) => target,
+    };
+    let raw = match &target.config {
+        Some(p) => RawConfig::from_file(p)?,
+        None => RawConfig::default(),
+    };
+    let config = raw.into_config(&Overrides { data_dir: target.data_dir.clone(), ..Overrides::default() })?;
+    let dir = &config.data_dir;
+    if !dir.join("duet.sqlite3").is_file() {
+        anyhow::bail!("no database in {}: run `duet serve` with this data directory first", dir.display());
+    }
+    let data = crate::data_dir::DataDir::open(dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let db = data.database()?;
+        let store = crate::booking::store::Store::open(&db)
+            .await
+            .with_context(|| format!("opening database {}", db.display()))?;
+        let now = crate::app::unix_now();
+        match cmd {
+            ApiKeyCmd::Rotate { print, .. } => {
+                let key = crate::api_key::rotate(&data, &store, now).await?;
+                let note = format!(
+                    "duet: new admin API key written to {} (mode 0600); the previous key is refused from now on",
+                    data.api_key_file().display()
+                );
+                if print {
+                    eprintln!("{note}");
+                    println!("{key}");
+                } else {
+                    println!("{note}");
+                }
+            }
+            ApiKeyCmd::Revoke(_) => {
+                let changed = crate::api_key::revoke(&data, &store, now).await?;
+                println!(
+                    "duet: admin API key {}; {} removed. The API answers 401 until `duet api-key rotate` (a restart \
+                     does not create a new key).",
+                    if changed { "revoked" } else { "was already revoked" },
+                    data.api_key_file().display()
+                );
+            }
+        }
+        store.close().await;
+        Ok(())
+    })
+}
+
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -116,10 +208,17 @@ fn init_logging(config: &Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let deadline = config.drain_deadline;
     let running = crate::daemon::start(config).await?;
-    if running.api_key_created {
-        eprintln!("duet: generated an admin API key in {} (mode 0600)", running.api_key_file.display());
-    } else {
-        eprintln!("duet: admin API key in {}", running.api_key_file.display());
+    // Handlers before the ready line: a SIGHUP sent as soon as the daemon says it is ready must reload, not kill it
+    // (SIGHUP's default action is to terminate).
+    let signals = Signals::install()?;
+    let key_file = running.api_key_file.display();
+    match running.api_key {
+        AdminKey::Generated => eprintln!("duet: generated an admin API key in {key_file} (mode 0600)"),
+        AdminKey::Loaded => eprintln!("duet: admin API key in {key_file}"),
+        AdminKey::Revoked => {
+            tracing::warn!("the admin API key is revoked: the API answers 401; `duet api-key rotate` issues a new key");
+            eprintln!("duet: the admin API key is revoked; run `duet api-key rotate` to write a new one to {key_file}");
+        }
     }
     eprintln!(
         "duet: serving {} (API, join pages, WebSocket), TURN/STUN udp {:?}, admin http://{}/metrics",
@@ -152,7 +251,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    if wait_for_signal(&running.reload).await == Stop::Drain {
+    if wait_for_signal(signals, &running.reload).await == Stop::Drain {
         drain(&running, deadline).await;
     }
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -212,12 +311,27 @@ async fn drain(running: &crate::daemon::Running, deadline: std::time::Duration) 
     }
 }
 
-/// Waits for SIGTERM (drain) or SIGINT (stop now); SIGHUP reloads the TURNS certificate and the TURN secrets
-/// meanwhile.
-async fn wait_for_signal(reload: &crate::daemon::Reload) -> Stop {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+/// The SIGTERM and SIGHUP streams of [`wait_for_signal`].
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use anyhow::Context;
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing a SIGHUP handler")?,
+        })
+    }
+}
+
+/// Waits for SIGTERM (drain) or SIGINT (stop now); SIGHUP reloads the TLS certificates and keys, the TURN secrets and
+/// the session keys meanwhile.
+async fn wait_for_signal(signals: Signals, reload: &crate::daemon::Reload) -> Stop {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Stop::Now,
@@ -228,7 +342,7 @@ async fn wait_for_signal(reload: &crate::daemon::Reload) -> Stop {
                 states.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
                 notify(&states);
                 match reload.reload() {
-                    Ok(()) => tracing::info!("reloaded certificates and TURN secrets"),
+                    Ok(()) => tracing::info!("reloaded certificates, TURN secrets and session keys"),
                     Err(e) => tracing::error!("reload failed, keeping the running settings: {e:#}"),
                 }
                 notify(&[sd_notify::NotifyState::Ready]);

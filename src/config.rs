@@ -198,6 +198,8 @@ pub struct RawBooking {
     pub max_duration: Option<String>,
     /// How far in the past `start_at` may be when creating a booking (default `60s`).
     pub start_leeway: Option<String>,
+    /// How far in the future `start_at` may be when creating a booking (default `365d`).
+    pub horizon: Option<String>,
 }
 
 /// `[tokens]`: session tokens (JWT HS256).
@@ -423,6 +425,8 @@ pub struct BookingPolicy {
     pub max_duration: Duration,
     /// Accepted age of `start_at` at creation.
     pub start_leeway: Duration,
+    /// Latest accepted `start_at` at creation, counted from now (`422 outside_booking_horizon` beyond).
+    pub horizon: Duration,
 }
 
 /// Validated `[signaling]`.
@@ -653,7 +657,11 @@ impl RawConfig {
             overrun_grace: duration("booking.overrun_grace", &b.overrun_grace, Duration::from_secs(900))?,
             max_duration: duration("booking.max_duration", &b.max_duration, Duration::from_secs(8 * 3600))?,
             start_leeway: duration("booking.start_leeway", &b.start_leeway, Duration::from_secs(60))?,
+            horizon: duration("booking.horizon", &b.horizon, Duration::from_secs(365 * 86_400))?,
         };
+        if booking.horizon.is_zero() {
+            return Err(invalid("booking.horizon", "must be longer than 0s, e.g. \"365d\""));
+        }
         let s = &self.signaling;
         let ping_interval = duration("signaling.ping_interval", &s.ping_interval, Duration::from_secs(20))?;
         let signaling = SignalingConfig {
@@ -810,6 +818,7 @@ mod tests {
         assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
         assert!(c.all_loopback());
         assert_eq!(c.booking.overrun_grace, Duration::from_secs(900));
+        assert_eq!(c.booking.horizon, Duration::from_secs(365 * 86_400));
         assert_eq!(
             c.http_limits,
             HttpLimits {
@@ -862,6 +871,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("booking.early_join"), "{e}");
+        let e = RawConfig::from_toml("[booking]\nhorizon = \"0s\"\n")
+            .unwrap()
+            .into_config(&Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("booking.horizon"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! sockets, clocks, files and SQL; see `DESIGN.md` §1.
 
 pub mod admin;
+pub mod api_key;
 pub mod app;
 pub mod booking;
 pub mod cli;

@@ -171,6 +171,33 @@ async fn api_rejects_malformed_bodies() {
     assert!(mismatches.is_empty(), "error responses differ from the contract:\n{}", mismatches.join("\n"));
 }
 
+/// Issue 7 item 15: a booking may start at most `[booking] horizon` (default 365 days) from now; later (year 9999
+/// included) answers `422 outside_booking_horizon` naming `start_at`, and nothing is stored.
+#[tokio::test]
+async fn api_refuses_bookings_beyond_the_horizon() {
+    const DAY: i64 = 86_400;
+    let mut d = Daemon::start("");
+    let auth = format!("Bearer {}", d.api_key);
+    let mut year_9999 = booking_body(600, 1800);
+    year_9999["start_at"] = json!("9999-06-01T10:00:00Z");
+    year_9999["end_at"] = json!("9999-06-01T10:30:00Z");
+    let mut mismatches = Vec::new();
+    for (case, body) in [("start in year 9999", year_9999), ("start in 366 days", booking_body(366 * DAY, 1800))] {
+        let (got, _, json) = post_booking_raw(&d, Some(&auth), body.to_string()).await;
+        mismatches.extend(api_error_mismatch(case, (got, json), 422, "outside_booking_horizon", Some("start_at")));
+        api_still_serves(&mut d, case).await;
+    }
+    assert!(mismatches.is_empty(), "bookings beyond the default horizon:\n{}", mismatches.join("\n"));
+    let (status, body) = d.create_booking(&booking_body(364 * DAY, 1800)).await;
+    assert_eq!(status, 201, "a booking 364 days ahead is inside the default 365-day horizon: {body}");
+
+    let d = Daemon::start("[booking]\nhorizon = \"2h\"\n");
+    let (status, body) = d.create_booking(&booking_body(3 * 3600, 1800)).await;
+    assert_api_error("3 h ahead with horizon = 2h", (status, body), 422, "outside_booking_horizon", Some("start_at"));
+    let (status, body) = d.create_booking(&booking_body(3600, 1800)).await;
+    assert_eq!(status, 201, "a booking 1 h ahead is inside a 2 h horizon: {body}");
+}
+
 #[tokio::test]
 async fn api_unknown_booking_and_link_are_404() {
     let mut d = Daemon::start("");

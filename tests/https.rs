@@ -45,9 +45,7 @@ fn https_request(addr: &str, request: &str) -> String {
 
 fn self_signed(dir: &std::path::Path) -> (String, String) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&c, cert.cert.pem()).unwrap();
-    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    let (c, k) = common::write_tls_pair(dir, &cert.cert.pem(), &cert.signing_key.serialize_pem());
     (c.display().to_string(), k.display().to_string())
 }
 

@@ -99,12 +99,9 @@ fn self_signed(cn: &str, serial: u64) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-/// Writes cert.pem / key.pem into `dir`; returns their paths.
+/// Writes cert.pem / key.pem (0600) into `dir`; returns their paths.
 fn write_pair(dir: &Path, pair: &(String, String)) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, &pair.0).unwrap();
-    std::fs::write(&key, &pair.1).unwrap();
-    (cert, key)
+    common::write_tls_pair(dir, &pair.0, &pair.1)
 }
 
 /// Config for TCP and TLS listeners on 127.0.0.1:0 with the given certificate files.

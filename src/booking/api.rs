@@ -273,6 +273,19 @@ pub async fn create_booking(
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "start_in_past", "`start_at` is in the past")
             .field("start_at"));
     }
+    let horizon = i64::try_from(state.policy.horizon.as_secs()).unwrap_or(i64::MAX);
+    if start > now.saturating_add(horizon) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outside_booking_horizon",
+            match horizon % 86_400 {
+                0 => format!("`start_at` may be at most {} days in the future", horizon / 86_400),
+                _ => format!("`start_at` may be at most {horizon} s in the future"),
+            },
+        )
+        .field("start_at")
+        .with("latest_start_at", json!(rfc3339(now.saturating_add(horizon)))));
+    }
     let hosts = req.participants.iter().filter(|p| p.role == "host").count();
     let guests = req.participants.iter().filter(|p| p.role == "guest").count();
     if req.participants.len() != 2 || hosts != 1 || guests != 1 {
@@ -424,7 +437,7 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
         role: p.role,
         seq: b.sequence,
     };
-    let session_token = state.session_keys.sign(&claims);
+    let session_token = state.session_keys().sign(&claims);
     tracing::info!(target: "booking", booking = %b.id, role = p.role.as_str(), "join admitted");
     let body = json!({
         "session_token": session_token,

@@ -91,6 +91,21 @@ pub struct NewParticipant {
     pub link_token_hash: Vec<u8>,
 }
 
+/// An API key row (the key itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// `key_…` (the admin key is `key_admin`).
+    pub id: String,
+    /// The tenant it authenticates as.
+    pub tenant_id: String,
+    /// SHA-256 of the key (32 bytes).
+    pub key_hash: Vec<u8>,
+    /// Creation of the current key, Unix seconds.
+    pub created_at: i64,
+    /// Revocation, Unix seconds; a revoked key answers 401.
+    pub revoked_at: Option<i64>,
+}
+
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,21 +137,65 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Waits for the connections to close (checkpointing the WAL); for short-lived users such as `duet api-key`.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Cheap liveness query for `/readyz`.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Registers an API key hash for a tenant if it is not known yet.
-    pub async fn ensure_api_key(&self, id: &str, tenant: &str, key_hash: &[u8], now: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key_hash) DO NOTHING")
-            .bind(id)
-            .bind(tenant)
-            .bind(key_hash)
+    /// Sets the key of API key `id` (SHA-256 `key_hash`) for `tenant`, inserting the row if `id` is new. A different
+    /// hash replaces the stored one (the old key stops authenticating at once) and clears `revoked_at`; the same hash
+    /// changes nothing, so a revoked key stays revoked. Returns whether the row was inserted or changed.
+    ///
+    /// Errors: [`StoreError::Db`], e.g. a unique violation when another key id already has this hash.
+    pub async fn upsert_api_key(&self, id: &str, tenant: &str, key_hash: &[u8], now: i64) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id, key_hash = excluded.key_hash, \
+             created_at = excluded.created_at, revoked_at = NULL WHERE api_keys.key_hash <> excluded.key_hash",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(key_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Marks API key `id` revoked at `now` (Unix seconds): it answers 401 from the next request on. Returns false when
+    /// there is no such key or it was already revoked.
+    pub async fn revoke_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let changed = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
             .bind(now)
+            .bind(id)
             .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// API key `id`, if stored.
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query("SELECT id, tenant_id, key_hash, created_at, revoked_at FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(())
+        row.map(|r| {
+            Ok(ApiKey {
+                id: r.try_get("id")?,
+                tenant_id: r.try_get("tenant_id")?,
+                key_hash: r.try_get("key_hash")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .transpose()
     }
 
     /// The tenant of a live (not revoked) API key.

@@ -14,8 +14,9 @@ use super::window::Role;
 pub const ISSUER: &str = "duet";
 /// Audience of session tokens: the signaling hub.
 pub const AUDIENCE: &str = "duet:signal";
-/// Key id in the JWT header (for future rotation).
-pub const KID: &str = "s1";
+/// Key id (JWT header `kid`) of the single `session_key` of older `secrets.toml` files, and of the first generated
+/// entry of `session_keys`.
+pub const LEGACY_KID: &str = "s1";
 
 /// A fresh link token: 256 random bits, base64url without padding (43 characters).
 pub fn new_link_token() -> String {
@@ -59,11 +60,15 @@ pub struct SessionClaims {
     pub seq: i64,
 }
 
-/// Signs and verifies session tokens with one HS256 key.
+/// Signs and verifies session tokens (HS256, RFC 7518 §3.2). The newest key signs, with its id in the JWT header
+/// `kid` (RFC 7515 §4.1.4); every key verifies the tokens carrying its `kid`, so tokens signed before a rotation stay
+/// valid until they expire or their key is removed.
 #[derive(Clone)]
 pub struct SessionKeys {
-    enc: EncodingKey,
-    dec: DecodingKey,
+    /// `kid` and key of the signing (newest) key.
+    signing: (String, EncodingKey),
+    /// Every key by `kid`, the signing one first.
+    verifying: Vec<(String, DecodingKey)>,
 }
 
 /// Why a session token was refused (close code 4001).
@@ -72,29 +77,50 @@ pub struct SessionKeys {
 pub struct TokenError(#[from] jsonwebtoken::errors::Error);
 
 impl SessionKeys {
-    /// From a key of at least 32 bytes.
-    pub fn new(key: &[u8]) -> SessionKeys {
-        SessionKeys { enc: EncodingKey::from_secret(key), dec: DecodingKey::from_secret(key) }
+    /// The signing key `key` (at least 32 bytes, checked by `secrets.toml` loading) with id `kid`.
+    pub fn new(kid: &str, key: &[u8]) -> SessionKeys {
+        SessionKeys {
+            signing: (kid.to_string(), EncodingKey::from_secret(key)),
+            verifying: vec![(kid.to_string(), DecodingKey::from_secret(key))],
+        }
     }
 
-    /// Signs claims (HS256, `kid` set).
+    /// Adds an older key that still verifies its tokens but no longer signs.
+    pub fn with_older(mut self, kid: &str, key: &[u8]) -> SessionKeys {
+        self.verifying.push((kid.to_string(), DecodingKey::from_secret(key)));
+        self
+    }
+
+    /// The `kid` new tokens carry.
+    pub fn signing_kid(&self) -> &str {
+        &self.signing.0
+    }
+
+    /// Signs claims (HS256, `kid` of the newest key).
     pub fn sign(&self, claims: &SessionClaims) -> String {
         let mut h = Header::new(Algorithm::HS256);
-        h.kid = Some(KID.into());
+        h.kid = Some(self.signing.0.clone());
         // Encoding HS256 with an in-memory key and serialisable claims cannot fail.
-        jsonwebtoken::encode(&h, claims, &self.enc).expect("HS256 encoding of plain claims")
+        jsonwebtoken::encode(&h, claims, &self.signing.1).expect("HS256 encoding of plain claims")
     }
 
-    /// Verifies signature (HS256 only: `alg:none` and others are refused), `exp` (required), `nbf`, `iss`, `aud`,
-    /// with 5 s leeway.
+    /// Verifies with the key named by the header's `kid` (a missing or unknown `kid` is refused): signature (HS256
+    /// only: `alg:none` and others are refused), `exp` (required), `nbf`, `iss`, `aud`, with 5 s leeway.
     pub fn verify(&self, token: &str) -> Result<SessionClaims, TokenError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying.iter().find(|(k, _)| k == kid))
+            .map(|(_, key)| key)
+            .ok_or_else(|| TokenError(jsonwebtoken::errors::ErrorKind::InvalidToken.into()))?;
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 5;
         v.validate_nbf = true;
         v.set_audience(&[AUDIENCE]);
         v.set_issuer(&[ISSUER]);
         v.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
-        Ok(jsonwebtoken::decode::<SessionClaims>(token, &self.dec, &v)?.claims)
+        Ok(jsonwebtoken::decode::<SessionClaims>(token, key, &v)?.claims)
     }
 }
 
@@ -127,18 +153,49 @@ mod tests {
 
     #[test]
     fn roundtrip_and_tamper() {
-        let k = SessionKeys::new(&[7u8; 32]);
+        let k = SessionKeys::new(LEGACY_KID, &[7u8; 32]);
         let far = 4_000_000_000;
         let t = k.sign(&claims(far));
         assert_eq!(k.verify(&t).unwrap(), claims(far));
-        let other = SessionKeys::new(&[8u8; 32]);
+        let other = SessionKeys::new(LEGACY_KID, &[8u8; 32]);
         assert!(other.verify(&t).is_err(), "another key must not verify");
         assert!(k.verify(&k.sign(&claims(1000))).is_err(), "expired");
     }
 
+    fn kid_of(token: &str) -> Option<String> {
+        jsonwebtoken::decode_header(token).unwrap().kid
+    }
+
+    #[test]
+    fn rotation_signs_with_the_newest_kid_and_verifies_older_ones() {
+        let far = 4_000_000_000;
+        let old = SessionKeys::new("s1", &[1u8; 32]);
+        let old_token = old.sign(&claims(far));
+        assert_eq!(kid_of(&old_token).as_deref(), Some("s1"));
+
+        let rotated = SessionKeys::new("s2", &[2u8; 32]).with_older("s1", &[1u8; 32]);
+        assert_eq!(rotated.signing_kid(), "s2");
+        let new_token = rotated.sign(&claims(far));
+        assert_eq!(kid_of(&new_token).as_deref(), Some("s2"));
+        assert_eq!(rotated.verify(&old_token).unwrap(), claims(far), "a token of the older key still verifies");
+        assert_eq!(rotated.verify(&new_token).unwrap(), claims(far));
+
+        // The old key removed: its tokens are refused; a new token never verifies with the old key alone.
+        let retired = SessionKeys::new("s2", &[2u8; 32]);
+        assert!(retired.verify(&old_token).is_err());
+        assert!(old.verify(&new_token).is_err(), "unknown kid");
+        // The right kid with another key's signature, and no kid at all, are refused.
+        let forged = SessionKeys::new("s2", &[9u8; 32]).sign(&claims(far));
+        assert!(rotated.verify(&forged).is_err());
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = None;
+        let no_kid = jsonwebtoken::encode(&h, &claims(far), &EncodingKey::from_secret(&[2u8; 32])).unwrap();
+        assert!(rotated.verify(&no_kid).is_err(), "a token without kid");
+    }
+
     #[test]
     fn alg_none_is_refused() {
-        let k = SessionKeys::new(&[7u8; 32]);
+        let k = SessionKeys::new(LEGACY_KID, &[7u8; 32]);
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(4_000_000_000)).unwrap());
         let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         assert!(k.verify(&format!("{head}.{body}.")).is_err());

@@ -103,6 +103,7 @@ mod tests {
             overrun_grace: Duration::from_secs(900),
             max_duration: Duration::from_secs(8 * 3600),
             start_leeway: Duration::from_secs(60),
+            horizon: Duration::from_secs(365 * 86_400),
         }
     }
 

@@ -1,6 +1,7 @@
 //! TLS for TURNS listeners (RFC 8656 §3.1, rustls with the `ring` provider, TLS 1.2 and 1.3 only). The certificate
 //! and key are PEM files from the config; [`TlsConfig::reload`] swaps them at run time (SIGHUP) without dropping
-//! established connections: each new handshake uses the current pair.
+//! established connections: each new handshake uses the current pair. A key file that group or others may access is
+//! refused at load and at reload (chmod 600).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -26,6 +27,7 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     if certs.is_empty() {
         anyhow::bail!("{}: no certificate found", cert.display());
     }
+    crate::data_dir::check_private(key).context("TLS private key")?;
     let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading private key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -38,7 +40,8 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 }
 
 impl TlsConfig {
-    /// Loads a PEM certificate chain and private key.
+    /// Loads a PEM certificate chain and private key. Errors: a missing or unparsable file, a key that does not match
+    /// the certificate, a key file that group or others may access.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsConfig> {
         let acceptor = load(cert, key)?;
         Ok(TlsConfig { cert: cert.to_path_buf(), key: key.to_path_buf(), current: Arc::new(RwLock::new(acceptor)) })

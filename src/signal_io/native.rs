@@ -112,7 +112,7 @@ pub async fn upgrade(
 }
 
 async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'static str)> {
-    let claims = state.session_keys.verify(token).map_err(|_| (close_code::BAD_TOKEN, "invalid or expired token"))?;
+    let claims = state.session_keys().verify(token).map_err(|_| (close_code::BAD_TOKEN, "invalid or expired token"))?;
     let booking = state
         .store
         .booking(None, &claims.bkg)

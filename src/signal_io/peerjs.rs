@@ -37,7 +37,7 @@ async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Sco
     if cfg.allow_static_key && bool::from(key.as_bytes().ct_eq(cfg.key.as_bytes())) {
         return Some((format!("key:{key}"), None));
     }
-    let claims = state.session_keys.verify(key).ok()?;
+    let claims = state.session_keys().verify(key).ok()?;
     let b = state.store.booking(None, &claims.bkg).await.ok()??;
     let participant = b.participants.iter().find(|p| p.id == claims.sub)?;
     let (role, participant) = (participant.role, participant.id.clone());

@@ -51,8 +51,12 @@ impl Daemon {
 
     /// POST /v1/bookings with the API key; returns (status, body).
     pub async fn create_booking(&self, body: &Value) -> (u16, Value) {
-        let r =
-            self.client().post(self.url("/v1/bookings")).bearer_auth(&self.api_key).json(body).send().await.unwrap();
+        self.create_booking_with(&self.api_key, body).await
+    }
+
+    /// POST /v1/bookings with `Authorization: Bearer <api_key>`; returns (status, body).
+    pub async fn create_booking_with(&self, api_key: &str, body: &Value) -> (u16, Value) {
+        let r = self.client().post(self.url("/v1/bookings")).bearer_auth(api_key).json(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -83,6 +87,28 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes a PEM certificate chain and private key into `dir` as `cert.pem` and `key.pem`, the key with mode 0600 (the
+/// daemon refuses a key file that group or others may read); returns their paths.
+pub fn write_tls_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, cert_pem).unwrap_or_else(|e| panic!("write {}: {e}", cert.display()));
+    std::fs::write(&key, key_pem).unwrap_or_else(|e| panic!("write {}: {e}", key.display()));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert, key)
+}
+
+/// Runs the `duet` binary with `args` (e.g. `["api-key", "rotate", "--data-dir", …]`) to completion (60 s at most).
+pub fn run_duet<I, S>(args: I) -> process::Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(args);
+    process::run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
 /// RFC 3339 (UTC, seconds) for now + `offset_s`.
@@ -165,9 +191,8 @@ pub fn start_with_args(args: &[&str], cwd: &Path) -> Daemon {
     from_ready(child, &ready, &api_key_file, data_dir)
 }
 
-/// Writes the config file next to `data_dir` (every listener on 127.0.0.1:0, then `extra_config`) and boots
-/// `duet serve` with it; also returns the parsed ready line.
-fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
+/// Writes the config file next to `data_dir` (every listener on 127.0.0.1:0, then `extra_config`); returns its path.
+fn write_config(data_dir: &Path, extra_config: &str) -> PathBuf {
     std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
     let config_path = data_dir.parent().unwrap().join("config.toml");
     let config = format!(
@@ -175,6 +200,24 @@ fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
         dd = data_dir.display().to_string()
     );
     std::fs::write(&config_path, merge_tables(&config)).unwrap();
+    config_path
+}
+
+/// Runs `duet serve` as [`Daemon::start_in`] would and expects it to refuse to start: panics if it exits with 0 (or
+/// keeps running for 30 s); returns the run for its stderr.
+pub fn serve_refused(data_dir: &Path, extra_config: &str) -> process::Finished {
+    let config_path = write_config(data_dir, extra_config);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(["serve", "--config"]).arg(&config_path).env("RUST_LOG", "warn");
+    let run = process::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(!run.status.success(), "duet serve must refuse to start; it exited with 0:\n{}", run.stderr);
+    run
+}
+
+/// Writes the config file next to `data_dir` (see [`write_config`]) and boots `duet serve` with it; also returns the
+/// parsed ready line.
+fn start_in_with_ready(data_dir: &Path, extra_config: &str) -> (Daemon, Value) {
+    let config_path = write_config(data_dir, extra_config);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
     cmd.args(["serve", "--config"]).arg(&config_path);
     let (child, ready) = spawn_ready(cmd);
@@ -200,10 +243,12 @@ fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBu
     let addr = |k: &str| -> SocketAddr {
         ready_addr(ready, k).unwrap_or_else(|| panic!("ready line lacks an address for {k}: {ready}"))
     };
-    let api_key = std::fs::read_to_string(api_key_file)
-        .unwrap_or_else(|e| panic!("read {}: {e}", api_key_file.display()))
-        .trim()
-        .to_string();
+    // No file: the admin key was revoked (`duet api-key revoke`); the key is then empty.
+    let api_key = match std::fs::read_to_string(api_key_file) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("read {}: {e}", api_key_file.display()),
+    };
     Daemon {
         http: addr("http"),
         turn_udp: addr("turn_udp"),
@@ -262,6 +307,30 @@ pub fn assert_alive(d: &mut Daemon) {
         Ok(Some(status)) => panic!("the duet daemon is no longer running: {status}"),
         Err(e) => panic!("cannot query the duet daemon process: {e}"),
     }
+}
+
+/// Opens a native signaling WebSocket with a join response's `session_token`: `Ok(first text frame)` (the `welcome`)
+/// or `Err(close code)` when the server closes first (e.g. 4001 for a refused token). Panics after 10 s.
+pub async fn signal_first_frame(join: &Value) -> Result<Value, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "{}?token={}",
+        join["signal_url"].as_str().expect("join has signal_url"),
+        join["session_token"].as_str().expect("join has session_token")
+    );
+    let first = async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("WebSocket upgrade");
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("a JSON text frame")),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map_or(1005, |f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                other => panic!("signaling socket ended without a frame: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), first).await.unwrap_or_else(|_| panic!("no frame within 10 s"))
 }
 
 /// POST /v1/join for the participant of `booking` (a create-booking response) with `role`; asserts 200, returns the body.
