@@ -56,7 +56,8 @@
 //! - Every TURN request (Allocate, Refresh, CreatePermission, ChannelBind) is authenticated with
 //!   the long-term mechanism on TURN REST credentials, and the HMAC, the credential expiry and
 //!   the booking's revocation are checked on each one (DESIGN §4). Nonces are stateless; no state
-//!   is kept per client before it authenticates except a fixed-size hashed 401 rate limiter.
+//!   is kept per client before it authenticates except a fixed-size hashed 401 rate limiter
+//!   (UDP only: replies on TCP/TLS are never suppressed).
 //!   Legacy static credentials ([`StaticCredential`], `vy` mode only) are looked up first, in
 //!   constant time; they never expire but have their own allocation quota.
 //! - An allocation ends when its lifetime passes, on Refresh 0, when its credential expiry (the
