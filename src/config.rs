@@ -161,6 +161,12 @@ pub struct RawTurn {
     /// Legacy static long-term credentials for Virtual Y clients, whose TURN settings are fixed in the site's
     /// config (DESIGN §4): `[[turn.static_credentials]]` tables of `username`, `password`, `max_allocations`.
     pub static_credentials: Option<Vec<RawStaticCredential>>,
+    /// TCP and TLS client connections open at once, all listeners together (default 10000).
+    pub max_stream_connections: Option<usize>,
+    /// TCP and TLS client connections open at once from one client IP, IPv6 by /64 (default 128).
+    pub stream_connections_per_ip: Option<usize>,
+    /// A TCP/TLS connection on which no request has authenticated by then is closed (default `"20s"`, 1 s to 5 min).
+    pub auth_deadline: Option<String>,
 }
 
 /// One `[[turn.static_credentials]]` entry.
@@ -363,6 +369,12 @@ pub struct TurnConfig {
     pub max_allocations: u32,
     /// Send SOFTWARE.
     pub software: bool,
+    /// TCP/TLS connection cap, all listeners.
+    pub max_stream_connections: usize,
+    /// TCP/TLS connection cap per client IP (IPv6 /64).
+    pub stream_connections_per_ip: usize,
+    /// Time a TCP/TLS connection has to authenticate a request.
+    pub auth_deadline: Duration,
 }
 
 /// Validated `[booking]` (DESIGN §3).
@@ -584,7 +596,19 @@ impl RawConfig {
             allocations_per_ip: self.turn.allocations_per_ip.unwrap_or(16),
             max_allocations: self.turn.max_allocations.unwrap_or(10_000),
             software: self.turn.software.unwrap_or(false),
+            max_stream_connections: self.turn.max_stream_connections.unwrap_or(10_000),
+            stream_connections_per_ip: self.turn.stream_connections_per_ip.unwrap_or(128),
+            auth_deadline: duration("turn.auth_deadline", &self.turn.auth_deadline, Duration::from_secs(20))?,
         };
+        if turn.max_stream_connections == 0 || turn.stream_connections_per_ip == 0 {
+            return Err(invalid(
+                "turn.max_stream_connections",
+                "max_stream_connections and stream_connections_per_ip must be positive",
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&turn.auth_deadline) {
+            return Err(invalid("turn.auth_deadline", "from 1s to 5m"));
+        }
         let b = &self.booking;
         let booking = BookingPolicy {
             early_join: duration("booking.early_join", &b.early_join, Duration::from_secs(600))?,

@@ -75,7 +75,8 @@
 //! # Modules
 //!
 //! [`stun`] codec and RFC 5769 vectors, [`channel`] ChannelData, [`framing`] TCP/TLS framing,
-//! [`auth`] credentials and nonces, [`policy`] peer policy, [`server`] the state machine.
+//! [`auth`] credentials and nonces, [`policy`] peer policy, [`ratelimit`] per-source rate
+//! limiter, [`server`] the state machine.
 
 #![deny(unsafe_code)]
 
@@ -83,6 +84,7 @@ pub mod auth;
 pub mod channel;
 pub mod framing;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod stun;
 
@@ -90,6 +92,7 @@ pub use auth::{NonceCodec, RestUsername, long_term_key, rest_password};
 pub use channel::{ChannelNumber, write_channel_data_header};
 pub use framing::{FramingError, stream_frame_len};
 pub use policy::{IpNet, PeerDenied, PeerPolicy};
+pub use ratelimit::SourceRateLimiter;
 pub use server::{
     AddressFamily, ClientDelivery, Command, FiveTuple, PeerTransmit, PendingAllocation, Server, ServerConfig,
     StaticCredential, Stats, Transport, encode_data_indication,

@@ -6,9 +6,7 @@
 //! peer IP → `Permission`, channel → `ChannelBinding`, peer address → channel.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -17,6 +15,7 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use crate::auth::{NonceCodec, RestUsername, long_term_key, rest_password};
 use crate::channel::{ChannelNumber, parse_channel_data};
 use crate::policy::PeerPolicy;
+use crate::ratelimit::SourceRateLimiter;
 use crate::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code, family};
 
 /// Lifetime of a permission (RFC 8656 §9: 300 s, not negotiable).
@@ -31,9 +30,6 @@ pub const CHANNEL_REBIND_GUARD: Duration = Duration::from_secs(300);
 pub const MAX_PEERS_PER_REQUEST: usize = 16;
 /// Unknown comprehension-required attribute types listed in a 420 response.
 const MAX_UNKNOWN: usize = 16;
-/// Buckets of the per-source-IP 401 rate limiter over UDP (hashed; a collision only makes
-/// limiting stricter). 4096 × 8 bytes.
-const RATE_BUCKETS: usize = 4096;
 /// Deadlines further away than this are clamped (protects `Instant` arithmetic from overflow).
 const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Smallest bucket size of a bandwidth cap, bytes: one maximal ChannelData / Send payload
@@ -620,47 +616,6 @@ fn static_entries(realm: &str, creds: &[StaticCredential]) -> Vec<StaticEntry> {
         .collect()
 }
 
-/// Per-source-IP reply limiter: a token bucket of `burst` replies refilled at `rate` per second
-/// for each of [`RATE_BUCKETS`] hashed buckets, kept as GCRA "theoretical arrival times" in
-/// nanoseconds since `epoch` (one `u64` per bucket, no allocation after start). IPv6 sources are
-/// keyed by their /64 (one subscriber's prefix), IPv4-mapped ones as the IPv4 address.
-#[derive(Debug)]
-struct RateLimiter {
-    epoch: Instant,
-    /// Per bucket: the instant (ns since `epoch`) at which the bucket is full again.
-    tat: Vec<u64>,
-    hasher: RandomState,
-}
-
-impl RateLimiter {
-    fn new(epoch: Instant) -> Self {
-        RateLimiter { epoch, tat: vec![0; RATE_BUCKETS], hasher: RandomState::new() }
-    }
-
-    /// Takes one token of `ip`'s bucket if it has one. `rate` 0 or `burst` 0 allow nothing.
-    fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32, burst: u32) -> bool {
-        if rate == 0 || burst == 0 {
-            return false;
-        }
-        let key = match crate::policy::canonical_ip(ip) {
-            IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into()),
-            v4 => v4,
-        };
-        let now_ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
-        let interval = 1_000_000_000 / u64::from(rate);
-        let i = (self.hasher.hash_one(key) as usize) % RATE_BUCKETS;
-        let Some(tat) = self.tat.get_mut(i) else {
-            return false;
-        };
-        let next = (*tat).max(now_ns).saturating_add(interval);
-        if next - now_ns > interval.saturating_mul(u64::from(burst)) {
-            return false;
-        }
-        *tat = next;
-        true
-    }
-}
-
 /// The attributes of a request the server acts on, gathered in one pass (no allocation).
 #[derive(Debug, Default)]
 struct Request<'a> {
@@ -793,7 +748,7 @@ pub struct Server {
     revoked: HashMap<Box<str>, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     commands: VecDeque<Command>,
-    limiter: RateLimiter,
+    limiter: SourceRateLimiter,
     /// Static credentials with precomputed keys (from `config.static_credentials`).
     statics: Vec<StaticEntry>,
     /// TCP/TLS connections on which a request has passed authentication (see
@@ -844,7 +799,7 @@ impl Server {
             revoked: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
-            limiter: RateLimiter::new(now),
+            limiter: SourceRateLimiter::new(now),
             authenticated_streams: HashSet::new(),
             stats: Stats::default(),
         }
@@ -1838,31 +1793,6 @@ mod tests {
         assert_eq!(c.instant_of(t0, 10), t0);
         // A far-future expiry is clamped instead of overflowing.
         assert!(c.instant_of(t0, u64::MAX) > t0);
-    }
-
-    #[test]
-    fn rate_limiter_bursts_then_refills_at_rate() {
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(t0);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..3 {
-            assert!(r.allow(t0, ip, 10, 3));
-        }
-        assert!(!r.allow(t0, ip, 10, 3), "burst used up");
-        assert!(!r.allow(t0 + Duration::from_millis(99), ip, 10, 3));
-        assert!(r.allow(t0 + Duration::from_millis(100), ip, 10, 3), "one token per 100 ms at 10/s");
-        assert!(!r.allow(t0 + Duration::from_millis(100), ip, 10, 3));
-        // Idle for long: full again, never more than the burst.
-        let later = t0 + Duration::from_secs(3600);
-        assert_eq!((0..10).filter(|_| r.allow(later, ip, 10, 3)).count(), 3);
-        // A clock going backwards takes nothing extra.
-        assert!(!r.allow(t0, ip, 10, 3));
-        assert!(!r.allow(later, ip, 0, 3) && !r.allow(later, ip, 10, 0), "rate or burst 0: nothing");
-        // One IPv6 /64 shares a bucket.
-        let mut r = RateLimiter::new(t0);
-        let (a, b): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8::ffff:2".parse().unwrap());
-        assert!(r.allow(later, a, 1, 1));
-        assert!(!r.allow(later, b, 1, 1));
     }
 
     #[test]
