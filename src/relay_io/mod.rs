@@ -524,10 +524,10 @@ impl RelayHandle {
         let limits = &self.inner.stream_limits;
         let key = IpKey::of(client.ip());
         let mut count = self.inner.stream_count.lock().unwrap_or_else(|p| p.into_inner());
-        let refused = if count.total >= limits.max_connections {
-            Some("max_connections")
-        } else if count.per_ip.get(&key).copied().unwrap_or(0) >= limits.per_ip {
+        let refused = if count.per_ip.get(&key).copied().unwrap_or(0) >= limits.per_ip {
             Some("per_ip")
+        } else if count.total >= limits.max_connections {
+            Some("max_connections")
         } else {
             None
         };

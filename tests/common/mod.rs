@@ -416,6 +416,27 @@ impl Link {
     }
 }
 
+/// A STUN Binding request with a fresh transaction ID.
+fn binding_request() -> stun::message::Message {
+    let setters: Vec<Box<dyn stun::message::Setter>> =
+        vec![Box::new(stun::agent::TransactionId::new()), Box::new(stun::message::BINDING_REQUEST)];
+    let mut req = stun::message::Message::new();
+    req.build(&setters).expect("build Binding");
+    req
+}
+
+/// The sum of every sample of the metric family `name` (all label values) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name || k.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+                .then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Length of the frame at the start of a TCP TURN byte stream (RFC 8656 §12.5: STUN is 20 + its length field,
 /// ChannelData 4 + its length padded to 4), once 4 bytes are there.
 fn frame_len(b: &[u8]) -> Option<usize> {
@@ -449,7 +470,21 @@ impl TurnUdpClient {
 
     /// A client over a new TCP connection to the relay's TCP listener `server`.
     pub async fn connect_tcp(server: SocketAddr, username: &str, password: &str) -> TurnUdpClient {
-        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(server))
+        let local = if server.is_ipv6() { "::1" } else { "127.0.0.1" };
+        Self::connect_tcp_from(local.parse().unwrap(), server, username, password).await
+    }
+
+    /// [`Self::connect_tcp`] from the local address `from` (e.g. 127.0.0.2, another client IP on loopback).
+    pub async fn connect_tcp_from(
+        from: std::net::IpAddr,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> TurnUdpClient {
+        let socket = if from.is_ipv6() { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() }
+            .expect("TCP socket");
+        socket.bind(SocketAddr::new(from, 0)).unwrap_or_else(|e| panic!("bind a TCP socket on {from}: {e}"));
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(server))
             .await
             .unwrap_or_else(|_| panic!("TCP connect to {server} timed out"))
             .unwrap_or_else(|e| panic!("TCP connect to {server}: {e}"));
@@ -539,11 +574,14 @@ impl TurnUdpClient {
     /// Sends an unauthenticated Binding request (RFC 8489 §3: the STUN service, no credentials) and returns the
     /// response.
     pub async fn binding(&mut self) -> stun::message::Message {
-        let setters: Vec<Box<dyn stun::message::Setter>> =
-            vec![Box::new(stun::agent::TransactionId::new()), Box::new(stun::message::BINDING_REQUEST)];
-        let mut req = stun::message::Message::new();
-        req.build(&setters).expect("build Binding");
+        let req = binding_request();
         self.transact(&req).await
+    }
+
+    /// Sends an unauthenticated Binding request without waiting for the response; `false` when the send failed
+    /// (e.g. the TCP connection was closed).
+    pub async fn send_binding(&self) -> bool {
+        self.link.send(&binding_request().raw).await.is_ok()
     }
 
     /// The 401 challenge: sends an unauthenticated Allocate and stores REALM and NONCE.
