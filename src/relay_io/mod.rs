@@ -107,6 +107,16 @@ impl Default for StreamLimits {
     }
 }
 
+/// The read buffer length a TCP/TLS connection needs with `pending` (the start of a frame) buffered: room for the
+/// whole frame its header announces, at least [`STREAM_BUFFER`] (so a long frame's buffer shrinks back once
+/// consumed). Never less than `pending.len()`.
+fn stream_buffer_len(pending: &[u8]) -> usize {
+    match stream_frame_len(pending) {
+        Ok(Some(len)) => len.max(STREAM_BUFFER).max(pending.len()),
+        _ => STREAM_BUFFER.max(pending.len()),
+    }
+}
+
 /// Open TCP/TLS client connections, in total and per client IP key.
 #[derive(Default)]
 struct StreamCount {
@@ -681,13 +691,8 @@ impl RelayHandle {
             }
             buf.copy_within(start..filled, 0);
             filled -= start;
-            // Room for the whole frame being received (its header announces the length), or back to the small buffer
-            // once a long frame has been consumed.
-            let want = match stream_frame_len(&buf[..filled]) {
-                Ok(Some(len)) => len.max(STREAM_BUFFER),
-                _ => STREAM_BUFFER,
-            };
-            if want > buf.len() || (want == STREAM_BUFFER && buf.len() > STREAM_BUFFER) {
+            let want = stream_buffer_len(&buf[..filled]);
+            if want != buf.len() {
                 buf.resize(want, 0);
                 buf.shrink_to_fit();
             }
@@ -782,5 +787,116 @@ impl RelayHandle {
         {
             m.turn_allocations_active.with_label_values(&[transport]).set(v as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn stream_buffer_grows_to_the_announced_frame_and_back() {
+        assert_eq!(stream_buffer_len(&[]), STREAM_BUFFER);
+        assert_eq!(stream_buffer_len(&[0x00, 0x01]), STREAM_BUFFER, "length not known yet");
+        assert_eq!(stream_buffer_len(&[0x00, 0x01, 0x00, 0x50]), STREAM_BUFFER, "a short STUN request");
+        assert_eq!(stream_buffer_len(&[0x00, 0x16, 0xEA, 0x60]), 20 + 60_000, "a long Send indication");
+        assert_eq!(stream_buffer_len(&[0x40, 0x00, 0xFF, 0xFF]), 4 + 65_536, "the longest ChannelData, padded");
+        assert_eq!(stream_buffer_len(&[0xFF; 3000]), 3000, "never below what is buffered");
+    }
+
+    /// Serves one certificate and records the name of every thread that ran a handshake's ClientHello.
+    #[derive(Debug)]
+    struct RecordingResolver {
+        key: Arc<CertifiedKey>,
+        threads: Mutex<Vec<String>>,
+    }
+
+    impl ResolvesServerCert for RecordingResolver {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            self.threads.lock().unwrap().push(name);
+            Some(self.key.clone())
+        }
+    }
+
+    /// Issue 7 item 10: TLS handshakes run on the daemon's runtime (the test's multi-thread runtime here), never on
+    /// the relay's `duet-relay` thread, and the established stream is then served by the relay (a Binding over
+    /// TURNS is answered).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_handshakes_run_off_the_relay_thread() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_der = CertificateDer::from(cert.cert.der().to_vec());
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let signing = provider.key_provider.load_private_key(key_der).unwrap();
+        let resolver = Arc::new(RecordingResolver {
+            key: Arc::new(CertifiedKey::new(vec![cert_der.clone()], signing)),
+            threads: Mutex::new(Vec::new()),
+        });
+        let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        let tls = tls::TlsConfig::from_server_config(Arc::new(server_tls));
+        let listen = Listeners {
+            udp: vec!["127.0.0.1:0".parse().unwrap()],
+            tls: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Listeners::default()
+        };
+        let sockets = RelaySockets {
+            bind_v4: Some("127.0.0.1".parse().unwrap()),
+            bind_v6: None,
+            advertised_v4: None,
+            ports: 49152..=65535,
+            public_ips: Vec::new(),
+        };
+        let config = ServerConfig::new("duet", vec![b"secret".to_vec()], [7; 32]);
+        let shutdown = CancellationToken::new();
+        let relay =
+            RelayHandle::start(config, &listen, Some(tls), sockets, Metrics::new(), shutdown.clone()).await.unwrap();
+        let server = relay.tls_addrs()[0];
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls));
+        for i in 0..8u8 {
+            let tcp = TcpStream::connect(server).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+            // A Binding request (RFC 8489 §5: type 0x0001, length 0, magic cookie, transaction ID).
+            let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+            req.extend([i; 12]);
+            stream.write_all(&req).await.unwrap();
+            let mut head = [0u8; 20];
+            tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+                .await
+                .expect("Binding response in time")
+                .expect("Binding response");
+            assert_eq!((head[0], head[1]), (0x01, 0x01), "Binding success response over TURNS");
+            assert_eq!(head[8..20], [i; 12], "the response's transaction ID");
+        }
+        shutdown.cancel();
+        let threads = resolver.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 8, "one ClientHello per connection: {threads:?}");
+        assert!(
+            threads.iter().all(|t| t != "duet-relay"),
+            "TLS handshakes ran on the relay's data-path thread: {threads:?}"
+        );
     }
 }
