@@ -449,6 +449,30 @@ async fn unauthenticated_stream_is_closed_at_auth_deadline() {
     assert_eq!(counter(&text, "duet_turn_allocations_active{transport=\"tcp\"}"), 1.0, "{text}");
 }
 
+/// Issue 7 item 9: the read buffer of a TCP connection starts small and grows to the frame being received, so a
+/// near-maximal Send indication (65 000 bytes of data) is relayed whole, and short frames after it still are.
+#[tokio::test]
+async fn stream_relays_a_near_maximal_frame_then_short_ones() {
+    let (d, ready) = start_with_ready("[turn]\nlisten_tcp = [\"127.0.0.1:0\"]\n");
+    let tcp = ready_addr(&ready, "turn_tcp").expect("the ready line names the TURN TCP listener (turn_tcp)");
+    let booking = d.booking_now(60, 1800).await;
+    let (username, credential) = credentials(&d, &booking, "host").await;
+    let mut c = TurnUdpClient::connect_tcp(tcp, &username, &credential).await;
+    let relayed = c.allocate().await.unwrap_or_else(|code| panic!("Allocate over TCP refused with {code}"));
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    c.create_permission(&[peer_addr]).await.unwrap_or_else(|code| panic!("CreatePermission refused with {code}"));
+    for len in [65_000usize, 100, 1_200, 30_000, 4] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        c.send_indication(peer_addr, &payload).await;
+        let (got, from) = recv_datagram(&peer, ARRIVAL)
+            .await
+            .unwrap_or_else(|| panic!("the peer received nothing for a Send indication of {len} bytes over TCP"));
+        assert_eq!((got.len(), from), (len, relayed), "a {len}-byte payload relayed whole from the relayed address");
+        assert_eq!(got, payload);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Quotas and revocation
 // ---------------------------------------------------------------------------------------------------------------
