@@ -600,11 +600,11 @@ impl RawConfig {
             stream_connections_per_ip: self.turn.stream_connections_per_ip.unwrap_or(128),
             auth_deadline: duration("turn.auth_deadline", &self.turn.auth_deadline, Duration::from_secs(20))?,
         };
-        if turn.max_stream_connections == 0 || turn.stream_connections_per_ip == 0 {
-            return Err(invalid(
-                "turn.max_stream_connections",
-                "max_stream_connections and stream_connections_per_ip must be positive",
-            ));
+        if turn.max_stream_connections == 0 {
+            return Err(invalid("turn.max_stream_connections", "must be positive"));
+        }
+        if turn.stream_connections_per_ip == 0 {
+            return Err(invalid("turn.stream_connections_per_ip", "must be positive"));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&turn.auth_deadline) {
             return Err(invalid("turn.auth_deadline", "from 1s to 5m"));
@@ -785,6 +785,30 @@ mod tests {
             .unwrap()
             .into_config(&Overrides::default());
         assert!(e.unwrap_err().to_string().contains("turn.listen_tls"));
+    }
+
+    #[test]
+    fn stream_limits_have_defaults_and_are_validated() {
+        let c = RawConfig::from_toml("").unwrap().into_config(&Overrides::default()).unwrap();
+        assert_eq!(
+            (c.turn.max_stream_connections, c.turn.stream_connections_per_ip, c.turn.auth_deadline),
+            (10_000, 128, Duration::from_secs(20))
+        );
+        let c = RawConfig::from_toml("[turn]\nstream_connections_per_ip = 4\nauth_deadline = \"10s\"\n")
+            .unwrap()
+            .into_config(&Overrides::default())
+            .unwrap();
+        assert_eq!((c.turn.stream_connections_per_ip, c.turn.auth_deadline), (4, Duration::from_secs(10)));
+        for (text, key) in [
+            ("[turn]\nauth_deadline = \"0s\"\n", "turn.auth_deadline"),
+            ("[turn]\nauth_deadline = \"1h\"\n", "turn.auth_deadline"),
+            ("[turn]\nauth_deadline = \"soon\"\n", "turn.auth_deadline"),
+            ("[turn]\nstream_connections_per_ip = 0\n", "turn.stream_connections_per_ip"),
+            ("[turn]\nmax_stream_connections = 0\n", "turn.max_stream_connections"),
+        ] {
+            let e = RawConfig::from_toml(text).unwrap().into_config(&Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]
