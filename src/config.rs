@@ -161,7 +161,7 @@ pub struct RawTurn {
     pub deny_peers: Option<Vec<String>>,
     /// Allocations one credential (one participant) may hold at once (default 4).
     pub allocations_per_credential: Option<u32>,
-    /// Allocations one source IP may hold at once (default 16).
+    /// Allocations one source IP may hold at once (default 128: an office behind one NAT address with ~60 calls).
     pub allocations_per_ip: Option<u32>,
     /// Allocations in total (default 10000).
     pub max_allocations: Option<u32>,
@@ -170,6 +170,12 @@ pub struct RawTurn {
     /// Legacy static long-term credentials for Virtual Y clients, whose TURN settings are fixed in the site's
     /// config (DESIGN §4): `[[turn.static_credentials]]` tables of `username`, `password`, `max_allocations`.
     pub static_credentials: Option<Vec<RawStaticCredential>>,
+    /// TCP and TLS client connections open at once, all listeners together (default 10000).
+    pub max_stream_connections: Option<usize>,
+    /// TCP and TLS client connections open at once from one client IP, IPv6 by /64 (default 128).
+    pub stream_connections_per_ip: Option<usize>,
+    /// A TCP/TLS connection on which no request has authenticated by then is closed (default `"20s"`, 1 s to 5 min).
+    pub auth_deadline: Option<String>,
 }
 
 /// One `[[turn.static_credentials]]` entry.
@@ -410,6 +416,12 @@ pub struct TurnConfig {
     pub max_allocations: u32,
     /// Send SOFTWARE.
     pub software: bool,
+    /// TCP/TLS connection cap, all listeners.
+    pub max_stream_connections: usize,
+    /// TCP/TLS connection cap per client IP (IPv6 /64).
+    pub stream_connections_per_ip: usize,
+    /// Time a TCP/TLS connection has to authenticate a request.
+    pub auth_deadline: Duration,
 }
 
 /// Validated `[booking]` (DESIGN §3).
@@ -646,10 +658,22 @@ impl RawConfig {
             allow_peers: nets("turn.allow_peers", &self.turn.allow_peers)?,
             deny_peers: nets("turn.deny_peers", &self.turn.deny_peers)?,
             allocations_per_credential: self.turn.allocations_per_credential.unwrap_or(4),
-            allocations_per_ip: self.turn.allocations_per_ip.unwrap_or(16),
+            allocations_per_ip: self.turn.allocations_per_ip.unwrap_or(128),
             max_allocations: self.turn.max_allocations.unwrap_or(10_000),
             software: self.turn.software.unwrap_or(false),
+            max_stream_connections: self.turn.max_stream_connections.unwrap_or(10_000),
+            stream_connections_per_ip: self.turn.stream_connections_per_ip.unwrap_or(128),
+            auth_deadline: duration("turn.auth_deadline", &self.turn.auth_deadline, Duration::from_secs(20))?,
         };
+        if turn.max_stream_connections == 0 {
+            return Err(invalid("turn.max_stream_connections", "must be positive"));
+        }
+        if turn.stream_connections_per_ip == 0 {
+            return Err(invalid("turn.stream_connections_per_ip", "must be positive"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&turn.auth_deadline) {
+            return Err(invalid("turn.auth_deadline", "from 1s to 5m"));
+        }
         let b = &self.booking;
         let booking = BookingPolicy {
             early_join: duration("booking.early_join", &b.early_join, Duration::from_secs(600))?,
@@ -910,6 +934,30 @@ mod tests {
             .unwrap()
             .into_config(&Overrides::default());
         assert!(e.unwrap_err().to_string().contains("turn.listen_tls"));
+    }
+
+    #[test]
+    fn stream_limits_have_defaults_and_are_validated() {
+        let c = RawConfig::from_toml("").unwrap().into_config(&Overrides::default()).unwrap();
+        assert_eq!(
+            (c.turn.max_stream_connections, c.turn.stream_connections_per_ip, c.turn.auth_deadline),
+            (10_000, 128, Duration::from_secs(20))
+        );
+        let c = RawConfig::from_toml("[turn]\nstream_connections_per_ip = 4\nauth_deadline = \"10s\"\n")
+            .unwrap()
+            .into_config(&Overrides::default())
+            .unwrap();
+        assert_eq!((c.turn.stream_connections_per_ip, c.turn.auth_deadline), (4, Duration::from_secs(10)));
+        for (text, key) in [
+            ("[turn]\nauth_deadline = \"0s\"\n", "turn.auth_deadline"),
+            ("[turn]\nauth_deadline = \"1h\"\n", "turn.auth_deadline"),
+            ("[turn]\nauth_deadline = \"soon\"\n", "turn.auth_deadline"),
+            ("[turn]\nstream_connections_per_ip = 0\n", "turn.stream_connections_per_ip"),
+            ("[turn]\nmax_stream_connections = 0\n", "turn.max_stream_connections"),
+        ] {
+            let e = RawConfig::from_toml(text).unwrap().into_config(&Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::data_dir::DataDir;
 use crate::http_serve::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::relay_io::tls::TlsConfig;
-use crate::relay_io::{Listeners, RelayHandle, RelaySockets};
+use crate::relay_io::{Listeners, RelayHandle, RelaySockets, StreamLimits};
 use crate::signal_io::{self, HubHandle};
 
 /// Largest API request body (bookings are small; the limit answers 413 with a JSON body).
@@ -153,7 +153,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.turn.software {
         relay_cfg.software = Some(format!("duet/{}", env!("CARGO_PKG_VERSION")));
     }
-    let sockets = relay_sockets(&config);
+    let mut sockets = relay_sockets(&config);
+    sockets.public_ips.extend(public_host_ips(config.turn.public_host.as_deref()).await);
     // Bind the HTTP and admin listeners first so the relay can deny them as peers (loop attack, own services).
     let http_listener = TcpListener::bind(config.http_listen)
         .await
@@ -176,6 +177,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         udp: config.turn.listen_udp.clone(),
         tcp: config.turn.listen_tcp.clone(),
         tls: config.turn.listen_tls.clone(),
+        stream: StreamLimits {
+            max_connections: config.turn.max_stream_connections,
+            per_ip: config.turn.stream_connections_per_ip,
+            auth_deadline: config.turn.auth_deadline,
+            ..StreamLimits::default()
+        },
     };
     let relay = RelayHandle::start(relay_cfg, &listeners, tls.clone(), sockets, metrics.clone(), shutdown.clone())
         .await
@@ -320,7 +327,30 @@ fn relay_sockets(config: &Config) -> RelaySockets {
         .filter(IpAddr::is_ipv4)
         .or_else(|| first(false).map(|ip| if ip.is_unspecified() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { ip }));
     let bind_v6 = t.relay_ip6.or(t.relay_ip.filter(IpAddr::is_ipv6)).or_else(|| first(true));
-    RelaySockets { bind_v4, bind_v6, advertised_v4: t.public_ip.filter(IpAddr::is_ipv4), ports: t.relay_ports.clone() }
+    RelaySockets {
+        bind_v4,
+        bind_v6,
+        advertised_v4: t.public_ip.filter(IpAddr::is_ipv4),
+        ports: t.relay_ports.clone(),
+        public_ips: t.public_ip.into_iter().collect(),
+    }
+}
+
+/// The addresses of `[turn] public_host`: the IP itself when it is a literal (`[…]` brackets allowed), else what it
+/// resolves to now (none, with a warning, when it does not resolve: the peer policy then cannot deny it).
+async fn public_host_ips(host: Option<&str>) -> Vec<IpAddr> {
+    let Some(host) = host else { return Vec::new() };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return vec![ip];
+    }
+    match tokio::net::lookup_host((bare, 0)).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(target: "relay", public_host = bare, error = %e, "turn.public_host does not resolve; its addresses are not denied as peers");
+            Vec::new()
+        }
+    }
 }
 
 /// Counts every HTTP request in `duet_http_requests_total{route,code}`, by route template (never the raw path, which

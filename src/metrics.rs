@@ -32,10 +32,21 @@ pub struct Metrics {
     pub stun_binding_requests: IntCounter,
     /// `duet_turn_auth_failures_total`.
     pub turn_auth_failures: IntCounter,
-    /// `duet_turn_quota_refusals_total`.
+    /// `duet_turn_quota_refusals_total`: 486 Allocation Quota Reached.
     pub turn_quota_refusals: IntCounter,
-    /// `duet_turn_drops_total{reason}`.
+    /// `duet_turn_capacity_refusals_total`: 508 Insufficient Capacity.
+    pub turn_capacity_refusals: IntCounter,
+    /// `duet_turn_peer_denied_total`: CreatePermission/ChannelBind answered 403 by the peer policy.
+    pub turn_peer_denied: IntCounter,
+    /// `duet_turn_drops_total{reason}`: malformed|no_allocation|no_permission|rate_limited|unknown_channel|bandwidth|
+    /// send_failed; one reason per dropped packet.
     pub turn_drops: IntCounterVec,
+    /// `duet_turn_stream_connections`: TCP/TLS client connections open now (including TLS handshakes).
+    pub turn_stream_connections: IntGauge,
+    /// `duet_turn_stream_refusals_total{reason}`: max_connections|per_ip|handshake_rate.
+    pub turn_stream_refusals: IntCounterVec,
+    /// `duet_turn_stream_auth_timeouts_total`: TCP/TLS connections closed for not authenticating in time.
+    pub turn_stream_auth_timeouts: IntCounter,
     /// `duet_signal_connections{mode}`: native|vy|peerjs.
     pub signal_connections: IntGaugeVec,
     /// `duet_rooms_active`.
@@ -143,13 +154,39 @@ impl Metrics {
             turn_quota_refusals: counter(
                 &r,
                 "duet_turn_quota_refusals_total",
-                "TURN requests refused by a quota (486/508).",
+                "TURN Allocates refused by a per-credential or per-IP quota (486).",
+            ),
+            turn_capacity_refusals: counter(
+                &r,
+                "duet_turn_capacity_refusals_total",
+                "TURN requests refused for capacity (508): total allocations, relay ports, permission or channel caps.",
+            ),
+            turn_peer_denied: counter(
+                &r,
+                "duet_turn_peer_denied_total",
+                "CreatePermission/ChannelBind requests refused by the peer policy (403).",
             ),
             turn_drops: counter_vec(
                 &r,
                 "duet_turn_drops_total",
-                "Packets dropped by the relay, by reason.",
+                "Packets dropped by the relay, by reason (one reason per packet).",
                 &["reason"],
+            ),
+            turn_stream_connections: gauge(
+                &r,
+                "duet_turn_stream_connections",
+                "TURN TCP/TLS client connections open now, TLS handshakes included.",
+            ),
+            turn_stream_refusals: counter_vec(
+                &r,
+                "duet_turn_stream_refusals_total",
+                "TURN TCP/TLS client connections closed at accept, by reason.",
+                &["reason"],
+            ),
+            turn_stream_auth_timeouts: counter(
+                &r,
+                "duet_turn_stream_auth_timeouts_total",
+                "TURN TCP/TLS client connections closed for not authenticating a request in time.",
             ),
             signal_connections: {
                 let g = IntGaugeVec::new(

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use common::coturn::{UCLIENT_SERIAL, free_udp_port_pair, relayed_packets as relayed, start_echo_peer, uclient_load};
+use common::coturn::{
+    UCLIENT_SERIAL, UclientLoad, free_udp_port_pair, relayed_packets as relayed, start_echo_peer, uclient_load,
+    uclient_load_sized,
+};
 use common::process::{run_bounded, skip, tools_available};
 use common::{
     Daemon, TurnUdpClient, assert_alive, join_as, metric, ready_addr, recv_datagram, sighup, start_with_ready,
@@ -117,9 +120,14 @@ fn stream_config(cert: &Path, key: &Path) -> String {
 /// A daemon with UDP, TCP and TLS listeners (fresh self-signed certificate); the TCP and TLS addresses from its ready
 /// line. The temporary directory holds the certificate.
 fn stream_daemon() -> (Daemon, SocketAddr, SocketAddr, tempfile::TempDir) {
+    stream_daemon_with("")
+}
+
+/// [`stream_daemon`] with `extra` TOML after the listener config (later keys win).
+fn stream_daemon_with(extra: &str) -> (Daemon, SocketAddr, SocketAddr, tempfile::TempDir) {
     let tls_dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_pair(tls_dir.path(), &self_signed("duet-test", 1));
-    let (d, ready) = start_with_ready(&stream_config(&cert, &key));
+    let (d, ready) = start_with_ready(&format!("{}{extra}", stream_config(&cert, &key)));
     let tcp = ready_addr(&ready, "turn_tcp").unwrap_or_else(|| panic!("ready line without turn_tcp: {ready}"));
     let tls = ready_addr(&ready, "turn_tls").unwrap_or_else(|| panic!("ready line without turn_tls: {ready}"));
     (d, tcp, tls, tls_dir)
@@ -376,6 +384,56 @@ async fn uclient_tls_echo_peer_over_channels() {
 #[tokio::test]
 async fn uclient_tls_echo_peer_over_send_indications() {
     stream_uclient_echo(Transport::Tls, true, "uclient_tls_echo_peer_over_send_indications").await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Many clients behind one address (issue 7 item 8)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Room for 50 uclient allocations on one credential and one source IP.
+const MANY_CLIENTS_CONFIG: &str = "[turn]\nallocations_per_credential = 200\n";
+
+/// Issue 7 item 8: coturn's `turnutils_uclient` with 20, then 50 clients at once from 127.0.0.1 (like clients behind
+/// one NAT address), 5 messages each through a `turnutils_peer` echo peer, over `transport` (`None`: UDP). Every
+/// message must come back within 60 s. Before the fix the 401 replies beyond 10 per second per source were dropped,
+/// which over TCP/TLS (no retransmission) left the extra clients waiting forever.
+async fn many_clients_from_one_address(transport: Option<Transport>, test: &str) {
+    if !coturn_available(test) {
+        return;
+    }
+    let port = free_udp_port_pair("127.0.0.1");
+    let _peer = start_echo_peer("127.0.0.1", port);
+    let port = port.to_string();
+    let (d, tcp, tls, _tls_dir) = stream_daemon_with(MANY_CLIENTS_CONFIG);
+    let (server, mut args) = match transport {
+        None => (d.turn_udp, vec!["-X"]),
+        Some(Transport::Tcp) => (tcp, vec!["-t", "-X"]),
+        Some(Transport::Tls) => (tls, vec!["-t", "-S", "-X"]),
+        Some(Transport::Udp6) => unreachable!("IPv4 loopback only"),
+    };
+    args.extend(["-e", "127.0.0.1", "-r", &port]);
+    let _serial = UCLIENT_SERIAL.lock().await;
+    for clients in [20, 50] {
+        let (username, credential) = fresh_credentials(&d).await;
+        let load = UclientLoad { clients, messages: 5, limit: Duration::from_secs(60) };
+        uclient_load_sized(&d, server, &args, &username, &credential, &load, &format!("{test} ({clients} clients)"))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn uclient_20_and_50_clients_from_one_address_over_udp() {
+    many_clients_from_one_address(None, "uclient_20_and_50_clients_from_one_address_over_udp").await;
+}
+
+#[tokio::test]
+async fn uclient_20_and_50_clients_from_one_address_over_tcp() {
+    many_clients_from_one_address(Some(Transport::Tcp), "uclient_20_and_50_clients_from_one_address_over_tcp").await;
+}
+
+#[tokio::test]
+async fn uclient_20_and_50_clients_from_one_address_over_tls() {
+    many_clients_from_one_address(Some(Transport::Tls), "uclient_20_and_50_clients_from_one_address_over_tls").await;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

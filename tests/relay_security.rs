@@ -17,8 +17,8 @@ use serde_json::Value;
 use tokio::net::UdpSocket;
 
 use common::{
-    Daemon, TurnUdpClient, cancel_booking, join_as, metric, ready_addr, recv_datagram, sighup, start_with_ready,
-    turn_credentials,
+    Daemon, TurnUdpClient, cancel_booking, join_as, metric, metric_sum, ready_addr, recv_datagram, sighup,
+    start_with_ready, turn_credentials,
 };
 
 /// How long "nothing arrives" is watched for.
@@ -234,12 +234,11 @@ async fn peer_policy_refuses_own_listeners_and_special_purpose_addresses() {
     }
 
     let after = d.metrics().await;
-    let denied = drops(&after, "peer_denied") - drops(&before, "peer_denied");
+    let denied = counter(&after, "duet_turn_peer_denied_total") - counter(&before, "duet_turn_peer_denied_total");
     assert!(wrong.is_empty(), "peer policy violations:\n{}", wrong.join("\n"));
     assert!(
         denied >= forbidden as f64,
-        "{forbidden} requests were refused with 403 but duet_turn_drops_total{{reason=\"peer_denied\"}} grew by \
-         {denied}"
+        "{forbidden} requests were refused with 403 but duet_turn_peer_denied_total grew by {denied}"
     );
 }
 
@@ -274,6 +273,204 @@ async fn allow_peers_and_deny_peers_from_config() {
         }
     }
     assert!(wrong.is_empty(), "allow_peers / deny_peers not applied as configured:\n{}", wrong.join("\n"));
+}
+
+/// Issue 7 item 11: behind a 1:1 NAT with hairpinning, `public_ip` and the addresses of `public_host` reach the
+/// server's own listeners, so with every TURN, HTTP and admin listener port they are refused as peers (403) like the
+/// bound addresses; other ports on those IPs stay allowed (loopback is allowed in the all-loopback mode).
+#[tokio::test]
+async fn public_ip_and_public_host_are_denied_as_own_addresses() {
+    let (d, ready) = start_with_ready(
+        "[turn]\npublic_ip = \"127.0.0.2\"\npublic_host = \"127.0.0.3\"\nlisten_tcp = [\"127.0.0.1:0\"]\n",
+    );
+    let tcp = ready_addr(&ready, "turn_tcp").expect("the ready line names the TURN TCP listener (turn_tcp)");
+    let booking = d.booking_now(60, 1800).await;
+    let (username, credential) = credentials(&d, &booking, "host").await;
+    let mut c = TurnUdpClient::connect(d.turn_udp, &username, &credential).await;
+    let relayed = c.allocate().await.unwrap_or_else(|code| panic!("Allocate refused with {code}"));
+    assert_eq!(relayed.ip().to_string(), "127.0.0.2", "XOR-RELAYED-ADDRESS carries public_ip");
+
+    let mut cases: Vec<(String, SocketAddr)> = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        for (what, port) in [
+            ("TURN UDP", d.turn_udp.port()),
+            ("TURN TCP", tcp.port()),
+            ("HTTP", d.http.port()),
+            ("admin", d.admin.port()),
+        ] {
+            cases.push((format!("{ip} at the {what} listener port"), SocketAddr::new(ip, port)));
+        }
+    }
+    let mut channel = 0x4000;
+    let (wrong, forbidden) = refusals(&mut c, &cases, &[403], &mut channel).await;
+    assert!(wrong.is_empty(), "public addresses of the server reachable as peers:\n{}", wrong.join("\n"));
+    assert_eq!(forbidden, 2 * cases.len());
+
+    // Another port on the public IP is an ordinary (loopback) peer.
+    let peer = UdpSocket::bind("127.0.0.2:0").await.expect("bind 127.0.0.2 (Linux routes 127/8 to loopback)");
+    let peer_addr = peer.local_addr().unwrap();
+    c.create_permission(&[peer_addr]).await.unwrap_or_else(|code| panic!("CreatePermission to {peer_addr}: {code}"));
+}
+
+/// Issue 7 item 12: each refusal is counted once, under its own name. 486 in `duet_turn_quota_refusals_total` only,
+/// 508 in `duet_turn_capacity_refusals_total` only, 403 in `duet_turn_peer_denied_total` and not as a drop, and a
+/// rate-limited unauthenticated request under one `duet_turn_drops_total` reason (`rate_limited`), so the sum over
+/// reasons counts each dropped packet once.
+#[tokio::test]
+async fn metrics_count_each_refusal_once() {
+    let d = Daemon::start("[turn]\nallocations_per_credential = 1\nmax_allocations = 1\n");
+    let booking = d.booking_now(60, 1800).await;
+    let (host_user, host_cred) = credentials(&d, &booking, "host").await;
+    let (guest_user, guest_cred) = credentials(&d, &booking, "guest").await;
+    let before = d.metrics().await;
+
+    let mut c1 = TurnUdpClient::connect(d.turn_udp, &host_user, &host_cred).await;
+    c1.allocate().await.unwrap_or_else(|code| panic!("1st Allocate refused with {code}"));
+    let mut g = sibling(&d, &c1, &guest_user, &guest_cred).await;
+    assert_eq!(g.allocate().await, Err(508), "max_allocations = 1: the 2nd allocation in total gets 508");
+    let mut c2 = sibling(&d, &c1, &host_user, &host_cred).await;
+    assert_eq!(c2.allocate().await, Err(486), "allocations_per_credential = 1: the host's 2nd gets 486");
+    assert_eq!(c1.create_permission(&["10.0.0.1:5000".parse().unwrap()]).await, Err(403), "RFC 1918 peer");
+
+    // A burst of unauthenticated Allocates from one UDP source, well over the per-source bucket.
+    let flood = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let request = {
+        let setters: Vec<Box<dyn stun::message::Setter>> = vec![
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::MessageType::new(stun::message::METHOD_ALLOCATE, stun::message::CLASS_REQUEST)),
+            Box::new(turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP }),
+        ];
+        let mut m = stun::message::Message::new();
+        m.build(&setters).unwrap();
+        m.raw
+    };
+    const SENT: usize = 1000;
+    for _ in 0..SENT {
+        flood.send_to(&request, d.turn_udp).await.unwrap();
+    }
+    let mut replies = 0usize;
+    while recv_datagram(&flood, QUIET).await.is_some() {
+        replies += 1;
+    }
+
+    let after = d.metrics().await;
+    let delta = |series: &str| counter(&after, series) - counter(&before, series);
+    assert_eq!(delta("duet_turn_quota_refusals_total"), 1.0, "one 486:\n{after}");
+    assert_eq!(delta("duet_turn_capacity_refusals_total"), 1.0, "one 508:\n{after}");
+    assert_eq!(delta("duet_turn_peer_denied_total"), 1.0, "one 403:\n{after}");
+    let rate_limited = drops(&after, "rate_limited") - drops(&before, "rate_limited");
+    assert!(
+        rate_limited >= 1.0 && rate_limited <= (SENT - replies) as f64,
+        "{SENT} unauthenticated requests got {replies} replies; duet_turn_drops_total{{reason=\"rate_limited\"}} grew \
+         by {rate_limited}"
+    );
+    let all_drops = metric_sum(&after, "duet_turn_drops_total") - metric_sum(&before, "duet_turn_drops_total");
+    assert_eq!(
+        all_drops, rate_limited,
+        "only the rate-limited requests were dropped, each under one reason (the 403 is not a drop):\n{after}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// TCP connections (issue 7 item 9)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Issue 7 item 9: TCP client connections are capped per client IP and in total; a connection over a cap is closed
+/// at once (before it can send anything), the admitted ones keep working, and each refusal is counted by reason.
+#[tokio::test]
+async fn stream_connection_caps_close_extra_connections_at_once() {
+    let (d, ready) = start_with_ready(
+        "[turn]\nlisten_tcp = [\"127.0.0.1:0\"]\nstream_connections_per_ip = 2\nmax_stream_connections = 3\n",
+    );
+    let tcp = ready_addr(&ready, "turn_tcp").expect("the ready line names the TURN TCP listener (turn_tcp)");
+    let before = d.metrics().await;
+    let (one, two) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    let mut held = Vec::new();
+    for from in [one, one, two] {
+        let mut c = TurnUdpClient::connect_tcp_from(from, tcp, "", "").await;
+        let resp = c.binding().await;
+        assert_eq!(resp.typ.class, stun::message::CLASS_SUCCESS_RESPONSE, "Binding over an admitted connection");
+        held.push(c);
+    }
+    let per_ip = TurnUdpClient::connect_tcp_from(one, tcp, "", "").await;
+    assert!(per_ip.closed_by_relay(ARRIVAL).await, "a 3rd connection from 127.0.0.1 (per-IP cap 2) must be closed");
+    let three = "127.0.0.3".parse().unwrap();
+    let total = TurnUdpClient::connect_tcp_from(three, tcp, "", "").await;
+    assert!(total.closed_by_relay(ARRIVAL).await, "a 4th connection in total (cap 3) must be closed");
+    for c in &mut held {
+        let resp = c.binding().await;
+        assert_eq!(resp.typ.class, stun::message::CLASS_SUCCESS_RESPONSE, "admitted connections keep working");
+    }
+    let after = d.metrics().await;
+    let refused = |reason: &str| {
+        let series = format!("duet_turn_stream_refusals_total{{reason=\"{reason}\"}}");
+        counter(&after, &series) - counter(&before, &series)
+    };
+    assert_eq!((refused("per_ip"), refused("max_connections")), (1.0, 1.0), "{after}");
+    assert_eq!(counter(&after, "duet_turn_stream_connections"), 3.0, "{after}");
+    // Closing one frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(&d.metrics().await, "duet_turn_stream_connections") > 2.0 {
+        assert!(Instant::now() < deadline, "a closed connection must leave duet_turn_stream_connections");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = TurnUdpClient::connect_tcp_from(two, tcp, "", "").await;
+    assert_eq!(again.binding().await.typ.class, stun::message::CLASS_SUCCESS_RESPONSE, "room again after a close");
+}
+
+/// Issue 7 item 9: a TCP connection that keeps sending (unauthenticated Binding requests) but never authenticates a
+/// TURN request is closed at `auth_deadline` (2 s here; waited for up to 15 s), while one that authenticated (an
+/// Allocate) lives on past it and keeps working.
+#[tokio::test]
+async fn unauthenticated_stream_is_closed_at_auth_deadline() {
+    let (d, ready) = start_with_ready("[turn]\nlisten_tcp = [\"127.0.0.1:0\"]\nauth_deadline = \"2s\"\n");
+    let tcp = ready_addr(&ready, "turn_tcp").expect("the ready line names the TURN TCP listener (turn_tcp)");
+    let booking = d.booking_now(60, 1800).await;
+    let (username, credential) = credentials(&d, &booking, "host").await;
+    let start = Instant::now();
+    let mut authed = TurnUdpClient::connect_tcp(tcp, &username, &credential).await;
+    authed.allocate().await.unwrap_or_else(|code| panic!("Allocate over TCP refused with {code}"));
+    let mut chatty = TurnUdpClient::connect_tcp(tcp, "", "").await;
+    assert_eq!(chatty.binding().await.typ.class, stun::message::CLASS_SUCCESS_RESPONSE);
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(15) {
+        if !chatty.send_binding().await || chatty.closed_by_relay(Duration::from_millis(300)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a connection that never authenticated was still open 15 s after it opened (auth_deadline 2s)");
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(start.elapsed())).await;
+    assert_eq!(authed.refresh(600).await, Ok(600), "the authenticated connection lives on past the deadline");
+    let text = d.metrics().await;
+    assert!(counter(&text, "duet_turn_stream_auth_timeouts_total") >= 1.0, "{text}");
+    assert_eq!(counter(&text, "duet_turn_allocations_active{transport=\"tcp\"}"), 1.0, "{text}");
+}
+
+/// Issue 7 item 9: the read buffer of a TCP connection starts small and grows to the frame being received, so a
+/// near-maximal Send indication (65 000 bytes of data) is relayed whole, and short frames after it still are.
+#[tokio::test]
+async fn stream_relays_a_near_maximal_frame_then_short_ones() {
+    let (d, ready) = start_with_ready("[turn]\nlisten_tcp = [\"127.0.0.1:0\"]\n");
+    let tcp = ready_addr(&ready, "turn_tcp").expect("the ready line names the TURN TCP listener (turn_tcp)");
+    let booking = d.booking_now(60, 1800).await;
+    let (username, credential) = credentials(&d, &booking, "host").await;
+    let mut c = TurnUdpClient::connect_tcp(tcp, &username, &credential).await;
+    let relayed = c.allocate().await.unwrap_or_else(|code| panic!("Allocate over TCP refused with {code}"));
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    c.create_permission(&[peer_addr]).await.unwrap_or_else(|code| panic!("CreatePermission refused with {code}"));
+    for len in [65_000usize, 100, 1_200, 30_000, 4] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        c.send_indication(peer_addr, &payload).await;
+        let (got, from) = recv_datagram(&peer, ARRIVAL)
+            .await
+            .unwrap_or_else(|| panic!("the peer received nothing for a Send indication of {len} bytes over TCP"));
+        assert_eq!((got.len(), from), (len, relayed), "a {len}-byte payload relayed whole from the relayed address");
+        assert_eq!(got, payload);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

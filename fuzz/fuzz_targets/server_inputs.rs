@@ -397,7 +397,7 @@ fuzz_target!(|ops: Vec<Op>| {
             s.relayed_packets_to_peer,
             s.relayed_packets_to_client,
             s.drops_bandwidth,
-            s.drops_peer_denied,
+            s.peer_denied,
             s.allocations_revoked,
             s.allocations_credential_expired,
             s.quota_refusals,

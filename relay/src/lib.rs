@@ -56,7 +56,8 @@
 //! - Every TURN request (Allocate, Refresh, CreatePermission, ChannelBind) is authenticated with
 //!   the long-term mechanism on TURN REST credentials, and the HMAC, the credential expiry and
 //!   the booking's revocation are checked on each one (DESIGN §4). Nonces are stateless; no state
-//!   is kept per client before it authenticates except a fixed-size hashed 401 rate limiter.
+//!   is kept per client before it authenticates except a fixed-size hashed 401 rate limiter
+//!   (UDP only: replies on TCP/TLS are never suppressed).
 //!   Legacy static credentials ([`StaticCredential`], `vy` mode only) are looked up first, in
 //!   constant time; they never expire but have their own allocation quota.
 //! - An allocation ends when its lifetime passes, on Refresh 0, when its credential expiry (the
@@ -74,7 +75,8 @@
 //! # Modules
 //!
 //! [`stun`] codec and RFC 5769 vectors, [`channel`] ChannelData, [`framing`] TCP/TLS framing,
-//! [`auth`] credentials and nonces, [`policy`] peer policy, [`server`] the state machine.
+//! [`auth`] credentials and nonces, [`policy`] peer policy, [`ratelimit`] per-source rate
+//! limiter, [`server`] the state machine.
 
 #![deny(unsafe_code)]
 
@@ -82,6 +84,7 @@ pub mod auth;
 pub mod channel;
 pub mod framing;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod stun;
 
@@ -89,6 +92,7 @@ pub use auth::{NonceCodec, RestUsername, long_term_key, rest_password};
 pub use channel::{ChannelNumber, write_channel_data_header};
 pub use framing::{FramingError, stream_frame_len};
 pub use policy::{IpNet, PeerDenied, PeerPolicy};
+pub use ratelimit::SourceRateLimiter;
 pub use server::{
     AddressFamily, ClientDelivery, Command, FiveTuple, PeerTransmit, PendingAllocation, Server, ServerConfig,
     StaticCredential, Stats, Transport, encode_data_indication,

@@ -6,9 +6,7 @@
 //! peer IP → `Permission`, channel → `ChannelBinding`, peer address → channel.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -17,6 +15,7 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use crate::auth::{NonceCodec, RestUsername, long_term_key, rest_password};
 use crate::channel::{ChannelNumber, parse_channel_data};
 use crate::policy::PeerPolicy;
+use crate::ratelimit::SourceRateLimiter;
 use crate::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code, family};
 
 /// Lifetime of a permission (RFC 8656 §9: 300 s, not negotiable).
@@ -31,9 +30,6 @@ pub const CHANNEL_REBIND_GUARD: Duration = Duration::from_secs(300);
 pub const MAX_PEERS_PER_REQUEST: usize = 16;
 /// Unknown comprehension-required attribute types listed in a 420 response.
 const MAX_UNKNOWN: usize = 16;
-/// Buckets of the per-source-IP 401 rate limiter (hashed; a collision only makes limiting
-/// stricter). 4096 × 4 bytes, reset once per second.
-const RATE_BUCKETS: usize = 4096;
 /// Deadlines further away than this are clamped (protects `Instant` arithmetic from overflow).
 const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Smallest bucket size of a bandwidth cap, bytes: one maximal ChannelData / Send payload
@@ -116,8 +112,24 @@ pub struct ServerConfig {
     /// Channel bindings per allocation; beyond → 508 (default 10).
     pub max_channels_per_allocation: u32,
     /// Replies to unauthenticated requests (401, 400, 420 before authentication) per source IP
-    /// per second; beyond it requests are dropped silently and counted (default 10).
+    /// per second over UDP, the refill rate of a per-source token bucket of
+    /// [`ServerConfig::unauthenticated_reply_burst_per_source`] replies; beyond it requests are
+    /// dropped silently and counted in [`Stats::drops_rate_limited`] (default 20). IPv6 sources
+    /// are keyed by their /64.
+    ///
+    /// Only UDP is limited: a UDP source address can be spoofed, so an unbounded reply stream
+    /// could be aimed at a victim (a 401 is about 4 times a minimal request). Over TCP/TLS the
+    /// handshake has verified the source, a reply goes only to the connection that asked, and a
+    /// dropped reply would never be retransmitted (the client would wait forever), so replies on
+    /// streams are never suppressed.
     pub max_unauthenticated_replies_per_source_per_sec: u32,
+    /// Bucket size of the UDP unauthenticated-reply limit, replies (default 200): 50 clients
+    /// behind one NAT address starting at once, each making up to 4 unauthenticated requests
+    /// (the 401 round trip of an Allocate for RTP and RTCP, or of two allocations as coturn's
+    /// `turnutils_uclient -y` does), are all answered. The most one spoofed source can draw is
+    /// this burst once (200 × ~90 bytes of 401, about 18 KB), then
+    /// `max_unauthenticated_replies_per_source_per_sec` replies per second.
+    pub unauthenticated_reply_burst_per_source: u32,
     /// Relay address families the driver can bind; REQUESTED-ADDRESS-FAMILY outside → 440
     /// (default `[V4]`; RFC 8656 §7.2: without the attribute, IPv4 is allocated).
     pub relay_families: Vec<AddressFamily>,
@@ -158,6 +170,7 @@ impl std::fmt::Debug for ServerConfig {
                 "max_unauthenticated_replies_per_source_per_sec",
                 &self.max_unauthenticated_replies_per_source_per_sec,
             )
+            .field("unauthenticated_reply_burst_per_source", &self.unauthenticated_reply_burst_per_source)
             .field("relay_families", &self.relay_families)
             .field("max_bytes_per_second_per_allocation", &self.max_bytes_per_second_per_allocation)
             .field("max_bytes_per_second_total", &self.max_bytes_per_second_total)
@@ -184,7 +197,8 @@ impl ServerConfig {
             max_allocations_total: 10_000,
             max_permissions_per_allocation: 10,
             max_channels_per_allocation: 10,
-            max_unauthenticated_replies_per_source_per_sec: 10,
+            max_unauthenticated_replies_per_source_per_sec: 20,
+            unauthenticated_reply_burst_per_source: 200,
             relay_families: vec![AddressFamily::V4],
             max_bytes_per_second_per_allocation: None,
             max_bytes_per_second_total: None,
@@ -384,9 +398,9 @@ pub struct Stats {
     pub drops_no_allocation: u64,
     /// Data dropped: no (live) permission for the peer.
     pub drops_no_permission: u64,
-    /// CreatePermission/ChannelBind refused with 403 by the peer policy (per request).
-    pub drops_peer_denied: u64,
-    /// Requests dropped silently by the unauthenticated-reply rate limit.
+    /// Unauthenticated UDP requests dropped silently by the reply rate limit
+    /// ([`ServerConfig::max_unauthenticated_replies_per_source_per_sec`]); the one counter of
+    /// that event.
     pub drops_rate_limited: u64,
     /// ChannelData dropped: channel not bound (or binding expired).
     pub drops_unknown_channel: u64,
@@ -399,11 +413,12 @@ pub struct Stats {
     pub stale_nonces: u64,
     /// 486 responses (per-credential and per-source-IP quotas).
     pub quota_refusals: u64,
-    /// 508 responses for permission/channel caps and total capacity.
+    /// 508 responses: permission/channel caps, total allocation cap, relay port exhaustion,
+    /// EVEN-PORT / RESERVATION-TOKEN, too many XOR-PEER-ADDRESS.
     pub capacity_refusals: u64,
-    /// Replies to unauthenticated requests suppressed by the rate limit (same events as
-    /// `drops_rate_limited`).
-    pub unauthenticated_replies_suppressed: u64,
+    /// CreatePermission/ChannelBind refused with 403 by the peer policy (per request). A refusal
+    /// answered to the client, not a drop.
+    pub peer_denied: u64,
     /// Data dropped (either direction) because a bandwidth cap was exceeded
     /// ([`ServerConfig::max_bytes_per_second_per_allocation`] or
     /// [`ServerConfig::max_bytes_per_second_total`]).
@@ -601,35 +616,6 @@ fn static_entries(realm: &str, creds: &[StaticCredential]) -> Vec<StaticEntry> {
         .collect()
 }
 
-/// Per-source-IP reply limiter: hashed buckets, one-second windows, no allocation after start.
-#[derive(Debug)]
-struct RateLimiter {
-    window: u64,
-    counts: Vec<u32>,
-    hasher: RandomState,
-}
-
-impl RateLimiter {
-    fn new() -> Self {
-        RateLimiter { window: 0, counts: vec![0; RATE_BUCKETS], hasher: RandomState::new() }
-    }
-
-    fn allow(&mut self, window: u64, ip: IpAddr, limit: u32) -> bool {
-        if window != self.window {
-            self.window = window;
-            self.counts.fill(0);
-        }
-        let i = (self.hasher.hash_one(ip) as usize) % RATE_BUCKETS;
-        match self.counts.get_mut(i) {
-            Some(c) if *c < limit => {
-                *c += 1;
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
 /// The attributes of a request the server acts on, gathered in one pass (no allocation).
 #[derive(Debug, Default)]
 struct Request<'a> {
@@ -752,7 +738,6 @@ pub struct Server {
     config: ServerConfig,
     nonces: NonceCodec,
     clock: Clock,
-    epoch: Instant,
     next_id: u64,
     allocations: HashMap<u64, Allocation>,
     pending: HashMap<u64, Pending>,
@@ -763,9 +748,12 @@ pub struct Server {
     revoked: HashMap<Box<str>, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     commands: VecDeque<Command>,
-    limiter: RateLimiter,
+    limiter: SourceRateLimiter,
     /// Static credentials with precomputed keys (from `config.static_credentials`).
     statics: Vec<StaticEntry>,
+    /// TCP/TLS connections on which a request has passed authentication (see
+    /// [`Server::is_authenticated`]); removed by [`Server::handle_client_closed`].
+    authenticated_streams: HashSet<FiveTuple>,
     /// The server-wide bandwidth cap (both directions).
     total_bw: TokenBucket,
     stats: Stats,
@@ -779,6 +767,7 @@ impl std::fmt::Debug for Server {
             .field("pending", &self.pending.len())
             .field("revoked", &self.revoked.len())
             .field("static_credentials", &self.statics.len())
+            .field("authenticated_streams", &self.authenticated_streams.len())
             .field("timers", &self.timers.len())
             .field("commands", &self.commands.len())
             .field("stats", &self.stats)
@@ -800,7 +789,6 @@ impl Server {
             config,
             nonces,
             clock: Clock { base: now, base_unix: unix_now },
-            epoch: now,
             next_id: 1,
             allocations: HashMap::new(),
             pending: HashMap::new(),
@@ -811,7 +799,8 @@ impl Server {
             revoked: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
-            limiter: RateLimiter::new(),
+            limiter: SourceRateLimiter::new(now),
+            authenticated_streams: HashSet::new(),
             stats: Stats::default(),
         }
     }
@@ -988,14 +977,17 @@ impl Server {
     }
 
     /// An error response before authentication: no MESSAGE-INTEGRITY, rate-limited per source
-    /// IP. 401 carries REALM + NONCE; 420 carries UNKNOWN-ATTRIBUTES.
+    /// IP over UDP only. 401 carries REALM + NONCE; 420 carries UNKNOWN-ATTRIBUTES.
     fn error_unauthenticated(&mut self, now: Instant, reply: Reply, code: u16, req: &Request<'_>) {
         self.count_allocate_error(reply.method, code);
-        let window = now.saturating_duration_since(self.epoch).as_secs();
-        let limit = self.config.max_unauthenticated_replies_per_source_per_sec;
-        if !self.limiter.allow(window, reply.to.client.ip(), limit) {
+        // Only UDP sources can be spoofed; on TCP/TLS a suppressed reply is never retransmitted
+        // (see `max_unauthenticated_replies_per_source_per_sec`).
+        let (rate, burst) = (
+            self.config.max_unauthenticated_replies_per_source_per_sec,
+            self.config.unauthenticated_reply_burst_per_source,
+        );
+        if reply.to.transport == Transport::Udp && !self.limiter.allow(now, reply.to.client.ip(), rate, burst) {
             self.stats.drops_rate_limited += 1;
-            self.stats.unauthenticated_replies_suppressed += 1;
             return;
         }
         let nonce;
@@ -1170,6 +1162,9 @@ impl Server {
         let Some(authed) = self.authenticate(now, reply, msg, &req) else {
             return;
         };
+        if from.transport != Transport::Udp {
+            self.authenticated_streams.insert(from);
+        }
         match msg.method() {
             Method::ALLOCATE => self.handle_allocate(reply, &req, &authed),
             Method::REFRESH => self.handle_refresh(now, reply, &req, &authed),
@@ -1502,7 +1497,7 @@ impl Server {
             return false;
         }
         if self.config.peer_policy.check(peer).is_err() {
-            self.stats.drops_peer_denied += 1;
+            self.stats.peer_denied += 1;
             self.error_authenticated(reply, error_code::FORBIDDEN, key, &[]);
             return false;
         }
@@ -1634,6 +1629,7 @@ impl Server {
     /// allocation over TCP lives no longer than the connection). Also valid for UDP (frees it).
     pub fn handle_client_closed(&mut self, now: Instant, from: FiveTuple) {
         let _ = now;
+        self.authenticated_streams.remove(&from);
         match self.by_five_tuple.get(&from).copied() {
             Some(Slot::Active(id)) => self.destroy(id, EndReason::ClientClosed),
             Some(Slot::Pending(id)) => {
@@ -1644,6 +1640,15 @@ impl Server {
             }
             None => {}
         }
+    }
+
+    /// Whether a TURN request on the TCP/TLS connection `from` has passed long-term
+    /// authentication (RFC 8489 §9.2.4: USERNAME, REALM, MESSAGE-INTEGRITY, credential expiry,
+    /// revocation and NONCE all good) since it opened, whatever the request's outcome. The
+    /// driver closes a connection that is not authenticated by its deadline. Always `false` for
+    /// UDP (no connection); forgotten by [`Server::handle_client_closed`].
+    pub fn is_authenticated(&self, from: FiveTuple) -> bool {
+        self.authenticated_streams.contains(&from)
     }
 
     /// The next [`Command`] for the driver, in order; `None` when there is nothing to do.
@@ -1788,16 +1793,6 @@ mod tests {
         assert_eq!(c.instant_of(t0, 10), t0);
         // A far-future expiry is clamped instead of overflowing.
         assert!(c.instant_of(t0, u64::MAX) > t0);
-    }
-
-    #[test]
-    fn rate_limiter_resets_each_window() {
-        let mut r = RateLimiter::new();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(r.allow(0, ip, 2));
-        assert!(r.allow(0, ip, 2));
-        assert!(!r.allow(0, ip, 2));
-        assert!(r.allow(1, ip, 2));
     }
 
     #[test]

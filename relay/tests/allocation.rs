@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use duet_relay::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr, error_code};
-use duet_relay::{Command, Transport};
+use duet_relay::{Command, ServerConfig, Transport};
 
 const HOUR: u64 = 3600;
 
@@ -333,6 +333,7 @@ fn garbage_and_truncated_input_is_dropped_silently() {
 fn unauthenticated_replies_are_rate_limited_per_source() {
     let mut cfg = config();
     cfg.max_unauthenticated_replies_per_source_per_sec = 3;
+    cfg.unauthenticated_reply_burst_per_source = 3;
     let mut h = Harness::new(cfg);
     let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
     let mut answered = 0;
@@ -342,7 +343,7 @@ fn unauthenticated_replies_are_rate_limited_per_source() {
         answered += cmds.len();
     }
     assert_eq!(answered, 3);
-    assert_eq!(h.server.stats().unauthenticated_replies_suppressed, 7);
+    assert_eq!(h.server.stats().drops_rate_limited, 7);
     // Another source is not affected (hash buckets may collide, but not for these two here
     // with overwhelming probability: check a handful).
     let mut others = 0;
@@ -356,6 +357,76 @@ fn unauthenticated_replies_are_rate_limited_per_source() {
     h.advance(Duration::from_secs(1));
     let req = c.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_eq!(h.input(c.five_tuple, &req).1.len(), 1);
+}
+
+/// Issue 7 item 8: replies on TCP/TLS are never suppressed (a stream's source is verified and a
+/// dropped reply is never retransmitted), however tight the UDP limit.
+#[test]
+fn unauthenticated_replies_on_streams_are_never_rate_limited() {
+    for transport in [Transport::Tcp, Transport::Tls] {
+        let mut cfg = config();
+        cfg.max_unauthenticated_replies_per_source_per_sec = 1;
+        cfg.unauthenticated_reply_burst_per_source = 1;
+        let mut h = Harness::new(cfg);
+        let mut answered = 0;
+        for port in 0..50u16 {
+            let mut c =
+                Client::with_transport(transport, &format!("192.0.2.50:{}", 40_000 + port), "b1", "host", UNIX0 + HOUR);
+            for _ in 0..2 {
+                let req = c.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+                answered += h.input(c.five_tuple, &req).1.len();
+            }
+        }
+        assert_eq!(answered, 100, "{transport:?}");
+        assert_eq!(h.server.stats().drops_rate_limited, 0, "{transport:?}");
+    }
+}
+
+/// Issue 7 item 8: with the default limit, 50 UDP clients behind one NAT address starting at
+/// once (each with the 401 round trip of two allocations) all get their challenge, and every
+/// one completes its Allocate.
+#[test]
+fn default_udp_limit_serves_fifty_clients_behind_one_address() {
+    let mut cfg = ServerConfig::new(REALM, vec![SECRET.to_vec()], [9; 32]);
+    cfg.max_allocations_per_source_ip = 200;
+    cfg.max_allocations_per_credential = 200;
+    let mut h = Harness::new(cfg);
+    for port in 0..100u16 {
+        let mut c = Client::new(&format!("198.51.100.9:{}", 20_000 + port), "b1", "host", UNIX0 + HOUR);
+        c.allocate(&mut h);
+    }
+    assert_eq!(h.server.stats().drops_rate_limited, 0);
+    assert_eq!(h.server.allocation_count(), 100);
+}
+
+/// Issue 7 item 9: a TCP/TLS connection counts as authenticated once a request on it passed
+/// authentication (even if the request itself then fails), never before, never for UDP, and is
+/// forgotten when it closes.
+#[test]
+fn stream_is_authenticated_after_first_verified_request() {
+    let mut h = Harness::new(config());
+    let mut c = Client::with_transport(Transport::Tcp, "192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
+    assert!(!h.server.is_authenticated(c.five_tuple));
+    let req = c.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    let resp = only_message(&h.input(c.five_tuple, &req).1);
+    assert!(!h.server.is_authenticated(c.five_tuple), "a 401 challenge is not authentication");
+    c.learn_nonce(&resp);
+    let mut wrong = Client::with_transport(Transport::Tcp, "192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
+    wrong.password = "not-the-password".into();
+    wrong.nonce = c.nonce.clone();
+    let resp = wrong.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(error(&resp), Some(401));
+    assert!(!h.server.is_authenticated(c.five_tuple), "a bad MESSAGE-INTEGRITY is not authentication");
+    // Refresh without an allocation: 437, but the credentials were good.
+    let resp = c.call(&mut h, Method::REFRESH, &[]);
+    assert_eq!(error(&resp), Some(437));
+    assert!(h.server.is_authenticated(c.five_tuple));
+    h.server.handle_client_closed(h.now, c.five_tuple);
+    assert!(!h.server.is_authenticated(c.five_tuple), "forgotten on close");
+
+    let mut u = Client::new("192.0.2.51:40000", "b1", "host", UNIX0 + HOUR);
+    u.allocate(&mut h);
+    assert!(!h.server.is_authenticated(u.five_tuple), "UDP has no connection");
 }
 
 #[test]

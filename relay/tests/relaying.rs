@@ -199,7 +199,7 @@ fn peer_policy_blocks_internal_targets() {
         );
         assert!(matches!(error(&bind), Some(403) | Some(443)), "{peer}");
     }
-    assert!(h.server.stats().drops_peer_denied >= 12);
+    assert!(h.server.stats().peer_denied >= 12);
 }
 
 #[test]

@@ -7,6 +7,14 @@
 //! task drives `handle_timeout` (allocation, permission and channel expiry, and the teardown of a booking's
 //! allocations at its `hard_end_at`). The relay socket buffer keeps 4 bytes of headroom so the ChannelData header
 //! is written in place: no copy and no allocation per relayed UDP packet.
+//!
+//! TCP/TLS client connections are capped in total and per client IP ([`StreamLimits`]; IPv6 by /64), and one that
+//! has not authenticated a request by [`StreamLimits::auth_deadline`] is closed. TLS handshakes never run on the
+//! relay thread: the TLS listeners accept and handshake on the daemon's multi-thread runtime (at most
+//! [`StreamLimits::tls_handshakes`] at once, [`StreamLimits::tls_handshake_rate_per_ip`] per second per client IP),
+//! and only the established stream is handed to the relay runtime. Its socket stays registered with the main
+//! runtime's reactor, so a readiness wake-up crosses threads; TURNS is the fallback transport, plain UDP and TCP
+//! stay on the relay thread from end to end.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,16 +22,18 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use duet_relay::SourceRateLimiter;
 use duet_relay::channel::write_channel_data_header;
 use duet_relay::framing::stream_frame_len;
 use duet_relay::server::{AddressFamily, ClientDelivery, Command, FiveTuple, Server, ServerConfig, Transport};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_ip::IpKey;
 use crate::metrics::{Metrics, sync_counter};
 
 pub mod tls;
@@ -41,9 +51,13 @@ const BATCH: usize = 64;
 const BIND_ATTEMPTS: usize = 64;
 /// Frames queued for one TCP/TLS client before further ones are dropped (a slow reader loses media, not the relay).
 const STREAM_QUEUE: usize = 512;
-/// A TCP/TLS client connection that sends nothing for this long is closed; its allocation goes with it
+/// An authenticated TCP/TLS client connection that sends nothing for this long is closed; its allocation goes with it
 /// (RFC 8656 §3.1: an allocation over TCP lives as long as its connection).
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Initial read buffer of a TCP/TLS client connection: a STUN request or a ChannelData message of an audio or video
+/// packet (up to ~1 200 bytes) fits; the buffer grows to the announced frame length when a longer frame arrives
+/// (at most 65 555 bytes, [`stream_frame_len`]) and shrinks back once it is consumed.
+const STREAM_BUFFER: usize = 2048;
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive and send buffer asked for on client listeners. Every client's traffic funnels through these sockets, so a
@@ -53,6 +67,82 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
 /// Receive and send buffer asked for on each relay socket (one per allocation; memory is only used while queued).
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+
+/// Limits on TCP/TLS client connections (`[turn]` `max_stream_connections`, `stream_connections_per_ip`,
+/// `auth_deadline`). Over a cap a new connection is closed at once, before any byte is read (and before a TLS
+/// handshake).
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// TCP and TLS client connections open at once, all listeners together (default 10 000).
+    pub max_connections: usize,
+    /// TCP and TLS client connections open at once from one client IP (IPv6: one /64) (default 128: 50 clients
+    /// behind one NAT address, each with up to two connections, fit).
+    pub per_ip: usize,
+    /// A connection on which no request has passed authentication this long after it opened (TLS: after the
+    /// handshake) is closed; after that the 300 s idle timeout applies (default 20 s).
+    pub auth_deadline: Duration,
+    /// TLS handshakes in progress at once, all TLS listeners together; more wait (within the 10 s handshake
+    /// timeout) (default 64).
+    pub tls_handshakes: usize,
+    /// TLS handshakes per second per client IP (IPv6: per /64), the refill rate of a token bucket of
+    /// `tls_handshake_burst_per_ip`; over it a new connection is closed at once (default 50: one client IP can hold
+    /// at most that many handshakes per second of the shared pool).
+    pub tls_handshake_rate_per_ip: u32,
+    /// Bucket size of the per-IP handshake rate (default 256: 50 TURNS clients behind one NAT address starting at
+    /// once, each with up to 4 attempts, as coturn's `turnutils_uclient -S` makes when it falls back from TLS 1.0
+    /// and 1.1, which Duet refuses, to TLS 1.2).
+    pub tls_handshake_burst_per_ip: u32,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_connections: 10_000,
+            per_ip: 128,
+            auth_deadline: Duration::from_secs(20),
+            tls_handshakes: 64,
+            tls_handshake_rate_per_ip: 50,
+            tls_handshake_burst_per_ip: 256,
+        }
+    }
+}
+
+/// The read buffer length a TCP/TLS connection needs with `pending` (the start of a frame) buffered: room for the
+/// whole frame its header announces, at least [`STREAM_BUFFER`] (so a long frame's buffer shrinks back once
+/// consumed). Never less than `pending.len()`.
+fn stream_buffer_len(pending: &[u8]) -> usize {
+    match stream_frame_len(pending) {
+        Ok(Some(len)) => len.max(STREAM_BUFFER).max(pending.len()),
+        _ => STREAM_BUFFER.max(pending.len()),
+    }
+}
+
+/// Open TCP/TLS client connections, in total and per client IP key.
+#[derive(Default)]
+struct StreamCount {
+    total: usize,
+    per_ip: HashMap<IpKey, usize>,
+}
+
+/// One admitted TCP/TLS connection: counted until dropped.
+struct StreamSlot {
+    inner: Arc<Inner>,
+    key: IpKey,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut count = self.inner.stream_count.lock().unwrap_or_else(|p| p.into_inner());
+        count.total = count.total.saturating_sub(1);
+        if let Some(n) = count.per_ip.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                count.per_ip.remove(&self.key);
+            }
+        }
+        self.inner.metrics.turn_stream_connections.set(count.total as i64);
+    }
+}
 
 /// Where and how relay sockets are bound.
 #[derive(Debug, Clone)]
@@ -65,6 +155,10 @@ pub struct RelaySockets {
     pub advertised_v4: Option<IpAddr>,
     /// Port range.
     pub ports: RangeInclusive<u16>,
+    /// Addresses the server is reachable at besides its bound listener IPs: `public_ip` and the addresses of
+    /// `public_host` (behind a 1:1 NAT with hairpinning a packet to them reaches this server). Each, with the port of
+    /// every TURN, HTTP and admin listener, is denied as a peer (loop attack).
+    pub public_ips: Vec<IpAddr>,
 }
 
 /// The client listeners to bind.
@@ -76,6 +170,8 @@ pub struct Listeners {
     pub tcp: Vec<SocketAddr>,
     /// TLS over TCP (TURNS); needs a [`tls::TlsConfig`].
     pub tls: Vec<SocketAddr>,
+    /// Caps and deadlines of the TCP and TLS client connections.
+    pub stream: StreamLimits,
 }
 
 struct Core {
@@ -106,6 +202,12 @@ struct Inner {
     tls_addrs: Vec<SocketAddr>,
     sockets: RelaySockets,
     metrics: Metrics,
+    stream_limits: StreamLimits,
+    stream_count: Mutex<StreamCount>,
+    /// TLS handshakes in progress (on the main runtime).
+    handshakes: Arc<Semaphore>,
+    /// Per-IP TLS handshake rate.
+    handshake_rate: Mutex<SourceRateLimiter>,
 }
 
 /// Control handle of the relay; cheap to clone.
@@ -149,6 +251,18 @@ impl RelayHandle {
         if !listen.tls.is_empty() && tls.is_none() {
             return Err(std::io::Error::other("TLS listeners need turn.tls_cert and turn.tls_key"));
         }
+        let tcp_listener = |addr: &SocketAddr| -> std::io::Result<TcpListener> {
+            let s = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&(*addr).into())?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            TcpListener::from_std(s.into())
+        };
+        // The TLS listeners, and the streams they accept, register with the caller's (the daemon's multi-thread)
+        // runtime: handshakes run there, off the relay thread.
+        let main_rt = tokio::runtime::Handle::current();
+        let tls_listeners = listen.tls.iter().map(tcp_listener).collect::<Result<Vec<_>, _>>()?;
         let rt = relay_runtime(shutdown.clone())?;
         // Sockets register with the reactor of the runtime current when they are created: the relay's.
         let _in_relay_runtime = rt.enter();
@@ -161,21 +275,20 @@ impl RelayHandle {
             s.set_nonblocking(true)?;
             udp.push((s.local_addr()?, Arc::new(UdpSocket::from_std(s)?)));
         }
-        let tcp_listener = |addr: &SocketAddr| -> std::io::Result<TcpListener> {
-            let s = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
-            s.set_reuse_address(true)?;
-            s.bind(&(*addr).into())?;
-            s.listen(1024)?;
-            s.set_nonblocking(true)?;
-            TcpListener::from_std(s.into())
-        };
         let tcp = listen.tcp.iter().map(tcp_listener).collect::<Result<Vec<_>, _>>()?;
-        let tls_listeners = listen.tls.iter().map(tcp_listener).collect::<Result<Vec<_>, _>>()?;
         let tcp_addrs = tcp.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
         let tls_addrs = tls_listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
-        // The relay must not relay to its own listeners (loop attack).
-        config.peer_policy.own_addresses.extend(udp.iter().map(|(a, _)| *a));
-        config.peer_policy.own_addresses.extend(tcp_addrs.iter().chain(&tls_addrs).copied());
+        // The relay must not relay to its own listeners (loop attack), nor to them at its public addresses (1:1 NAT
+        // hairpinning): every listener port (TURN here, HTTP and admin from the caller) on every public IP.
+        let own = &mut config.peer_policy.own_addresses;
+        own.extend(udp.iter().map(|(a, _)| *a));
+        own.extend(tcp_addrs.iter().chain(&tls_addrs).copied());
+        let mut ports: Vec<u16> = own.iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let public: Vec<SocketAddr> =
+            sockets.public_ips.iter().flat_map(|ip| ports.iter().map(|p| SocketAddr::new(*ip, *p))).collect();
+        own.extend(public);
         config.relay_families = [(sockets.bind_v4, AddressFamily::V4), (sockets.bind_v6, AddressFamily::V6)]
             .into_iter()
             .filter_map(|(ip, f)| ip.map(|_| f))
@@ -196,6 +309,10 @@ impl RelayHandle {
             tls_addrs,
             sockets,
             metrics,
+            handshakes: Arc::new(Semaphore::new(listen.stream.tls_handshakes.max(1))),
+            handshake_rate: Mutex::new(SourceRateLimiter::new(Instant::now())),
+            stream_limits: listen.stream.clone(),
+            stream_count: Mutex::new(StreamCount::default()),
         });
         let handle = RelayHandle { inner };
         for (addr, sock) in &handle.inner.listeners {
@@ -205,7 +322,7 @@ impl RelayHandle {
             rt.spawn(handle.clone().accept_loop(l, None, shutdown.clone()));
         }
         for l in tls_listeners {
-            rt.spawn(handle.clone().accept_loop(l, tls.clone(), shutdown.clone()));
+            main_rt.spawn(handle.clone().accept_loop(l, tls.clone(), shutdown.clone()));
         }
         rt.spawn(handle.clone().timer_loop(shutdown));
         Ok(handle)
@@ -411,6 +528,33 @@ impl RelayHandle {
         }
     }
 
+    /// Admits a new TCP/TLS connection from `client` under the caps of [`StreamLimits`], or refuses it (counted in
+    /// `duet_turn_stream_refusals_total{reason}`).
+    fn admit(&self, client: SocketAddr) -> Option<StreamSlot> {
+        let limits = &self.inner.stream_limits;
+        let key = IpKey::of(client.ip());
+        let mut count = self.inner.stream_count.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = if count.per_ip.get(&key).copied().unwrap_or(0) >= limits.per_ip {
+            Some("per_ip")
+        } else if count.total >= limits.max_connections {
+            Some("max_connections")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            drop(count);
+            self.inner.metrics.turn_stream_refusals.with_label_values(&[reason]).inc();
+            tracing::debug!(target: "relay", %client, reason, "stream connection refused");
+            return None;
+        }
+        count.total += 1;
+        *count.per_ip.entry(key).or_insert(0) += 1;
+        self.inner.metrics.turn_stream_connections.set(count.total as i64);
+        Some(StreamSlot { inner: self.inner.clone(), key })
+    }
+
+    /// Accepts TCP (`tls` = `None`, on the relay runtime) or TLS (on the main runtime) client connections. A TLS
+    /// connection is handed to the relay runtime only once its handshake is done.
     async fn accept_loop(self, listener: TcpListener, tls: Option<tls::TlsConfig>, shutdown: CancellationToken) {
         let Ok(local) = listener.local_addr() else { return };
         loop {
@@ -426,34 +570,68 @@ impl RelayHandle {
                 },
                 _ = shutdown.cancelled() => return,
             };
+            // Over a cap: the stream is dropped here, which closes it at once.
+            let Some(slot) = self.admit(client) else { continue };
             let _ = stream.set_nodelay(true);
-            let this = self.clone();
             let shutdown = shutdown.clone();
             match &tls {
                 None => {
                     let five = FiveTuple { transport: Transport::Tcp, server: local, client };
-                    tokio::spawn(this.stream_conn(stream, five, shutdown));
+                    tokio::spawn(self.clone().stream_conn(stream, five, slot, shutdown));
                 }
                 Some(tls) => {
-                    let acceptor = tls.acceptor();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => {
-                                let five = FiveTuple { transport: Transport::Tls, server: local, client };
-                                this.stream_conn(s, five, shutdown).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(target: "relay", %client, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(target: "relay", %client, "TLS handshake timed out"),
-                        }
-                    });
+                    let limits = &self.inner.stream_limits;
+                    let allowed = self.inner.handshake_rate.lock().unwrap_or_else(|p| p.into_inner()).allow(
+                        Instant::now(),
+                        client.ip(),
+                        limits.tls_handshake_rate_per_ip,
+                        limits.tls_handshake_burst_per_ip,
+                    );
+                    if !allowed {
+                        self.inner.metrics.turn_stream_refusals.with_label_values(&["handshake_rate"]).inc();
+                        tracing::debug!(target: "relay", %client, "TLS handshake rate exceeded, closing");
+                        continue;
+                    }
+                    let five = FiveTuple { transport: Transport::Tls, server: local, client };
+                    // On this (the main) runtime: the handshake's CPU never lands on the relay thread.
+                    tokio::spawn(self.clone().tls_handshake(stream, tls.acceptor(), five, slot, shutdown));
                 }
             }
         }
     }
 
-    /// One TCP/TLS client connection: splits the byte stream into STUN and ChannelData frames (RFC 8656 §12.5)
-    /// for the server, and writes the server's frames for this 5-tuple from a bounded queue.
-    async fn stream_conn<S>(self, stream: S, five: FiveTuple, shutdown: CancellationToken)
+    /// Runs a TLS handshake (waiting for one of the [`StreamLimits::tls_handshakes`] permits; both within
+    /// [`TLS_HANDSHAKE_TIMEOUT`]), then serves the established stream on the relay runtime.
+    async fn tls_handshake(
+        self,
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        five: FiveTuple,
+        slot: StreamSlot,
+        shutdown: CancellationToken,
+    ) {
+        let client = five.client;
+        let handshakes = self.inner.handshakes.clone();
+        let handshake = async move {
+            let _permit = handshakes.acquire_owned().await;
+            acceptor.accept(stream).await
+        };
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => {
+                let rt = self.inner.rt.clone();
+                rt.spawn(self.stream_conn(s, five, slot, shutdown));
+            }
+            Ok(Err(e)) => tracing::debug!(target: "relay", %client, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(target: "relay", %client, "TLS handshake timed out"),
+        }
+    }
+
+    /// One TCP/TLS client connection (on the relay runtime): splits the byte stream into STUN and ChannelData frames
+    /// (RFC 8656 §12.5) for the server, and writes the server's frames for this 5-tuple from a bounded queue. Closed
+    /// when no request has authenticated by [`StreamLimits::auth_deadline`], after [`STREAM_IDLE_TIMEOUT`] without
+    /// a byte, on a framing error, or at shutdown. The read buffer starts at [`STREAM_BUFFER`] bytes and grows to
+    /// the length a frame header announces.
+    async fn stream_conn<S>(self, stream: S, five: FiveTuple, slot: StreamSlot, shutdown: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -468,14 +646,25 @@ impl RelayHandle {
             }
             let _ = wr.shutdown().await;
         });
-        // Room for two maximal frames: a partial one is moved to the front after each read.
-        let mut buf = vec![0u8; 2 * (MAX_DATAGRAM + 24)];
+        let auth_deadline = tokio::time::sleep(self.inner.stream_limits.auth_deadline);
+        tokio::pin!(auth_deadline);
+        let mut authenticated = false;
+        let mut buf = vec![0u8; STREAM_BUFFER];
         let mut filled = 0usize;
         'conn: loop {
             let n = tokio::select! {
                 r = tokio::time::timeout(STREAM_IDLE_TIMEOUT, rd.read(&mut buf[filled..])) => match r {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
                     Ok(Ok(n)) => n,
+                },
+                _ = &mut auth_deadline, if !authenticated => {
+                    if self.lock().server.is_authenticated(five) {
+                        authenticated = true;
+                        continue;
+                    }
+                    self.inner.metrics.turn_stream_auth_timeouts.inc();
+                    tracing::debug!(target: "relay", client = %five.client, "no authenticated request in time, closing");
+                    break;
                 },
                 _ = shutdown.cancelled() => break,
             };
@@ -502,6 +691,11 @@ impl RelayHandle {
             }
             buf.copy_within(start..filled, 0);
             filled -= start;
+            let want = stream_buffer_len(&buf[..filled]);
+            if want != buf.len() {
+                buf.resize(want, 0);
+                buf.shrink_to_fit();
+            }
         }
         {
             let mut core = self.lock();
@@ -511,6 +705,7 @@ impl RelayHandle {
         }
         // The queue's sender is gone (removed above): the writer flushes what is queued and closes.
         let _ = writer.await;
+        drop(slot);
     }
 
     fn bind_relay(&self, family: AddressFamily, even_port: bool) -> std::io::Result<UdpSocket> {
@@ -554,7 +749,9 @@ impl RelayHandle {
         };
         sync(&m.stun_binding_requests, ("binding", ""), s.binding_requests);
         sync(&m.turn_auth_failures, ("auth_failures", ""), s.auth_failures);
-        sync(&m.turn_quota_refusals, ("quota", ""), s.quota_refusals + s.capacity_refusals);
+        sync(&m.turn_quota_refusals, ("quota", ""), s.quota_refusals);
+        sync(&m.turn_capacity_refusals, ("capacity", ""), s.capacity_refusals);
+        sync(&m.turn_peer_denied, ("peer_denied", ""), s.peer_denied);
         for (dir, bytes, packets) in [
             ("to_peer", s.relayed_bytes_to_peer, s.relayed_packets_to_peer),
             ("to_client", s.relayed_bytes_to_client, s.relayed_packets_to_client),
@@ -579,10 +776,8 @@ impl RelayHandle {
             ("malformed", s.drops_malformed),
             ("no_allocation", s.drops_no_allocation),
             ("no_permission", s.drops_no_permission),
-            ("peer_denied", s.drops_peer_denied),
             ("rate_limited", s.drops_rate_limited),
             ("unknown_channel", s.drops_unknown_channel),
-            ("unauthenticated_reply_suppressed", s.unauthenticated_replies_suppressed),
             ("bandwidth", s.drops_bandwidth),
         ] {
             sync(&m.turn_drops.with_label_values(&[reason]), ("drops", reason), v);
@@ -592,5 +787,116 @@ impl RelayHandle {
         {
             m.turn_allocations_active.with_label_values(&[transport]).set(v as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn stream_buffer_grows_to_the_announced_frame_and_back() {
+        assert_eq!(stream_buffer_len(&[]), STREAM_BUFFER);
+        assert_eq!(stream_buffer_len(&[0x00, 0x01]), STREAM_BUFFER, "length not known yet");
+        assert_eq!(stream_buffer_len(&[0x00, 0x01, 0x00, 0x50]), STREAM_BUFFER, "a short STUN request");
+        assert_eq!(stream_buffer_len(&[0x00, 0x16, 0xEA, 0x60]), 20 + 60_000, "a long Send indication");
+        assert_eq!(stream_buffer_len(&[0x40, 0x00, 0xFF, 0xFF]), 4 + 65_536, "the longest ChannelData, padded");
+        assert_eq!(stream_buffer_len(&[0xFF; 3000]), 3000, "never below what is buffered");
+    }
+
+    /// Serves one certificate and records the name of every thread that ran a handshake's ClientHello.
+    #[derive(Debug)]
+    struct RecordingResolver {
+        key: Arc<CertifiedKey>,
+        threads: Mutex<Vec<String>>,
+    }
+
+    impl ResolvesServerCert for RecordingResolver {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            self.threads.lock().unwrap().push(name);
+            Some(self.key.clone())
+        }
+    }
+
+    /// Issue 7 item 10: TLS handshakes run on the daemon's runtime (the test's multi-thread runtime here), never on
+    /// the relay's `duet-relay` thread, and the established stream is then served by the relay (a Binding over
+    /// TURNS is answered).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_handshakes_run_off_the_relay_thread() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_der = CertificateDer::from(cert.cert.der().to_vec());
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let signing = provider.key_provider.load_private_key(key_der).unwrap();
+        let resolver = Arc::new(RecordingResolver {
+            key: Arc::new(CertifiedKey::new(vec![cert_der.clone()], signing)),
+            threads: Mutex::new(Vec::new()),
+        });
+        let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        let tls = tls::TlsConfig::from_server_config(Arc::new(server_tls));
+        let listen = Listeners {
+            udp: vec!["127.0.0.1:0".parse().unwrap()],
+            tls: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Listeners::default()
+        };
+        let sockets = RelaySockets {
+            bind_v4: Some("127.0.0.1".parse().unwrap()),
+            bind_v6: None,
+            advertised_v4: None,
+            ports: 49152..=65535,
+            public_ips: Vec::new(),
+        };
+        let config = ServerConfig::new("duet", vec![b"secret".to_vec()], [7; 32]);
+        let shutdown = CancellationToken::new();
+        let relay =
+            RelayHandle::start(config, &listen, Some(tls), sockets, Metrics::new(), shutdown.clone()).await.unwrap();
+        let server = relay.tls_addrs()[0];
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls));
+        for i in 0..8u8 {
+            let tcp = TcpStream::connect(server).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+            // A Binding request (RFC 8489 §5: type 0x0001, length 0, magic cookie, transaction ID).
+            let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+            req.extend([i; 12]);
+            stream.write_all(&req).await.unwrap();
+            let mut head = [0u8; 20];
+            tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+                .await
+                .expect("Binding response in time")
+                .expect("Binding response");
+            assert_eq!((head[0], head[1]), (0x01, 0x01), "Binding success response over TURNS");
+            assert_eq!(head[8..20], [i; 12], "the response's transaction ID");
+        }
+        shutdown.cancel();
+        let threads = resolver.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 8, "one ClientHello per connection: {threads:?}");
+        assert!(
+            threads.iter().all(|t| t != "duet-relay"),
+            "TLS handshakes ran on the relay's data-path thread: {threads:?}"
+        );
     }
 }

@@ -54,6 +54,17 @@ impl TlsConfig {
         Ok(())
     }
 
+    /// A configuration from a ready rustls server configuration (tests: a custom certificate resolver). It has no
+    /// files: [`TlsConfig::reload`] fails and keeps it.
+    #[cfg(test)]
+    pub(crate) fn from_server_config(config: Arc<rustls::ServerConfig>) -> TlsConfig {
+        TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            current: Arc::new(RwLock::new(TlsAcceptor::from(config))),
+        }
+    }
+
     /// The acceptor for a new connection.
     pub fn acceptor(&self) -> TlsAcceptor {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()

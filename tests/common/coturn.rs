@@ -89,14 +89,38 @@ pub fn relayed_packets(text: &str, direction: &str) -> f64 {
 /// `server` with `username` / `credential`, 90 s at most, and checks that every message came back and that the relay's
 /// metrics account for the relayed packets and the 4 allocations.
 pub async fn uclient_load(d: &Daemon, server: SocketAddr, args: &[&str], username: &str, credential: &str, test: &str) {
+    let load = UclientLoad { clients: 4, messages: 200, limit: Duration::from_secs(90) };
+    uclient_load_sized(d, server, args, username, credential, &load, test).await;
+}
+
+/// The size of a uclient run: `clients` (`-m`) sending `messages` (`-n`) of 170 B every 5 ms each, killed (and the
+/// test failed) after `limit`.
+pub struct UclientLoad {
+    pub clients: u64,
+    pub messages: u64,
+    pub limit: Duration,
+}
+
+/// [`uclient_load`] with the size of `load`: every message sent must come back, with matching relay metrics and at
+/// least `load.clients` successful allocations.
+pub async fn uclient_load_sized(
+    d: &Daemon,
+    server: SocketAddr,
+    args: &[&str],
+    username: &str,
+    credential: &str,
+    load: &UclientLoad,
+    test: &str,
+) {
     let before = d.metrics().await;
     let mut cmd = Command::new("turnutils_uclient");
+    let (clients, messages) = (load.clients.to_string(), load.messages.to_string());
     cmd.args(args)
-        .args(["-m", "4", "-n", "200", "-l", "170", "-z", "5", "-c", "-g"])
+        .args(["-m", &clients, "-n", &messages, "-l", "170", "-z", "5", "-c", "-g"])
         .args(["-u", username, "-w", credential, "-p", &server.port().to_string()])
         .arg(server.ip().to_string());
     let shown = format!("{cmd:?}");
-    let run = run_bounded_blocking(cmd, Duration::from_secs(90), "turnutils_uclient").await;
+    let run = run_bounded_blocking(cmd, load.limit, "turnutils_uclient").await;
     let last = tail(&run.stdout, 15);
     assert!(
         run.status.success(),
@@ -108,7 +132,8 @@ pub async fn uclient_load(d: &Daemon, server: SocketAddr, args: &[&str], usernam
         panic!("{test}: no totals in turnutils_uclient output.\nstdout tail:\n{last}\nstderr:\n{}", run.stderr)
     });
     assert!(totals.sent > 0, "{test}: uclient sent nothing: {totals:?}\n{last}");
-    assert_eq!(totals.sent, 800, "{test}: 4 clients x 200 messages should be sent: {totals:?}\n{last}");
+    let want = load.clients * load.messages;
+    assert_eq!(totals.sent, want, "{test}: {clients} clients x {messages} messages should be sent: {totals:?}\n{last}");
     assert_eq!(totals.lost, 0, "{test}: packets lost through the relay: {totals:?}\n{last}");
     assert_eq!(totals.sent, totals.received, "{test}: every message sent must come back: {totals:?}\n{last}");
 
@@ -130,7 +155,8 @@ pub async fn uclient_load(d: &Daemon, server: SocketAddr, args: &[&str], usernam
     let ok_allocs = metric(&after, "duet_turn_allocations_total{result=\"ok\"}").unwrap_or(0.0)
         - metric(&before, "duet_turn_allocations_total{result=\"ok\"}").unwrap_or(0.0);
     assert!(
-        ok_allocs >= 4.0,
-        "{test}: 4 uclient allocations succeeded but duet_turn_allocations_total{{result=\"ok\"}} grew by {ok_allocs}"
+        ok_allocs >= load.clients as f64,
+        "{test}: {clients} uclient allocations succeeded but duet_turn_allocations_total{{result=\"ok\"}} grew by \
+         {ok_allocs}"
     );
 }

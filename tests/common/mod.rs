@@ -423,11 +423,103 @@ pub struct Relayed {
     pub data: Vec<u8>,
 }
 
-/// A TURN client over UDP with long-term credentials (RFC 8489 §9.2: 401 challenge, then USERNAME, REALM, NONCE and
-/// MESSAGE-INTEGRITY keyed with MD5(username:realm:password); 438 answered with the fresh nonce). Messages are built
-/// with the `stun` crate and the `turn` crate's attribute codecs (`turn::proto`). Every wait is bounded.
+/// How a [`TurnUdpClient`] reaches the relay: a connected UDP socket, or a TCP connection whose byte stream carries
+/// STUN and ChannelData frames back to back (RFC 8656 §12.5), with the bytes read past the last whole frame.
+enum Link {
+    Udp(tokio::net::UdpSocket),
+    Tcp(tokio::net::TcpStream, std::sync::Mutex<Vec<u8>>),
+}
+
+impl Link {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Link::Udp(s) => s.local_addr().unwrap(),
+            Link::Tcp(s, _) => s.local_addr().unwrap(),
+        }
+    }
+
+    /// Sends one datagram (UDP) or writes one frame (TCP); a closed connection is an error.
+    async fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Udp(s) => s.send(bytes).await.map(|_| ()),
+            Link::Tcp(s, _) => {
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    s.writable().await?;
+                    match s.try_write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives one datagram (UDP) or one whole frame (TCP) into `buf`; `Ok(0)` when the TCP connection closed.
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (s, pending) = match self {
+            Link::Udp(s) => return s.recv(buf).await,
+            Link::Tcp(s, pending) => (s, pending),
+        };
+        loop {
+            {
+                let mut p = pending.lock().unwrap();
+                if let Some(len) = frame_len(&p)
+                    && p.len() >= len
+                {
+                    buf[..len].copy_from_slice(&p[..len]);
+                    p.drain(..len);
+                    return Ok(len);
+                }
+            }
+            s.readable().await?;
+            let mut chunk = [0u8; 4096];
+            match s.try_read(&mut chunk) {
+                Ok(0) => return Ok(0),
+                Ok(n) => pending.lock().unwrap().extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A STUN Binding request with a fresh transaction ID.
+fn binding_request() -> stun::message::Message {
+    let setters: Vec<Box<dyn stun::message::Setter>> =
+        vec![Box::new(stun::agent::TransactionId::new()), Box::new(stun::message::BINDING_REQUEST)];
+    let mut req = stun::message::Message::new();
+    req.build(&setters).expect("build Binding");
+    req
+}
+
+/// The sum of every sample of the metric family `name` (all label values) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name || k.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+                .then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Length of the frame at the start of a TCP TURN byte stream (RFC 8656 §12.5: STUN is 20 + its length field,
+/// ChannelData 4 + its length padded to 4), once 4 bytes are there.
+fn frame_len(b: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]));
+    Some(if b[0] >> 6 == 1 { 4 + ((len + 3) & !3) } else { 20 + len })
+}
+
+/// A TURN client with long-term credentials (RFC 8489 §9.2: 401 challenge, then USERNAME, REALM, NONCE and
+/// MESSAGE-INTEGRITY keyed with MD5(username:realm:password); 438 answered with the fresh nonce), over UDP
+/// ([`TurnUdpClient::connect`]) or TCP ([`TurnUdpClient::connect_tcp`]). Messages are built with the `stun` crate and
+/// the `turn` crate's attribute codecs (`turn::proto`). Every wait is bounded.
 pub struct TurnUdpClient {
-    pub sock: tokio::net::UdpSocket,
+    link: Link,
     pub server: SocketAddr,
     pub username: String,
     pub password: String,
@@ -443,8 +535,35 @@ impl TurnUdpClient {
         let local = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
         let sock = tokio::net::UdpSocket::bind(local).await.expect("bind client UDP socket");
         sock.connect(server).await.expect("connect client UDP socket");
+        Self::over(Link::Udp(sock), server, username, password)
+    }
+
+    /// A client over a new TCP connection to the relay's TCP listener `server`.
+    pub async fn connect_tcp(server: SocketAddr, username: &str, password: &str) -> TurnUdpClient {
+        let local = if server.is_ipv6() { "::1" } else { "127.0.0.1" };
+        Self::connect_tcp_from(local.parse().unwrap(), server, username, password).await
+    }
+
+    /// [`Self::connect_tcp`] from the local address `from` (e.g. 127.0.0.2, another client IP on loopback).
+    pub async fn connect_tcp_from(
+        from: std::net::IpAddr,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> TurnUdpClient {
+        let socket = if from.is_ipv6() { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() }
+            .expect("TCP socket");
+        socket.bind(SocketAddr::new(from, 0)).unwrap_or_else(|e| panic!("bind a TCP socket on {from}: {e}"));
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(server))
+            .await
+            .unwrap_or_else(|_| panic!("TCP connect to {server} timed out"))
+            .unwrap_or_else(|e| panic!("TCP connect to {server}: {e}"));
+        Self::over(Link::Tcp(stream, Default::default()), server, username, password)
+    }
+
+    fn over(link: Link, server: SocketAddr, username: &str, password: &str) -> TurnUdpClient {
         TurnUdpClient {
-            sock,
+            link,
             server,
             username: username.to_string(),
             password: password.to_string(),
@@ -455,7 +574,7 @@ impl TurnUdpClient {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.sock.local_addr().unwrap()
+        self.link.local_addr()
     }
 
     /// Sends `req` and waits (5 s at most, retransmitting after 0.5, 1 and 2 s as RFC 8489 §6.2.1 does) for the
@@ -472,13 +591,17 @@ impl TurnUdpClient {
                 panic!("no response to {} from {} within 5 s", req.typ, self.server);
             }
             if now >= next_send {
-                self.sock.send(&req.raw).await.expect("send STUN request");
-                next_send = now + rto;
+                self.link.send(&req.raw).await.expect("send STUN request");
+                // Over TCP the stream is reliable: no retransmission (RFC 8489 §6.2.2), one wait of 5 s.
+                next_send = if matches!(self.link, Link::Tcp(..)) { deadline } else { now + rto };
                 rto *= 2;
             }
             let wait = next_send.min(deadline) - now;
-            let Ok(r) = tokio::time::timeout(wait, self.sock.recv(&mut buf)).await else { continue };
+            let Ok(r) = tokio::time::timeout(wait, self.link.recv(&mut buf)).await else { continue };
             let n = match r {
+                Ok(0) if matches!(self.link, Link::Tcp(..)) => {
+                    panic!("the relay closed the TCP connection while {} waited for a response", req.typ)
+                }
                 Ok(n) => n,
                 // ICMP port unreachable from an earlier datagram; keep waiting.
                 Err(_) => continue,
@@ -501,6 +624,34 @@ impl TurnUdpClient {
                 return m;
             }
         }
+    }
+
+    /// True when the relay closes this TCP connection within `wait` (frames arriving meanwhile are discarded);
+    /// false when it is still open then. Panics for UDP.
+    pub async fn closed_by_relay(&self, wait: Duration) -> bool {
+        assert!(matches!(self.link, Link::Tcp(..)), "closed_by_relay needs a TCP client");
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match tokio::time::timeout_at(deadline, self.link.recv(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Sends an unauthenticated Binding request (RFC 8489 §3: the STUN service, no credentials) and returns the
+    /// response.
+    pub async fn binding(&mut self) -> stun::message::Message {
+        let req = binding_request();
+        self.transact(&req).await
+    }
+
+    /// Sends an unauthenticated Binding request without waiting for the response; `false` when the send failed
+    /// (e.g. the TCP connection was closed).
+    pub async fn send_binding(&self) -> bool {
+        self.link.send(&binding_request().raw).await.is_ok()
     }
 
     /// The 401 challenge: sends an unauthenticated Allocate and stores REALM and NONCE.
@@ -670,7 +821,7 @@ impl TurnUdpClient {
         ];
         let mut m = stun::message::Message::new();
         m.build(&setters).expect("build Send indication");
-        self.sock.send(&m.raw).await.expect("send Send indication");
+        self.link.send(&m.raw).await.expect("send Send indication");
     }
 
     /// A ChannelData message on `channel` (RFC 8656 §12.4).
@@ -681,7 +832,11 @@ impl TurnUdpClient {
             raw: Vec::new(),
         };
         cd.encode();
-        self.sock.send(&cd.raw).await.expect("send ChannelData");
+        if matches!(self.link, Link::Tcp(..)) {
+            // RFC 8656 §12.5: padded to a multiple of 4 over TCP.
+            cd.raw.resize((cd.raw.len() + 3) & !3, 0);
+        }
+        self.link.send(&cd.raw).await.expect("send ChannelData");
     }
 
     /// The next relayed payload (Data indication or ChannelData) within `wait`; `None` if nothing came.
@@ -692,9 +847,10 @@ impl TurnUdpClient {
         loop {
             let bytes = match self.pending.pop_front() {
                 Some(b) => b,
-                None => match tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await {
+                None => match tokio::time::timeout_at(deadline, self.link.recv(&mut buf)).await {
                     Err(_) => return None,
                     Ok(Err(_)) => continue,
+                    Ok(Ok(0)) if matches!(self.link, Link::Tcp(..)) => return None,
                     Ok(Ok(n)) => buf[..n].to_vec(),
                 },
             };
