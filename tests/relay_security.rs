@@ -449,6 +449,44 @@ async fn unauthenticated_stream_is_closed_at_auth_deadline() {
     assert_eq!(counter(&text, "duet_turn_allocations_active{transport=\"tcp\"}"), 1.0, "{text}");
 }
 
+/// Issue 7 item 9 (review): a client that never authenticates and never reads, while it makes the relay write (Binding
+/// replies are never suppressed on TCP), cannot keep its connection past the auth deadline with a full TCP window:
+/// the writer's stuck write is abandoned and the connection and its slot are released.
+#[tokio::test]
+async fn a_stream_that_never_reads_is_closed_after_the_auth_deadline() {
+    let (d, ready) = start_with_ready("[turn]\nlisten_tcp = [\"127.0.0.1:0\"]\nauth_deadline = \"8s\"\n");
+    let tcp = ready_addr(&ready, "turn_tcp").expect("the ready line names the TURN TCP listener (turn_tcp)");
+    // A small receive buffer, so that the relay's replies fill this client's TCP window soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(tcp).await.unwrap();
+    // Binding requests (RFC 8489 §6), 20 bytes each, never read back: paced batches, so the relay's writer keeps up
+    // with its queue until the TCP window (the client reads nothing) is full and its write blocks.
+    let mut batch = Vec::with_capacity(20 * 256);
+    for i in 0..256u32 {
+        batch.extend_from_slice(&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42]);
+        batch.extend_from_slice(&[0u8; 8]);
+        batch.extend_from_slice(&i.to_be_bytes());
+    }
+    let flood = async {
+        use tokio::io::AsyncWriteExt;
+        while let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), s.write_all(&batch)).await {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), flood).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = counter(&d.metrics().await, "duet_turn_stream_connections");
+        if open == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a stream that never reads is still open ({open} open)");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(s);
+}
+
 /// Issue 7 item 9: the read buffer of a TCP connection starts small and grows to the frame being received, so a
 /// near-maximal Send indication (65 000 bytes of data) is relayed whole, and short frames after it still are.
 #[tokio::test]

@@ -58,6 +58,10 @@ const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// packet (up to ~1 200 bytes) fits; the buffer grows to the announced frame length when a longer frame arrives
 /// (at most 65 555 bytes, [`stream_frame_len`]) and shrinks back once it is consumed.
 const STREAM_BUFFER: usize = 2048;
+/// A write to a TCP/TLS client that makes no progress for this long closes the connection.
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing TCP/TLS connection may spend writing out what is still queued for it.
+const STREAM_CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive and send buffer asked for on client listeners. Every client's traffic funnels through these sockets, so a
@@ -638,13 +642,16 @@ impl RelayHandle {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
         self.lock().streams.insert(five, tx);
-        let writer = tokio::spawn(async move {
+        // Every write has STREAM_WRITE_TIMEOUT: a client that stops reading (a full TCP window) cannot hold the
+        // writer, and with it the connection and its slot, past the auth deadline or the idle timeout.
+        let mut writer = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
-                if wr.write_all(&frame).await.is_err() {
-                    break;
+                match tokio::time::timeout(STREAM_WRITE_TIMEOUT, wr.write_all(&frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return,
                 }
             }
-            let _ = wr.shutdown().await;
+            let _ = tokio::time::timeout(STREAM_WRITE_TIMEOUT, wr.shutdown()).await;
         });
         let auth_deadline = tokio::time::sleep(self.inner.stream_limits.auth_deadline);
         tokio::pin!(auth_deadline);
@@ -703,8 +710,11 @@ impl RelayHandle {
             core.server.handle_client_closed(Instant::now(), five);
             self.drain(&mut core);
         }
-        // The queue's sender is gone (removed above): the writer flushes what is queued and closes.
-        let _ = writer.await;
+        // The queue's sender is gone (removed above): the writer flushes what is queued and closes, briefly; a writer
+        // still stuck is aborted, which drops its half of the stream and closes the connection.
+        if tokio::time::timeout(STREAM_CLOSE_FLUSH, &mut writer).await.is_err() {
+            writer.abort();
+        }
         drop(slot);
     }
 

@@ -14,14 +14,13 @@
 //! What remains (documented in the README): a stranger who learns a meeting id can take a slot that nobody holds yet.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::time::Instant;
-
 use duet_signaling::{Mode, VyAdmission};
 use serde::Deserialize;
 
