@@ -106,6 +106,8 @@ pub struct RawHttp {
     /// Reverse proxies (CIDRs, e.g. `["10.0.0.0/8"]`) whose `Forwarded` / `X-Forwarded-For` headers name the client
     /// (default none: the TCP peer is the client). See `client_ip`.
     pub trusted_proxies: Option<Vec<String>>,
+    /// The header those proxies set: `"x-forwarded-for"` (default) or `"forwarded"` (RFC 7239); the other is ignored.
+    pub forwarded_header: Option<String>,
     /// Open connections on the HTTP and Virtual Y listeners together (default 10000); over it a new connection is
     /// closed at once.
     pub max_connections: Option<usize>,
@@ -464,6 +466,8 @@ pub struct SignalingConfig {
     pub max_rooms: usize,
     /// Reverse proxies whose forwarding headers name the client (copied from `[http] trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
+    /// The header they set (copied from `[http] forwarded_header`).
+    pub forwarded_header: crate::client_ip::ForwardedHeader,
     /// Virtual Y mode.
     pub vy: VyConfig,
     /// PeerJS mode.
@@ -703,6 +707,10 @@ impl RawConfig {
             send_timeout: duration("signaling.send_timeout", &s.send_timeout, Duration::from_secs(10))?,
             max_rooms: s.max_rooms.unwrap_or(50_000),
             trusted_proxies: nets("http.trusted_proxies", &self.http.trusted_proxies)?,
+            forwarded_header: match &self.http.forwarded_header {
+                None => Default::default(),
+                Some(h) => h.parse().map_err(|e: String| invalid("http.forwarded_header", e))?,
+            },
             vy: VyConfig {
                 enabled: s.vy.enabled.unwrap_or(false),
                 require_booking: s.vy.require_booking.unwrap_or(true),

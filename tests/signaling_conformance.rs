@@ -1515,9 +1515,15 @@ async fn sockets_are_counted_per_forwarded_client_behind_trusted_proxies() {
     assert_eq!(second.err(), Some(429), "client X already holds its one socket");
     let _y = as_client(&b, "guest", "x-forwarded-for", "203.0.113.2").await.expect("client Y");
     let b2 = d.booking_now(60, 1800).await;
-    let _v6 = as_client(&b2, "host", "forwarded", "for=\"[2001:db8:1:2::1]:443\"").await.expect("v6 client");
-    let same64 = as_client(&b2, "guest", "forwarded", "for=\"[2001:db8:1:2:ffff::9]\"").await;
+    let _v6 = as_client(&b2, "host", "x-forwarded-for", "2001:db8:1:2::1").await.expect("v6 client");
+    let same64 = as_client(&b2, "guest", "x-forwarded-for", "2001:db8:1:2:ffff::9").await;
     assert_eq!(same64.err(), Some(429), "one /64 is one client");
+    // A `Forwarded` header the client wrote itself is not believed (the proxy sets X-Forwarded-For): both sockets
+    // count as the proxy's own address.
+    let b3 = d.booking_now(60, 1800).await;
+    let _first = as_client(&b3, "host", "forwarded", "for=198.51.100.77").await.expect("first");
+    let spoofed = as_client(&b3, "guest", "forwarded", "for=198.51.100.78").await;
+    assert_eq!(spoofed.err(), Some(429), "a client-written Forwarded header is ignored");
 
     // Without trusted proxies the header is ignored: both sockets are 127.0.0.1's.
     let d2 = Daemon::start(cfg);

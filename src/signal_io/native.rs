@@ -44,7 +44,7 @@ pub(super) fn precheck(
             .into_response()
             .into());
     }
-    let ip = IpKey::of(client_ip(peer, headers, &hub.config.trusted_proxies));
+    let ip = IpKey::of(client_ip(peer, headers, &hub.config.trusted_proxies, hub.config.forwarded_header));
     match hub.pending.acquire(ip) {
         Some(pending) => Ok((ip, pending)),
         None => {
