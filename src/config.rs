@@ -117,6 +117,9 @@ pub struct RawHttp {
     /// Time a client has for its TLS handshake and for each request's headers, and longest idle time of a kept-alive
     /// connection between requests (default `10s`).
     pub header_read_timeout: Option<String>,
+    /// Longest handling of one request once its head is read, body included (default `30s`; over: 408), and longest
+    /// a write to a client may make no progress (a client that stops reading is closed).
+    pub request_timeout: Option<String>,
 }
 
 /// `[admin]`: metrics and health listener.
@@ -375,6 +378,9 @@ pub struct HttpLimits {
     /// TLS handshake deadline, request-header deadline and keep-alive idle limit (`header_read_timeout`, 0.5 s to
     /// 10 min).
     pub header_read_timeout: Duration,
+    /// Handling deadline of one request (408 after it) and write-progress deadline of a connection
+    /// (`request_timeout`, 1 s to 10 min).
+    pub request_timeout: Duration,
 }
 
 /// Validated `[turn]`.
@@ -774,6 +780,7 @@ impl RawConfig {
                 &self.http.header_read_timeout,
                 Duration::from_secs(10),
             )?,
+            request_timeout: duration("http.request_timeout", &self.http.request_timeout, Duration::from_secs(30))?,
         };
         if http_limits.max_connections == 0 {
             return Err(invalid("http.max_connections", "must be positive"));
@@ -783,6 +790,9 @@ impl RawConfig {
         }
         if !(Duration::from_millis(500)..=Duration::from_secs(600)).contains(&http_limits.header_read_timeout) {
             return Err(invalid("http.header_read_timeout", "between 500ms and 10m"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&http_limits.request_timeout) {
+            return Err(invalid("http.request_timeout", "between 1s and 10m"));
         }
         let session_ttl = duration("tokens.session_ttl", &self.tokens.session_ttl, Duration::from_secs(600))?;
         if session_ttl < Duration::from_secs(10) {
@@ -856,7 +866,8 @@ mod tests {
             HttpLimits {
                 max_connections: 10_000,
                 max_connections_per_ip: 256,
-                header_read_timeout: Duration::from_secs(10)
+                header_read_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(30),
             }
         );
     }
@@ -868,7 +879,12 @@ mod tests {
             parse("[http]\nmax_connections = 50\nmax_connections_per_ip = 5\nheader_read_timeout = \"2s\"\n").unwrap();
         assert_eq!(
             c.http_limits,
-            HttpLimits { max_connections: 50, max_connections_per_ip: 5, header_read_timeout: Duration::from_secs(2) }
+            HttpLimits {
+                max_connections: 50,
+                max_connections_per_ip: 5,
+                header_read_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(30),
+            }
         );
         for (text, key) in [
             ("[http]\nmax_connections = 0\n", "http.max_connections"),

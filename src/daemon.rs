@@ -9,6 +9,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use duet_relay::policy::PeerPolicy;
 use duet_relay::server::ServerConfig;
@@ -243,6 +244,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
         .fallback(signal_io::vy::fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(config.http_limits.request_timeout, request_deadline))
         .layer(axum::middleware::from_fn_with_state(metrics.clone(), count_request))
         .with_state(state.clone());
     // A listener of its own for Virtual Y clients (they connect to port 8091): every path is the vy handler.
@@ -263,7 +265,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // One set of connection caps for both public listeners (http_serve).
     let limits = ConnectionLimits::new(config.http_limits, config.trusted_proxies.clone(), metrics.clone());
     if let Some(listener) = vy_listener {
-        let vy_app = Router::new().fallback(signal_io::vy::fallback).with_state(state);
+        let vy_app = Router::new()
+            .fallback(signal_io::vy::fallback)
+            .layer(axum::middleware::from_fn_with_state(config.http_limits.request_timeout, request_deadline))
+            .with_state(state);
         let serve =
             http_serve::serve(listener, vy_tls.clone(), vy_app, limits.clone(), shutdown.clone(), tasks.clone(), "vy");
         tasks.spawn(serve);
@@ -350,6 +355,25 @@ async fn public_host_ips(host: Option<&str>) -> Vec<IpAddr> {
             tracing::warn!(target: "relay", public_host = bare, error = %e, "turn.public_host does not resolve; its addresses are not denied as peers");
             Vec::new()
         }
+    }
+}
+
+/// `[http] request_timeout` for one request, body included: a request not answered by then gets 408 with a JSON
+/// body (a client trickling its body, or a handler stuck on the database). A WebSocket upgrade is answered (101)
+/// at once, so the call that follows on the upgraded connection is not limited by it.
+async fn request_deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => api::ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request was not complete in time",
+        )
+        .into_response(),
     }
 }
 

@@ -15,7 +15,9 @@
 //!    request until the `101`, so it has the same deadline. The request head (request line and headers) is capped at
 //!    [`MAX_HEAD_BYTES`] and the read buffer at the same size: a longer head, complete or not, gets
 //!    `431 Request Header Fields Too Large` and the connection closes.
-//! 5. The router sees the TCP peer as `ConnectInfo<SocketAddr>`, as with `axum::serve`.
+//! 5. The router sees the TCP peer as `ConnectInfo<SocketAddr>`, as with `axum::serve`. A write to the client that
+//!    makes no progress for `request_timeout` fails and closes the connection (a client that stops reading);
+//!    the router itself answers 408 to a request not handled within `request_timeout` (`daemon`).
 //! 6. On `shutdown` the listener stops accepting, each connection finishes its request in flight
 //!    (hyper's graceful shutdown) for at most [`SHUTDOWN_GRACE`], then closes.
 
@@ -33,6 +35,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -151,6 +154,7 @@ pub async fn serve(
     name: &'static str,
 ) {
     let timeout = limits.limits.header_read_timeout;
+    let write_timeout = limits.limits.request_timeout;
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -181,7 +185,9 @@ pub async fn serve(
         tasks.spawn(async move {
             let _admission = admission;
             match acceptor {
-                None => serve_connection(tcp, remote, router, timeout, shutdown).await,
+                None => {
+                    serve_connection(with_write_timeout(tcp, write_timeout), remote, router, timeout, shutdown).await
+                }
                 Some(acceptor) => {
                     let stream = tokio::select! {
                         r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match r {
@@ -191,11 +197,21 @@ pub async fn serve(
                         },
                         _ = shutdown.cancelled() => return,
                     };
-                    serve_connection(stream, remote, router, timeout, shutdown).await
+                    serve_connection(with_write_timeout(stream, write_timeout), remote, router, timeout, shutdown).await
                 }
             }
         });
     }
+}
+
+/// `io` whose writes fail when they make no progress for `timeout` (tokio-io-timeout): hyper has no write timeout of
+/// its own, so without this a client that sends requests (or holds a WebSocket) and never reads would hold its
+/// connection forever once its TCP window is full. Reads have no timeout here (an idle WebSocket is fine; hyper's
+/// header timer bounds the wait for a request).
+fn with_write_timeout<I: AsyncRead + AsyncWrite>(io: I, timeout: Duration) -> std::pin::Pin<Box<TimeoutStream<I>>> {
+    let mut io = TimeoutStream::new(io);
+    io.set_write_timeout(Some(timeout));
+    Box::pin(io)
 }
 
 /// HTTP/1.1 with upgrades on one connection (module docs, steps 4-6).
@@ -234,6 +250,7 @@ mod tests {
                 max_connections: global,
                 max_connections_per_ip: per_ip,
                 header_read_timeout: Duration::from_secs(10),
+                request_timeout: Duration::from_secs(30),
             },
             trusted.iter().map(|s| s.parse().unwrap()).collect(),
             Metrics::new(),

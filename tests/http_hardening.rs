@@ -241,3 +241,52 @@ async fn join_page_and_api_send_security_headers() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store", "get booking");
 }
+
+/// A request whose body trickles (or stops) is answered 408 with a JSON body within `[http] request_timeout`, and a
+/// client that pipelines requests and never reads its responses is closed once a write makes no progress for that
+/// long (review of issue 7 item 5: the header timeout alone covers neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_get_408_and_clients_that_never_read_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut d = Daemon::start("[http]\nrequest_timeout = \"2s\"\n");
+
+    // A body announced as 1 000 bytes of which 10 ever arrive.
+    let mut s = connect_from(LOCAL, d.http).await;
+    let head = format!(
+        "POST /v1/bookings HTTP/1.1\r\nHost: duet.test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{\"title\":",
+        d.api_key
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a stalled body: {answer}");
+    assert!(answer.contains("\"error\":\"request_timeout\""), "a JSON error body: {answer}");
+    assert!(started.elapsed() < Duration::from_secs(6), "answered after {:?}", started.elapsed());
+
+    // Pipelined GETs with a small receive buffer, never read.
+    let baseline = metric(&d.metrics().await, "duet_http_connections{listener=\"http\"}").unwrap_or(0.0);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = socket.connect(d.http).await.unwrap();
+    let request = b"GET /join.js HTTP/1.1\r\nHost: duet.test\r\n\r\n".repeat(64);
+    for _ in 0..200 {
+        match tokio::time::timeout(Duration::from_millis(500), greedy.write_all(&request)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let open = metric(&d.metrics().await, "duet_http_connections{listener=\"http\"}").unwrap_or(0.0);
+        if open <= baseline {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a client that never reads is still connected ({open} open)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(greedy);
+    assert_alive(&mut d);
+}
