@@ -349,10 +349,15 @@ async fn public_host_ips(host: Option<&str>) -> Vec<IpAddr> {
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return vec![ip];
     }
-    match tokio::net::lookup_host((bare, 0)).await {
-        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
-        Err(e) => {
+    // Bounded: a resolver that does not answer must not hold the start-up.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::lookup_host((bare, 0))).await {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        Ok(Err(e)) => {
             tracing::warn!(target: "relay", public_host = bare, error = %e, "turn.public_host does not resolve; its addresses are not denied as peers");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(target: "relay", public_host = bare, "turn.public_host did not resolve within 5 s; its addresses are not denied as peers");
             Vec::new()
         }
     }

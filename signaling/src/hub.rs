@@ -127,8 +127,9 @@ pub struct HubConfig {
     /// How long a WebSocket ping may stay unanswered before its connection stops counting as live (default 5 s).
     /// Only a vy occupant that is not live may be replaced by a newcomer ([`Hub::handle_connect_vy`]).
     pub pong_timeout: Duration,
-    /// Most rooms open at once, native and vy together (default 50 000). A connection that would open one more is
-    /// closed with [`close_code::TRY_AGAIN_LATER`] (1013).
+    /// Most rooms open at once, native and vy together (default 50 000), of which rooms without a hard end (the vy
+    /// open relay, which anyone may open) at most half, so anonymous rooms can never refuse a booked meeting. A
+    /// connection that would open one more is closed with [`close_code::TRY_AGAIN_LATER`] (1013).
     pub max_rooms: usize,
 }
 
@@ -190,6 +191,8 @@ pub struct Hub {
     by_vy: HashMap<String, usize>,
     /// One entry `(room.deadline, index)` per open room that has a deadline.
     timers: BTreeSet<(Instant, usize)>,
+    /// Open rooms without a hard end (vy open relay).
+    endless_rooms: usize,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -209,6 +212,7 @@ impl Hub {
             by_booking: HashMap::new(),
             by_vy: HashMap::new(),
             timers: BTreeSet::new(),
+            endless_rooms: 0,
             out: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -647,8 +651,13 @@ impl Hub {
             }
             return Some(idx);
         }
-        if open_rooms >= self.config.max_rooms {
+        if open_rooms >= self.config.max_rooms
+            || (hard_end_at.is_none() && self.endless_rooms >= self.config.max_rooms / 2)
+        {
             return None;
+        }
+        if hard_end_at.is_none() {
+            self.endless_rooms += 1;
         }
         let mut room = Room::new(key.clone(), mode, hard_end_at, rfc3339);
         room.schedule(now, warn);
@@ -801,6 +810,9 @@ impl Hub {
     /// Removes room `idx` from the slab, its index and the timers, and returns it (its slots untouched).
     fn forget_room(&mut self, idx: usize) -> Option<Room> {
         let room = self.rooms.get_mut(idx).and_then(Option::take)?;
+        if room.hard_end_at.is_none() {
+            self.endless_rooms = self.endless_rooms.saturating_sub(1);
+        }
         if let Some(d) = room.deadline {
             self.timers.remove(&(d, idx));
         }

@@ -381,20 +381,21 @@ impl PeerjsServer {
                 true
             }
             None => {
-                if let Some(s) = &scope
-                    && let Some(oldest) = self
-                        .scopes
-                        .get(&s.booking)
-                        .and_then(|state| state.over_limit(&s.participant, self.config.participant_limit.max(1)))
-                {
+                let evict = scope.as_ref().and_then(|s| {
+                    let state = self.scopes.get(&s.booking)?;
+                    state.over_limit(&s.participant, self.config.participant_limit.max(1))
+                });
+                if let Some(oldest) = evict {
+                    // One of the participant's own ids makes way: the counts stay as they are, so no limit applies.
                     self.unregister(oldest, Some((close_code::REPLACED, "replaced")), LeaveReason::Replaced);
-                }
-                let in_scope = booking.as_ref().and_then(|b| self.scopes.get(b)).map_or(0, |s| s.conns.len());
-                if self.stats.connections >= self.config.concurrent_limit
-                    || (booking.is_some() && in_scope >= self.config.scoped_limit)
-                {
-                    self.reject(conn, PeerjsError::ConnectionLimitExceeded);
-                    return;
+                } else {
+                    let in_scope = booking.as_ref().and_then(|b| self.scopes.get(b)).map_or(0, |s| s.conns.len());
+                    if self.stats.connections >= self.config.concurrent_limit
+                        || (booking.is_some() && in_scope >= self.config.scoped_limit)
+                    {
+                        self.reject(conn, PeerjsError::ConnectionLimitExceeded);
+                        return;
+                    }
                 }
                 false
             }

@@ -205,7 +205,7 @@ fn vy5_customer_reconnect_also_repeats_ready() {
 
 #[test]
 fn vy_open_relay_rooms_are_freed_when_empty_and_capped() {
-    let mut sim = Sim::with_config(duet_signaling::HubConfig { max_rooms: 3, ..Default::default() });
+    let mut sim = Sim::with_config(duet_signaling::HubConfig { max_rooms: 6, ..Default::default() });
     for i in 0..2000u64 {
         sim.connect_vy_with(i, VyAdmission::open_relay(&format!("m{i}"), Role::Host));
         let out = sim.disconnect(i);
@@ -213,15 +213,18 @@ fn vy_open_relay_rooms_are_freed_when_empty_and_capped() {
     }
     assert_eq!(sim.hub.room_count(), 0, "2000 connect/close cycles leave no room");
     assert_eq!(sim.hub.stats().rooms, 0);
-    // The cap: three rooms held open, the fourth is refused with 1013 and opens nothing.
+    // The caps: open-relay rooms get at most half of max_rooms (3), so booked rooms still open; then the total.
     for i in 0..3u64 {
         sim.connect_vy_with(10_000 + i, VyAdmission::open_relay(&format!("k{i}"), Role::Guest));
     }
     let out = sim.connect_vy_with(10_003, VyAdmission::open_relay("k3", Role::Guest));
     assert_eq!(out.closes(), [(10_003, close_code::TRY_AGAIN_LATER)]);
+    for i in 0..3u64 {
+        assert!(sim.connect(20_000 + i, &format!("bkg_{i}"), Role::Host).closes().is_empty());
+    }
     let out = sim.connect(10_004, "bkg_native", Role::Host);
     assert_eq!(out.closes(), [(10_004, close_code::TRY_AGAIN_LATER)]);
-    assert_eq!(sim.hub.room_count(), 3);
+    assert_eq!(sim.hub.room_count(), 6);
     // A room that exists still takes its second participant.
     let out = sim.connect_vy_with(10_005, VyAdmission::open_relay("k0", Role::Host));
     assert_eq!(out.texts(10_005), ["ready"]);

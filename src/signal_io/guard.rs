@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use dashmap::DashMap;
@@ -70,17 +70,30 @@ impl ConnectionGuard {
 }
 
 /// Token bucket per client for refused upgrades (Virtual Y: unknown or closed meetings, occupied slots): a burst of
-/// [`RefusalLimiter::BURST`], refilled at `per_minute`. While a client's bucket is empty its upgrades are answered
-/// 429 before any lookup, so meeting ids cannot be enumerated fast (the security review guessed 300 in 0.1 s). A
-/// legitimate Virtual Y client polls once a second while it waits for its window, well inside the default rate.
+/// [`RefusalLimiter::BURST`], refilled at `per_minute`. An upgrade takes a token before its lookup
+/// ([`RefusalLimiter::try_take`]) and gives it back when admitted ([`RefusalLimiter::refund`]); a socket the hub
+/// refuses later (slot taken) costs one more ([`RefusalLimiter::charge`]). While a client's bucket is empty its
+/// upgrades are answered 429 before any lookup, so meeting ids cannot be enumerated fast (the security review guessed
+/// 300 in 0.1 s). A Virtual Y client waiting for its window polls about once a second (it retries 1 s after each
+/// refusal), which the default 60 per minute sustains; several such clients behind one address share the bucket and
+/// get an occasional 429, after which they simply retry.
 ///
-/// Memory is bounded: full buckets are swept when the table grows past [`RefusalLimiter::SWEEP_AT`] entries, and
-/// past [`RefusalLimiter::MAX_ENTRIES`] new clients are not tracked (the limiter fails open for them; the per-IP
-/// socket caps still hold).
+/// Memory is bounded: buckets that have refilled are swept, at most once a second, when the table holds
+/// [`RefusalLimiter::SWEEP_AT`] entries; past [`RefusalLimiter::MAX_ENTRIES`] new clients are not tracked (the
+/// limiter fails open for them: an attacker with that many addresses gets a burst per address whatever the table does;
+/// the per-client socket caps still hold).
 #[derive(Clone)]
 pub struct RefusalLimiter {
-    inner: Arc<Mutex<HashMap<IpKey, (f64, Instant)>>>,
+    inner: Arc<Mutex<Buckets>>,
     per_second: f64,
+}
+
+#[derive(Default)]
+struct Buckets {
+    /// Tokens and when they were counted, per client.
+    by_client: HashMap<IpKey, (f64, Instant)>,
+    /// When full buckets were last swept.
+    swept: Option<Instant>,
 }
 
 impl RefusalLimiter {
@@ -100,29 +113,48 @@ impl RefusalLimiter {
         (tokens + now.saturating_duration_since(since).as_secs_f64() * self.per_second).min(Self::BURST)
     }
 
-    /// Whether `ip` may try an upgrade at `now` (its bucket is not empty).
-    pub fn allows(&self, ip: IpKey, now: Instant) -> bool {
+    /// Takes a token of `ip` at `now` if it has one: `false` means the client is over its rate (answer 429).
+    pub fn try_take(&self, ip: IpKey, now: Instant) -> bool {
+        self.adjust(ip, now, -1.0, true)
+    }
+
+    /// Gives back the token of an upgrade that was admitted.
+    pub fn refund(&self, ip: IpKey, now: Instant) {
+        self.adjust(ip, now, 1.0, false);
+    }
+
+    /// Takes a token of `ip` for a socket refused after its upgrade (even if the bucket is empty).
+    pub fn charge(&self, ip: IpKey, now: Instant) {
+        self.adjust(ip, now, -1.0, false);
+    }
+
+    /// Adds `delta` tokens to `ip`'s bucket (refilled to `now`, kept within 0 and the burst). With `need`, refuses
+    /// (returns `false`, changes nothing) when fewer than one token is left.
+    fn adjust(&self, ip: IpKey, now: Instant, delta: f64, need: bool) -> bool {
         if self.per_second == 0.0 {
             return true;
         }
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip).is_none_or(|&(tokens, since)| self.level(tokens, since, now) >= 1.0)
-    }
-
-    /// Counts one refused upgrade of `ip` at `now`.
-    pub fn charge(&self, ip: IpKey, now: Instant) {
-        if self.per_second == 0.0 {
-            return;
+        let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let level = b.by_client.get(&ip).map_or(Self::BURST, |&(tokens, since)| self.level(tokens, since, now));
+        if need && level < 1.0 {
+            return false;
         }
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= Self::SWEEP_AT && !map.contains_key(&ip) {
-            map.retain(|_, &mut (tokens, since)| self.level(tokens, since, now) < Self::BURST);
-            if map.len() >= Self::MAX_ENTRIES {
-                return;
-            }
+        let level = (level + delta).clamp(0.0, Self::BURST);
+        if level >= Self::BURST {
+            b.by_client.remove(&ip);
+            return true;
         }
-        let (tokens, since) = map.get(&ip).copied().unwrap_or((Self::BURST, now));
-        map.insert(ip, ((self.level(tokens, since, now) - 1.0).max(0.0), now));
+        if b.by_client.len() >= Self::SWEEP_AT
+            && !b.by_client.contains_key(&ip)
+            && b.swept.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            b.swept = Some(now);
+            b.by_client.retain(|_, &mut (tokens, since)| self.level(tokens, since, now) < Self::BURST);
+        }
+        if b.by_client.len() < Self::MAX_ENTRIES || b.by_client.contains_key(&ip) {
+            b.by_client.insert(ip, (level, now));
+        }
+        true
     }
 }
 
@@ -141,8 +173,6 @@ pub fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), Statu
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn key(s: &str) -> IpKey {
@@ -175,13 +205,20 @@ mod tests {
         let ip = key("198.51.100.1");
         let t0 = Instant::now();
         for _ in 0..20 {
-            assert!(l.allows(ip, t0));
-            l.charge(ip, t0);
+            assert!(l.try_take(ip, t0));
         }
-        assert!(!l.allows(ip, t0), "burst used up");
-        assert!(l.allows(key("198.51.100.2"), t0), "others are not affected");
-        assert!(l.allows(ip, t0 + Duration::from_millis(1100)), "one per second comes back");
-        assert!(RefusalLimiter::new(0).allows(ip, t0));
+        assert!(!l.try_take(ip, t0), "burst used up");
+        assert!(l.try_take(key("198.51.100.2"), t0), "others are not affected");
+        assert!(l.try_take(ip, t0 + Duration::from_millis(1100)), "one per second comes back");
+        assert!(!l.try_take(ip, t0 + Duration::from_millis(1100)));
+        l.refund(ip, t0 + Duration::from_millis(1100));
+        assert!(l.try_take(ip, t0 + Duration::from_millis(1100)), "an admitted upgrade gives its token back");
+        assert!(RefusalLimiter::new(0).try_take(ip, t0));
+        // A client that is never refused leaves no entry behind.
+        let other = key("198.51.100.3");
+        assert!(l.try_take(other, t0));
+        l.refund(other, t0);
+        assert!(!l.inner.lock().unwrap().by_client.contains_key(&other));
     }
 
     #[test]

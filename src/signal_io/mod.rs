@@ -148,6 +148,8 @@ impl HubHandle {
             alive_timeout: config.peerjs.alive_timeout,
             concurrent_limit: config.peerjs.concurrent_limit,
             participant_limit: config.peerjs.ids_per_participant,
+            // Both participants at their own limit fit: one can never lock the other out.
+            scoped_limit: 2 * config.peerjs.ids_per_participant,
             max_message_bytes: config.max_message_bytes,
             messages_per_second: config.messages_per_second,
             ..CorePeerjsConfig::default()

@@ -71,7 +71,9 @@ pub async fn fallback(
         Err(r) => return *r,
     };
     let hub = &state.hub;
-    if !hub.refusals.allows(ip, Instant::now()) {
+    // A token is taken now and given back if the upgrade is admitted: concurrent guesses of one client cannot all
+    // pass the check while their lookups run.
+    if !hub.refusals.try_take(ip, Instant::now()) {
         hub.count_refused(Mode::Vy, "rate_limited");
         return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many refused upgrades; retry later")
             .into_response();
@@ -90,7 +92,6 @@ pub async fn fallback(
         let booking_role = if role == duet_signaling::Role::Host { Role::Host } else { Role::Guest };
         let Some(b) = booking.filter(|b| now >= b.window.opens_for(booking_role)) else {
             tracing::debug!(target: "signaling", "vy upgrade outside any window");
-            hub.refusals.charge(ip, Instant::now());
             hub.count_refused(Mode::Vy, "outside_window");
             return ApiError::new(StatusCode::FORBIDDEN, "outside_window", "the meeting is not open").into_response();
         };
@@ -105,7 +106,10 @@ pub async fn fallback(
         Ok(s) => s,
         Err(r) => return *r,
     };
+    hub.refusals.refund(ip, Instant::now());
     drop(pending);
-    tracing::info!(target: "signaling", room = %admission.room, role = admission.role.as_str(), "vy socket admitted");
+    // The booking id, never the meeting id: that is what keeps strangers out of a vy meeting.
+    let room = if admission.hard_end_at.is_some() { admission.room.as_str() } else { "open relay" };
+    tracing::info!(target: "signaling", room, role = admission.role.as_str(), "vy socket admitted");
     configure(ws, &state).on_upgrade(move |socket| connection(socket, state.hub.clone(), Admit::Vy(admission), slot))
 }
