@@ -7,7 +7,7 @@
 //!    `trusted_proxies` carries many clients, so it counts only against the global cap. Over a cap the socket is
 //!    closed at once, before any byte is read, and `duet_http_connections_refused_total{listener,reason}` counts it.
 //!    A slot is held for the whole life of the connection, including an upgraded WebSocket.
-//! 2. `TCP_NODELAY` (see `daemon::spawn_http`).
+//! 2. `TCP_NODELAY` (see the comment in [`serve`]: Nagle delayed relayed signaling frames).
 //! 3. With TLS, the handshake must finish within `header_read_timeout`.
 //! 4. HTTP/1.1 by hyper with a timer: the request head must arrive within `header_read_timeout` (else hyper closes
 //!    the connection), and hyper starts that timer again as soon as a response is written, so a
