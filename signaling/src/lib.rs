@@ -67,7 +67,8 @@
 //! - **One room per booking and protocol.** Rooms are keyed by booking id (vy: booking id or `vy:<meetingId>`) and
 //!   created on the first admitted connection. A native room and a vy room of the same booking are distinct: sockets
 //!   of different protocols are never paired. A room outlives its connections (its `session` counter keeps counting
-//!   across reconnects) until the booking's hard end, its cancellation or shutdown.
+//!   across reconnects) until the booking's hard end, its cancellation or shutdown; a room without a hard end (vy open
+//!   relay) is forgotten as soon as its last slot empties.
 //! - **One slot per role.** A room has exactly two slots, `host` and `guest`; room capacity is 2.
 //! - **Newest connection per role wins (native).** A second connection for an occupied role replaces the first, which
 //!   is closed with [`close_code::REPLACED`] (4008); the native partner sees `peer-left` (reason `replaced`) and then
