@@ -156,16 +156,17 @@ fn api_key_command(cmd: ApiKeyCmd) -> anyhow::Result<()> {
     };
     let config = raw.into_config(&Overrides { data_dir: target.data_dir.clone(), ..Overrides::default() })?;
     let dir = &config.data_dir;
-    if !dir.join("duet.sqlite3").is_file() {
+    let first_start = match config.database {
+        crate::config::DatabaseConfig::Sqlite { .. } => !dir.join("duet.sqlite3").is_file(),
+        crate::config::DatabaseConfig::Postgres { .. } => !dir.is_dir(),
+    };
+    if first_start {
         anyhow::bail!("no database in {}: run `duet serve` with this data directory first", dir.display());
     }
     let data = crate::data_dir::DataDir::open(dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
-        let db = data.database()?;
-        let store = crate::booking::store::Store::open(&db)
-            .await
-            .with_context(|| format!("opening database {}", db.display()))?;
+        let store = crate::booking::store::Store::open_configured(&config.database, &data).await?;
         let now = crate::app::unix_now();
         match cmd {
             ApiKeyCmd::Rotate { print, .. } => {

@@ -1,15 +1,22 @@
-//! Booking storage (sqlx, SQLite by default: WAL, created with its migrations on first start).
+//! Booking storage (sqlx): SQLite by default (`<data_dir>/duet.sqlite3`, WAL), PostgreSQL with `[database] url`.
+//!
+//! One code path for both backends: sqlx's `Any` driver, the same SQL text (`$1, $2 …` placeholders, which SQLite
+//! accepts too) and the same row mapping (`try_get`). Each backend has its migrations (`migrations/sqlite/`,
+//! `migrations/postgres/`, the same schema), applied on open.
 //!
 //! Rows hold Unix seconds (UTC). Link tokens are stored only as SHA-256 hashes. A cancel bumps `sequence` in the same
 //! statement that changes the status, so session tokens issued before it stop verifying at once.
 
 use std::path::Path;
-use std::str::FromStr;
+use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
+
+use crate::config::DatabaseConfig;
+use crate::data_dir::DataDir;
 
 use super::window::{JoinWindow, Role};
 
@@ -117,24 +124,98 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
+/// Which database a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (the embedded default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Migrations of the SQLite backend (`migrations/sqlite/`; `0001_init.sql` is the file older versions applied from
+/// `migrations/`, unchanged, so existing databases keep their checksums).
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Migrations of the PostgreSQL backend (`migrations/postgres/`, the same schema).
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Per-connection settings of SQLite: WAL, `synchronous = NORMAL` (durable at checkpoints, never corrupt), foreign
+/// keys enforced, 5 s busy timeout (so `duet api-key` can write next to the daemon).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
 /// The booking store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating if missing) the SQLite database at `path` and applies migrations.
+    /// Opens (creating if missing) the SQLite database at `path` with the default pool size (8) and applies the SQLite
+    /// migrations.
     pub async fn open(path: &Path) -> Result<Store, sqlx::Error> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Store::open_sqlite(path, 8).await
+    }
+
+    /// Opens (creating if missing) the SQLite database at `path` with at most `max_connections` connections (WAL,
+    /// `synchronous = NORMAL`, foreign keys on, 5 s busy timeout) and applies the SQLite migrations.
+    pub async fn open_sqlite(path: &Path, max_connections: u32) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let path = std::path::absolute(path).map_err(sqlx::Error::Io)?;
+        let sqlite = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let opts = AnyConnectOptions::from_url(&sqlite.to_url_lossy())?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        Ok(Store { pool, backend: Backend::Sqlite })
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
+    /// and applies the PostgreSQL migrations. Errors: unreachable server, refused login, missing database, a failed
+    /// migration. The errors of sqlx never contain the URL's password.
+    pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let opts: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(Store { pool, backend: Backend::Postgres })
+    }
+
+    /// Opens the store `[database]` configures: SQLite in `data` ([`DataDir::database`], created 0600 if missing) or
+    /// PostgreSQL at `database.url`. Errors name the file, or the key `database.url` with the URL's password hidden.
+    pub async fn open_configured(db: &DatabaseConfig, data: &DataDir) -> anyhow::Result<Store> {
+        use anyhow::Context;
+        match db {
+            DatabaseConfig::Sqlite { max_connections } => {
+                let path = data.database()?;
+                Store::open_sqlite(&path, *max_connections)
+                    .await
+                    .with_context(|| format!("opening database {}", path.display()))
+            }
+            DatabaseConfig::Postgres { url, max_connections } => {
+                Store::open_postgres(url.expose(), *max_connections).await.with_context(|| {
+                    format!("opening the PostgreSQL database of `database.url` ({})", url.redacted())
+                })
+            }
+        }
+    }
+
+    /// The backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Waits for the connections to close (checkpointing the WAL); for short-lived users such as `duet api-key`.
@@ -154,7 +235,7 @@ impl Store {
     /// Errors: [`StoreError::Db`], e.g. a unique violation when another key id already has this hash.
     pub async fn upsert_api_key(&self, id: &str, tenant: &str, key_hash: &[u8], now: i64) -> Result<bool, StoreError> {
         let changed = sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id, key_hash = excluded.key_hash, \
              created_at = excluded.created_at, revoked_at = NULL WHERE api_keys.key_hash <> excluded.key_hash",
         )
@@ -171,7 +252,7 @@ impl Store {
     /// Marks API key `id` revoked at `now` (Unix seconds): it answers 401 from the next request on. Returns false when
     /// there is no such key or it was already revoked.
     pub async fn revoke_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let changed = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        let changed = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -182,7 +263,7 @@ impl Store {
 
     /// API key `id`, if stored.
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query("SELECT id, tenant_id, key_hash, created_at, revoked_at FROM api_keys WHERE id = ?")
+        let row = sqlx::query("SELECT id, tenant_id, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -200,7 +281,7 @@ impl Store {
 
     /// The tenant of a live (not revoked) API key.
     pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
             .bind(key_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -213,7 +294,7 @@ impl Store {
         let r = sqlx::query(
             "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
              join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&b.id)
         .bind(&b.tenant_id)
@@ -239,7 +320,7 @@ impl Store {
         r?;
         for p in parts {
             sqlx::query(
-                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&p.id)
             .bind(&b.id)
@@ -256,7 +337,7 @@ impl Store {
 
     /// A booking by id, scoped to a tenant (`None` for another tenant's: no existence oracle).
     pub async fn booking(&self, tenant: Option<&str>, id: &str) -> Result<Option<Booking>, StoreError> {
-        let row = sqlx::query("SELECT * FROM bookings WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM bookings WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
         let mut b = booking_from_row(&row)?;
         if tenant.is_some_and(|t| t != b.tenant_id) {
@@ -268,7 +349,7 @@ impl Store {
 
     async fn participants(&self, booking: &str) -> Result<Vec<Participant>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, role, ref, display_name, first_joined_at FROM participants WHERE booking_id = ? \
+            "SELECT id, role, ref, display_name, first_joined_at FROM participants WHERE booking_id = $1 \
              ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END",
         )
         .bind(booking)
@@ -281,8 +362,8 @@ impl Store {
     /// no-op).
     pub async fn cancel(&self, tenant: &str, id: &str, now: i64) -> Result<Option<(Booking, bool)>, StoreError> {
         let changed = sqlx::query(
-            "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = ?, updated_at = ? \
-             WHERE id = ? AND tenant_id = ? AND status <> 'cancelled'",
+            "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = $1, updated_at = $2 \
+             WHERE id = $3 AND tenant_id = $4 AND status <> 'cancelled'",
         )
         .bind(now)
         .bind(now)
@@ -297,7 +378,7 @@ impl Store {
 
     /// The booking and participant a link token belongs to.
     pub async fn by_link(&self, link_hash: &[u8]) -> Result<Option<(Booking, Participant)>, StoreError> {
-        let row = sqlx::query("SELECT booking_id, id FROM participants WHERE link_token_hash = ?")
+        let row = sqlx::query("SELECT booking_id, id FROM participants WHERE link_token_hash = $1")
             .bind(link_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -331,7 +412,7 @@ impl Store {
 
     /// Records the first admission of a participant (kept if already set).
     pub async fn mark_joined(&self, participant: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, $1) WHERE id = $2")
             .bind(now)
             .bind(participant)
             .execute(&self.pool)
@@ -342,7 +423,7 @@ impl Store {
     /// Cancelled bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's revocation
     /// set at start so a restart does not forget a revocation.
     pub async fn live_revocations(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > ?")
+        let rows = sqlx::query("SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > $1")
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
@@ -351,10 +432,10 @@ impl Store {
 }
 
 /// The query of [`Store::live_by_external_id`].
-const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = ? AND external_id = ? AND status <> 'cancelled' \
-                         AND hard_end_at > ?";
+const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = $1 AND external_id = $2 \
+                         AND status <> 'cancelled' AND hard_end_at > $3";
 
-fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
+fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
     let status: String = r.try_get("status")?;
     Ok(Booking {
         id: r.try_get("id")?,
@@ -377,7 +458,7 @@ fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
     })
 }
 
-fn participant_from_row(r: &SqliteRow) -> Result<Participant, StoreError> {
+fn participant_from_row(r: &AnyRow) -> Result<Participant, StoreError> {
     let role: String = r.try_get("role")?;
     Ok(Participant {
         id: r.try_get("id")?,
