@@ -205,11 +205,9 @@ impl Store {
                     .await
                     .with_context(|| format!("opening database {}", path.display()))
             }
-            DatabaseConfig::Postgres { url, max_connections } => {
-                Store::open_postgres(url.expose(), *max_connections).await.with_context(|| {
-                    format!("opening the PostgreSQL database of `database.url` ({})", url.redacted())
-                })
-            }
+            DatabaseConfig::Postgres { url, max_connections } => Store::open_postgres(url.expose(), *max_connections)
+                .await
+                .with_context(|| format!("opening the PostgreSQL database of `database.url` ({})", url.redacted())),
         }
     }
 

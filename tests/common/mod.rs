@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 pub mod browser;
 pub mod coturn;
+pub mod pg;
 pub mod process;
 pub mod raw_http;
 
@@ -24,6 +25,35 @@ pub struct Daemon {
     pub api_key: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// The PostgreSQL database of a daemon started on [`Backend::Postgres`]; dropped after the process is killed.
+    _db: Option<pg::TestDb>,
+}
+
+/// The booking store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite database in the data directory.
+    Sqlite,
+    /// A PostgreSQL database of the test's own on the server of `DUET_TEST_DATABASE_URL` ([`pg::TestDb`]).
+    Postgres,
+}
+
+/// For each `async fn name(backend: Backend)` listed, defines the tests `name::sqlite` and `name::postgres` (the
+/// latter SKIPPED without `DUET_TEST_DATABASE_URL`, see [`pg`]).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )+};
 }
 
 impl Daemon {
@@ -35,6 +65,24 @@ impl Daemon {
         let mut d = Self::start_in(&data_dir, extra_config);
         d._tmp = Some(tmp);
         d
+    }
+
+    /// Like [`Daemon::start`] on `backend`: on PostgreSQL with `[database] url` pointing at a fresh database of its
+    /// own. `None` when PostgreSQL tests are skipped (no `DUET_TEST_DATABASE_URL`, see [`pg`]).
+    pub fn start_on(backend: Backend, extra_config: &str) -> Option<Daemon> {
+        match backend {
+            Backend::Sqlite => Some(Daemon::start(extra_config)),
+            Backend::Postgres => Daemon::start_pg(extra_config),
+        }
+    }
+
+    /// [`Daemon::start`] on a fresh PostgreSQL database ([`pg::TestDb`]); `None` when skipped.
+    pub fn start_pg(extra_config: &str) -> Option<Daemon> {
+        let db = pg::TestDb::create()?;
+        let mut d = Daemon::start(&format!("{extra_config}\n{}", db.config()));
+        assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create a SQLite database");
+        d._db = Some(db);
+        Some(d)
     }
 
     pub fn start_in(data_dir: &Path, extra_config: &str) -> Daemon {
@@ -257,6 +305,7 @@ fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBu
         data_dir,
         child,
         _tmp: None,
+        _db: None,
     }
 }
 
