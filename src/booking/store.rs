@@ -494,4 +494,64 @@ mod tests {
         assert!(!plan.iter().any(|d| d.starts_with("SCAN")), "{plan:?}");
         assert!(store.live_by_external_id("ten_default", "order-1001", 0).await.expect("lookup").is_none());
     }
+
+    /// SHA-384 of `migrations/0001_init.sql` as the SQLite-only versions embedded it: the checksum sqlx recorded in
+    /// every existing `duet.sqlite3` (`_sqlx_migrations`, version 1, "init").
+    const RELEASED_INIT_SHA384: &str =
+        "a07212bc420f72f343a29a7be4c73d90729ad0195fc02b21f46a85772e74982f98ac976239812b67d8506f404b814f20";
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// A database created by the SQLite-only binary (its migrator, `migrations/0001_init.sql`, applied by plain
+    /// sqlx SQLite) opens with the moved migrations: same version, description and checksum, data kept.
+    #[tokio::test]
+    async fn databases_of_the_sqlite_only_version_keep_migrating() {
+        let init = SQLITE_MIGRATIONS.iter().find(|m| m.version == 1).expect("migration 1");
+        assert_eq!((init.description.as_ref(), hex(&init.checksum)), ("init", RELEASED_INIT_SHA384.to_string()));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_dir = dir.path().join("migrations");
+        std::fs::create_dir(&old_dir).unwrap();
+        std::fs::write(old_dir.join("0001_init.sql"), init.sql.as_bytes()).unwrap();
+        let old = Migrator::new(old_dir.as_path()).await.expect("the old migrator");
+        let db = dir.path().join("duet.sqlite3");
+        let pool = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&db).create_if_missing(true))
+            .await
+            .unwrap();
+        old.run(&pool).await.expect("old migrations");
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES ('key_admin', 't', x'01', 5)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&db).await.expect("the new binary opens the old database");
+        assert_eq!(store.api_key("key_admin").await.unwrap().map(|k| k.created_at), Some(5));
+        let recorded: Vec<u8> = sqlx::query("SELECT checksum FROM _sqlx_migrations WHERE version = 1")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(hex(&recorded), RELEASED_INIT_SHA384);
+    }
+
+    /// Every SQLite connection runs with WAL, `synchronous = NORMAL`, foreign keys on and a 5 s busy timeout.
+    #[tokio::test]
+    async fn sqlite_connections_get_their_pragmas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("t.db"), 2).await.expect("open");
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(store.pool.acquire().await.unwrap());
+        }
+        for c in &mut conns {
+            let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(&mut **c).await.unwrap().get(0);
+            let sync: i64 = sqlx::query("PRAGMA synchronous").fetch_one(&mut **c).await.unwrap().get(0);
+            let fk: i64 = sqlx::query("PRAGMA foreign_keys").fetch_one(&mut **c).await.unwrap().get(0);
+            let busy: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **c).await.unwrap().get(0);
+            assert_eq!((mode.as_str(), sync, fk, busy), ("wal", 1, 1, 5000));
+        }
+    }
 }
