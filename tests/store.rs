@@ -181,3 +181,32 @@ async fn api_keys(backend: Backend) {
 }
 
 crate::on_both_backends!(create_get_cancel, duplicate_external_id, revocations_and_vy_lookup, api_keys);
+
+/// A PostgreSQL that cannot be reached at start is a clear error naming `database.url`, without its password.
+#[test]
+fn unreachable_postgres_is_a_start_error_naming_database_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = common::serve_refused(
+        &tmp.path().join("data"),
+        "[database]\nurl = \"postgres://duet:s3cret-pw@127.0.0.1:1/duet\"\n",
+    );
+    assert!(run.stderr.contains("database.url"), "{}", run.stderr);
+    assert!(run.stderr.contains("postgres://duet:<redacted>@127.0.0.1:1/duet"), "{}", run.stderr);
+    assert!(!run.stderr.contains("s3cret-pw"), "the password leaked: {}", run.stderr);
+}
+
+/// `duet check-config` shows the database URL with its password hidden; a bad scheme names `database.url`.
+#[test]
+fn check_config_hides_the_database_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, "[database]\nurl = \"postgres://duet:s3cret-pw@db.internal/duet\"\n").unwrap();
+    let run = common::run_duet(["check-config".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    run.assert_success("duet check-config");
+    assert!(run.stdout.contains("postgres://duet:<redacted>@db.internal/duet"), "{}", run.stdout);
+    assert!(!run.stdout.contains("s3cret-pw") && !run.stderr.contains("s3cret-pw"), "{}", run.stdout);
+    std::fs::write(&config, "[database]\nurl = \"mysql://duet:s3cret-pw@db.internal/duet\"\n").unwrap();
+    let run = common::run_duet(["check-config".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("database.url") && !run.stderr.contains("s3cret-pw"), "{}", run.stderr);
+}

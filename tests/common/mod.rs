@@ -38,6 +38,18 @@ pub enum Backend {
     Postgres,
 }
 
+/// The config TOML that puts a daemon on `backend` (empty for SQLite, `[database] url` for PostgreSQL) and the
+/// database that must outlive it (PostgreSQL: a fresh [`pg::TestDb`]). `None` when PostgreSQL tests are skipped.
+pub fn database_for(backend: Backend) -> Option<(String, Option<pg::TestDb>)> {
+    match backend {
+        Backend::Sqlite => Some((String::new(), None)),
+        Backend::Postgres => {
+            let db = pg::TestDb::create()?;
+            Some((db.config(), Some(db)))
+        }
+    }
+}
+
 /// For each `async fn name(backend: Backend)` listed, defines the tests `name::sqlite` and `name::postgres` (the
 /// latter SKIPPED without `DUET_TEST_DATABASE_URL`, see [`pg`]).
 #[macro_export]
@@ -70,18 +82,12 @@ impl Daemon {
     /// Like [`Daemon::start`] on `backend`: on PostgreSQL with `[database] url` pointing at a fresh database of its
     /// own. `None` when PostgreSQL tests are skipped (no `DUET_TEST_DATABASE_URL`, see [`pg`]).
     pub fn start_on(backend: Backend, extra_config: &str) -> Option<Daemon> {
-        match backend {
-            Backend::Sqlite => Some(Daemon::start(extra_config)),
-            Backend::Postgres => Daemon::start_pg(extra_config),
+        let (db_config, db) = database_for(backend)?;
+        let mut d = Daemon::start(&format!("{extra_config}\n{db_config}"));
+        if backend == Backend::Postgres {
+            assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create SQLite files");
         }
-    }
-
-    /// [`Daemon::start`] on a fresh PostgreSQL database ([`pg::TestDb`]); `None` when skipped.
-    pub fn start_pg(extra_config: &str) -> Option<Daemon> {
-        let db = pg::TestDb::create()?;
-        let mut d = Daemon::start(&format!("{extra_config}\n{}", db.config()));
-        assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create a SQLite database");
-        d._db = Some(db);
+        d._db = db;
         Some(d)
     }
 
