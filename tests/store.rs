@@ -190,7 +190,7 @@ fn unreachable_postgres_is_a_start_error_naming_database_url() {
         &tmp.path().join("data"),
         "[database]\nurl = \"postgres://duet:s3cret-pw@127.0.0.1:1/duet\"\n",
     );
-    assert!(run.stderr.contains("database.url"), "{}", run.stderr);
+    assert!(run.stderr.contains("database.url") && run.stderr.contains("refused"), "{}", run.stderr);
     assert!(run.stderr.contains("postgres://duet:<redacted>@127.0.0.1:1/duet"), "{}", run.stderr);
     assert!(!run.stderr.contains("s3cret-pw"), "the password leaked: {}", run.stderr);
 }
@@ -209,4 +209,26 @@ fn check_config_hides_the_database_password() {
     let run = common::run_duet(["check-config".as_ref(), "--config".as_ref(), config.as_os_str()]);
     assert!(!run.status.success());
     assert!(run.stderr.contains("database.url") && !run.stderr.contains("s3cret-pw"), "{}", run.stderr);
+}
+
+/// `/readyz` pings the store: 200 on a live PostgreSQL database, 503 `database_unreachable` once it is gone.
+#[tokio::test]
+async fn readyz_reports_a_lost_postgres_database() {
+    let Some(d) = common::Daemon::start_on(Backend::Postgres, "") else { return };
+    let readyz = || async {
+        let r = reqwest::get(format!("http://{}/readyz", d.admin)).await.expect("GET /readyz");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert_eq!(readyz().await.0, 200);
+    d.db.as_ref().expect("the daemon's database").drop_database();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = readyz().await;
+        if status == 503 {
+            assert!(body.contains("database_unreachable"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz still {status} {body} after the database was dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -184,10 +184,20 @@ impl Store {
     /// migration. The errors of sqlx never contain the URL's password.
     pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
+        const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
         let opts: AnyConnectOptions = url.parse()?;
+        // One connection first, so an unreachable server or a refused login is reported as such (the pool would only
+        // say that it timed out).
+        let first =
+            tokio::time::timeout(CONNECT_TIMEOUT, <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts))
+                .await
+                .map_err(|_| {
+                    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 10 s"))
+                })??;
+        sqlx::Connection::close(first).await?;
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(opts)
             .await?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
@@ -221,9 +231,10 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Cheap liveness query for `/readyz`.
+    /// Cheap liveness query for `/readyz`: false when the database does not answer `SELECT 1` within 2 s.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let q = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(tokio::time::timeout(Duration::from_secs(2), q).await, Ok(Ok(_)))
     }
 
     /// Sets the key of API key `id` (SHA-256 `key_hash`) for `tenant`, inserting the row if `id` is new. A different

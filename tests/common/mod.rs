@@ -26,7 +26,7 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     /// The PostgreSQL database of a daemon started on [`Backend::Postgres`]; dropped after the process is killed.
-    _db: Option<pg::TestDb>,
+    pub db: Option<pg::TestDb>,
 }
 
 /// The booking store a test runs on.
@@ -87,7 +87,7 @@ impl Daemon {
         if backend == Backend::Postgres {
             assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create SQLite files");
         }
-        d._db = db;
+        d.db = db;
         Some(d)
     }
 
@@ -311,7 +311,7 @@ fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBu
         data_dir,
         child,
         _tmp: None,
-        _db: None,
+        db: None,
     }
 }
 

@@ -61,8 +61,9 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
+impl TestDb {
+    /// Drops the database now (closing its connections), best effort; e.g. to see a daemon lose its database.
+    pub fn drop_database(&self) {
         let (s, n) = (self.server.clone(), self.name.clone());
         on_own_runtime(async move {
             if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&s)).await
@@ -71,5 +72,11 @@ impl Drop for TestDb {
                 let _ = c.close().await;
             }
         });
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.drop_database();
     }
 }
