@@ -387,6 +387,7 @@ pub struct Config {
 
 /// Validated `[database]`: the backend of the booking store.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DatabaseConfig {
     /// The embedded default: SQLite in `<data_dir>/duet.sqlite3`.
     Sqlite {

@@ -126,6 +126,7 @@ pub enum StoreError {
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backend {
     /// SQLite (the embedded default).
     Sqlite,
