@@ -140,8 +140,8 @@ pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// Migrations of the PostgreSQL backend (`migrations/postgres/`, the same schema).
 pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Per-connection settings of SQLite: WAL, `synchronous = NORMAL` (durable at checkpoints, never corrupt), foreign
-/// keys enforced, 5 s busy timeout (so `duet api-key` can write next to the daemon).
+/// Per-connection settings of SQLite: WAL, `synchronous = NORMAL` (a power loss may lose the last commits, never
+/// corrupts the file), foreign keys enforced, 5 s busy timeout (so `duet api-key` can write next to the daemon).
 const SQLITE_PRAGMAS: &str =
     "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
@@ -182,7 +182,7 @@ impl Store {
 
     /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
     /// and applies the PostgreSQL migrations. Errors: unreachable server, refused login, missing database, a failed
-    /// migration. The errors of sqlx never contain the URL's password.
+    /// migration (sqlx's messages carry no part of the URL).
     pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
         const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
