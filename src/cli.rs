@@ -48,10 +48,10 @@ pub enum ApiKeyCmd {
     Revoke(DataDirArgs),
 }
 
-/// The data directory, from the config file and/or `--data-dir`.
+/// The data directory and database, from the config file and/or `--data-dir`.
 #[derive(Args, Debug)]
 pub struct DataDirArgs {
-    /// TOML configuration file whose `data_dir` to use (see config.toml.example).
+    /// TOML configuration file whose `data_dir` and `[database]` to use (see config.toml.example).
     #[arg(long, short = 'c', env = "DUET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory; overrides `data_dir`.
@@ -143,8 +143,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs `duet api-key rotate|revoke` against the data directory of the config (which must exist: the daemon creates
-/// it on first start).
+/// Runs `duet api-key rotate|revoke` against the data directory and the database (`[database]`: SQLite in the data
+/// directory, or PostgreSQL) of the config. The data directory must exist: the daemon creates it on first start.
 fn api_key_command(cmd: ApiKeyCmd) -> anyhow::Result<()> {
     use anyhow::Context;
     let target = match &cmd {
@@ -156,16 +156,18 @@ fn api_key_command(cmd: ApiKeyCmd) -> anyhow::Result<()> {
     };
     let config = raw.into_config(&Overrides { data_dir: target.data_dir.clone(), ..Overrides::default() })?;
     let dir = &config.data_dir;
-    if !dir.join("duet.sqlite3").is_file() {
-        anyhow::bail!("no database in {}: run `duet serve` with this data directory first", dir.display());
+    // The daemon's first start creates the data directory (and, on SQLite, the database in it).
+    let missing = match config.database {
+        crate::config::DatabaseConfig::Sqlite { .. } => !dir.join("duet.sqlite3").is_file(),
+        crate::config::DatabaseConfig::Postgres { .. } => !dir.is_dir(),
+    };
+    if missing {
+        anyhow::bail!("no data directory or database in {}: run `duet serve` with it first", dir.display());
     }
     let data = crate::data_dir::DataDir::open(dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
-        let db = data.database()?;
-        let store = crate::booking::store::Store::open(&db)
-            .await
-            .with_context(|| format!("opening database {}", db.display()))?;
+        let store = crate::booking::store::Store::open_configured(&config.database, &data).await?;
         let now = crate::app::unix_now();
         match cmd {
             ApiKeyCmd::Rotate { print, .. } => {

@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 /// A secret from the config file: usable with [`Secret::expose`], printed as `<redacted>` by `Debug` (so
 /// `duet check-config` and logs never show it).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -90,6 +91,20 @@ pub struct RawConfig {
     /// `[shutdown]`.
     #[serde(default)]
     pub shutdown: RawShutdown,
+    /// `[database]`.
+    #[serde(default)]
+    pub database: RawDatabase,
+}
+
+/// `[database]`: where the booking store lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// `postgres://user:password@host:port/database` for PostgreSQL; absent for the embedded SQLite database in
+    /// `data_dir`. A secret (it may carry a password): never printed.
+    pub url: Option<Secret>,
+    /// Most open connections of the pool (default 8 for SQLite, 16 for PostgreSQL; 1 to 1000).
+    pub max_connections: Option<u32>,
 }
 
 /// `[http]`: the public API, join page and WebSocket listener.
@@ -366,6 +381,87 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The booking store's backend.
+    pub database: DatabaseConfig,
+}
+
+/// Validated `[database]`: the backend of the booking store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DatabaseConfig {
+    /// The embedded default: SQLite in `<data_dir>/duet.sqlite3`.
+    Sqlite {
+        /// Pool size (default 8).
+        max_connections: u32,
+    },
+    /// PostgreSQL at `url`.
+    Postgres {
+        /// The connection URL (`postgres://` or `postgresql://`); `Debug` hides its password.
+        url: DatabaseUrl,
+        /// Pool size (default 16).
+        max_connections: u32,
+    },
+}
+
+/// A PostgreSQL connection URL whose password is never printed: `Debug` and [`DatabaseUrl::redacted`] show
+/// `postgres://user:<redacted>@host/db` (a `password` query parameter is hidden too).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(url::Url);
+
+impl DatabaseUrl {
+    /// Parses `text`; the scheme must be `postgres` or `postgresql`. Errors name the key `database.url` and never
+    /// repeat the text (it may hold a password).
+    pub fn parse(text: &str) -> Result<DatabaseUrl, ConfigError> {
+        let u = url::Url::parse(text).map_err(|e| {
+            invalid("database.url", format!("not a URL ({e}); expected postgres://user:password@host:port/database"))
+        })?;
+        match u.scheme() {
+            "postgres" | "postgresql" => {}
+            other => {
+                return Err(invalid(
+                    "database.url",
+                    format!(
+                        "scheme {other:?} is not supported: use postgres:// (PostgreSQL), or leave `url` out for the \
+                         embedded SQLite database in data_dir"
+                    ),
+                ));
+            }
+        }
+        if !u.has_host() {
+            return Err(invalid("database.url", "no host; expected postgres://user:password@host:port/database"));
+        }
+        Ok(DatabaseUrl(u))
+    }
+
+    /// The full URL, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The URL with its password (and any `password` query parameter) replaced by `<redacted>`.
+    pub fn redacted(&self) -> String {
+        let mut u = self.0.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("REDACTED"));
+        }
+        if u.query_pairs().any(|(k, _)| k == "password") {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "password" { "REDACTED".to_string() } else { v.into_owned() };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        u.as_str().replace("REDACTED", "<redacted>")
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
 }
 
 /// Validated connection limits of `[http]`, applied by `http_serve` to the HTTP and Virtual Y listeners.
@@ -803,7 +899,9 @@ impl RawConfig {
         {
             return Err(invalid("public_url", format!("{url:?}: must start with http:// or https://")));
         }
+        let database = self.database.validate()?;
         Ok(Config {
+            database,
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,
@@ -822,6 +920,23 @@ impl RawConfig {
             )?,
             log_level: self.log.level.unwrap_or_else(|| "info".into()),
             log_format,
+        })
+    }
+}
+
+impl RawDatabase {
+    fn validate(&self) -> Result<DatabaseConfig, ConfigError> {
+        if let Some(n) = self.max_connections
+            && !(1..=1000).contains(&n)
+        {
+            return Err(invalid("database.max_connections", format!("{n}: between 1 and 1000")));
+        }
+        Ok(match &self.url {
+            None => DatabaseConfig::Sqlite { max_connections: self.max_connections.unwrap_or(8) },
+            Some(url) => DatabaseConfig::Postgres {
+                url: DatabaseUrl::parse(url.expose())?,
+                max_connections: self.max_connections.unwrap_or(16),
+            },
         })
     }
 }
@@ -981,6 +1096,32 @@ mod tests {
         ] {
             let e = RawConfig::from_toml(text).unwrap().into_config(&Overrides::default()).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn database_url_is_validated_and_never_printed() {
+        let parse = |t: &str| RawConfig::from_toml(t).unwrap().into_config(&Overrides::default());
+        assert_eq!(parse("").unwrap().database, DatabaseConfig::Sqlite { max_connections: 8 });
+        let c = parse("[database]\nurl = \"postgres://duet:hunter2-secret@db.internal:5432/duet?sslmode=require&password=other-secret\"\n")
+            .unwrap();
+        let DatabaseConfig::Postgres { url, max_connections } = &c.database else { panic!("{c:?}") };
+        assert_eq!(*max_connections, 16);
+        assert!(url.expose().contains("hunter2-secret"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("other-secret"), "{shown}");
+        assert!(shown.contains("postgres://duet:<redacted>@db.internal:5432/duet"), "{shown}");
+        let c = parse("[database]\nurl = \"postgresql://db/duet\"\nmax_connections = 4\n").unwrap();
+        assert!(matches!(c.database, DatabaseConfig::Postgres { max_connections: 4, .. }));
+        for text in [
+            "[database]\nurl = \"mysql://u:pw-secret@h/db\"\n",
+            "[database]\nurl = \"sqlite://pw-secret.db\"\n",
+            "[database]\nurl = \"not a url pw-secret\"\n",
+            "[database]\nmax_connections = 0\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("database."), "{text}: {e}");
+            assert!(!e.contains("pw-secret"), "{text}: {e}");
         }
     }
 

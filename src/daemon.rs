@@ -119,8 +119,7 @@ fn url_host(ip: IpAddr) -> String {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data = DataDir::open(&config.data_dir)?;
     let secrets = data.secrets()?;
-    let db_path = data.database()?;
-    let store = Store::open(&db_path).await.with_context(|| format!("opening database {}", db_path.display()))?;
+    let store = Store::open_configured(&config.database, &data).await?;
     let api_key = ensure_admin_key(&data, &store, unix_now()).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();

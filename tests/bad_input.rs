@@ -27,9 +27,17 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-use common::{Daemon, assert_alive, booking_body, join_as, rfc3339_in, turn_credentials};
+use common::{Backend, Daemon, assert_alive, booking_body, join_as, rfc3339_in, turn_credentials};
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+crate::on_both_backends!(
+    api_rejects_missing_and_wrong_api_key,
+    api_rejects_malformed_bodies,
+    api_refuses_bookings_beyond_the_horizon,
+    api_unknown_booking_and_link_are_404,
+    api_huge_body_is_refused_not_fatal
+);
 
 // ---------------------------------------------------------------------------------------------------------------
 // HTTP API
@@ -90,9 +98,8 @@ fn assert_api_error(case: &str, got: (u16, Value), status: u16, code: &str, fiel
     }
 }
 
-#[tokio::test]
-async fn api_rejects_missing_and_wrong_api_key() {
-    let mut d = Daemon::start("");
+async fn api_rejects_missing_and_wrong_api_key(backend: Backend) {
+    let Some(mut d) = Daemon::start_on(backend, "") else { return };
     let body = booking_body(600, 1800).to_string();
 
     let (status, headers, json) = post_booking_raw(&d, None, body.clone()).await;
@@ -121,9 +128,8 @@ async fn api_rejects_missing_and_wrong_api_key() {
     assert_eq!(r.status().as_u16(), 401, "GET a booking without API key must be refused before lookup");
 }
 
-#[tokio::test]
-async fn api_rejects_malformed_bodies() {
-    let mut d = Daemon::start("");
+async fn api_rejects_malformed_bodies(backend: Backend) {
+    let Some(mut d) = Daemon::start_on(backend, "") else { return };
     let auth = format!("Bearer {}", d.api_key);
 
     let cases: Vec<(&str, String, u16, &str, Option<&str>)> = {
@@ -173,10 +179,9 @@ async fn api_rejects_malformed_bodies() {
 
 /// Issue 7 item 15: a booking may start at most `[booking] horizon` (default 365 days) from now; later (year 9999
 /// included) answers `422 outside_booking_horizon` naming `start_at`, and nothing is stored.
-#[tokio::test]
-async fn api_refuses_bookings_beyond_the_horizon() {
+async fn api_refuses_bookings_beyond_the_horizon(backend: Backend) {
     const DAY: i64 = 86_400;
-    let mut d = Daemon::start("");
+    let Some(mut d) = Daemon::start_on(backend, "") else { return };
     let auth = format!("Bearer {}", d.api_key);
     let mut year_9999 = booking_body(600, 1800);
     year_9999["start_at"] = json!("9999-06-01T10:00:00Z");
@@ -191,16 +196,15 @@ async fn api_refuses_bookings_beyond_the_horizon() {
     let (status, body) = d.create_booking(&booking_body(364 * DAY, 1800)).await;
     assert_eq!(status, 201, "a booking 364 days ahead is inside the default 365-day horizon: {body}");
 
-    let d = Daemon::start("[booking]\nhorizon = \"2h\"\n");
+    let Some(d) = Daemon::start_on(backend, "[booking]\nhorizon = \"2h\"\n") else { return };
     let (status, body) = d.create_booking(&booking_body(3 * 3600, 1800)).await;
     assert_api_error("3 h ahead with horizon = 2h", (status, body), 422, "outside_booking_horizon", Some("start_at"));
     let (status, body) = d.create_booking(&booking_body(3600, 1800)).await;
     assert_eq!(status, 201, "a booking 1 h ahead is inside a 2 h horizon: {body}");
 }
 
-#[tokio::test]
-async fn api_unknown_booking_and_link_are_404() {
-    let mut d = Daemon::start("");
+async fn api_unknown_booking_and_link_are_404(backend: Backend) {
+    let Some(mut d) = Daemon::start_on(backend, "") else { return };
 
     let r = d.client().get(d.url("/v1/bookings/bkg_doesnotexist")).bearer_auth(&d.api_key).send().await.unwrap();
     let status = r.status().as_u16();
@@ -281,9 +285,8 @@ async fn post_huge_body(d: &Daemon, len: usize) -> (u16, String) {
     (status, body)
 }
 
-#[tokio::test]
-async fn api_huge_body_is_refused_not_fatal() {
-    let mut d = Daemon::start("");
+async fn api_huge_body_is_refused_not_fatal(backend: Backend) {
+    let Some(mut d) = Daemon::start_on(backend, "") else { return };
     let (status, body) = post_huge_body(&d, 2 * 1024 * 1024 + 512).await;
     assert!(
         status == 413 || status == 400,

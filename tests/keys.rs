@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 
-use common::{Daemon, booking_body, join_as, run_duet, serve_refused, sighup, signal_first_frame, write_tls_pair};
+use common::{
+    Backend, Daemon, booking_body, join_as, run_duet, serve_refused, sighup, signal_first_frame, write_tls_pair,
+};
+
+crate::on_both_backends!(api_key_rotate_and_revoke_while_running);
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).permissions().mode() & 0o777
@@ -29,7 +33,12 @@ async fn assert_key(d: &Daemon, key: &str, status: u16, what: &str) {
 
 /// `duet api-key <action> --data-dir <dir> [extra]`, which must succeed; its stdout.
 fn api_key_cli(action: &str, data_dir: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["api-key".as_ref(), action.as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()];
+    api_key_cli_with(action, "--data-dir", data_dir, extra)
+}
+
+/// `duet api-key <action> <flag> <path> [extra]` (flag `--data-dir` or `--config`), which must succeed; its stdout.
+fn api_key_cli_with(action: &str, flag: &str, path: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["api-key".as_ref(), action.as_ref(), flag.as_ref(), path.as_os_str()];
     args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
     let run = run_duet(&args);
     run.assert_success(&format!("duet api-key {action}"));
@@ -42,12 +51,18 @@ fn read_key(data_dir: &Path) -> String {
 
 /// Item 13: `duet api-key rotate` while the daemon runs: the old key gets 401 at once, the new key (in the 0600 file,
 /// not on stdout unless `--print`) gets 201. `duet api-key revoke`: 401, the file is removed, and a restart keeps the
-/// key revoked (no new key is generated) until the next rotate.
-#[tokio::test]
-async fn api_key_rotate_and_revoke_while_running() {
+/// key revoked (no new key is generated) until the next rotate. On PostgreSQL the CLI finds the database through
+/// `--config` (`[database] url`); on SQLite through `--data-dir`.
+async fn api_key_rotate_and_revoke_while_running(backend: Backend) {
+    let Some((db_config, _db)) = common::database_for(backend) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let d = Daemon::start_in(&dir, "");
+    let api_key_cli = |action: &str, dir: &Path, extra: &[&str]| match backend {
+        Backend::Sqlite => api_key_cli(action, dir, extra),
+        // The config file Daemon::start_in writes next to the data directory.
+        Backend::Postgres => api_key_cli_with(action, "--config", &dir.parent().unwrap().join("config.toml"), extra),
+    };
+    let d = Daemon::start_in(&dir, &db_config);
     let first = d.api_key.clone();
     assert_key(&d, &first, 201, "the generated key").await;
 
@@ -73,7 +88,7 @@ async fn api_key_rotate_and_revoke_while_running() {
 
     // A restart does not resurrect the admin key, nor generate a new one.
     drop(d);
-    let d = Daemon::start_in(&dir, "");
+    let d = Daemon::start_in(&dir, &db_config);
     assert!(!dir.join("api-key").exists(), "a restart after revoke must not generate a key");
     assert_key(&d, &third, 401, "the revoked key after a restart").await;
     assert_key(&d, &first, 401, "the first key after a restart").await;

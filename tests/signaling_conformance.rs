@@ -16,7 +16,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, assert_alive, booking_body, cancel_booking, join_as, metric, participant, ready_addr};
+use common::{Backend, Daemon, assert_alive, booking_body, cancel_booking, join_as, metric, participant, ready_addr};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -290,6 +290,12 @@ fn pj_delivered(kind: &str, src: &str, dst: &str, payload: &str) -> String {
 }
 
 const HEARTBEAT: &str = r#"{"type":"HEARTBEAT"}"#;
+
+crate::on_both_backends!(
+    vy_cancel_closes_4004,
+    native_welcome_ready_sessions_signal_and_peer_left,
+    native_newest_connection_per_role_wins
+);
 
 // ---------------------------------------------------------------------------------------------------------------
 // vy: research/signaling.md §10.6 VY cases 1-9
@@ -584,9 +590,8 @@ async fn vy_open_relay_without_booking() {
 }
 
 /// Cancelling the booking closes its vy sockets with 4004; new upgrades are refused.
-#[tokio::test]
-async fn vy_cancel_closes_4004() {
-    let d = Daemon::start(VY);
+async fn vy_cancel_closes_4004(backend: Backend) {
+    let Some(d) = Daemon::start_on(backend, VY) else { return };
     let (m, booking) = vy_booking(&d, 60, 1800).await;
     let (mut i, mut c) = vy_pair(d.http, &m).await;
     let id = booking["id"].as_str().unwrap();
@@ -824,9 +829,8 @@ async fn peerjs_session_token_scopes_to_the_booking() {
 
 /// welcome fields; ready with the session counter, again after a reconnect; `data` relayed byte-identical;
 /// stale session, no peer, ping/pong; peer-left on close and on leave.
-#[tokio::test]
-async fn native_welcome_ready_sessions_signal_and_peer_left() {
-    let d = Daemon::start("");
+async fn native_welcome_ready_sessions_signal_and_peer_left(backend: Backend) {
+    let Some(d) = Daemon::start_on(backend, "") else { return };
     let b = d.booking_now(60, 1800).await;
     let host_id = participant(&b, "host")["id"].as_str().unwrap().to_string();
     let guest_id = participant(&b, "guest")["id"].as_str().unwrap().to_string();
@@ -903,9 +907,8 @@ async fn native_welcome_ready_sessions_signal_and_peer_left() {
 
 /// Newest connection per role wins: the old socket is closed 4008, the partner sees peer-left `replaced` then a new
 /// ready, and the new socket keeps its slot after the old close completed.
-#[tokio::test]
-async fn native_newest_connection_per_role_wins() {
-    let d = Daemon::start("");
+async fn native_newest_connection_per_role_wins(backend: Backend) {
+    let Some(d) = Daemon::start_on(backend, "") else { return };
     let b = d.booking_now(60, 1800).await;
     let host_id = participant(&b, "host")["id"].as_str().unwrap().to_string();
     let (mut h1, mut g, s1) = native_pair(&d, &b).await;

@@ -1,15 +1,22 @@
-//! Booking storage (sqlx, SQLite by default: WAL, created with its migrations on first start).
+//! Booking storage (sqlx): SQLite by default (`<data_dir>/duet.sqlite3`, WAL), PostgreSQL with `[database] url`.
+//!
+//! One code path for both backends: sqlx's `Any` driver, the same SQL text (`$1, $2 …` placeholders, which SQLite
+//! accepts too) and the same row mapping (`try_get`). Each backend has its migrations (`migrations/sqlite/`,
+//! `migrations/postgres/`, the same schema), applied on open.
 //!
 //! Rows hold Unix seconds (UTC). Link tokens are stored only as SHA-256 hashes. A cancel bumps `sequence` in the same
 //! statement that changes the status, so session tokens issued before it stop verifying at once.
 
 use std::path::Path;
-use std::str::FromStr;
+use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
+
+use crate::config::DatabaseConfig;
+use crate::data_dir::DataDir;
 
 use super::window::{JoinWindow, Role};
 
@@ -117,24 +124,107 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
 }
 
+/// Which database a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// SQLite (the embedded default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Migrations of the SQLite backend (`migrations/sqlite/`; `0001_init.sql` is the file older versions applied from
+/// `migrations/`, unchanged, so existing databases keep their checksums).
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Migrations of the PostgreSQL backend (`migrations/postgres/`, the same schema).
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Per-connection settings of SQLite: WAL, `synchronous = NORMAL` (a power loss may lose the last commits, never
+/// corrupts the file), foreign keys enforced, 5 s busy timeout (so `duet api-key` can write next to the daemon).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
 /// The booking store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating if missing) the SQLite database at `path` and applies migrations.
+    /// Opens (creating if missing) the SQLite database at `path` with the default pool size (8) and applies the SQLite
+    /// migrations.
     pub async fn open(path: &Path) -> Result<Store, sqlx::Error> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Store::open_sqlite(path, 8).await
+    }
+
+    /// Opens (creating if missing) the SQLite database at `path` with at most `max_connections` connections (WAL,
+    /// `synchronous = NORMAL`, foreign keys on, 5 s busy timeout) and applies the SQLite migrations.
+    pub async fn open_sqlite(path: &Path, max_connections: u32) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let path = std::path::absolute(path).map_err(sqlx::Error::Io)?;
+        let sqlite = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let opts = AnyConnectOptions::from_url(&sqlite.to_url_lossy())?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        Ok(Store { pool, backend: Backend::Sqlite })
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
+    /// and applies the PostgreSQL migrations. Errors: unreachable server, refused login, missing database, a failed
+    /// migration (sqlx's messages carry no part of the URL).
+    pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+        let opts: AnyConnectOptions = url.parse()?;
+        // One connection first, so an unreachable server or a refused login is reported as such (the pool would only
+        // say that it timed out).
+        let first =
+            tokio::time::timeout(CONNECT_TIMEOUT, <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts))
+                .await
+                .map_err(|_| {
+                    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 10 s"))
+                })??;
+        sqlx::Connection::close(first).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(opts)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(Store { pool, backend: Backend::Postgres })
+    }
+
+    /// Opens the store `[database]` configures: SQLite in `data` ([`DataDir::database`], created 0600 if missing) or
+    /// PostgreSQL at `database.url`. Errors name the file, or the key `database.url` with the URL's password hidden.
+    pub async fn open_configured(db: &DatabaseConfig, data: &DataDir) -> anyhow::Result<Store> {
+        use anyhow::Context;
+        match db {
+            DatabaseConfig::Sqlite { max_connections } => {
+                let path = data.database()?;
+                Store::open_sqlite(&path, *max_connections)
+                    .await
+                    .with_context(|| format!("opening database {}", path.display()))
+            }
+            DatabaseConfig::Postgres { url, max_connections } => Store::open_postgres(url.expose(), *max_connections)
+                .await
+                .with_context(|| format!("opening the PostgreSQL database of `database.url` ({})", url.redacted())),
+        }
+    }
+
+    /// The backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Waits for the connections to close (checkpointing the WAL); for short-lived users such as `duet api-key`.
@@ -142,9 +232,10 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Cheap liveness query for `/readyz`.
+    /// Cheap liveness query for `/readyz`: false when the database does not answer `SELECT 1` within 2 s.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let q = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(tokio::time::timeout(Duration::from_secs(2), q).await, Ok(Ok(_)))
     }
 
     /// Sets the key of API key `id` (SHA-256 `key_hash`) for `tenant`, inserting the row if `id` is new. A different
@@ -154,7 +245,7 @@ impl Store {
     /// Errors: [`StoreError::Db`], e.g. a unique violation when another key id already has this hash.
     pub async fn upsert_api_key(&self, id: &str, tenant: &str, key_hash: &[u8], now: i64) -> Result<bool, StoreError> {
         let changed = sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id, key_hash = excluded.key_hash, \
              created_at = excluded.created_at, revoked_at = NULL WHERE api_keys.key_hash <> excluded.key_hash",
         )
@@ -171,7 +262,7 @@ impl Store {
     /// Marks API key `id` revoked at `now` (Unix seconds): it answers 401 from the next request on. Returns false when
     /// there is no such key or it was already revoked.
     pub async fn revoke_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let changed = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        let changed = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -182,7 +273,7 @@ impl Store {
 
     /// API key `id`, if stored.
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query("SELECT id, tenant_id, key_hash, created_at, revoked_at FROM api_keys WHERE id = ?")
+        let row = sqlx::query("SELECT id, tenant_id, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -200,7 +291,7 @@ impl Store {
 
     /// The tenant of a live (not revoked) API key.
     pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
             .bind(key_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -213,7 +304,7 @@ impl Store {
         let r = sqlx::query(
             "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
              join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&b.id)
         .bind(&b.tenant_id)
@@ -239,7 +330,7 @@ impl Store {
         r?;
         for p in parts {
             sqlx::query(
-                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&p.id)
             .bind(&b.id)
@@ -256,7 +347,7 @@ impl Store {
 
     /// A booking by id, scoped to a tenant (`None` for another tenant's: no existence oracle).
     pub async fn booking(&self, tenant: Option<&str>, id: &str) -> Result<Option<Booking>, StoreError> {
-        let row = sqlx::query("SELECT * FROM bookings WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM bookings WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
         let mut b = booking_from_row(&row)?;
         if tenant.is_some_and(|t| t != b.tenant_id) {
@@ -268,7 +359,7 @@ impl Store {
 
     async fn participants(&self, booking: &str) -> Result<Vec<Participant>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, role, ref, display_name, first_joined_at FROM participants WHERE booking_id = ? \
+            "SELECT id, role, ref, display_name, first_joined_at FROM participants WHERE booking_id = $1 \
              ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END",
         )
         .bind(booking)
@@ -281,8 +372,8 @@ impl Store {
     /// no-op).
     pub async fn cancel(&self, tenant: &str, id: &str, now: i64) -> Result<Option<(Booking, bool)>, StoreError> {
         let changed = sqlx::query(
-            "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = ?, updated_at = ? \
-             WHERE id = ? AND tenant_id = ? AND status <> 'cancelled'",
+            "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = $1, updated_at = $2 \
+             WHERE id = $3 AND tenant_id = $4 AND status <> 'cancelled'",
         )
         .bind(now)
         .bind(now)
@@ -297,7 +388,7 @@ impl Store {
 
     /// The booking and participant a link token belongs to.
     pub async fn by_link(&self, link_hash: &[u8]) -> Result<Option<(Booking, Participant)>, StoreError> {
-        let row = sqlx::query("SELECT booking_id, id FROM participants WHERE link_token_hash = ?")
+        let row = sqlx::query("SELECT booking_id, id FROM participants WHERE link_token_hash = $1")
             .bind(link_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -331,7 +422,7 @@ impl Store {
 
     /// Records the first admission of a participant (kept if already set).
     pub async fn mark_joined(&self, participant: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, $1) WHERE id = $2")
             .bind(now)
             .bind(participant)
             .execute(&self.pool)
@@ -342,7 +433,7 @@ impl Store {
     /// Cancelled bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's revocation
     /// set at start so a restart does not forget a revocation.
     pub async fn live_revocations(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > ?")
+        let rows = sqlx::query("SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > $1")
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
@@ -351,10 +442,10 @@ impl Store {
 }
 
 /// The query of [`Store::live_by_external_id`].
-const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = ? AND external_id = ? AND status <> 'cancelled' \
-                         AND hard_end_at > ?";
+const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = $1 AND external_id = $2 \
+                         AND status <> 'cancelled' AND hard_end_at > $3";
 
-fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
+fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
     let status: String = r.try_get("status")?;
     Ok(Booking {
         id: r.try_get("id")?,
@@ -377,7 +468,7 @@ fn booking_from_row(r: &SqliteRow) -> Result<Booking, StoreError> {
     })
 }
 
-fn participant_from_row(r: &SqliteRow) -> Result<Participant, StoreError> {
+fn participant_from_row(r: &AnyRow) -> Result<Participant, StoreError> {
     let role: String = r.try_get("role")?;
     Ok(Participant {
         id: r.try_get("id")?,
@@ -414,5 +505,65 @@ mod tests {
         );
         assert!(!plan.iter().any(|d| d.starts_with("SCAN")), "{plan:?}");
         assert!(store.live_by_external_id("ten_default", "order-1001", 0).await.expect("lookup").is_none());
+    }
+
+    /// SHA-384 of `migrations/0001_init.sql` as the SQLite-only versions embedded it: the checksum sqlx recorded in
+    /// every existing `duet.sqlite3` (`_sqlx_migrations`, version 1, "init").
+    const RELEASED_INIT_SHA384: &str =
+        "a07212bc420f72f343a29a7be4c73d90729ad0195fc02b21f46a85772e74982f98ac976239812b67d8506f404b814f20";
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// A database created by the SQLite-only binary (its migrator, `migrations/0001_init.sql`, applied by plain
+    /// sqlx SQLite) opens with the moved migrations: same version, description and checksum, data kept.
+    #[tokio::test]
+    async fn databases_of_the_sqlite_only_version_keep_migrating() {
+        let init = SQLITE_MIGRATIONS.iter().find(|m| m.version == 1).expect("migration 1");
+        assert_eq!((init.description.as_ref(), hex(&init.checksum)), ("init", RELEASED_INIT_SHA384.to_string()));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_dir = dir.path().join("migrations");
+        std::fs::create_dir(&old_dir).unwrap();
+        std::fs::write(old_dir.join("0001_init.sql"), init.sql.as_bytes()).unwrap();
+        let old = Migrator::new(old_dir.as_path()).await.expect("the old migrator");
+        let db = dir.path().join("duet.sqlite3");
+        let pool = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&db).create_if_missing(true))
+            .await
+            .unwrap();
+        old.run(&pool).await.expect("old migrations");
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES ('key_admin', 't', x'01', 5)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&db).await.expect("the new binary opens the old database");
+        assert_eq!(store.api_key("key_admin").await.unwrap().map(|k| k.created_at), Some(5));
+        let recorded: Vec<u8> = sqlx::query("SELECT checksum FROM _sqlx_migrations WHERE version = 1")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(hex(&recorded), RELEASED_INIT_SHA384);
+    }
+
+    /// Every SQLite connection runs with WAL, `synchronous = NORMAL`, foreign keys on and a 5 s busy timeout.
+    #[tokio::test]
+    async fn sqlite_connections_get_their_pragmas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("t.db"), 2).await.expect("open");
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(store.pool.acquire().await.unwrap());
+        }
+        for c in &mut conns {
+            let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(&mut **c).await.unwrap().get(0);
+            let sync: i64 = sqlx::query("PRAGMA synchronous").fetch_one(&mut **c).await.unwrap().get(0);
+            let fk: i64 = sqlx::query("PRAGMA foreign_keys").fetch_one(&mut **c).await.unwrap().get(0);
+            let busy: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **c).await.unwrap().get(0);
+            assert_eq!((mode.as_str(), sync, fk, busy), ("wal", 1, 1, 5000));
+        }
     }
 }

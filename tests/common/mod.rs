@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 pub mod browser;
 pub mod coturn;
+pub mod pg;
 pub mod process;
 pub mod raw_http;
 
@@ -24,6 +25,47 @@ pub struct Daemon {
     pub api_key: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// The PostgreSQL database of a daemon started on [`Backend::Postgres`]; dropped after the process is killed.
+    pub db: Option<pg::TestDb>,
+}
+
+/// The booking store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite database in the data directory.
+    Sqlite,
+    /// A PostgreSQL database of the test's own on the server of `DUET_TEST_DATABASE_URL` ([`pg::TestDb`]).
+    Postgres,
+}
+
+/// The config TOML that puts a daemon on `backend` (empty for SQLite, `[database] url` for PostgreSQL) and the
+/// database that must outlive it (PostgreSQL: a fresh [`pg::TestDb`]). `None` when PostgreSQL tests are skipped.
+pub fn database_for(backend: Backend) -> Option<(String, Option<pg::TestDb>)> {
+    match backend {
+        Backend::Sqlite => Some((String::new(), None)),
+        Backend::Postgres => {
+            let db = pg::TestDb::create()?;
+            Some((db.config(), Some(db)))
+        }
+    }
+}
+
+/// For each `async fn name(backend: Backend)` listed, defines the tests `name::sqlite` and `name::postgres` (the
+/// latter SKIPPED without `DUET_TEST_DATABASE_URL`, see [`pg`]).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )+};
 }
 
 impl Daemon {
@@ -35,6 +77,18 @@ impl Daemon {
         let mut d = Self::start_in(&data_dir, extra_config);
         d._tmp = Some(tmp);
         d
+    }
+
+    /// Like [`Daemon::start`] on `backend`: on PostgreSQL with `[database] url` pointing at a fresh database of its
+    /// own. `None` when PostgreSQL tests are skipped (no `DUET_TEST_DATABASE_URL`, see [`pg`]).
+    pub fn start_on(backend: Backend, extra_config: &str) -> Option<Daemon> {
+        let (db_config, db) = database_for(backend)?;
+        let mut d = Daemon::start(&format!("{extra_config}\n{db_config}"));
+        if backend == Backend::Postgres {
+            assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create SQLite files");
+        }
+        d.db = db;
+        Some(d)
     }
 
     pub fn start_in(data_dir: &Path, extra_config: &str) -> Daemon {
@@ -257,6 +311,7 @@ fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBu
         data_dir,
         child,
         _tmp: None,
+        db: None,
     }
 }
 

@@ -1,0 +1,234 @@
+//! The booking store on both backends (SQLite file, PostgreSQL database of the test's own): the same calls, the same
+//! answers. PostgreSQL cases print SKIPPED without `DUET_TEST_DATABASE_URL` (see `common/pg.rs`).
+
+mod common;
+
+use duet::booking::store::{Backend as StoreBackend, Booking, NewParticipant, Status, Store, StoreError};
+use duet::booking::window::{JoinWindow, Role};
+
+use common::Backend;
+use common::pg::TestDb;
+
+/// An open store with what keeps its database alive.
+struct Opened {
+    store: Store,
+    _db: Option<TestDb>,
+    _tmp: tempfile::TempDir,
+}
+
+/// Opens a fresh store on `backend`; `None` when PostgreSQL tests are skipped.
+async fn open(backend: Backend) -> Option<Opened> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, db) = match backend {
+        Backend::Sqlite => (Store::open(&tmp.path().join("duet.sqlite3")).await.expect("open SQLite"), None),
+        Backend::Postgres => {
+            let db = TestDb::create()?;
+            (Store::open_postgres(&db.url, 4).await.expect("open PostgreSQL"), Some(db))
+        }
+    };
+    let expected = if backend == Backend::Sqlite { StoreBackend::Sqlite } else { StoreBackend::Postgres };
+    assert_eq!(store.backend(), expected);
+    assert!(store.ping().await, "a fresh store answers its ping");
+    Some(Opened { store, _db: db, _tmp: tmp })
+}
+
+const T0: i64 = 1_800_000_000;
+
+/// A confirmed booking `id` of `tenant` from T0 + 1 h to T0 + 2 h (hard end 15 min later), with its host and guest
+/// rows; link token hashes are derived from `id`.
+fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<NewParticipant>) {
+    let (start, end) = (T0 + 3600, T0 + 7200);
+    let b = Booking {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        title: format!("title of {id}"),
+        external_id: external_id.map(String::from),
+        start_at: start,
+        end_at: end,
+        window: JoinWindow {
+            host_opens_at: start - 900,
+            opens_at: start - 600,
+            join_cutoff_at: end,
+            hard_end_at: end + 900,
+        },
+        status: Status::Confirmed,
+        sequence: 0,
+        created_at: T0,
+        updated_at: T0,
+        participants: Vec::new(),
+    };
+    let parts = [(Role::Host, Some("instructor:42"), "Dr. Ana"), (Role::Guest, None, "J. Doe")]
+        .into_iter()
+        .map(|(role, reference, name)| NewParticipant {
+            id: format!("par_{id}_{}", role.as_str()),
+            role,
+            reference: reference.map(String::from),
+            display_name: name.into(),
+            link_token_hash: link_hash(id, role),
+        })
+        .collect();
+    (b, parts)
+}
+
+fn link_hash(id: &str, role: Role) -> Vec<u8> {
+    duet::booking::tokens::link_token_hash(&format!("lnk_{id}_{}", role.as_str()))
+}
+
+async fn create_get_cancel(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let (b, parts) = booking("bkg_1", "ten_a", Some("order-1"));
+    s.create_booking(&b, &parts).await.expect("create");
+
+    let got = s.booking(Some("ten_a"), "bkg_1").await.unwrap().expect("the booking");
+    assert_eq!((got.title.as_str(), got.external_id.as_deref()), ("title of bkg_1", Some("order-1")));
+    assert_eq!((got.start_at, got.end_at, got.window), (b.start_at, b.end_at, b.window));
+    assert_eq!((got.status, got.sequence, got.created_at, got.updated_at), (Status::Confirmed, 0, T0, T0));
+    let roles: Vec<_> =
+        got.participants.iter().map(|p| (p.role, p.reference.clone(), p.display_name.clone())).collect();
+    assert_eq!(
+        roles,
+        [(Role::Host, Some("instructor:42".into()), "Dr. Ana".into()), (Role::Guest, None, "J. Doe".into())]
+    );
+    assert!(s.booking(Some("ten_b"), "bkg_1").await.unwrap().is_none(), "another tenant's booking is not found");
+    assert!(s.booking(None, "bkg_1").await.unwrap().is_some());
+    assert!(s.booking(None, "bkg_none").await.unwrap().is_none());
+
+    let (lb, lp) = s.by_link(&link_hash("bkg_1", Role::Guest)).await.unwrap().expect("link");
+    assert_eq!((lb.id.as_str(), lp.role, lp.first_joined_at), ("bkg_1", Role::Guest, None));
+    assert!(s.by_link(&[0u8; 32]).await.unwrap().is_none());
+    s.mark_joined(&lp.id, T0 + 3000).await.unwrap();
+    s.mark_joined(&lp.id, T0 + 3100).await.unwrap();
+    let (_, lp) = s.by_link(&link_hash("bkg_1", Role::Guest)).await.unwrap().unwrap();
+    assert_eq!(lp.first_joined_at, Some(T0 + 3000), "the first admission is kept");
+
+    assert!(s.cancel("ten_b", "bkg_1", T0 + 10).await.unwrap().is_none(), "another tenant cannot cancel");
+    let (c, changed) = s.cancel("ten_a", "bkg_1", T0 + 10).await.unwrap().expect("cancel");
+    assert!(changed);
+    assert_eq!((c.status, c.sequence, c.updated_at), (Status::Cancelled, 1, T0 + 10));
+    let (c, changed) = s.cancel("ten_a", "bkg_1", T0 + 20).await.unwrap().expect("second cancel");
+    assert!(!changed, "a second cancel changes nothing");
+    assert_eq!((c.sequence, c.updated_at), (1, T0 + 10));
+}
+
+async fn duplicate_external_id(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let (b, p) = booking("bkg_1", "ten_a", Some("order-1"));
+    s.create_booking(&b, &p).await.unwrap();
+    let (b2, p2) = booking("bkg_2", "ten_a", Some("order-1"));
+    let e = s.create_booking(&b2, &p2).await.unwrap_err();
+    assert!(matches!(e, StoreError::DuplicateExternalId), "{e:?}");
+    assert!(s.booking(None, "bkg_2").await.unwrap().is_none(), "nothing of the refused booking is stored");
+    assert!(s.by_link(&link_hash("bkg_2", Role::Host)).await.unwrap().is_none());
+    // The same external_id in another tenant, and any number of bookings without one, are fine.
+    let (b3, p3) = booking("bkg_3", "ten_b", Some("order-1"));
+    s.create_booking(&b3, &p3).await.unwrap();
+    for id in ["bkg_4", "bkg_5"] {
+        let (b, p) = booking(id, "ten_a", None);
+        s.create_booking(&b, &p).await.unwrap();
+    }
+    // A reused link token hash is a database error, not a duplicate external_id.
+    let (b6, mut p6) = booking("bkg_6", "ten_a", None);
+    p6[0].link_token_hash = link_hash("bkg_1", Role::Host);
+    let e = s.create_booking(&b6, &p6).await.unwrap_err();
+    assert!(matches!(e, StoreError::Db(_)), "{e:?}");
+    assert!(s.booking(None, "bkg_6").await.unwrap().is_none(), "the transaction was rolled back");
+}
+
+async fn revocations_and_vy_lookup(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    for (id, tenant, ext) in [("bkg_1", "ten_a", "m-1"), ("bkg_2", "ten_a", "m-2"), ("bkg_3", "ten_b", "m-1")] {
+        let (b, p) = booking(id, tenant, Some(ext));
+        s.create_booking(&b, &p).await.unwrap();
+    }
+    let hard_end = T0 + 7200 + 900;
+    let live = s.live_by_external_id("ten_a", "m-1", T0).await.unwrap().expect("live meeting");
+    assert_eq!((live.id.as_str(), live.participants.len()), ("bkg_1", 2));
+    assert_eq!(s.live_by_external_id("ten_b", "m-1", T0).await.unwrap().map(|b| b.id), Some("bkg_3".into()));
+    assert!(s.live_by_external_id("ten_a", "m-9", T0).await.unwrap().is_none());
+    assert!(s.live_by_external_id("ten_a", "m-1", hard_end).await.unwrap().is_none(), "past its hard end");
+
+    assert!(s.live_revocations(T0).await.unwrap().is_empty());
+    s.cancel("ten_a", "bkg_2", T0 + 1).await.unwrap();
+    assert!(s.live_by_external_id("ten_a", "m-2", T0).await.unwrap().is_none(), "a cancelled meeting is not live");
+    assert_eq!(s.live_revocations(T0).await.unwrap(), [("bkg_2".to_string(), hard_end)]);
+    assert!(s.live_revocations(hard_end).await.unwrap().is_empty(), "over once the window ended");
+}
+
+async fn api_keys(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let (h1, h2) = (vec![1u8; 32], vec![2u8; 32]);
+    assert!(s.api_key("key_admin").await.unwrap().is_none());
+    assert!(s.upsert_api_key("key_admin", "ten_default", &h1, 10).await.unwrap(), "inserted");
+    assert!(!s.upsert_api_key("key_admin", "ten_default", &h1, 11).await.unwrap(), "the same hash changes nothing");
+    assert_eq!(s.tenant_for_key(&h1).await.unwrap().as_deref(), Some("ten_default"));
+    assert!(s.upsert_api_key("key_admin", "ten_default", &h2, 12).await.unwrap(), "replaced");
+    assert_eq!(s.tenant_for_key(&h1).await.unwrap(), None, "the old key stops at once");
+    assert!(s.revoke_api_key("key_admin", 13).await.unwrap());
+    assert!(!s.revoke_api_key("key_admin", 14).await.unwrap(), "already revoked");
+    assert!(!s.revoke_api_key("key_none", 14).await.unwrap());
+    assert_eq!(s.tenant_for_key(&h2).await.unwrap(), None);
+    let row = s.api_key("key_admin").await.unwrap().expect("row");
+    assert_eq!((row.key_hash, row.created_at, row.revoked_at), (h2.clone(), 12, Some(13)));
+    assert!(!s.upsert_api_key("key_admin", "ten_default", &h2, 15).await.unwrap(), "a revoked key stays revoked");
+    assert!(s.upsert_api_key("key_admin", "ten_default", &h1, 16).await.unwrap(), "a new key is live again");
+    assert_eq!(s.api_key("key_admin").await.unwrap().unwrap().revoked_at, None);
+    let e = s.upsert_api_key("key_other", "ten_default", &h1, 17).await.unwrap_err();
+    assert!(matches!(e, StoreError::Db(_)), "another id with the same hash is refused: {e:?}");
+}
+
+crate::on_both_backends!(create_get_cancel, duplicate_external_id, revocations_and_vy_lookup, api_keys);
+
+/// A PostgreSQL that cannot be reached at start is a clear error naming `database.url`, without its password.
+#[test]
+fn unreachable_postgres_is_a_start_error_naming_database_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = common::serve_refused(
+        &tmp.path().join("data"),
+        "[database]\nurl = \"postgres://duet:s3cret-pw@127.0.0.1:1/duet\"\n",
+    );
+    assert!(run.stderr.contains("database.url") && run.stderr.contains("refused"), "{}", run.stderr);
+    assert!(run.stderr.contains("postgres://duet:<redacted>@127.0.0.1:1/duet"), "{}", run.stderr);
+    assert!(!run.stderr.contains("s3cret-pw"), "the password leaked: {}", run.stderr);
+}
+
+/// `duet check-config` shows the database URL with its password hidden; a bad scheme names `database.url`.
+#[test]
+fn check_config_hides_the_database_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, "[database]\nurl = \"postgres://duet:s3cret-pw@db.internal/duet\"\n").unwrap();
+    let run = common::run_duet(["check-config".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    run.assert_success("duet check-config");
+    assert!(run.stdout.contains("postgres://duet:<redacted>@db.internal/duet"), "{}", run.stdout);
+    assert!(!run.stdout.contains("s3cret-pw") && !run.stderr.contains("s3cret-pw"), "{}", run.stdout);
+    std::fs::write(&config, "[database]\nurl = \"mysql://duet:s3cret-pw@db.internal/duet\"\n").unwrap();
+    let run = common::run_duet(["check-config".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("database.url") && !run.stderr.contains("s3cret-pw"), "{}", run.stderr);
+}
+
+/// `/readyz` pings the store: 200 on a live PostgreSQL database, 503 `database_unreachable` once it is gone.
+#[tokio::test]
+async fn readyz_reports_a_lost_postgres_database() {
+    let Some(d) = common::Daemon::start_on(Backend::Postgres, "") else { return };
+    let readyz = || async {
+        let r = reqwest::get(format!("http://{}/readyz", d.admin)).await.expect("GET /readyz");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert_eq!(readyz().await.0, 200);
+    d.db.as_ref().expect("the daemon's database").drop_database();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = readyz().await;
+        if status == 503 {
+            assert!(body.contains("database_unreachable"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz still {status} {body} after the database was dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
