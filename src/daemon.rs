@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::api_key::{AdminKey, ensure_admin_key};
 use crate::app::{AppState, unix_now};
-use crate::booking::api;
+use crate::booking::{admin_api, api};
 use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
 use crate::config::Config;
@@ -228,6 +228,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .route("/v1/bookings/{id}", get(api::get_booking))
         .route("/v1/bookings/{id}/cancel", post(api::cancel_booking))
         .route("/v1/join/{link_token}", post(api::join))
+        .route("/v1/admin/tenants", post(admin_api::create_tenant).get(admin_api::list_tenants))
+        .route("/v1/admin/api-keys", post(admin_api::create_api_key).get(admin_api::list_api_keys))
+        .route("/v1/admin/api-keys/{id}/revoke", post(admin_api::revoke_api_key))
         .route("/v1/signal", get(signal_io::upgrade))
         .route_layer(axum::middleware::map_response(no_store));
     let app = Router::new()

@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use super::store::{Booking, NewParticipant, Status, StoreError};
 use super::tokens::{self, SessionClaims};
 use super::window::{JoinRefusal, JoinWindow, Role};
+use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
 
 /// An API error: status, machine-readable code, message, optional field and extra members.
@@ -33,11 +34,11 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), field: None, extra: Vec::new(), headers: Vec::new() }
     }
-    fn field(mut self, f: impl Into<String>) -> ApiError {
+    pub(crate) fn field(mut self, f: impl Into<String>) -> ApiError {
         self.field = Some(f.into());
         self
     }
-    fn with(mut self, k: &'static str, v: Value) -> ApiError {
+    pub(crate) fn with(mut self, k: &'static str, v: Value) -> ApiError {
         self.extra.push((k, v));
         self
     }
@@ -45,16 +46,31 @@ impl ApiError {
         self.headers.push((name, v));
         self
     }
-    /// 401 with `WWW-Authenticate: Bearer`; one body for missing, unknown and revoked keys.
+    /// 401 with `WWW-Authenticate: Bearer`; one body for missing, unknown, revoked and expired keys.
     pub fn unauthorized() -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid API key")
             .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+    /// 403 `insufficient_scope`: the key is valid but lacks `scope` (named in the message, in the member `scope` and
+    /// in `WWW-Authenticate`, RFC 6750 §3.1).
+    pub fn insufficient_scope(scope: Scope) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this API key lacks the scope `{scope}` this request needs"),
+        )
+        .with("scope", json!(scope.as_str()))
+        .header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+        )
     }
     /// 404 `not_found`.
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
-    fn internal(e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(target: "booking", error = %e, "internal error");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
@@ -88,13 +104,15 @@ impl From<StoreError> for ApiError {
                 "another booking already uses this external_id",
             )
             .field("external_id"),
+            StoreError::UnknownTenant => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_tenant", "no such tenant")
+                .field("tenant_id"),
             StoreError::Db(e) => ApiError::internal(e),
         }
     }
 }
 
 /// Maps a body-read failure (too large, broken stream) to a JSON error.
-fn body_error(e: BytesRejection) -> ApiError {
+pub(crate) fn body_error(e: BytesRejection) -> ApiError {
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(status, "payload_too_large", "request body too large")
@@ -105,7 +123,7 @@ fn body_error(e: BytesRejection) -> ApiError {
 
 /// Parses a JSON body into `T`, mapping serde's errors: syntax, unknown field or wrong type -> 400 `invalid_request`
 /// (with `field` when known); missing field -> 422 `missing_field` naming it.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let e = match serde_json::from_slice::<T>(body) {
         Ok(v) => return Ok(v),
         Err(e) => e,
@@ -130,8 +148,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     }
 }
 
-/// Resolves the tenant of `Authorization: Bearer <key>`.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// Authenticates `Authorization: Bearer <key>` and checks that the key has `scope`. Returns the key's row (its
+/// tenant, scopes, id). Errors: 401 `unauthorized` (with `WWW-Authenticate: Bearer`) for a missing, unknown, revoked
+/// or expired key, one body for all; 403 `insufficient_scope` naming the missing scope (member `scope`).
+pub async fn authenticate_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<super::store::ApiKey, ApiError> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -140,10 +164,25 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, A
         .filter(|k| !k.is_empty() && k.len() <= 256)
         .ok_or_else(ApiError::unauthorized)?;
     let hash = Sha256::digest(key.as_bytes());
-    state.store.tenant_for_key(&hash).await?.ok_or_else(ApiError::unauthorized)
+    let row = state
+        .store
+        .api_key_by_hash(&hash)
+        .await?
+        .filter(|k| k.is_live(unix_now()))
+        .ok_or_else(ApiError::unauthorized)?;
+    if !row.scopes.contains(&scope) {
+        return Err(ApiError::insufficient_scope(scope));
+    }
+    Ok(row)
 }
 
-fn rfc3339(unix: i64) -> String {
+/// [`authenticate_key`] for the booking endpoints: the tenant of a live key that has `scope`.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
+    Ok(authenticate_key(state, headers, scope).await?.tenant_id)
+}
+
+/// RFC 3339 (UTC, `Z`) of Unix seconds.
+pub(crate) fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
@@ -226,7 +265,7 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// RFC 3339 with an explicit offset (`Z` or `±hh:mm`); a local time without offset is refused.
-fn parse_instant(field: &'static str, v: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_instant(field: &'static str, v: &str) -> Result<i64, ApiError> {
     OffsetDateTime::parse(v, &Rfc3339).map(|t| t.unix_timestamp()).map_err(|_| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -243,7 +282,7 @@ pub async fn create_booking(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::BookingsWrite).await?;
     let body = body.map_err(body_error)?;
     let req: CreateBooking = parse_json(&body)?;
     check_text("title", &req.title, 200)?;
@@ -352,7 +391,7 @@ pub async fn get_booking(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::BookingsRead).await?;
     let b = state.store.booking(Some(&tenant), &id).await?.ok_or_else(ApiError::not_found)?;
     Ok(axum::Json(booking_json(&b, None)).into_response())
 }
@@ -364,7 +403,7 @@ pub async fn cancel_booking(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state, &headers).await?;
+    let tenant = authenticate(&state, &headers, Scope::BookingsWrite).await?;
     let (b, changed) = state.store.cancel(&tenant, &id, unix_now()).await?.ok_or_else(ApiError::not_found)?;
     if changed {
         state.metrics.bookings.with_label_values(&["cancelled"]).inc();

@@ -1,5 +1,6 @@
 //! The thin booking service: REST API, store, join window, tokens (DESIGN §6).
 
+pub mod admin_api;
 pub mod api;
 pub mod store;
 pub mod tokens;

@@ -19,6 +19,7 @@ use crate::config::DatabaseConfig;
 use crate::data_dir::DataDir;
 
 use super::window::{JoinWindow, Role};
+use crate::api_key::Scope;
 
 /// Booking status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +106,55 @@ pub struct ApiKey {
     pub id: String,
     /// The tenant it authenticates as.
     pub tenant_id: String,
+    /// The operator's label for the key, if any.
+    pub name: Option<String>,
+    /// What the key may do.
+    pub scopes: Vec<Scope>,
     /// SHA-256 of the key (32 bytes).
     pub key_hash: Vec<u8>,
-    /// Creation of the current key, Unix seconds.
+    /// Creation of the current key (the last rotation), Unix seconds.
     pub created_at: i64,
+    /// Expiry, Unix seconds; from then on the key answers 401.
+    pub expires_at: Option<i64>,
     /// Revocation, Unix seconds; a revoked key answers 401.
     pub revoked_at: Option<i64>,
+}
+
+impl ApiKey {
+    /// Whether the key authenticates at `now` (Unix seconds): neither revoked nor expired.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// A new API key to insert ([`Store::create_api_key`]).
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// `key_…`.
+    pub id: String,
+    /// Owning tenant, which must exist.
+    pub tenant_id: String,
+    /// Label.
+    pub name: Option<String>,
+    /// Scopes (at least one).
+    pub scopes: Vec<Scope>,
+    /// SHA-256 of the key.
+    pub key_hash: Vec<u8>,
+    /// Creation, Unix seconds.
+    pub created_at: i64,
+    /// Expiry, Unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+/// A tenant: the owner of API keys and bookings. Keys of one tenant never see another tenant's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// `ten_…` (the embedded default is `ten_default`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Creation, Unix seconds.
+    pub created_at: i64,
 }
 
 /// Storage errors.
@@ -119,6 +163,9 @@ pub enum StoreError {
     /// `external_id` already used by another booking of the tenant.
     #[error("external_id already used")]
     DuplicateExternalId,
+    /// The tenant named by a new API key does not exist.
+    #[error("no such tenant")]
+    UnknownTenant,
     /// Anything from the database.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -238,7 +285,8 @@ impl Store {
         matches!(tokio::time::timeout(Duration::from_secs(2), q).await, Ok(Ok(_)))
     }
 
-    /// Sets the key of API key `id` (SHA-256 `key_hash`) for `tenant`, inserting the row if `id` is new. A different
+    /// Sets the key of API key `id` (SHA-256 `key_hash`) for `tenant`, inserting the row if `id` is new (with every
+    /// scope, no expiry: this is how the admin key `key_admin` is kept in step with its file). A different
     /// hash replaces the stored one (the old key stops authenticating at once) and clears `revoked_at`; the same hash
     /// changes nothing, so a revoked key stays revoked. Returns whether the row was inserted or changed.
     ///
@@ -271,31 +319,123 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// API key `id`, if stored.
+    /// API key `id`, if stored (live or not).
     pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query("SELECT id, tenant_id, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(ApiKey {
-                id: r.try_get("id")?,
-                tenant_id: r.try_get("tenant_id")?,
-                key_hash: r.try_get("key_hash")?,
-                created_at: r.try_get("created_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(api_key_from_row).transpose()
     }
 
-    /// The tenant of a live (not revoked) API key.
-    pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+    /// The API key whose SHA-256 is `key_hash`, live or not (the caller checks [`ApiKey::is_live`]).
+    pub async fn api_key_by_hash(&self, key_hash: &[u8]) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"))
             .bind(key_hash)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    /// The tenant of a live (not revoked, not expired at the database's clock) API key.
+    pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
+        let now = crate::app::unix_now();
+        Ok(self.api_key_by_hash(key_hash).await?.filter(|k| k.is_live(now)).map(|k| k.tenant_id))
+    }
+
+    /// The API keys of `tenant` (all tenants with `None`), oldest first.
+    pub async fn api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query(&format!(
+                    "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+                ))
+                .bind(t)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(api_key_from_row).collect()
+    }
+
+    /// Inserts a new API key, in one statement that also checks that its tenant exists. Errors:
+    /// [`StoreError::UnknownTenant`], [`StoreError::Db`].
+    pub async fn create_api_key(&self, k: &NewApiKey) -> Result<(), StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash, created_at, expires_at) \
+             SELECT $1, id, $2, $3, $4, $5, $6 FROM tenants WHERE id = $7",
+        )
+        .bind(&k.id)
+        .bind(&k.name)
+        .bind(crate::api_key::scopes_to_text(&k.scopes))
+        .bind(&k.key_hash)
+        .bind(k.created_at)
+        .bind(k.expires_at)
+        .bind(&k.tenant_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::UnknownTenant);
+        }
+        Ok(())
+    }
+
+    /// Gives API key `id` a new key (SHA-256 `key_hash`) created at `now`, keeping its tenant, name, scopes and
+    /// expiry and clearing a revocation: the old key fails from the next request on. Returns false for an unknown id.
+    pub async fn rotate_api_key(&self, id: &str, key_hash: &[u8], now: i64) -> Result<bool, StoreError> {
+        let changed =
+            sqlx::query("UPDATE api_keys SET key_hash = $1, created_at = $2, revoked_at = NULL WHERE id = $3")
+                .bind(key_hash)
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Creates tenant `id` named `name` at `now` (Unix seconds).
+    pub async fn create_tenant(&self, id: &str, name: &str, now: i64) -> Result<Tenant, StoreError> {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(Tenant { id: id.into(), name: name.into(), created_at: now })
+    }
+
+    /// Creates tenant `id` named `name` at `now` unless it exists (start-up's default tenant).
+    pub async fn ensure_tenant(&self, id: &str, name: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+            .bind(id)
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Tenant `id`, if it exists.
+    pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Every tenant, oldest first.
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        rows.iter().map(tenant_from_row).collect()
     }
 
     /// Inserts a booking and its participants in one transaction.
@@ -444,6 +584,28 @@ impl Store {
 /// The query of [`Store::live_by_external_id`].
 const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = $1 AND external_id = $2 \
                          AND status <> 'cancelled' AND hard_end_at > $3";
+
+/// The columns [`api_key_from_row`] reads.
+const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, key_hash, created_at, expires_at, revoked_at";
+
+fn api_key_from_row(r: &AnyRow) -> Result<ApiKey, StoreError> {
+    let scopes: String = r.try_get("scopes")?;
+    Ok(ApiKey {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        name: r.try_get("name")?,
+        // Unknown words (none are written) grant nothing.
+        scopes: scopes.split_whitespace().filter_map(|w| w.parse().ok()).collect(),
+        key_hash: r.try_get("key_hash")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+fn tenant_from_row(r: &AnyRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant { id: r.try_get("id")?, name: r.try_get("name")?, created_at: r.try_get("created_at")? })
+}
 
 fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
     let status: String = r.try_get("status")?;
