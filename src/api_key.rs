@@ -143,7 +143,10 @@ pub async fn create_key(store: &Store, req: KeyRequest, now: i64) -> Result<(Api
         });
     }
     if req.expires_at.is_some_and(|e| e <= now) {
-        return Err(KeyRequestError::Invalid { field: "expires_at", message: "`expires_at` must be in the future".into() });
+        return Err(KeyRequestError::Invalid {
+            field: "expires_at",
+            message: "`expires_at` must be in the future".into(),
+        });
     }
     if let Some(n) = &req.name {
         check_name("name", n)?;

@@ -1,4 +1,6 @@
-//! Command line (clap): `duet serve`, `duet check-config`, `duet api-key rotate|revoke`.
+//! Command line (clap): `duet serve`, `duet check-config`, `duet tenant create|list`, `duet api-key
+//! create|list|rotate|revoke`. The tenant and key commands work on the database the daemon uses (`--config`,
+//! `--data-dir`; SQLite or PostgreSQL), also while it runs: changes take effect from the next request.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::api_key::AdminKey;
+use crate::api_key::{ADMIN_KEY_ID, AdminKey, Scope};
 use crate::config::{Config, LogFormat, Overrides, RawConfig};
 
 /// Self-hosted call infrastructure for scheduled 1-on-1 video meetings.
@@ -26,26 +28,97 @@ pub enum Cmd {
     /// Parse and validate the configuration, print the effective settings (secrets hidden); exit 1 naming the
     /// field on error.
     CheckConfig(ConfigArgs),
-    /// Rotate or revoke the admin API key (`<data_dir>/api-key`); works while the daemon runs, effective at once.
+    /// Create, list, rotate or revoke API keys (without a key id, rotate and revoke act on the admin key
+    /// `key_admin` in `<data_dir>/api-key`); works while the daemon runs, effective at once.
     #[command(subcommand)]
     ApiKey(ApiKeyCmd),
+    /// Create or list tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+}
+
+/// `duet tenant …`.
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant; prints its id (`ten_…`).
+    Create {
+        /// Display name (1 to 100 characters).
+        name: String,
+        /// Where the data directory and database are.
+        #[command(flatten)]
+        target: DataDirArgs,
+        /// Print the tenant as JSON (`{id, name, created_at}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tenants: id, name, creation.
+    List {
+        /// Where the data directory and database are.
+        #[command(flatten)]
+        target: DataDirArgs,
+        /// Print JSON (`{"tenants": [...]}`, as `GET /v1/admin/tenants`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `duet api-key …`.
 #[derive(Subcommand, Debug)]
 pub enum ApiKeyCmd {
-    /// Write a new admin key to `<data_dir>/api-key` (0600); the old key is refused from the next request on.
-    Rotate {
-        /// Where the data directory is.
+    /// Create a key for a tenant; prints the key once on stdout (it is stored only as a hash).
+    Create {
+        /// Owning tenant id (`ten_default` is the embedded default).
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated scopes: `bookings:read`, `bookings:write`, `admin` (`admin`: default tenant only).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<Scope>,
+        /// Expiry: RFC 3339 with an offset (`2027-01-01T00:00:00Z`) or a duration from now (`90d`, `12h`).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Label (1 to 100 characters).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the data directory and database are.
         #[command(flatten)]
         target: DataDirArgs,
-        /// Also print the new key on stdout (keep it off shared logs).
+        /// Print the key row and the key as JSON (as `POST /v1/admin/api-keys`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys: id, tenant, name, scopes, created, expires, revoked (never keys or hashes).
+    List {
+        /// Only the keys of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Where the data directory and database are.
+        #[command(flatten)]
+        target: DataDirArgs,
+        /// Print JSON (`{"api_keys": [...]}`, as `GET /v1/admin/api-keys`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new key for KEY_ID (default: the admin key, written to `<data_dir>/api-key` (0600)); the old key is
+    /// refused from the next request on and a revoked key is live again. Other keys are printed on stdout.
+    Rotate {
+        /// Key id (`key_…`); default `key_admin`.
+        key_id: Option<String>,
+        /// Where the data directory and database are.
+        #[command(flatten)]
+        target: DataDirArgs,
+        /// Also print the new admin key on stdout (keep it off shared logs).
         #[arg(long)]
         print: bool,
     },
-    /// Revoke the admin key (401 from the next request on) and remove the `api-key` file; restarts keep it revoked
-    /// until `duet api-key rotate` issues a new key.
-    Revoke(DataDirArgs),
+    /// Revoke KEY_ID (401 from the next request on). Default: the admin key, whose `api-key` file is removed;
+    /// restarts keep it revoked until `duet api-key rotate` issues a new key.
+    Revoke {
+        /// Key id (`key_…`); default `key_admin`.
+        key_id: Option<String>,
+        /// Where the data directory and database are.
+        #[command(flatten)]
+        target: DataDirArgs,
+    },
 }
 
 /// The data directory and database, from the config file and/or `--data-dir`.
@@ -108,7 +181,14 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::ApiKey(cmd) => match api_key_command(cmd) {
+        Cmd::ApiKey(cmd) => match store_command(StoreCmd::ApiKey(cmd)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Tenant(cmd) => match store_command(StoreCmd::Tenant(cmd)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -143,12 +223,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs `duet api-key rotate|revoke` against the data directory and the database (`[database]`: SQLite in the data
-/// directory, or PostgreSQL) of the config. The data directory must exist: the daemon creates it on first start.
-fn api_key_command(cmd: ApiKeyCmd) -> anyhow::Result<()> {
+/// A command that works on the store.
+enum StoreCmd {
+    ApiKey(ApiKeyCmd),
+    Tenant(TenantCmd),
+}
+
+/// Runs `duet api-key …` or `duet tenant …` against the data directory and the database (`[database]`: SQLite in
+/// the data directory, or PostgreSQL) of the config. The data directory must exist: the daemon creates it on first
+/// start.
+fn store_command(cmd: StoreCmd) -> anyhow::Result<()> {
     use anyhow::Context;
     let target = match &cmd {
-        ApiKeyCmd::Rotate { target, .. } | ApiKeyCmd::Revoke(target) => target,
+        StoreCmd::ApiKey(
+            ApiKeyCmd::Create { target, .. }
+            | ApiKeyCmd::List { target, .. }
+            | ApiKeyCmd::Rotate { target, .. }
+            | ApiKeyCmd::Revoke { target, .. },
+        )
+        | StoreCmd::Tenant(TenantCmd::Create { target, .. } | TenantCmd::List { target, .. }) => target,
     };
     let raw = match &target.config {
         Some(p) => RawConfig::from_file(p)?,
@@ -168,34 +261,151 @@ fn api_key_command(cmd: ApiKeyCmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let store = crate::booking::store::Store::open_configured(&config.database, &data).await?;
-        let now = crate::app::unix_now();
-        match cmd {
-            ApiKeyCmd::Rotate { print, .. } => {
-                let key = crate::api_key::rotate(&data, &store, now).await?;
-                let note = format!(
-                    "duet: new admin API key written to {} (mode 0600); the previous key is refused from now on",
-                    data.api_key_file().display()
-                );
-                if print {
-                    eprintln!("{note}");
-                    println!("{key}");
-                } else {
-                    println!("{note}");
-                }
-            }
-            ApiKeyCmd::Revoke(_) => {
-                let changed = crate::api_key::revoke(&data, &store, now).await?;
-                println!(
-                    "duet: admin API key {}; {} removed. The API answers 401 until `duet api-key rotate` (a restart \
-                     does not create a new key).",
-                    if changed { "revoked" } else { "was already revoked" },
-                    data.api_key_file().display()
-                );
+        let result = match cmd {
+            StoreCmd::ApiKey(cmd) => api_key_command(cmd, &data, &store).await,
+            StoreCmd::Tenant(cmd) => tenant_command(cmd, &store).await,
+        };
+        store.close().await;
+        result
+    })
+}
+
+/// `--expires`: RFC 3339 with an offset, or a duration from `now` (`90d`, `12h`, `30m`), as Unix seconds.
+fn parse_expires(v: &str, now: i64) -> anyhow::Result<i64> {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    let d = humantime::parse_duration(v).map_err(|_| {
+        anyhow::anyhow!("--expires `{v}`: expected RFC 3339 with an offset (2027-01-01T00:00:00Z) or a duration (90d)")
+    })?;
+    Ok(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn tenant_command(cmd: TenantCmd, store: &crate::booking::store::Store) -> anyhow::Result<()> {
+    use crate::booking::admin_api::{TenantList, TenantView};
+    match cmd {
+        TenantCmd::Create { name, json, .. } => {
+            let t = crate::api_key::create_tenant(store, &name, crate::app::unix_now()).await?;
+            if json {
+                print_json(&TenantView::from(&t))?;
+            } else {
+                eprintln!("duet: created tenant {} ({})", t.id, t.name);
+                println!("{}", t.id);
             }
         }
-        store.close().await;
-        Ok(())
-    })
+        TenantCmd::List { json, .. } => {
+            let tenants: Vec<TenantView> = store.tenants().await?.iter().map(TenantView::from).collect();
+            if json {
+                print_json(&TenantList { tenants })?;
+            } else {
+                println!("{:<40}  {:<20}  CREATED", "ID", "NAME");
+                for t in tenants {
+                    println!("{:<40}  {:<20}  {}", t.id, t.name, t.created_at);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn api_key_command(
+    cmd: ApiKeyCmd,
+    data: &crate::data_dir::DataDir,
+    store: &crate::booking::store::Store,
+) -> anyhow::Result<()> {
+    use crate::booking::admin_api::{ApiKeyList, ApiKeyView, CreatedApiKey};
+    let now = crate::app::unix_now();
+    match cmd {
+        ApiKeyCmd::Create { tenant, scopes, expires, name, json, .. } => {
+            let expires_at = expires.as_deref().map(|e| parse_expires(e, now)).transpose()?;
+            let req = crate::api_key::KeyRequest { tenant_id: tenant, scopes, expires_at, name };
+            let (row, key) = crate::api_key::create_key(store, req, now).await?;
+            if json {
+                print_json(&CreatedApiKey { view: ApiKeyView::from(&row), key })?;
+            } else {
+                eprintln!(
+                    "duet: created API key {} for tenant {} ({}); the key is shown only this once:",
+                    row.id,
+                    row.tenant_id,
+                    crate::api_key::scopes_to_text(&row.scopes)
+                );
+                println!("{key}");
+            }
+        }
+        ApiKeyCmd::List { tenant, json, .. } => {
+            let keys: Vec<ApiKeyView> = store.api_keys(tenant.as_deref()).await?.iter().map(ApiKeyView::from).collect();
+            if json {
+                print_json(&ApiKeyList { api_keys: keys })?;
+            } else {
+                println!(
+                    "{:<36}  {:<36}  {:<16}  {:<34}  {:<20}  {:<20}  REVOKED",
+                    "ID", "TENANT", "NAME", "SCOPES", "CREATED", "EXPIRES"
+                );
+                for k in keys {
+                    let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+                    println!(
+                        "{:<36}  {:<36}  {:<16}  {:<34}  {:<20}  {:<20}  {}",
+                        k.id,
+                        k.tenant_id,
+                        k.name.as_deref().unwrap_or("-"),
+                        scopes.join(","),
+                        k.created_at,
+                        k.expires_at.as_deref().unwrap_or("-"),
+                        k.revoked_at.as_deref().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+        ApiKeyCmd::Rotate { key_id, print, .. } if key_id.as_deref().is_none_or(|id| id == ADMIN_KEY_ID) => {
+            let key = crate::api_key::rotate(data, store, now).await?;
+            let note = format!(
+                "duet: new admin API key written to {} (mode 0600); the previous key is refused from now on",
+                data.api_key_file().display()
+            );
+            if print {
+                eprintln!("{note}");
+                println!("{key}");
+            } else {
+                println!("{note}");
+            }
+        }
+        ApiKeyCmd::Rotate { key_id, .. } => {
+            let id = key_id.unwrap_or_default();
+            let key = crate::api_key::rotate_key(store, &id, now)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no API key has the id `{id}` (see `duet api-key list`)"))?;
+            eprintln!("duet: new key for {id}; the previous key is refused from now on. It is shown only this once:");
+            println!("{key}");
+        }
+        ApiKeyCmd::Revoke { key_id, .. } if key_id.as_deref().is_none_or(|id| id == ADMIN_KEY_ID) => {
+            let changed = crate::api_key::revoke(data, store, now).await?;
+            println!(
+                "duet: admin API key {}; {} removed. The API answers 401 until `duet api-key rotate` (a restart \
+                 does not create a new key).",
+                if changed { "revoked" } else { "was already revoked" },
+                data.api_key_file().display()
+            );
+        }
+        ApiKeyCmd::Revoke { key_id, .. } => {
+            let id = key_id.unwrap_or_default();
+            let changed = store.revoke_api_key(&id, now).await?;
+            if !changed && store.api_key(&id).await?.is_none() {
+                anyhow::bail!("no API key has the id `{id}` (see `duet api-key list`)");
+            }
+            println!(
+                "duet: API key {id} {}; it answers 401 from now on",
+                if changed { "revoked" } else { "was already revoked" }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(config: &Config) {

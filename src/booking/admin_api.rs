@@ -187,8 +187,7 @@ pub async fn list_api_keys(
     query: Result<Query<ApiKeyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     authenticate_key(&state, &headers, Scope::Admin).await?;
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
     let api_keys = state.store.api_keys(q.tenant_id.as_deref()).await?.iter().map(ApiKeyView::from).collect();
     Ok(axum::Json(ApiKeyList { api_keys }).into_response())
 }

@@ -104,8 +104,9 @@ impl From<StoreError> for ApiError {
                 "another booking already uses this external_id",
             )
             .field("external_id"),
-            StoreError::UnknownTenant => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_tenant", "no such tenant")
-                .field("tenant_id"),
+            StoreError::UnknownTenant => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_tenant", "no such tenant").field("tenant_id")
+            }
             StoreError::Db(e) => ApiError::internal(e),
         }
     }

@@ -431,10 +431,14 @@ impl Store {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
-    /// Every tenant, oldest first.
+    /// Every tenant: the default tenant first, then oldest first.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT id, name, created_at FROM tenants \
+             ORDER BY CASE WHEN id = 'ten_default' THEN 0 ELSE 1 END, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(tenant_from_row).collect()
     }
 
