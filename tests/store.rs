@@ -180,7 +180,63 @@ async fn api_keys(backend: Backend) {
     assert!(matches!(e, StoreError::Db(_)), "another id with the same hash is refused: {e:?}");
 }
 
-crate::on_both_backends!(create_get_cancel, duplicate_external_id, revocations_and_vy_lookup, api_keys);
+/// Tenants and scoped keys: the migration's default tenant, a key needs an existing tenant (checked in its insert),
+/// scopes round-trip sorted, expiry and revocation make a key not live, rotation keeps the row and changes the key.
+async fn tenants_and_scoped_keys(backend: Backend) {
+    use duet::api_key::Scope;
+    use duet::booking::store::NewApiKey;
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let tenants = s.tenants().await.unwrap();
+    assert_eq!(tenants.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["ten_default"], "made by migration 0002");
+    s.ensure_tenant("ten_default", "other name", 1).await.unwrap();
+    assert_eq!(s.tenant("ten_default").await.unwrap().unwrap().name, "default", "ensure_tenant keeps a tenant");
+    let a = s.create_tenant("ten_a", "A", T0).await.unwrap();
+    assert_eq!(s.tenant("ten_a").await.unwrap(), Some(a));
+    assert!(matches!(s.create_tenant("ten_a", "again", T0).await, Err(StoreError::Db(_))), "ids are unique");
+
+    let key = |id: &str, tenant: &str, hash: u8, expires_at: Option<i64>| NewApiKey {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: Some(format!("name of {id}")),
+        scopes: vec![Scope::BookingsRead, Scope::BookingsWrite],
+        key_hash: vec![hash; 32],
+        created_at: T0,
+        expires_at,
+    };
+    assert!(matches!(s.create_api_key(&key("key_x", "ten_nope", 9, None)).await, Err(StoreError::UnknownTenant)));
+    assert!(s.api_key("key_x").await.unwrap().is_none(), "nothing written for an unknown tenant");
+    s.create_api_key(&key("key_1", "ten_a", 1, Some(T0 + 60))).await.unwrap();
+    let row = s.api_key_by_hash(&[1; 32]).await.unwrap().expect("by hash");
+    assert_eq!(
+        (row.id.as_str(), row.tenant_id.as_str(), row.name.as_deref(), row.expires_at),
+        ("key_1", "ten_a", Some("name of key_1"), Some(T0 + 60))
+    );
+    assert_eq!(row.scopes, [Scope::BookingsRead, Scope::BookingsWrite]);
+    assert!(row.is_live(T0 + 59) && !row.is_live(T0 + 60), "live until its expiry");
+    assert!(s.revoke_api_key("key_1", T0 + 1).await.unwrap());
+    assert!(!s.api_key("key_1").await.unwrap().unwrap().is_live(T0 + 2), "revoked");
+    assert!(s.rotate_api_key("key_1", &[3; 32], T0 + 5).await.unwrap());
+    assert!(s.api_key_by_hash(&[1; 32]).await.unwrap().is_none(), "the old key is gone");
+    let rotated = s.api_key_by_hash(&[3; 32]).await.unwrap().expect("rotated");
+    assert_eq!((rotated.id.as_str(), rotated.created_at, rotated.revoked_at), ("key_1", T0 + 5, None));
+    assert_eq!(rotated.expires_at, Some(T0 + 60), "rotation keeps the expiry");
+    assert!(!s.rotate_api_key("key_nope", &[4; 32], T0).await.unwrap());
+
+    s.upsert_api_key("key_admin", "ten_default", &[7; 32], T0).await.unwrap();
+    assert_eq!(s.api_key("key_admin").await.unwrap().unwrap().scopes, Scope::ALL, "the admin key has every scope");
+    let of_a: Vec<String> = s.api_keys(Some("ten_a")).await.unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(of_a, ["key_1"]);
+    assert_eq!(s.api_keys(None).await.unwrap().len(), 2);
+}
+
+crate::on_both_backends!(
+    create_get_cancel,
+    duplicate_external_id,
+    revocations_and_vy_lookup,
+    api_keys,
+    tenants_and_scoped_keys
+);
 
 /// A PostgreSQL that cannot be reached at start is a clear error naming `database.url`, without its password.
 #[test]

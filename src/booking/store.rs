@@ -706,7 +706,14 @@ mod tests {
         pool.close().await;
 
         let store = Store::open(&db).await.expect("the new binary opens the old database");
-        assert_eq!(store.api_key("key_admin").await.unwrap().map(|k| k.created_at), Some(5));
+        let admin = store.api_key("key_admin").await.unwrap().expect("key_admin");
+        assert_eq!(
+            (admin.created_at, admin.scopes.as_slice()),
+            (5, Scope::ALL.as_slice()),
+            "0002 gives it every scope"
+        );
+        let tenants: Vec<String> = store.tenants().await.unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(tenants, ["ten_default", "t"], "0002 makes the default tenant and one per existing key");
         let recorded: Vec<u8> = sqlx::query("SELECT checksum FROM _sqlx_migrations WHERE version = 1")
             .fetch_one(&store.pool)
             .await
