@@ -337,7 +337,7 @@ impl Store {
         row.as_ref().map(api_key_from_row).transpose()
     }
 
-    /// The tenant of a live (not revoked, not expired at the database's clock) API key.
+    /// The tenant of a live API key: not revoked, not expired now (the daemon's clock), whatever its scopes.
     pub async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
         let now = crate::app::unix_now();
         Ok(self.api_key_by_hash(key_hash).await?.filter(|k| k.is_live(now)).map(|k| k.tenant_id))
