@@ -530,7 +530,8 @@ pub async fn create_booking(
                 response: serde_json::to_string(&stored).map_err(ApiError::internal)?,
                 created_at: now,
             };
-            if let IdempotentCreate::Existing(rec) = state.store.create_booking_idempotent(&booking, &rows, &rec).await?
+            if let IdempotentCreate::Existing(rec) =
+                state.store.create_booking_idempotent(&booking, &rows, &rec).await?
             {
                 return replay(&rec, &hash);
             }
@@ -804,8 +805,10 @@ fn encode_cursor(start: i64, id: &str, filters: &str) -> String {
 
 /// The `(start_at, id)` of a cursor made by [`encode_cursor`] for the same filters; else 400 `invalid_cursor`.
 fn decode_cursor(cursor: &str, filters: &str) -> Result<(i64, String), ApiError> {
-    let invalid =
-        || ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "`cursor` is not a cursor of this query").field("cursor");
+    let invalid = || {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "`cursor` is not a cursor of this query")
+            .field("cursor")
+    };
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     if bytes.len() <= 8 {
         return Err(invalid());

@@ -720,9 +720,9 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, hard_end_at FROM bookings WHERE status IN ('cancelled', 'rejected') AND hard_end_at > $1",
         )
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
