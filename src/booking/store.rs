@@ -887,6 +887,68 @@ mod tests {
         assert_eq!(hex(&recorded), RELEASED_INIT_SHA384);
     }
 
+    /// Migration 3 rebuilds the SQLite `bookings` table (new status CHECK): rows, participants, their foreign key
+    /// (with its cascade) and the indexes survive; the new statuses are accepted, others refused.
+    #[tokio::test]
+    async fn sqlite_migration_3_keeps_bookings_and_participants() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_dir = dir.path().join("migrations");
+        std::fs::create_dir(&old_dir).unwrap();
+        for m in SQLITE_MIGRATIONS.iter().filter(|m| m.version < 3) {
+            std::fs::write(old_dir.join(format!("{:04}_{}.sql", m.version, m.description)), m.sql.as_bytes()).unwrap();
+        }
+        let db = dir.path().join("duet.sqlite3");
+        let pool = sqlx::SqlitePool::connect_with(
+            SqliteConnectOptions::new().filename(&db).create_if_missing(true).foreign_keys(true),
+        )
+        .await
+        .unwrap();
+        Migrator::new(old_dir.as_path()).await.unwrap().run(&pool).await.expect("migrations before 3");
+        for sql in [
+            "INSERT INTO bookings VALUES ('bkg_1', 'ten_a', 't', 'ext-1', 100, 200, 85, 90, 200, 215, 'cancelled', 1, \
+             50, 60, 60)",
+            "INSERT INTO participants VALUES ('par_h', 'bkg_1', 'host', 'instructor:42', 'Dr. Ana', x'01', 95)",
+            "INSERT INTO participants VALUES ('par_g', 'bkg_1', 'guest', NULL, 'J. Doe', x'02', NULL)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(&db).await.expect("migrate to 3");
+        let b = store.booking(Some("ten_a"), "bkg_1").await.unwrap().expect("booking kept");
+        assert_eq!((b.status, b.sequence, b.external_id.as_deref()), (Status::Cancelled, 1, Some("ext-1")));
+        assert_eq!(b.participants.len(), 2);
+        assert_eq!(b.participants[0].first_joined_at, Some(95));
+        assert!(store.by_link(&[2]).await.unwrap().is_some(), "link hashes kept");
+        let fk: i64 =
+            sqlx::query("SELECT count(*) FROM pragma_foreign_key_check").fetch_one(&store.pool).await.unwrap().get(0);
+        assert_eq!(fk, 0);
+        let indexes: Vec<String> =
+            sqlx::query("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        for name in ["bookings_tenant_external_id", "bookings_hard_end", "bookings_tenant_start"] {
+            assert!(indexes.iter().any(|i| i == name), "{name} in {indexes:?}");
+        }
+        // The foreign key points at the new table and still cascades.
+        let r = sqlx::query("INSERT INTO participants VALUES ('par_x', 'bkg_nope', 'host', NULL, 'X', x'03', NULL)")
+            .execute(&store.pool)
+            .await;
+        assert!(r.is_err(), "foreign key enforced");
+        sqlx::query("UPDATE bookings SET status = 'pending' WHERE id = 'bkg_1'").execute(&store.pool).await.unwrap();
+        sqlx::query("UPDATE bookings SET status = 'rejected' WHERE id = 'bkg_1'").execute(&store.pool).await.unwrap();
+        assert!(
+            sqlx::query("UPDATE bookings SET status = 'ended' WHERE id = 'bkg_1'").execute(&store.pool).await.is_err()
+        );
+        sqlx::query("DELETE FROM bookings WHERE id = 'bkg_1'").execute(&store.pool).await.unwrap();
+        let left: i64 = sqlx::query("SELECT count(*) FROM participants").fetch_one(&store.pool).await.unwrap().get(0);
+        assert_eq!(left, 0, "ON DELETE CASCADE kept");
+    }
+
     /// Every SQLite connection runs with WAL, `synchronous = NORMAL`, foreign keys on and a 5 s busy timeout.
     #[tokio::test]
     async fn sqlite_connections_get_their_pragmas() {
