@@ -224,9 +224,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         draining: draining.clone(),
     };
     let api = Router::new()
-        .route("/v1/bookings", post(api::create_booking))
+        .route("/v1/bookings", post(api::create_booking).get(api::list_bookings))
         .route("/v1/bookings/{id}", get(api::get_booking))
         .route("/v1/bookings/{id}/cancel", post(api::cancel_booking))
+        .route("/v1/bookings/{id}/confirm", post(api::confirm_booking))
+        .route("/v1/bookings/{id}/reject", post(api::reject_booking))
         .route("/v1/join/{link_token}", post(api::join))
         .route("/v1/admin/tenants", post(admin_api::create_tenant).get(admin_api::list_tenants))
         .route("/v1/admin/api-keys", post(admin_api::create_api_key).get(admin_api::list_api_keys))

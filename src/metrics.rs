@@ -9,9 +9,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 pub struct Metrics {
     /// The registry served on `/metrics`.
     pub registry: Registry,
-    /// `duet_join_attempts_total{result}`: ok|too_early|closed|cancelled|invalid.
+    /// `duet_join_attempts_total{result}`: ok|too_early|closed|cancelled|rejected|pending|invalid.
     pub join_attempts: IntCounterVec,
-    /// `duet_bookings_total{event}`: created|cancelled.
+    /// `duet_bookings_total{event}`: created|confirmed|rejected|cancelled.
     pub bookings: IntCounterVec,
     /// `duet_http_requests_total{route,code}`.
     pub http_requests: IntCounterVec,

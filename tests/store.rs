@@ -3,7 +3,10 @@
 
 mod common;
 
-use duet::booking::store::{Backend as StoreBackend, Booking, NewParticipant, Status, Store, StoreError};
+use duet::booking::store::{
+    Backend as StoreBackend, Booking, IdempotencyRecord, IdempotentCreate, ListFilter, NewParticipant, Status,
+    StatusFilter, Store, StoreError, Transition,
+};
 use duet::booking::window::{JoinWindow, Role};
 
 use common::Backend;
@@ -230,12 +233,99 @@ async fn tenants_and_scoped_keys(backend: Backend) {
     assert_eq!(s.api_keys(None).await.unwrap().len(), 2);
 }
 
+/// Status transitions: allowed moves bump the sequence, repeats are unchanged, others refused; rejected bookings are
+/// revoked at start like cancelled ones and hidden from the Virtual Y lookup, as pending ones are.
+async fn transitions_and_revocations(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let (mut b, parts) = booking("bkg_p", "ten_a", Some("order-p"));
+    b.status = Status::Pending;
+    s.create_booking(&b, &parts).await.unwrap();
+    assert!(s.live_by_external_id("ten_a", "order-p", T0).await.unwrap().is_none(), "pending is not live");
+    let (after, t) = s.transition("ten_a", "bkg_p", Status::Rejected, &[Status::Pending], T0).await.unwrap().unwrap();
+    assert_eq!((after.status, after.sequence, t), (Status::Rejected, 1, Transition::Changed));
+    let (_, t) = s.transition("ten_a", "bkg_p", Status::Rejected, &[Status::Pending], T0).await.unwrap().unwrap();
+    assert_eq!(t, Transition::Unchanged);
+    let (after, t) = s.transition("ten_a", "bkg_p", Status::Confirmed, &[Status::Pending], T0).await.unwrap().unwrap();
+    assert_eq!((after.status, after.sequence, t), (Status::Rejected, 1, Transition::Refused));
+    assert_eq!(
+        s.cancel("ten_a", "bkg_p", T0).await.unwrap().map(|(b, c)| (b.status, c)),
+        Some((Status::Rejected, false))
+    );
+    assert!(s.transition("ten_b", "bkg_p", Status::Confirmed, &[Status::Pending], T0).await.unwrap().is_none());
+    assert_eq!(s.live_revocations(T0).await.unwrap(), vec![("bkg_p".to_string(), b.window.hard_end_at)]);
+}
+
+/// One `Idempotency-Key` inserts one booking; the second insert gets the record back and inserts nothing; an
+/// expired record is replaced; a duplicate external_id leaves the key free.
+async fn idempotency_records(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let rec = |id: &str, at: i64| IdempotencyRecord {
+        key: "k1".into(),
+        request_hash: vec![7; 32],
+        booking_id: id.into(),
+        status_code: 201,
+        response: format!("{{\"id\":\"{id}\"}}"),
+        created_at: at,
+    };
+    let (b1, p1) = booking("bkg_1", "ten_a", Some("x1"));
+    assert_eq!(s.create_booking_idempotent(&b1, &p1, &rec("bkg_1", T0)).await.unwrap(), IdempotentCreate::Created);
+    let (b2, p2) = booking("bkg_2", "ten_a", Some("x2"));
+    assert_eq!(
+        s.create_booking_idempotent(&b2, &p2, &rec("bkg_2", T0 + 10)).await.unwrap(),
+        IdempotentCreate::Existing(rec("bkg_1", T0))
+    );
+    assert!(s.booking(None, "bkg_2").await.unwrap().is_none(), "nothing inserted");
+    assert!(s.idempotency_record("ten_b", "k1", T0).await.unwrap().is_none(), "per tenant");
+    let later = T0 + 86_400;
+    assert!(s.idempotency_record("ten_a", "k1", later).await.unwrap().is_none(), "kept 24 h");
+    assert_eq!(s.create_booking_idempotent(&b2, &p2, &rec("bkg_2", later)).await.unwrap(), IdempotentCreate::Created);
+    let (b3, p3) = booking("bkg_3", "ten_a", Some("x2"));
+    let mut r3 = rec("bkg_3", later);
+    r3.key = "k3".into();
+    assert!(matches!(s.create_booking_idempotent(&b3, &p3, &r3).await, Err(StoreError::DuplicateExternalId)));
+    assert!(s.idempotency_record("ten_a", "k3", later).await.unwrap().is_none(), "rolled back with the booking");
+    assert_eq!(s.purge_idempotency_keys(later + 86_400).await.unwrap(), 1);
+}
+
+/// `list`: tenant scope, order by start then id, keyset position, filters, derived ended.
+async fn list_bookings(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    for (id, tenant, shift) in
+        [("bkg_b", "ten_a", 0), ("bkg_a", "ten_a", 0), ("bkg_c", "ten_a", -3600), ("bkg_z", "ten_z", 0)]
+    {
+        let (mut b, parts) = booking(id, tenant, None);
+        b.start_at += shift;
+        b.window.hard_end_at += shift;
+        s.create_booking(&b, &parts).await.unwrap();
+    }
+    let f = ListFilter { limit: 10, now: T0, ..Default::default() };
+    let ids = |v: Vec<Booking>| v.into_iter().map(|b| b.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list("ten_a", &f).await.unwrap()), ["bkg_c", "bkg_a", "bkg_b"]);
+    let after = ListFilter { after: Some((T0 + 3600, "bkg_a".into())), ..f.clone() };
+    assert_eq!(ids(s.list("ten_a", &after).await.unwrap()), ["bkg_b"]);
+    let limited = ListFilter { limit: 1, ..f.clone() };
+    let page = s.list("ten_a", &limited).await.unwrap();
+    assert_eq!((page.len(), page[0].participants.len()), (1, 2));
+    let by_ref = ListFilter { participant_ref: Some("instructor:42".into()), from: Some(T0 + 3600), ..f.clone() };
+    assert_eq!(ids(s.list("ten_a", &by_ref).await.unwrap()), ["bkg_a", "bkg_b"]);
+    let ended = ListFilter { status: Some(StatusFilter::Ended), now: T0 + 7200, ..f.clone() };
+    assert_eq!(ids(s.list("ten_a", &ended).await.unwrap()), ["bkg_c"]);
+    let confirmed = ListFilter { status: Some(StatusFilter::Confirmed), ..ended.clone() };
+    assert_eq!(ids(s.list("ten_a", &confirmed).await.unwrap()), ["bkg_a", "bkg_b"]);
+}
+
 crate::on_both_backends!(
     create_get_cancel,
     duplicate_external_id,
     revocations_and_vy_lookup,
     api_keys,
-    tenants_and_scoped_keys
+    tenants_and_scoped_keys,
+    transitions_and_revocations,
+    idempotency_records,
+    list_bookings
 );
 
 /// A PostgreSQL that cannot be reached at start is a clear error naming `database.url`, without its password.

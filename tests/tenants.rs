@@ -133,6 +133,14 @@ async fn scopes_are_checked_per_endpoint(backend: Backend) {
     assert_insufficient_scope(status, &headers, &refused, "bookings:write", "read-only key cancels");
     let (_, _, got) = call(&d, "GET", &path, &read, None).await;
     assert_eq!(got["status"], "confirmed", "a refused cancel changes nothing");
+    for action in ["confirm", "reject"] {
+        let (status, headers, refused) = call(&d, "POST", &format!("{path}/{action}"), &read, Some(&json!({}))).await;
+        assert_insufficient_scope(status, &headers, &refused, "bookings:write", &format!("read-only key {action}s"));
+    }
+    let (status, headers, refused) = call(&d, "GET", "/v1/bookings", &write, None).await;
+    assert_insufficient_scope(status, &headers, &refused, "bookings:read", "write-only key lists");
+    let (status, _, page) = call(&d, "GET", "/v1/bookings", &read, None).await;
+    assert_eq!((status, page["bookings"].as_array().map(Vec::len)), (200, Some(1)), "{page}");
     let (status, _, got) = call(&d, "POST", &format!("{path}/cancel"), &write, Some(&json!({}))).await;
     assert_eq!((status, got["status"].as_str()), (200, Some("cancelled")), "{got}");
 }

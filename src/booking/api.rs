@@ -2,17 +2,22 @@
 //! "field"?: <name>}` (research/booking.md §7.7 is the contract for bad input).
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::store::{Booking, NewParticipant, Status, StoreError};
+use super::store::{
+    Booking, IdempotencyRecord, IdempotentCreate, ListFilter, NewParticipant, Status, StatusFilter, StoreError,
+    Transition,
+};
 use super::tokens::{self, SessionClaims};
 use super::window::{JoinRefusal, JoinWindow, Role};
 use crate::api_key::Scope;
@@ -107,6 +112,12 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownTenant => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_tenant", "no such tenant").field("tenant_id")
             }
+            StoreError::IdempotencyKeyInUse => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "another request with this Idempotency-Key is in progress; retry",
+            )
+            .field("Idempotency-Key"),
             StoreError::Db(e) => ApiError::internal(e),
         }
     }
@@ -187,48 +198,146 @@ pub(crate) fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
-/// `window` JSON object of a booking.
-pub fn window_json(w: &JoinWindow) -> Value {
-    json!({
-        "host_opens_at": rfc3339(w.host_opens_at),
-        "opens_at": rfc3339(w.opens_at),
-        "join_cutoff_at": rfc3339(w.join_cutoff_at),
-        "hard_end_at": rfc3339(w.hard_end_at),
-    })
+/// The `window` object of a booking: RFC 3339 UTC instants.
+#[derive(Debug, Serialize)]
+pub struct WindowView {
+    /// The host may join from then.
+    pub host_opens_at: String,
+    /// The guest may join from then.
+    pub opens_at: String,
+    /// No first-time join after it.
+    pub join_cutoff_at: String,
+    /// The room closes and TURN allocations are torn down then.
+    pub hard_end_at: String,
 }
 
-fn booking_json(b: &Booking, links: Option<(&AppState, &[String])>) -> Value {
-    let participants: Vec<Value> = b
-        .participants
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mut v = json!({
-                "id": p.id, "ref": p.reference, "role": p.role, "display_name": p.display_name,
-                "joined": p.first_joined_at.is_some(),
-            });
-            if let Some((state, tokens)) = links
-                && let Some(t) = tokens.get(i)
-            {
-                v["link_token"] = json!(t);
-                v["join_url"] = json!(format!("{}/j/{t}", state.public_base));
-            }
-            v
-        })
-        .collect();
-    json!({
-        "id": b.id,
-        "status": b.status.as_str(),
-        "sequence": b.sequence,
-        "title": b.title,
-        "external_id": b.external_id,
-        "start_at": rfc3339(b.start_at),
-        "end_at": rfc3339(b.end_at),
-        "window": window_json(&b.window),
-        "participants": participants,
-        "created_at": rfc3339(b.created_at),
-        "updated_at": rfc3339(b.updated_at),
-    })
+impl WindowView {
+    /// The view of `w`.
+    pub fn of(w: &JoinWindow) -> WindowView {
+        WindowView {
+            host_opens_at: rfc3339(w.host_opens_at),
+            opens_at: rfc3339(w.opens_at),
+            join_cutoff_at: rfc3339(w.join_cutoff_at),
+            hard_end_at: rfc3339(w.hard_end_at),
+        }
+    }
+}
+
+/// `window` JSON object of a booking.
+pub fn window_json(w: &JoinWindow) -> Value {
+    serde_json::to_value(WindowView::of(w)).unwrap_or(Value::Null)
+}
+
+/// A participant in a booking response.
+#[derive(Debug, Serialize)]
+pub struct ParticipantView {
+    /// `par_…`.
+    pub id: String,
+    /// The app's own id for the person, or null.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// `host` or `guest`.
+    pub role: Role,
+    /// Shown to the other participant.
+    pub display_name: String,
+    /// Whether the participant has been admitted at least once.
+    pub joined: bool,
+    /// Derived: the booking is confirmed, `join_cutoff_at` has passed and the participant never joined.
+    pub no_show: bool,
+    /// The link token: only in the 201 answer of a create (shown once; only its hash is stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_token: Option<String>,
+    /// `<public_url>/j/<link_token>`: only with `link_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_url: Option<String>,
+}
+
+/// A booking response (`GET /v1/bookings/{id}`, create, transitions, list items).
+#[derive(Debug, Serialize)]
+pub struct BookingView {
+    /// `bkg_…`.
+    pub id: String,
+    /// `pending`, `confirmed`, `rejected`, `cancelled`, or the derived `ended` (a confirmed booking after
+    /// `hard_end_at`).
+    pub status: &'static str,
+    /// Goes up with every status change (session tokens of an older sequence stop working).
+    pub sequence: i64,
+    /// Title.
+    pub title: String,
+    /// The app's id, unique per tenant, or null.
+    pub external_id: Option<String>,
+    /// RFC 3339 UTC.
+    pub start_at: String,
+    /// RFC 3339 UTC.
+    pub end_at: String,
+    /// The join window.
+    pub window: WindowView,
+    /// Host then guest.
+    pub participants: Vec<ParticipantView>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+    /// `true` in an `Idempotent-Replayed` answer: the original body without `link_token` / `join_url`, which are
+    /// shown once and never stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links_shown_once: Option<bool>,
+}
+
+impl BookingView {
+    /// The view of `b` at `now` (Unix seconds); `links` are the link tokens in participant order (create only).
+    pub fn of(b: &Booking, now: i64, links: Option<(&AppState, &[String])>) -> BookingView {
+        let participants = b
+            .participants
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let token = links.and_then(|(_, t)| t.get(i).cloned());
+                ParticipantView {
+                    id: p.id.clone(),
+                    reference: p.reference.clone(),
+                    role: p.role,
+                    display_name: p.display_name.clone(),
+                    joined: p.first_joined_at.is_some(),
+                    no_show: b.no_show(p, now),
+                    join_url: match (&token, links) {
+                        (Some(t), Some((state, _))) => Some(format!("{}/j/{t}", state.public_base)),
+                        _ => None,
+                    },
+                    link_token: token,
+                }
+            })
+            .collect();
+        BookingView {
+            id: b.id.clone(),
+            status: b.status_at(now),
+            sequence: b.sequence,
+            title: b.title.clone(),
+            external_id: b.external_id.clone(),
+            start_at: rfc3339(b.start_at),
+            end_at: rfc3339(b.end_at),
+            window: WindowView::of(&b.window),
+            participants,
+            created_at: rfc3339(b.created_at),
+            updated_at: rfc3339(b.updated_at),
+            links_shown_once: None,
+        }
+    }
+}
+
+fn booking_response(status: StatusCode, b: &Booking) -> Response {
+    (status, axum::Json(BookingView::of(b, unix_now(), None))).into_response()
+}
+
+/// `status` on create.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CreateStatus {
+    /// Links exist, joins answer 409 until `POST …/confirm`.
+    Pending,
+    /// The default.
+    #[default]
+    Confirmed,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +349,8 @@ struct CreateBooking {
     #[serde(default)]
     external_id: Option<String>,
     participants: Vec<CreateParticipant>,
+    #[serde(default)]
+    status: CreateStatus,
 }
 
 #[derive(Deserialize)]
@@ -277,7 +388,64 @@ pub(crate) fn parse_instant(field: &'static str, v: &str) -> Result<i64, ApiErro
     })
 }
 
-/// `POST /v1/bookings`.
+/// The `Idempotency-Key` header: absent, or 1-255 printable ASCII characters (else 400 `invalid_idempotency_key`).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let bytes = v.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (b' '..=b'~').contains(b)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "`Idempotency-Key` must be 1 to 255 printable ASCII characters",
+        )
+        .field("Idempotency-Key"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// `v` with every object's members sorted by name, recursively (the canonical form that is hashed).
+fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut members: Vec<(String, Value)> = m.into_iter().collect();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(members.into_iter().map(|(k, v)| (k, canonical(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+/// SHA-256 of the canonical request body: JSON re-serialised with sorted members and no insignificant whitespace
+/// (so key order and spacing do not matter); a body that is not JSON is hashed as is.
+fn request_hash(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Sha256::digest(canonical(v).to_string().as_bytes()).to_vec(),
+        Err(_) => Sha256::digest(body).to_vec(),
+    }
+}
+
+/// The answer to a request whose `Idempotency-Key` is recorded: the original status and body with
+/// `Idempotent-Replayed: true` when the body hashes the same, else 422 `idempotency_key_reuse`.
+fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
+    if rec.request_hash != hash {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reuse",
+            "this Idempotency-Key was used with another request body",
+        )
+        .field("Idempotency-Key"));
+    }
+    let status = u16::try_from(rec.status_code).ok().and_then(|s| StatusCode::from_u16(s).ok());
+    let mut resp = (status.unwrap_or(StatusCode::CREATED), rec.response.clone()).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// `POST /v1/bookings`, with an optional `Idempotency-Key` (see [`replay`]; kept 24 h per tenant; only a 201 is
+/// recorded, so a request refused for bad input may be retried with the same key and a fixed body).
 pub async fn create_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -285,6 +453,13 @@ pub async fn create_booking(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers, Scope::BookingsWrite).await?;
     let body = body.map_err(body_error)?;
+    let idem = idempotency_key(&headers)?;
+    let hash = request_hash(&body);
+    if let Some(key) = &idem
+        && let Some(rec) = state.store.idempotency_record(&tenant, key, unix_now()).await?
+    {
+        return replay(&rec, &hash);
+    }
     let req: CreateBooking = parse_json(&body)?;
     check_text("title", &req.title, 200)?;
     if let Some(x) = &req.external_id {
@@ -351,7 +526,10 @@ pub async fn create_booking(
         start_at: start,
         end_at: end,
         window,
-        status: Status::Confirmed,
+        status: match req.status {
+            CreateStatus::Pending => Status::Pending,
+            CreateStatus::Confirmed => Status::Confirmed,
+        },
         sequence: 0,
         created_at: now,
         updated_at: now,
@@ -379,11 +557,33 @@ pub async fn create_booking(
         link_tokens.push(token);
         rows.push(row);
     }
-    state.store.create_booking(&booking, &rows).await?;
+    match &idem {
+        None => state.store.create_booking(&booking, &rows).await?,
+        Some(key) => {
+            let mut stored = BookingView::of(&booking, now, None);
+            stored.links_shown_once = Some(true);
+            let rec = IdempotencyRecord {
+                key: key.clone(),
+                request_hash: hash.clone(),
+                booking_id: booking.id.clone(),
+                status_code: i64::from(StatusCode::CREATED.as_u16()),
+                response: serde_json::to_string(&stored).map_err(ApiError::internal)?,
+                created_at: now,
+            };
+            if let IdempotentCreate::Existing(rec) =
+                state.store.create_booking_idempotent(&booking, &rows, &rec).await?
+            {
+                return replay(&rec, &hash);
+            }
+            if let Err(e) = state.store.purge_idempotency_keys(now).await {
+                tracing::warn!(target: "booking", error = %e, "purging expired idempotency keys");
+            }
+        }
+    }
     state.metrics.bookings.with_label_values(&["created"]).inc();
-    tracing::info!(target: "booking", booking = %booking.id, start, end, "booking created");
-    let body = booking_json(&booking, Some((&state, &link_tokens)));
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    tracing::info!(target: "booking", booking = %booking.id, start, end, status = booking.status.as_str(), "booking created");
+    let view = BookingView::of(&booking, now, Some((&state, &link_tokens)));
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
 /// `GET /v1/bookings/{id}`.
@@ -394,30 +594,81 @@ pub async fn get_booking(
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers, Scope::BookingsRead).await?;
     let b = state.store.booking(Some(&tenant), &id).await?.ok_or_else(ApiError::not_found)?;
-    Ok(axum::Json(booking_json(&b, None)).into_response())
+    Ok(booking_response(StatusCode::OK, &b))
 }
 
-/// `POST /v1/bookings/{id}/cancel`: idempotent; closes the room (4004) and revokes the booking's TURN credentials,
-/// tearing down its allocations.
+/// Runs a status transition for the API: 404 for an unknown booking (or another tenant's), 409 `invalid_transition`
+/// (with the current `status`) when `from` does not contain the booking's status, 200 with the booking otherwise
+/// (unchanged when it already had status `to`). A change to a revoked status closes the room (4004) and revokes
+/// the booking's TURN credentials, tearing down its allocations.
+async fn transition(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    to: Status,
+    from: &[Status],
+) -> Result<Response, ApiError> {
+    let tenant = authenticate(state, headers, Scope::BookingsWrite).await?;
+    let now = unix_now();
+    let (b, t) = state.store.transition(&tenant, id, to, from, now).await?.ok_or_else(ApiError::not_found)?;
+    match t {
+        Transition::Refused => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                format!("a {} booking cannot become {}", b.status.as_str(), to.as_str()),
+            )
+            .with("status", json!(b.status_at(now))));
+        }
+        Transition::Unchanged => {}
+        Transition::Changed => {
+            state.metrics.bookings.with_label_values(&[to.as_str()]).inc();
+            if to.is_revoked() {
+                state.hub.cancel_booking(&b.id);
+                state.relay.revoke_booking(&b.id, b.window.hard_end_at);
+            }
+            tracing::info!(target: "booking", booking = %b.id, status = to.as_str(), "booking status changed");
+        }
+    }
+    Ok(booking_response(StatusCode::OK, &b))
+}
+
+/// `POST /v1/bookings/{id}/confirm`: pending -> confirmed; confirmed -> 200 unchanged; rejected or cancelled -> 409
+/// `invalid_transition`.
+pub async fn confirm_booking(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    transition(&state, &headers, &id, Status::Confirmed, &[Status::Pending]).await
+}
+
+/// `POST /v1/bookings/{id}/reject`: pending -> rejected (links answer 410 `booking_rejected`, the room and TURN
+/// credentials are revoked as on cancel); rejected -> 200 unchanged; confirmed or cancelled -> 409
+/// `invalid_transition`.
+pub async fn reject_booking(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    transition(&state, &headers, &id, Status::Rejected, &[Status::Pending]).await
+}
+
+/// `POST /v1/bookings/{id}/cancel`: pending or confirmed -> cancelled (idempotent: cancelled -> 200 unchanged;
+/// rejected -> 409 `invalid_transition`); closes the room (4004) and revokes the booking's TURN credentials, tearing
+/// down its allocations.
 pub async fn cancel_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state, &headers, Scope::BookingsWrite).await?;
-    let (b, changed) = state.store.cancel(&tenant, &id, unix_now()).await?.ok_or_else(ApiError::not_found)?;
-    if changed {
-        state.metrics.bookings.with_label_values(&["cancelled"]).inc();
-        state.hub.cancel_booking(&b.id);
-        state.relay.revoke_booking(&b.id, b.window.hard_end_at);
-        tracing::info!(target: "booking", booking = %b.id, "booking cancelled");
-    }
-    Ok(axum::Json(booking_json(&b, None)).into_response())
+    transition(&state, &headers, &id, Status::Cancelled, &[Status::Pending, Status::Confirmed]).await
 }
 
 /// `POST /v1/join/{link_token}`: the link is the capability (no API key). Inside the window: a session token,
 /// the signal URL and per-booking ICE servers. Outside: 403 `join_too_early` (+ `Retry-After`), 410
-/// `join_window_closed` / `booking_cancelled`; unknown link: 404 `link_invalid_or_revoked`.
+/// `join_window_closed` / `booking_cancelled` / `booking_rejected`; pending booking: 409
+/// `booking_pending_confirmation`; unknown link: 404 `link_invalid_or_revoked`.
 pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>) -> Result<Response, ApiError> {
     let result = join_inner(&state, &link_token).await;
     let label = match &result {
@@ -426,6 +677,8 @@ pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>)
             "join_too_early" => "too_early",
             "join_window_closed" => "closed",
             "booking_cancelled" => "cancelled",
+            "booking_rejected" => "rejected",
+            "booking_pending_confirmation" => "pending",
             "link_invalid_or_revoked" => "invalid",
             "draining" => "draining",
             _ => "error",
@@ -445,8 +698,21 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
         return Err(invalid());
     }
     let (b, p) = state.store.by_link(&tokens::link_token_hash(link_token)).await?.ok_or_else(invalid)?;
-    if b.status == Status::Cancelled {
-        return Err(ApiError::new(StatusCode::GONE, "booking_cancelled", "this meeting was cancelled"));
+    match b.status {
+        Status::Cancelled => {
+            return Err(ApiError::new(StatusCode::GONE, "booking_cancelled", "this meeting was cancelled"));
+        }
+        Status::Rejected => {
+            return Err(ApiError::new(StatusCode::GONE, "booking_rejected", "this meeting was rejected"));
+        }
+        Status::Pending => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "booking_pending_confirmation",
+                "this meeting is not confirmed yet",
+            ));
+        }
+        Status::Confirmed => {}
     }
     let now = unix_now();
     match b.window.admit(p.role, now, p.first_joined_at.is_some()) {
@@ -502,6 +768,150 @@ pub fn ice_servers(state: &AppState, b: &Booking, participant: &str) -> Value {
         {"urls": stun},
         {"urls": turn, "username": username, "credential": credential},
     ])
+}
+
+/// Query of `GET /v1/bookings` (unknown parameters are refused with 400 `invalid_request`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `start_at >= from`, RFC 3339 with an offset.
+    pub from: Option<String>,
+    /// `start_at < to`, RFC 3339 with an offset.
+    pub to: Option<String>,
+    /// `pending`, `confirmed` (not ended), `rejected`, `cancelled` or `ended`.
+    pub status: Option<ListStatus>,
+    /// A participant has this `ref`.
+    pub participant_ref: Option<String>,
+    /// The booking's `external_id`.
+    pub external_id: Option<String>,
+    /// 1-100, default 50.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (opaque; only valid with the same filters).
+    pub cursor: Option<String>,
+}
+
+/// The `status` filter of [`ListQuery`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListStatus {
+    /// Stored `pending`.
+    Pending,
+    /// Stored `confirmed`, not ended.
+    Confirmed,
+    /// Stored `rejected`.
+    Rejected,
+    /// Stored `cancelled`.
+    Cancelled,
+    /// Confirmed and past `hard_end_at`.
+    Ended,
+}
+
+/// A page of `GET /v1/bookings`.
+#[derive(Debug, Serialize)]
+pub struct BookingPage {
+    /// At most `limit` bookings, ordered by `start_at` then `id`.
+    pub bookings: Vec<BookingView>,
+    /// Pass as `cursor` (with the same filters) for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Default and maximum `limit` of `GET /v1/bookings`.
+const LIST_LIMIT: (u32, u32) = (50, 100);
+
+/// What a cursor is bound to: the filters (not `limit`), so a cursor used with other filters is refused.
+fn filter_digest(q: &ListQuery) -> String {
+    let status = q.status.map(|s| format!("{s:?}"));
+    let parts = [
+        q.from.as_deref().unwrap_or(""),
+        q.to.as_deref().unwrap_or(""),
+        status.as_deref().unwrap_or(""),
+        q.participant_ref.as_deref().unwrap_or(""),
+        q.external_id.as_deref().unwrap_or(""),
+    ];
+    let d = Sha256::digest(serde_json::to_string(&parts).unwrap_or_default().as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const CURSOR_TAG: &[u8] = b"duet-cursor-v1";
+
+/// An opaque cursor: base64url of `<start_at>:<filters>:<id>` and 8 bytes of SHA-256 over it (any change is caught;
+/// it only holds a position in the caller's own tenant, so there is nothing to forge).
+fn encode_cursor(start: i64, id: &str, filters: &str) -> String {
+    let payload = format!("{start}:{filters}:{id}");
+    let mut bytes = payload.clone().into_bytes();
+    bytes.extend_from_slice(&Sha256::new().chain_update(CURSOR_TAG).chain_update(payload.as_bytes()).finalize()[..8]);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The `(start_at, id)` of a cursor made by [`encode_cursor`] for the same filters; else 400 `invalid_cursor`.
+fn decode_cursor(cursor: &str, filters: &str) -> Result<(i64, String), ApiError> {
+    let invalid = || {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "`cursor` is not a cursor of this query")
+            .field("cursor")
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    if bytes.len() <= 8 {
+        return Err(invalid());
+    }
+    let (payload, sum) = bytes.split_at(bytes.len() - 8);
+    if Sha256::new().chain_update(CURSOR_TAG).chain_update(payload).finalize()[..8] != *sum {
+        return Err(invalid());
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| invalid())?;
+    let mut it = text.splitn(3, ':');
+    let (Some(start), Some(f), Some(id)) = (it.next(), it.next(), it.next()) else { return Err(invalid()) };
+    if f != filters {
+        return Err(invalid());
+    }
+    Ok((start.parse().map_err(|_| invalid())?, id.to_string()))
+}
+
+/// `GET /v1/bookings`: the caller's tenant's bookings, filtered, ordered by `start_at` then `id`, paged by an opaque
+/// cursor. Errors: 400 `invalid_request` (unknown parameter, bad `status` or `limit` type), 422 `invalid_field`
+/// (`limit` outside 1-100), 422 `invalid_datetime` (`from`, `to`), 400 `invalid_cursor`.
+pub async fn list_bookings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = authenticate(&state, &headers, Scope::BookingsRead).await?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let limit = q.limit.unwrap_or(LIST_LIMIT.0);
+    if !(1..=LIST_LIMIT.1).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("`limit` must be 1 to {}", LIST_LIMIT.1),
+        )
+        .field("limit"));
+    }
+    let filters = filter_digest(&q);
+    let now = unix_now();
+    let f = ListFilter {
+        from: q.from.as_deref().map(|v| parse_instant("from", v)).transpose()?,
+        to: q.to.as_deref().map(|v| parse_instant("to", v)).transpose()?,
+        status: q.status.map(|s| match s {
+            ListStatus::Pending => StatusFilter::Pending,
+            ListStatus::Confirmed => StatusFilter::Confirmed,
+            ListStatus::Rejected => StatusFilter::Rejected,
+            ListStatus::Cancelled => StatusFilter::Cancelled,
+            ListStatus::Ended => StatusFilter::Ended,
+        }),
+        participant_ref: q.participant_ref.clone(),
+        external_id: q.external_id.clone(),
+        after: q.cursor.as_deref().map(|c| decode_cursor(c, &filters)).transpose()?,
+        limit: limit + 1,
+        now,
+    };
+    let mut rows = state.store.list(&tenant, &f).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|b| encode_cursor(b.start_at, &b.id, &filters))
+    } else {
+        None
+    };
+    let page = BookingPage { bookings: rows.iter().map(|b| BookingView::of(b, now, None)).collect(), next_cursor };
+    Ok(axum::Json(page).into_response())
 }
 
 /// Fallback: 404 JSON.

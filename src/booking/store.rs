@@ -21,11 +21,16 @@ use crate::data_dir::DataDir;
 use super::window::{JoinWindow, Role};
 use crate::api_key::Scope;
 
-/// Booking status.
+/// Booking status as stored (`ended` is derived from the clock, never stored: see [`Booking::ended`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Created before the app confirms it (e.g. before payment): links exist, joins get 409
+    /// `booking_pending_confirmation`.
+    Pending,
     /// Scheduled; joins follow the window.
     Confirmed,
+    /// Refused while pending: joins get 410 `booking_rejected`, rooms close 4004, TURN credentials revoked.
+    Rejected,
     /// Cancelled: joins get 410, rooms close 4004, TURN credentials revoked.
     Cancelled,
 }
@@ -34,10 +39,104 @@ impl Status {
     /// Stored and wire form.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Pending => "pending",
             Status::Confirmed => "confirmed",
+            Status::Rejected => "rejected",
             Status::Cancelled => "cancelled",
         }
     }
+
+    /// The status of its stored form (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "confirmed" => Status::Confirmed,
+            "rejected" => Status::Rejected,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Rejected or cancelled: the booking's links answer 410 and its tokens and TURN credentials are revoked.
+    pub fn is_revoked(self) -> bool {
+        matches!(self, Status::Rejected | Status::Cancelled)
+    }
+}
+
+/// The outcome of [`Store::transition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The booking moved to the new status (and its `sequence` went up).
+    Changed,
+    /// The booking already had the new status: nothing changed (idempotent repeat).
+    Unchanged,
+    /// The booking's status does not allow the move (409 `invalid_transition`); nothing changed.
+    Refused,
+}
+
+/// A stored `Idempotency-Key` of `POST /v1/bookings` (kept [`IDEMPOTENCY_TTL_S`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key (1-255 printable ASCII characters), unique per tenant.
+    pub key: String,
+    /// SHA-256 of the canonical request body (32 bytes).
+    pub request_hash: Vec<u8>,
+    /// The booking the first request created.
+    pub booking_id: String,
+    /// HTTP status of the original answer (201).
+    pub status_code: i64,
+    /// The original JSON body, without link tokens.
+    pub response: String,
+    /// When the key was first used, Unix seconds.
+    pub created_at: i64,
+}
+
+/// How long an `Idempotency-Key` is kept: 24 h, in seconds.
+pub const IDEMPOTENCY_TTL_S: i64 = 86_400;
+
+/// The outcome of [`Store::create_booking_idempotent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotentCreate {
+    /// The booking and the key's record were inserted together.
+    Created,
+    /// The key was already recorded (by an earlier or a concurrent request, now committed): nothing was inserted.
+    Existing(IdempotencyRecord),
+}
+
+/// Filters of [`Store::list`]; every filter is optional, the tenant is not.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// `start_at >= from` (Unix seconds).
+    pub from: Option<i64>,
+    /// `start_at < to` (Unix seconds).
+    pub to: Option<i64>,
+    /// The (derived) status.
+    pub status: Option<StatusFilter>,
+    /// A participant of the booking has this `ref`.
+    pub participant_ref: Option<String>,
+    /// The booking's `external_id`.
+    pub external_id: Option<String>,
+    /// Only bookings after this `(start_at, id)` position (the cursor).
+    pub after: Option<(i64, String)>,
+    /// At most this many rows.
+    pub limit: u32,
+    /// The clock for the derived `ended` status, Unix seconds.
+    pub now: i64,
+}
+
+/// A status filter of [`Store::list`]: `confirmed` means confirmed and not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// Stored status `pending`.
+    Pending,
+    /// Stored `confirmed` with `hard_end_at` still ahead.
+    Confirmed,
+    /// Stored `rejected`.
+    Rejected,
+    /// Stored `cancelled`.
+    Cancelled,
+    /// Derived: stored `confirmed` with `hard_end_at` passed.
+    Ended,
 }
 
 /// A participant row.
@@ -82,6 +181,24 @@ pub struct Booking {
     pub updated_at: i64,
     /// Host then guest.
     pub participants: Vec<Participant>,
+}
+
+impl Booking {
+    /// The derived `ended` status: a confirmed booking whose `hard_end_at` has passed at `now` (Unix seconds).
+    pub fn ended(&self, now: i64) -> bool {
+        self.status == Status::Confirmed && now >= self.window.hard_end_at
+    }
+
+    /// The status shown in responses at `now`: the stored one, or `ended` (see [`Booking::ended`]).
+    pub fn status_at(&self, now: i64) -> &'static str {
+        if self.ended(now) { "ended" } else { self.status.as_str() }
+    }
+
+    /// Whether `p` is a no-show at `now`: the booking is confirmed, `join_cutoff_at` has passed and `p` never
+    /// joined.
+    pub fn no_show(&self, p: &Participant, now: i64) -> bool {
+        self.status == Status::Confirmed && now >= self.window.join_cutoff_at && p.first_joined_at.is_none()
+    }
 }
 
 /// A participant to insert, with the hash of its link token.
@@ -166,6 +283,10 @@ pub enum StoreError {
     /// The tenant named by a new API key does not exist.
     #[error("no such tenant")]
     UnknownTenant,
+    /// The `Idempotency-Key` is held by a request that has not finished (409 `idempotency_key_in_use`); only seen
+    /// if the other request's transaction was rolled back while this one waited.
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
     /// Anything from the database.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -443,50 +564,224 @@ impl Store {
     }
 
     /// Inserts a booking and its participants in one transaction.
+    ///
+    /// Errors: [`StoreError::DuplicateExternalId`] (nothing inserted), [`StoreError::Db`].
     pub async fn create_booking(&self, b: &Booking, parts: &[NewParticipant]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
-             join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&b.id)
-        .bind(&b.tenant_id)
-        .bind(&b.title)
-        .bind(&b.external_id)
-        .bind(b.start_at)
-        .bind(b.end_at)
-        .bind(b.window.host_opens_at)
-        .bind(b.window.opens_at)
-        .bind(b.window.join_cutoff_at)
-        .bind(b.window.hard_end_at)
-        .bind(b.status.as_str())
-        .bind(b.sequence)
-        .bind(b.created_at)
-        .bind(b.updated_at)
-        .execute(&mut *tx)
-        .await;
-        if let Err(sqlx::Error::Database(e)) = &r
-            && e.is_unique_violation()
-        {
-            return Err(StoreError::DuplicateExternalId);
-        }
-        r?;
-        for p in parts {
-            sqlx::query(
-                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&p.id)
-            .bind(&b.id)
-            .bind(p.role.as_str())
-            .bind(&p.reference)
-            .bind(&p.display_name)
-            .bind(&p.link_token_hash)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_booking(&mut tx, b, parts).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Inserts a booking, its participants and the record of its `Idempotency-Key` in one transaction. The record is
+    /// inserted first: a concurrent request with the same key waits for this transaction (SQLite: the write lock;
+    /// PostgreSQL: the unique index) and then gets [`IdempotentCreate::Existing`], so one key creates at most one
+    /// booking. A record older than [`IDEMPOTENCY_TTL_S`] at `rec.created_at` is replaced.
+    ///
+    /// Errors: [`StoreError::DuplicateExternalId`] (nothing inserted, the key stays free), [`StoreError::Db`].
+    pub async fn create_booking_idempotent(
+        &self,
+        b: &Booking,
+        parts: &[NewParticipant],
+        rec: &IdempotencyRecord,
+    ) -> Result<IdempotentCreate, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at <= $3")
+            .bind(&b.tenant_id)
+            .bind(&rec.key)
+            .bind(rec.created_at - IDEMPOTENCY_TTL_S)
+            .execute(&mut *tx)
+            .await?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, booking_id, status_code, response, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, idem_key) DO NOTHING",
+        )
+        .bind(&b.tenant_id)
+        .bind(&rec.key)
+        .bind(&rec.request_hash)
+        .bind(&rec.booking_id)
+        .bind(rec.status_code)
+        .bind(&rec.response)
+        .bind(rec.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            tx.rollback().await?;
+            return match self.idempotency_record(&b.tenant_id, &rec.key, rec.created_at).await? {
+                Some(r) => Ok(IdempotentCreate::Existing(r)),
+                None => Err(StoreError::IdempotencyKeyInUse),
+            };
+        }
+        insert_booking(&mut tx, b, parts).await?;
+        tx.commit().await?;
+        Ok(IdempotentCreate::Created)
+    }
+
+    /// The live (younger than [`IDEMPOTENCY_TTL_S`] at `now`) record of `key` for `tenant`.
+    pub async fn idempotency_record(
+        &self,
+        tenant: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT idem_key, request_hash, booking_id, status_code, response, created_at FROM idempotency_keys \
+             WHERE tenant_id = $1 AND idem_key = $2 AND created_at > $3",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(now - IDEMPOTENCY_TTL_S)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(IdempotencyRecord {
+                key: r.try_get("idem_key")?,
+                request_hash: r.try_get("request_hash")?,
+                booking_id: r.try_get("booking_id")?,
+                status_code: r.try_get("status_code")?,
+                response: r.try_get("response")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes the `Idempotency-Key` records older than [`IDEMPOTENCY_TTL_S`] at `now` (every tenant); returns how
+    /// many. Called lazily by creates that carry a key.
+    pub async fn purge_idempotency_keys(&self, now: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at <= $1")
+            .bind(now - IDEMPOTENCY_TTL_S)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// Moves booking `id` of `tenant` to status `to` if its status is one of `from`, bumping `sequence` (tokens
+    /// issued before die) and `updated_at` (and `cancelled_at` for [`Status::Cancelled`]) in the same statement.
+    /// Returns the booking after the call and the outcome; `None` when the tenant has no such booking.
+    pub async fn transition(
+        &self,
+        tenant: &str,
+        id: &str,
+        to: Status,
+        from: &[Status],
+        now: i64,
+    ) -> Result<Option<(Booking, Transition)>, StoreError> {
+        let allowed: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 5)).collect();
+        if allowed.is_empty() {
+            return Ok(self.booking(Some(tenant), id).await?.map(|b| {
+                let t = if b.status == to { Transition::Unchanged } else { Transition::Refused };
+                (b, t)
+            }));
+        }
+        let sql = format!(
+            "UPDATE bookings SET status = $1, sequence = sequence + 1, updated_at = $2, \
+             cancelled_at = CASE WHEN $1 = 'cancelled' THEN $2 ELSE cancelled_at END \
+             WHERE id = $3 AND tenant_id = $4 AND status IN ({})",
+            allowed.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(to.as_str()).bind(now).bind(id).bind(tenant);
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        let changed = q.execute(&self.pool).await?.rows_affected() == 1;
+        Ok(self.booking(Some(tenant), id).await?.map(|b| {
+            let t = if changed {
+                Transition::Changed
+            } else if b.status == to {
+                Transition::Unchanged
+            } else {
+                Transition::Refused
+            };
+            (b, t)
+        }))
+    }
+
+    /// The bookings of `tenant` that pass `f`, ordered by `start_at` then `id`, at most `f.limit`, with their
+    /// participants (two queries).
+    pub async fn list(&self, tenant: &str, f: &ListFilter) -> Result<Vec<Booking>, StoreError> {
+        enum Arg<'a> {
+            I(i64),
+            S(&'a str),
+        }
+        let mut args: Vec<Arg<'_>> = vec![Arg::S(tenant)];
+        let mut sql = String::from("SELECT * FROM bookings WHERE tenant_id = $1");
+        let push = |args: &mut Vec<Arg<'_>>| format!("${}", args.len());
+        if let Some(from) = f.from {
+            args.push(Arg::I(from));
+            sql += &format!(" AND start_at >= {}", push(&mut args));
+        }
+        if let Some(to) = f.to {
+            args.push(Arg::I(to));
+            sql += &format!(" AND start_at < {}", push(&mut args));
+        }
+        if let Some(st) = f.status {
+            let (stored, ended) = match st {
+                StatusFilter::Pending => ("pending", None),
+                StatusFilter::Confirmed => ("confirmed", Some(false)),
+                StatusFilter::Rejected => ("rejected", None),
+                StatusFilter::Cancelled => ("cancelled", None),
+                StatusFilter::Ended => ("confirmed", Some(true)),
+            };
+            args.push(Arg::S(stored));
+            sql += &format!(" AND status = {}", push(&mut args));
+            if let Some(ended) = ended {
+                args.push(Arg::I(f.now));
+                let op = if ended { "<=" } else { ">" };
+                sql += &format!(" AND hard_end_at {op} {}", push(&mut args));
+            }
+        }
+        if let Some(r) = &f.participant_ref {
+            args.push(Arg::S(r));
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM participants p WHERE p.booking_id = bookings.id AND p.ref = {})",
+                push(&mut args)
+            );
+        }
+        if let Some(x) = &f.external_id {
+            args.push(Arg::S(x));
+            sql += &format!(" AND external_id = {}", push(&mut args));
+        }
+        if let Some((start, id)) = &f.after {
+            args.push(Arg::I(*start));
+            let s = push(&mut args);
+            args.push(Arg::S(id));
+            let i = push(&mut args);
+            sql += &format!(" AND (start_at > {s} OR (start_at = {s} AND id > {i}))");
+        }
+        args.push(Arg::I(i64::from(f.limit)));
+        sql += &format!(" ORDER BY start_at, id LIMIT {}", push(&mut args));
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = match a {
+                Arg::I(v) => q.bind(*v),
+                Arg::S(v) => q.bind(*v),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut out = rows.iter().map(booking_from_row).collect::<Result<Vec<_>, _>>()?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
+        let psql = format!(
+            "SELECT booking_id, id, role, ref, display_name, first_joined_at FROM participants \
+             WHERE booking_id IN ({}) ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END",
+            marks.join(", ")
+        );
+        let mut pq = sqlx::query(&psql);
+        for b in &out {
+            pq = pq.bind(b.id.as_str());
+        }
+        for r in pq.fetch_all(&self.pool).await? {
+            let bid: String = r.try_get("booking_id")?;
+            if let Some(b) = out.iter_mut().find(|b| b.id == bid) {
+                b.participants.push(participant_from_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
     /// A booking by id, scoped to a tenant (`None` for another tenant's: no existence oracle).
@@ -512,22 +807,11 @@ impl Store {
         rows.iter().map(participant_from_row).collect()
     }
 
-    /// Cancels a booking. Returns the booking after the call and whether this call changed it (a second cancel is a
-    /// no-op).
+    /// Cancels a pending or confirmed booking. Returns the booking after the call and whether this call changed it (a
+    /// second cancel, or a cancel of a rejected booking, changes nothing).
     pub async fn cancel(&self, tenant: &str, id: &str, now: i64) -> Result<Option<(Booking, bool)>, StoreError> {
-        let changed = sqlx::query(
-            "UPDATE bookings SET status = 'cancelled', sequence = sequence + 1, cancelled_at = $1, updated_at = $2 \
-             WHERE id = $3 AND tenant_id = $4 AND status <> 'cancelled'",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .bind(tenant)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
-        Ok(self.booking(Some(tenant), id).await?.map(|b| (b, changed)))
+        let r = self.transition(tenant, id, Status::Cancelled, &[Status::Pending, Status::Confirmed], now).await?;
+        Ok(r.map(|(b, t)| (b, t == Transition::Changed)))
     }
 
     /// The booking and participant a link token belongs to.
@@ -574,20 +858,73 @@ impl Store {
         Ok(())
     }
 
-    /// Cancelled bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's revocation
-    /// set at start so a restart does not forget a revocation.
+    /// Cancelled or rejected bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's
+    /// revocation set at start so a restart does not forget a revocation.
     pub async fn live_revocations(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT id, hard_end_at FROM bookings WHERE status = 'cancelled' AND hard_end_at > $1")
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, hard_end_at FROM bookings WHERE status IN ('cancelled', 'rejected') AND hard_end_at > $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 
-/// The query of [`Store::live_by_external_id`].
+/// The query of [`Store::live_by_external_id`] (only confirmed bookings: pending ones are not open yet, rejected and
+/// cancelled ones are closed).
 const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = $1 AND external_id = $2 \
-                         AND status <> 'cancelled' AND hard_end_at > $3";
+                         AND status = 'confirmed' AND hard_end_at > $3";
+
+/// The inserts of [`Store::create_booking`] inside transaction `tx`.
+async fn insert_booking(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    b: &Booking,
+    parts: &[NewParticipant],
+) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
+         join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(&b.id)
+    .bind(&b.tenant_id)
+    .bind(&b.title)
+    .bind(&b.external_id)
+    .bind(b.start_at)
+    .bind(b.end_at)
+    .bind(b.window.host_opens_at)
+    .bind(b.window.opens_at)
+    .bind(b.window.join_cutoff_at)
+    .bind(b.window.hard_end_at)
+    .bind(b.status.as_str())
+    .bind(b.sequence)
+    .bind(b.created_at)
+    .bind(b.updated_at)
+    .execute(&mut **tx)
+    .await;
+    if let Err(sqlx::Error::Database(e)) = &r
+        && e.is_unique_violation()
+    {
+        return Err(StoreError::DuplicateExternalId);
+    }
+    r?;
+    for p in parts {
+        sqlx::query(
+            "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&p.id)
+        .bind(&b.id)
+        .bind(p.role.as_str())
+        .bind(&p.reference)
+        .bind(&p.display_name)
+        .bind(&p.link_token_hash)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
 
 /// The columns [`api_key_from_row`] reads.
 const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, key_hash, created_at, expires_at, revoked_at";
@@ -626,7 +963,8 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
             join_cutoff_at: r.try_get("join_cutoff_at")?,
             hard_end_at: r.try_get("hard_end_at")?,
         },
-        status: if status == "cancelled" { Status::Cancelled } else { Status::Confirmed },
+        // The CHECK constraint allows only the four stored statuses.
+        status: Status::parse(&status).unwrap_or(Status::Cancelled),
         sequence: r.try_get("sequence")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -720,6 +1058,68 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(hex(&recorded), RELEASED_INIT_SHA384);
+    }
+
+    /// Migration 3 rebuilds the SQLite `bookings` table (new status CHECK): rows, participants, their foreign key
+    /// (with its cascade) and the indexes survive; the new statuses are accepted, others refused.
+    #[tokio::test]
+    async fn sqlite_migration_3_keeps_bookings_and_participants() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_dir = dir.path().join("migrations");
+        std::fs::create_dir(&old_dir).unwrap();
+        for m in SQLITE_MIGRATIONS.iter().filter(|m| m.version < 3) {
+            std::fs::write(old_dir.join(format!("{:04}_{}.sql", m.version, m.description)), m.sql.as_bytes()).unwrap();
+        }
+        let db = dir.path().join("duet.sqlite3");
+        let pool = sqlx::SqlitePool::connect_with(
+            SqliteConnectOptions::new().filename(&db).create_if_missing(true).foreign_keys(true),
+        )
+        .await
+        .unwrap();
+        Migrator::new(old_dir.as_path()).await.unwrap().run(&pool).await.expect("migrations before 3");
+        for sql in [
+            "INSERT INTO bookings VALUES ('bkg_1', 'ten_a', 't', 'ext-1', 100, 200, 85, 90, 200, 215, 'cancelled', 1, \
+             50, 60, 60)",
+            "INSERT INTO participants VALUES ('par_h', 'bkg_1', 'host', 'instructor:42', 'Dr. Ana', x'01', 95)",
+            "INSERT INTO participants VALUES ('par_g', 'bkg_1', 'guest', NULL, 'J. Doe', x'02', NULL)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(&db).await.expect("migrate to 3");
+        let b = store.booking(Some("ten_a"), "bkg_1").await.unwrap().expect("booking kept");
+        assert_eq!((b.status, b.sequence, b.external_id.as_deref()), (Status::Cancelled, 1, Some("ext-1")));
+        assert_eq!(b.participants.len(), 2);
+        assert_eq!(b.participants[0].first_joined_at, Some(95));
+        assert!(store.by_link(&[2]).await.unwrap().is_some(), "link hashes kept");
+        let fk: i64 =
+            sqlx::query("SELECT count(*) FROM pragma_foreign_key_check").fetch_one(&store.pool).await.unwrap().get(0);
+        assert_eq!(fk, 0);
+        let indexes: Vec<String> =
+            sqlx::query("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        for name in ["bookings_tenant_external_id", "bookings_hard_end", "bookings_tenant_start"] {
+            assert!(indexes.iter().any(|i| i == name), "{name} in {indexes:?}");
+        }
+        // The foreign key points at the new table and still cascades.
+        let r = sqlx::query("INSERT INTO participants VALUES ('par_x', 'bkg_nope', 'host', NULL, 'X', x'03', NULL)")
+            .execute(&store.pool)
+            .await;
+        assert!(r.is_err(), "foreign key enforced");
+        sqlx::query("UPDATE bookings SET status = 'pending' WHERE id = 'bkg_1'").execute(&store.pool).await.unwrap();
+        sqlx::query("UPDATE bookings SET status = 'rejected' WHERE id = 'bkg_1'").execute(&store.pool).await.unwrap();
+        assert!(
+            sqlx::query("UPDATE bookings SET status = 'ended' WHERE id = 'bkg_1'").execute(&store.pool).await.is_err()
+        );
+        sqlx::query("DELETE FROM bookings WHERE id = 'bkg_1'").execute(&store.pool).await.unwrap();
+        let left: i64 = sqlx::query("SELECT count(*) FROM participants").fetch_one(&store.pool).await.unwrap().get(0);
+        assert_eq!(left, 0, "ON DELETE CASCADE kept");
     }
 
     /// Every SQLite connection runs with WAL, `synchronous = NORMAL`, foreign keys on and a 5 s busy timeout.

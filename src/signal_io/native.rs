@@ -119,8 +119,8 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
         .await
         .map_err(|_| (1011, "internal error"))?
         .ok_or((close_code::UNKNOWN_BOOKING, "unknown booking"))?;
-    if booking.status == Status::Cancelled {
-        return Err((close_code::UNKNOWN_BOOKING, "booking cancelled"));
+    if booking.status != Status::Confirmed {
+        return Err((close_code::UNKNOWN_BOOKING, "booking cancelled, rejected or not confirmed"));
     }
     if booking.sequence != claims.seq {
         return Err((close_code::BAD_TOKEN, "token outdated, join again"));

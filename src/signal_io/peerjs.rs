@@ -42,7 +42,7 @@ async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Sco
     let participant = b.participants.iter().find(|p| p.id == claims.sub)?;
     let (role, participant) = (participant.role, participant.id.clone());
     let now = unix_now();
-    if b.status == Status::Cancelled
+    if b.status != Status::Confirmed
         || b.sequence != claims.seq
         || now < b.window.opens_for(role)
         || now >= b.window.hard_end_at
