@@ -37,8 +37,9 @@ async fn open(backend: Backend) -> Option<Opened> {
 
 const T0: i64 = 1_800_000_000;
 
-/// A confirmed booking `id` of `tenant` from T0 + 1 h to T0 + 2 h (hard end 15 min later), with its host and guest
-/// rows; link token hashes are derived from `id`.
+/// A confirmed booking `id` of `tenant` from T0 + 1 h to T0 + 2 h (hard end 15 min later), no buffers, with its host
+/// (`ref` `instructor:<id>`, so fixtures never collide under the no-double-booking rule) and guest rows; link token
+/// hashes are derived from `id`.
 fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<NewParticipant>) {
     let (start, end) = (T0 + 3600, T0 + 7200);
     let b = Booking {
@@ -58,9 +59,12 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
         sequence: 0,
         created_at: T0,
         updated_at: T0,
+        buffer_before_s: 0,
+        buffer_after_s: 0,
         participants: Vec::new(),
     };
-    let parts = [(Role::Host, Some("instructor:42"), "Dr. Ana"), (Role::Guest, None, "J. Doe")]
+    let host = format!("instructor:{id}");
+    let parts = [(Role::Host, Some(host.as_str()), "Dr. Ana"), (Role::Guest, None, "J. Doe")]
         .into_iter()
         .map(|(role, reference, name)| NewParticipant {
             id: format!("par_{id}_{}", role.as_str()),
@@ -91,7 +95,7 @@ async fn create_get_cancel(backend: Backend) {
         got.participants.iter().map(|p| (p.role, p.reference.clone(), p.display_name.clone())).collect();
     assert_eq!(
         roles,
-        [(Role::Host, Some("instructor:42".into()), "Dr. Ana".into()), (Role::Guest, None, "J. Doe".into())]
+        [(Role::Host, Some("instructor:bkg_1".into()), "Dr. Ana".into()), (Role::Guest, None, "J. Doe".into())]
     );
     assert!(s.booking(Some("ten_b"), "bkg_1").await.unwrap().is_none(), "another tenant's booking is not found");
     assert!(s.booking(None, "bkg_1").await.unwrap().is_some());
@@ -309,8 +313,10 @@ async fn list_bookings(backend: Backend) {
     let limited = ListFilter { limit: 1, ..f.clone() };
     let page = s.list("ten_a", &limited).await.unwrap();
     assert_eq!((page.len(), page[0].participants.len()), (1, 2));
-    let by_ref = ListFilter { participant_ref: Some("instructor:42".into()), from: Some(T0 + 3600), ..f.clone() };
-    assert_eq!(ids(s.list("ten_a", &by_ref).await.unwrap()), ["bkg_a", "bkg_b"]);
+    let by_ref = ListFilter { participant_ref: Some("instructor:bkg_b".into()), ..f.clone() };
+    assert_eq!(ids(s.list("ten_a", &by_ref).await.unwrap()), ["bkg_b"]);
+    let by_ref = ListFilter { participant_ref: Some("instructor:bkg_c".into()), from: Some(T0 + 3600), ..f.clone() };
+    assert!(s.list("ten_a", &by_ref).await.unwrap().is_empty());
     let ended = ListFilter { status: Some(StatusFilter::Ended), now: T0 + 7200, ..f.clone() };
     assert_eq!(ids(s.list("ten_a", &ended).await.unwrap()), ["bkg_c"]);
     let confirmed = ListFilter { status: Some(StatusFilter::Confirmed), ..ended.clone() };
@@ -378,3 +384,239 @@ async fn readyz_reports_a_lost_postgres_database() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A booking `id` of `tenant` whose host has `host` as `ref` (`None`: none), from `T0 + start` lasting `len` seconds
+/// with buffers `before` / `after`, in `status`.
+fn hosted(
+    id: &str,
+    tenant: &str,
+    host: Option<&str>,
+    start: i64,
+    len: i64,
+    buffers: (i64, i64),
+    status: Status,
+) -> (Booking, Vec<NewParticipant>) {
+    let (mut b, mut parts) = booking(id, tenant, None);
+    b.start_at = T0 + start;
+    b.end_at = T0 + start + len;
+    b.window = JoinWindow {
+        host_opens_at: b.start_at - 900,
+        opens_at: b.start_at - 600,
+        join_cutoff_at: b.end_at,
+        hard_end_at: b.end_at + 900,
+    };
+    (b.buffer_before_s, b.buffer_after_s) = buffers;
+    b.status = status;
+    parts[0].reference = host.map(String::from);
+    (b, parts)
+}
+
+/// Creates a booking made by [`hosted`] and returns the store's answer.
+async fn try_create(s: &Store, (b, p): (Booking, Vec<NewParticipant>)) -> Result<(), StoreError> {
+    s.create_booking(&b, &p).await
+}
+
+/// The no-double-booking rule in the store: overlaps (buffers included) of one host in one tenant are refused with
+/// `SlotUnavailable` and write nothing; touching intervals, other hosts, other tenants and hosts without `ref` are
+/// fine; cancel and reject free the interval; `host_conflict` names the booking in the way.
+async fn host_overlaps(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let (c, p) = (Status::Confirmed, Status::Pending);
+    try_create(s, hosted("bkg_1", "ten_a", Some("h"), 0, 1800, (0, 0), c)).await.expect("first");
+    let e = try_create(s, hosted("bkg_2", "ten_a", Some("h"), 1799, 600, (0, 0), c)).await.unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "{e:?}");
+    assert!(s.booking(None, "bkg_2").await.unwrap().is_none(), "nothing of the refused booking is stored");
+    assert!(s.by_link(&link_hash("bkg_2", Role::Host)).await.unwrap().is_none());
+    let e = try_create(s, hosted("bkg_2", "ten_a", Some("h"), -600, 601, (0, 0), p)).await.unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "pending is in the rule: {e:?}");
+    assert_eq!(s.host_conflict("ten_a", "h", T0 + 100, T0 + 200, "bkg_x").await.unwrap().as_deref(), Some("bkg_1"));
+    assert_eq!(s.host_conflict("ten_a", "h", T0 + 100, T0 + 200, "bkg_1").await.unwrap(), None, "itself excluded");
+    assert_eq!(s.host_conflict("ten_a", "h", T0 + 1800, T0 + 2000, "bkg_x").await.unwrap(), None, "touching");
+    assert_eq!(s.host_conflict("ten_b", "h", T0 + 100, T0 + 200, "bkg_x").await.unwrap(), None, "other tenant");
+    // Touching on both sides; other host; other tenant; no ref.
+    try_create(s, hosted("bkg_3", "ten_a", Some("h"), 1800, 600, (0, 0), c)).await.expect("touching after");
+    try_create(s, hosted("bkg_4", "ten_a", Some("h"), -600, 600, (0, 0), p)).await.expect("touching before");
+    try_create(s, hosted("bkg_5", "ten_a", Some("h2"), 0, 1800, (0, 0), c)).await.expect("another host");
+    try_create(s, hosted("bkg_6", "ten_b", Some("h"), 0, 1800, (0, 0), c)).await.expect("another tenant");
+    try_create(s, hosted("bkg_7", "ten_a", None, 0, 1800, (0, 0), c)).await.expect("no ref");
+    try_create(s, hosted("bkg_8", "ten_a", None, 0, 1800, (0, 0), c)).await.expect("no ref, twice");
+    // Buffers: bkg_3 ends at 2400; a buffer on either side closes the gap.
+    let e = try_create(s, hosted("bkg_9", "ten_a", Some("h"), 2400, 600, (1, 0), c)).await.unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "{e:?}");
+    try_create(s, hosted("bkg_9", "ten_a", Some("h"), 2400, 600, (0, 300), c)).await.expect("touching, buffer after");
+    let e = try_create(s, hosted("bkg_10", "ten_a", Some("h"), 3299, 600, (0, 0), c)).await.unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "inside bkg_9's buffer_after: {e:?}");
+    let b9 = s.booking(None, "bkg_9").await.unwrap().unwrap();
+    assert_eq!((b9.buffer_before_s, b9.buffer_after_s, b9.blocked()), (0, 300, (T0 + 2400, T0 + 3300)));
+    // Cancel (confirmed) and reject (pending) free their intervals.
+    s.cancel("ten_a", "bkg_1", T0).await.unwrap().unwrap();
+    try_create(s, hosted("bkg_11", "ten_a", Some("h"), 0, 1800, (0, 0), p)).await.expect("after cancel");
+    let e = try_create(s, hosted("bkg_12", "ten_a", Some("h"), 0, 1800, (0, 0), c)).await.unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "{e:?}");
+    let (_, t) = s.transition("ten_a", "bkg_11", Status::Rejected, &[Status::Pending], T0).await.unwrap().unwrap();
+    assert_eq!(t, Transition::Changed);
+    try_create(s, hosted("bkg_12", "ten_a", Some("h"), 0, 1800, (0, 0), p)).await.expect("after reject");
+    // Confirming a pending booking keeps it blocking (and passes the check).
+    let (b, t) = s.transition("ten_a", "bkg_12", Status::Confirmed, &[Status::Pending], T0).await.unwrap().unwrap();
+    assert_eq!((t, b.status), (Transition::Changed, Status::Confirmed));
+    let e = try_create(s, hosted("bkg_13", "ten_a", Some("h"), 900, 60, (0, 0), c)).await.unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "{e:?}");
+    // A cancelled or rejected booking may be created over anything (it blocks nothing).
+    try_create(s, hosted("bkg_14", "ten_a", Some("h"), 0, 1800, (0, 0), Status::Cancelled)).await.expect("cancelled");
+}
+
+/// 20 concurrent inserts of overlapping bookings of one host: exactly one succeeds, 19 get `SlotUnavailable`.
+async fn concurrent_overlapping_creates(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = o.store.clone();
+            tokio::spawn(async move {
+                try_create(&s, hosted(&format!("bkg_{i}"), "ten_a", Some("h"), i * 60, 1800, (0, 0), Status::Confirmed))
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::SlotUnavailable) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (1, 19));
+    let f = ListFilter { limit: 100, now: T0, ..Default::default() };
+    assert_eq!(o.store.list("ten_a", &f).await.unwrap().len(), 1);
+}
+
+/// A database of the version before migration 4 with live bookings that already overlap: the migration keeps every
+/// row, exempts the later-created of each overlapping pair (host_ref cleared) so the rule can be created, and the
+/// rule then holds for new writes, updates of times included (checked by the database itself).
+async fn migration_4_exempts_existing_overlaps(backend: Backend) {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (url, db, all) = match backend {
+        Backend::Sqlite => {
+            let path = tmp.path().join("duet.sqlite3");
+            (format!("sqlite://{}?mode=rwc", path.display()), None, &duet::booking::store::SQLITE_MIGRATIONS)
+        }
+        Backend::Postgres => {
+            let Some(db) = TestDb::create() else { return };
+            (db.url.clone(), Some(db), &duet::booking::store::POSTGRES_MIGRATIONS)
+        }
+    };
+    let old_dir = tmp.path().join("migrations");
+    std::fs::create_dir(&old_dir).unwrap();
+    for m in all.iter().filter(|m| m.version < 4) {
+        std::fs::write(old_dir.join(format!("{:04}_{}.sql", m.version, m.description)), m.sql.as_bytes()).unwrap();
+    }
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    sqlx::migrate::Migrator::new(old_dir.as_path()).await.unwrap().run(&pool).await.expect("migrations 1-3");
+    // (id, host ref, start, end, status, created_at)
+    let rows = [
+        ("bkg_1", Some("h"), 3600, 7200, "confirmed", 10),  // kept
+        ("bkg_2", Some("h"), 5400, 9000, "pending", 20),    // overlaps bkg_1: exempt
+        ("bkg_3", Some("h"), 7200, 10800, "confirmed", 30), // overlaps bkg_2 only: exempt
+        ("bkg_4", Some("h"), 3600, 7200, "cancelled", 5),   // not live: kept
+        ("bkg_5", Some("h2"), 3600, 7200, "confirmed", 40), // another host: kept
+        ("bkg_6", None, 3600, 7200, "confirmed", 50),       // no ref
+    ];
+    for (i, (id, host, start, end, status, created)) in rows.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO bookings (id, tenant_id, title, start_at, end_at, host_opens_at, opens_at, join_cutoff_at, \
+             hard_end_at, status, sequence, created_at, updated_at) \
+             VALUES ($1, 'ten_a', 't', $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)",
+        )
+        .bind(*id)
+        .bind(T0 + start)
+        .bind(T0 + end)
+        .bind(T0 + start - 900)
+        .bind(T0 + start - 600)
+        .bind(T0 + end)
+        .bind(T0 + end + 900)
+        .bind(*status)
+        .bind(*created)
+        .bind(*created)
+        .execute(&pool)
+        .await
+        .expect("old booking");
+        for (role, r) in [("host", *host), ("guest", Some("guest"))] {
+            sqlx::query(
+                "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) \
+                 VALUES ($1, $2, $3, $4, 'X', $5)",
+            )
+            .bind(format!("par_{id}_{role}"))
+            .bind(*id)
+            .bind(role)
+            .bind(r)
+            .bind(vec![i as u8, role.len() as u8])
+            .execute(&pool)
+            .await
+            .expect("old participant");
+        }
+    }
+    pool.close().await;
+
+    let store = match backend {
+        Backend::Sqlite => Store::open(&tmp.path().join("duet.sqlite3")).await.expect("migrate to 4"),
+        Backend::Postgres => Store::open_postgres(&url, 4).await.expect("migrate to 4"),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    let hosts: Vec<(String, Option<String>, i64, i64)> =
+        sqlx::query("SELECT id, host_ref, buffer_before_s, buffer_after_s FROM bookings ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+    let expected: Vec<(String, Option<String>, i64, i64)> = [
+        ("bkg_1", Some("h")),
+        ("bkg_2", None),
+        ("bkg_3", None),
+        ("bkg_4", Some("h")),
+        ("bkg_5", Some("h2")),
+        ("bkg_6", None),
+    ]
+    .into_iter()
+    .map(|(id, h)| (id.to_string(), h.map(String::from), 0, 0))
+    .collect();
+    assert_eq!(hosts, expected);
+    for id in ["bkg_1", "bkg_2", "bkg_3", "bkg_4", "bkg_5", "bkg_6"] {
+        let b = store.booking(Some("ten_a"), id).await.unwrap().expect("row kept");
+        assert_eq!(b.participants.len(), 2);
+    }
+    // Exempt rows change status freely; bkg_1 still blocks, the exempt bkg_3 does not.
+    let (_, t) = store.transition("ten_a", "bkg_2", Status::Confirmed, &[Status::Pending], T0).await.unwrap().unwrap();
+    assert_eq!(t, Transition::Changed);
+    let e = try_create(&store, hosted("bkg_7", "ten_a", Some("h"), 3000, 1200, (0, 0), Status::Confirmed))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::SlotUnavailable), "{e:?}");
+    try_create(&store, hosted("bkg_7", "ten_a", Some("h"), 9000, 1800, (0, 0), Status::Confirmed))
+        .await
+        .expect("over bkg_3");
+    // Updates are checked by the database too (e.g. a reschedule): moving bkg_5 onto host h, or moving bkg_7 into
+    // bkg_1, fails.
+    for sql in [
+        "UPDATE bookings SET host_ref = 'h' WHERE id = 'bkg_5'",
+        "UPDATE bookings SET start_at = start_at - 5400 WHERE id = 'bkg_7'",
+        "UPDATE bookings SET buffer_before_s = 1801 WHERE id = 'bkg_7'",
+    ] {
+        let e = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+        let msg = e.to_string();
+        assert!(msg.contains("bookings_host_no_overlap"), "{sql}: {msg}");
+    }
+    sqlx::query("UPDATE bookings SET buffer_before_s = 1800 WHERE id = 'bkg_7'")
+        .execute(&pool)
+        .await
+        .expect("touching");
+    pool.close().await;
+    store.close().await;
+    drop(db);
+}
+
+crate::on_both_backends!(host_overlaps, concurrent_overlapping_creates, migration_4_exempts_existing_overlaps);

@@ -118,8 +118,25 @@ impl From<StoreError> for ApiError {
                 "another request with this Idempotency-Key is in progress; retry",
             )
             .field("Idempotency-Key"),
+            StoreError::SlotUnavailable => slot_unavailable(None),
             StoreError::Db(e) => ApiError::internal(e),
         }
+    }
+}
+
+/// 409 `slot_unavailable` (`field: "start_at"`): the host's blocked interval (buffers included) intersects another
+/// `pending` or `confirmed` booking of the same host `ref` in the caller's tenant, named in `conflicting_booking_id`
+/// when known (the rule is per tenant, so it is always one of the caller's own bookings).
+pub(crate) fn slot_unavailable(conflicting: Option<String>) -> ApiError {
+    let e = ApiError::new(
+        StatusCode::CONFLICT,
+        "slot_unavailable",
+        "the host already has a pending or confirmed booking at this time (buffers included)",
+    )
+    .field("start_at");
+    match conflicting {
+        Some(id) => e.with("conflicting_booking_id", json!(id)),
+        None => e,
     }
 }
 
@@ -270,6 +287,10 @@ pub struct BookingView {
     pub start_at: String,
     /// RFC 3339 UTC.
     pub end_at: String,
+    /// Seconds before `start_at` the host is kept free (0-86400).
+    pub buffer_before_s: i64,
+    /// Seconds after `end_at` the host is kept free (0-86400).
+    pub buffer_after_s: i64,
     /// The join window.
     pub window: WindowView,
     /// Host then guest.
@@ -316,6 +337,8 @@ impl BookingView {
             external_id: b.external_id.clone(),
             start_at: rfc3339(b.start_at),
             end_at: rfc3339(b.end_at),
+            buffer_before_s: b.buffer_before_s,
+            buffer_after_s: b.buffer_after_s,
             window: WindowView::of(&b.window),
             participants,
             created_at: rfc3339(b.created_at),
@@ -351,7 +374,16 @@ struct CreateBooking {
     participants: Vec<CreateParticipant>,
     #[serde(default)]
     status: CreateStatus,
+    /// Seconds before `start_at` the host is kept free, 0-86400 (default 0).
+    #[serde(default)]
+    buffer_before_s: i64,
+    /// Seconds after `end_at` the host is kept free, 0-86400 (default 0).
+    #[serde(default)]
+    buffer_after_s: i64,
 }
+
+/// The largest buffer, seconds (one day).
+const MAX_BUFFER_S: i64 = 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -445,7 +477,10 @@ fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
 }
 
 /// `POST /v1/bookings`, with an optional `Idempotency-Key` (see [`replay`]; kept 24 h per tenant; only a 201 is
-/// recorded, so a request refused for bad input may be retried with the same key and a fixed body).
+/// recorded, so a request refused for bad input may be retried with the same key and a fixed body). Optional
+/// `buffer_before_s` / `buffer_after_s` (0-86400, else 422 `invalid_field`) widen the host's blocked interval; a
+/// `pending` or `confirmed` booking of the same host `ref` in the tenant whose blocked interval intersects it gets 409
+/// `slot_unavailable` (see [`slot_unavailable`]). A host without `ref` is not checked.
 pub async fn create_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -501,6 +536,16 @@ pub async fn create_booking(
         .field("start_at")
         .with("latest_start_at", json!(rfc3339(now.saturating_add(horizon)))));
     }
+    for (field, v) in [("buffer_before_s", req.buffer_before_s), ("buffer_after_s", req.buffer_after_s)] {
+        if !(0..=MAX_BUFFER_S).contains(&v) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("`{field}` must be 0 to {MAX_BUFFER_S} seconds"),
+            )
+            .field(field));
+        }
+    }
     let hosts = req.participants.iter().filter(|p| p.role == "host").count();
     let guests = req.participants.iter().filter(|p| p.role == "guest").count();
     if req.participants.len() != 2 || hosts != 1 || guests != 1 {
@@ -533,6 +578,8 @@ pub async fn create_booking(
         sequence: 0,
         created_at: now,
         updated_at: now,
+        buffer_before_s: req.buffer_before_s,
+        buffer_after_s: req.buffer_after_s,
         participants: Vec::new(),
     };
     let mut link_tokens = Vec::new();
@@ -557,8 +604,8 @@ pub async fn create_booking(
         link_tokens.push(token);
         rows.push(row);
     }
-    match &idem {
-        None => state.store.create_booking(&booking, &rows).await?,
+    let stored = match &idem {
+        None => state.store.create_booking(&booking, &rows).await,
         Some(key) => {
             let mut stored = BookingView::of(&booking, now, None);
             stored.links_shown_once = Some(true);
@@ -570,15 +617,34 @@ pub async fn create_booking(
                 response: serde_json::to_string(&stored).map_err(ApiError::internal)?,
                 created_at: now,
             };
-            if let IdempotentCreate::Existing(rec) =
-                state.store.create_booking_idempotent(&booking, &rows, &rec).await?
-            {
-                return replay(&rec, &hash);
-            }
-            if let Err(e) = state.store.purge_idempotency_keys(now).await {
-                tracing::warn!(target: "booking", error = %e, "purging expired idempotency keys");
+            match state.store.create_booking_idempotent(&booking, &rows, &rec).await {
+                Ok(IdempotentCreate::Existing(rec)) => return replay(&rec, &hash),
+                Ok(IdempotentCreate::Created) => {
+                    if let Err(e) = state.store.purge_idempotency_keys(now).await {
+                        tracing::warn!(target: "booking", error = %e, "purging expired idempotency keys");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
             }
         }
+    };
+    match stored {
+        Ok(()) => {}
+        Err(StoreError::SlotUnavailable) => {
+            // Name the booking in the way (the rule is per tenant: it is the caller's own). Best effort: it may
+            // have been cancelled since.
+            let host = booking.participants.iter().find(|p| p.role == Role::Host).and_then(|p| p.reference.clone());
+            let (from, to) = booking.blocked();
+            let conflicting = match host {
+                Some(h) => {
+                    state.store.host_conflict(&booking.tenant_id, &h, from, to, &booking.id).await.ok().flatten()
+                }
+                None => None,
+            };
+            return Err(slot_unavailable(conflicting));
+        }
+        Err(e) => return Err(e.into()),
     }
     state.metrics.bookings.with_label_values(&["created"]).inc();
     tracing::info!(target: "booking", booking = %booking.id, start, end, status = booking.status.as_str(), "booking created");

@@ -179,11 +179,23 @@ pub struct Booking {
     pub created_at: i64,
     /// Last change, Unix seconds.
     pub updated_at: i64,
+    /// Seconds before `start_at` the host is kept free (0-86400): part of the blocked interval, see
+    /// [`Booking::blocked`].
+    pub buffer_before_s: i64,
+    /// Seconds after `end_at` the host is kept free (0-86400).
+    pub buffer_after_s: i64,
     /// Host then guest.
     pub participants: Vec<Participant>,
 }
 
 impl Booking {
+    /// The host's blocked interval `[start_at - buffer_before_s, end_at + buffer_after_s)`, Unix seconds: two
+    /// `pending` or `confirmed` bookings of one tenant with the same host `ref` never have intersecting blocked
+    /// intervals (touching ones, `end == start`, do not intersect).
+    pub fn blocked(&self) -> (i64, i64) {
+        (self.start_at - self.buffer_before_s, self.end_at + self.buffer_after_s)
+    }
+
     /// The derived `ended` status: a confirmed booking whose `hard_end_at` has passed at `now` (Unix seconds).
     pub fn ended(&self, now: i64) -> bool {
         self.status == Status::Confirmed && now >= self.window.hard_end_at
@@ -287,9 +299,34 @@ pub enum StoreError {
     /// if the other request's transaction was rolled back while this one waited.
     #[error("idempotency key in use")]
     IdempotencyKeyInUse,
+    /// The booking would overlap (buffers included) a `pending` or `confirmed` booking of the same tenant whose host
+    /// has the same `ref` (409 `slot_unavailable`); nothing was written. Raised by the database: the PostgreSQL
+    /// exclusion constraint `bookings_host_no_overlap` (SQLSTATE 23P01) or the SQLite triggers of the same name
+    /// (migration 0004), on insert and on every update of a booking's times, buffers, host or status.
+    #[error("the host already has a booking at this time")]
+    SlotUnavailable,
     /// Anything from the database.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+/// The name of the rule that keeps a host from being double-booked: the PostgreSQL exclusion constraint, and the
+/// text the SQLite triggers raise.
+pub const HOST_NO_OVERLAP: &str = "bookings_host_no_overlap";
+
+/// Whether a database error is the no-double-booking rule's refusal (PostgreSQL SQLSTATE 23P01 on
+/// [`HOST_NO_OVERLAP`], or the SQLite trigger's `RAISE(ABORT, 'slot_unavailable: …')`).
+fn is_host_overlap(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else { return false };
+    if d.code().as_deref() == Some("23P01") {
+        return d.constraint().is_none_or(|c| c == HOST_NO_OVERLAP);
+    }
+    d.message().contains(HOST_NO_OVERLAP) && d.message().contains("slot_unavailable")
+}
+
+/// [`StoreError::SlotUnavailable`] for the no-double-booking refusal, [`StoreError::Db`] for anything else.
+fn db_error(e: sqlx::Error) -> StoreError {
+    if is_host_overlap(&e) { StoreError::SlotUnavailable } else { StoreError::Db(e) }
 }
 
 /// Which database a [`Store`] runs on.
@@ -563,9 +600,11 @@ impl Store {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    /// Inserts a booking and its participants in one transaction.
+    /// Inserts a booking and its participants in one transaction. The host participant's `ref` is stored on the
+    /// booking as its `host_ref` (the no-double-booking rule's key).
     ///
-    /// Errors: [`StoreError::DuplicateExternalId`] (nothing inserted), [`StoreError::Db`].
+    /// Errors: [`StoreError::DuplicateExternalId`], [`StoreError::SlotUnavailable`] (both: nothing inserted),
+    /// [`StoreError::Db`].
     pub async fn create_booking(&self, b: &Booking, parts: &[NewParticipant]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_booking(&mut tx, b, parts).await?;
@@ -578,7 +617,8 @@ impl Store {
     /// PostgreSQL: the unique index) and then gets [`IdempotentCreate::Existing`], so one key creates at most one
     /// booking. A record older than [`IDEMPOTENCY_TTL_S`] at `rec.created_at` is replaced.
     ///
-    /// Errors: [`StoreError::DuplicateExternalId`] (nothing inserted, the key stays free), [`StoreError::Db`].
+    /// Errors: [`StoreError::DuplicateExternalId`], [`StoreError::SlotUnavailable`] (both: nothing inserted, the key
+    /// stays free), [`StoreError::Db`].
     pub async fn create_booking_idempotent(
         &self,
         b: &Booking,
@@ -686,7 +726,7 @@ impl Store {
         for s in from {
             q = q.bind(s.as_str());
         }
-        let changed = q.execute(&self.pool).await?.rows_affected() == 1;
+        let changed = q.execute(&self.pool).await.map_err(db_error)?.rows_affected() == 1;
         Ok(self.booking(Some(tenant), id).await?.map(|b| {
             let t = if changed {
                 Transition::Changed
@@ -697,6 +737,29 @@ impl Store {
             };
             (b, t)
         }))
+    }
+
+    /// The id of a `pending` or `confirmed` booking of `tenant` other than `except` whose host has `ref` `host_ref`
+    /// and whose blocked interval intersects `[blocked_start, blocked_end)` (Unix seconds), the earliest first;
+    /// `None` when the slot is free. Informational (names the conflict of a refused write, or checks an extension
+    /// before trying it): the database enforces the rule itself, see [`StoreError::SlotUnavailable`].
+    pub async fn host_conflict(
+        &self,
+        tenant: &str,
+        host_ref: &str,
+        blocked_start: i64,
+        blocked_end: i64,
+        except: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(HOST_CONFLICT)
+            .bind(tenant)
+            .bind(host_ref)
+            .bind(blocked_start)
+            .bind(blocked_end)
+            .bind(except)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// The bookings of `tenant` that pass `f`, ordered by `start_at` then `id`, at most `f.limit`, with their
@@ -876,16 +939,24 @@ impl Store {
 const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = $1 AND external_id = $2 \
                          AND status = 'confirmed' AND hard_end_at > $3";
 
-/// The inserts of [`Store::create_booking`] inside transaction `tx`.
+/// The query of [`Store::host_conflict`]: a probe of the partial index `bookings_host_blocked`.
+const HOST_CONFLICT: &str = "SELECT id FROM bookings WHERE tenant_id = $1 AND host_ref = $2 \
+                             AND host_ref IS NOT NULL AND status IN ('pending', 'confirmed') \
+                             AND blocked_end > $3 AND blocked_start < $4 AND id <> $5 \
+                             ORDER BY blocked_start, id LIMIT 1";
+
+/// The inserts of [`Store::create_booking`] inside transaction `tx`. The booking's `host_ref` is the host
+/// participant's `ref` (none: the booking is not checked for overlaps).
 async fn insert_booking(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     b: &Booking,
     parts: &[NewParticipant],
 ) -> Result<(), StoreError> {
+    let host_ref = parts.iter().find(|p| p.role == Role::Host).and_then(|p| p.reference.as_deref());
     let r = sqlx::query(
         "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
-         join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at, host_ref, buffer_before_s, \
+         buffer_after_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&b.id)
     .bind(&b.tenant_id)
@@ -901,12 +972,20 @@ async fn insert_booking(
     .bind(b.sequence)
     .bind(b.created_at)
     .bind(b.updated_at)
+    .bind(host_ref)
+    .bind(b.buffer_before_s)
+    .bind(b.buffer_after_s)
     .execute(&mut **tx)
     .await;
-    if let Err(sqlx::Error::Database(e)) = &r
-        && e.is_unique_violation()
-    {
-        return Err(StoreError::DuplicateExternalId);
+    if let Err(e) = &r {
+        if is_host_overlap(e) {
+            return Err(StoreError::SlotUnavailable);
+        }
+        if let sqlx::Error::Database(d) = e
+            && d.is_unique_violation()
+        {
+            return Err(StoreError::DuplicateExternalId);
+        }
     }
     r?;
     for p in parts {
@@ -968,6 +1047,8 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
         sequence: r.try_get("sequence")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        buffer_before_s: r.try_get("buffer_before_s")?,
+        buffer_after_s: r.try_get("buffer_after_s")?,
         participants: Vec::new(),
     })
 }
@@ -1009,6 +1090,28 @@ mod tests {
         );
         assert!(!plan.iter().any(|d| d.starts_with("SCAN")), "{plan:?}");
         assert!(store.live_by_external_id("ten_default", "order-1001", 0).await.expect("lookup").is_none());
+    }
+
+    /// The overlap probe searches the host's partial index, never scans the bookings table.
+    #[tokio::test]
+    async fn host_conflict_searches_the_host_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {HOST_CONFLICT}"))
+            .bind("ten_default")
+            .bind("coach:1")
+            .bind(0_i64)
+            .bind(10_i64)
+            .bind("bkg_x")
+            .fetch_all(&store.pool)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect();
+        assert!(plan.iter().any(|d| d.starts_with("SEARCH bookings USING INDEX bookings_host_blocked")), "{plan:?}");
+        assert!(!plan.iter().any(|d| d.starts_with("SCAN bookings")), "{plan:?}");
+        assert_eq!(store.host_conflict("ten_default", "coach:1", 0, 10, "bkg_x").await.expect("probe"), None);
     }
 
     /// SHA-384 of `migrations/0001_init.sql` as the SQLite-only versions embedded it: the checksum sqlx recorded in

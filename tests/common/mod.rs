@@ -171,13 +171,18 @@ pub fn rfc3339_in(offset_s: i64) -> String {
     t.replace_nanosecond(0).unwrap().format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
+/// A booking body starting `start_in_s` seconds from now, lasting `len_s` seconds. Its host `ref` is new at every
+/// call (`instructor:42-<n>`), so bookings made with it never collide under the no-double-booking rule; tests of
+/// that rule (or of one host's bookings) set `participants[0].ref` themselves.
 pub fn booking_body(start_in_s: i64, len_s: i64) -> Value {
+    static HOSTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     json!({
         "title": "Physio follow-up",
         "start_at": rfc3339_in(start_in_s),
         "end_at": rfc3339_in(start_in_s + len_s),
         "participants": [
-            {"ref": "instructor:42", "role": "host", "display_name": "Dr. Ana"},
+            {"ref": format!("instructor:42-{n}"), "role": "host", "display_name": "Dr. Ana"},
             {"ref": "customer:977", "role": "guest", "display_name": "J. Doe"}
         ]
     })
