@@ -36,7 +36,8 @@ crate::on_both_backends!(
     api_rejects_malformed_bodies,
     api_refuses_bookings_beyond_the_horizon,
     api_unknown_booking_and_link_are_404,
-    api_huge_body_is_refused_not_fatal
+    api_huge_body_is_refused_not_fatal,
+    api_double_booking_is_409_slot_unavailable
 );
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -201,6 +202,28 @@ async fn api_refuses_bookings_beyond_the_horizon(backend: Backend) {
     assert_api_error("3 h ahead with horizon = 2h", (status, body), 422, "outside_booking_horizon", Some("start_at"));
     let (status, body) = d.create_booking(&booking_body(3600, 1800)).await;
     assert_eq!(status, 201, "a booking 1 h ahead is inside a 2 h horizon: {body}");
+}
+
+/// research/booking.md §7.7, "overlap with the host's bookings including buffers": `409 slot_unavailable` naming
+/// `start_at`, and buffers outside 0-86400 s are `422 invalid_field` (more in `tests/double_booking.rs`).
+async fn api_double_booking_is_409_slot_unavailable(backend: Backend) {
+    let Some(mut d) = Daemon::start_on(backend, "") else { return };
+    let mut first = booking_body(3600, 1800);
+    first["participants"][0]["ref"] = json!("coach:7");
+    first["buffer_after_s"] = json!(600);
+    let (status, body) = d.create_booking(&first).await;
+    assert_eq!(status, 201, "{body}");
+    let mut next = first.clone();
+    next["buffer_after_s"] = json!(0);
+    next["start_at"] = first["end_at"].clone();
+    next["end_at"] = json!(rfc3339_in(3600 + 1800 + 1800));
+    let got = d.create_booking(&next).await;
+    assert_api_error("inside the first's buffer_after_s", got, 409, "slot_unavailable", Some("start_at"));
+    let mut bad = next.clone();
+    bad["buffer_before_s"] = json!(86_401);
+    let got = d.create_booking(&bad).await;
+    assert_api_error("buffer_before_s 86401", got, 422, "invalid_field", Some("buffer_before_s"));
+    api_still_serves(&mut d, "a refused double booking").await;
 }
 
 async fn api_unknown_booking_and_link_are_404(backend: Backend) {
