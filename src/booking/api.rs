@@ -368,32 +368,40 @@ pub enum CreateStatus {
 #[serde(deny_unknown_fields)]
 pub struct CreateBooking {
     /// 1 to 200 characters without control characters.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub title: String,
     /// RFC 3339 with an offset; not in the past (beyond `start_leeway`), at most `horizon` ahead.
+    #[schema(format = DateTime)]
     pub start_at: String,
     /// RFC 3339 with an offset; after `start_at`, at most `max_duration` later.
+    #[schema(format = DateTime)]
     pub end_at: String,
-    /// The app's own id, 1 to 128 characters, unique per tenant (409 `external_id_taken`).
+    /// The app's own id, 1 to 128 characters without control characters, unique per tenant (409
+    /// `external_id_taken`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_id: Option<String>,
     /// Exactly one `host` and one `guest` (else 422 `invalid_participants`).
+    #[schema(min_items = 2, max_items = 2)]
     pub participants: Vec<CreateParticipant>,
     /// `confirmed` (the default) or `pending`.
     #[serde(default)]
     pub status: CreateStatus,
 }
 
-/// A participant of [`CreateBooking`].
+/// A participant of a `POST /v1/bookings` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParticipant {
-    /// The app's own id for the person, 1 to 128 characters.
+    /// The app's own id for the person, 1 to 128 characters without control characters.
     #[serde(default, rename = "ref")]
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub reference: Option<String>,
     /// `host` or `guest`.
     #[schema(value_type = Role)]
     pub role: String,
     /// Shown to the other participant, 1 to 128 characters without control characters.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: String,
 }
 
