@@ -118,7 +118,52 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(serve))
 }
 
-/// The OpenAPI 3.1 document of the whole API.
-pub fn document() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+/// The OpenAPI 3.1 document of the whole API, as served (with [`add_links`]).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(api_router().into_openapi()).unwrap_or_default();
+    add_links(&mut doc);
+    doc
+}
+
+/// One OpenAPI link (written as JSON: utoipa 5 serialises its `Link` with snake_case member names).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Link {
+    operation_id: &'static str,
+    parameters: std::collections::BTreeMap<&'static str, &'static str>,
+}
+
+/// A link: its name, the target operation id, the target's parameter and the runtime expression of its value.
+type LinkSpec = (&'static str, &'static str, &'static str, &'static str);
+
+/// OpenAPI links from the 201 of a create to the operations on what it created (a client, or schemathesis's
+/// stateful run, follows them): booking id -> get, confirm, reject, cancel; the host's link token -> join; key id
+/// -> revoke.
+fn add_links(doc: &mut serde_json::Value) {
+    let targets: [(&str, &[LinkSpec]); 2] = [
+        (
+            "/v1/bookings",
+            &[
+                ("GetBooking", "get_booking", "id", "$response.body#/id"),
+                ("ConfirmBooking", "confirm_booking", "id", "$response.body#/id"),
+                ("RejectBooking", "reject_booking", "id", "$response.body#/id"),
+                ("CancelBooking", "cancel_booking", "id", "$response.body#/id"),
+                ("Join", "join", "link_token", "$response.body#/participants/0/link_token"),
+            ],
+        ),
+        ("/v1/admin/api-keys", &[("RevokeApiKey", "revoke_api_key", "id", "$response.body#/id")]),
+    ];
+    for (path, links) in targets {
+        let Some(created) = doc.pointer_mut(&format!("/paths/{}/post/responses/201", path.replace('/', "~1"))) else {
+            continue;
+        };
+        let links: serde_json::Map<String, serde_json::Value> = links
+            .iter()
+            .map(|(name, op, param, value)| {
+                let link = Link { operation_id: op, parameters: [(*param, *value)].into() };
+                ((*name).to_string(), serde_json::to_value(link).unwrap_or_default())
+            })
+            .collect();
+        created["links"] = serde_json::Value::Object(links);
+    }
 }

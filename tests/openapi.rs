@@ -173,6 +173,9 @@ async fn openapi_document(backend: Backend) {
     assert!(params.iter().any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
     assert!(create["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object());
     assert!(doc["paths"]["/v1/join/{link_token}"]["post"]["responses"]["403"]["headers"]["Retry-After"].is_object());
+    let links = &create["responses"]["201"]["links"];
+    assert_eq!(links["GetBooking"]["operationId"], "get_booking");
+    assert_eq!(links["Join"]["parameters"]["link_token"], "$response.body#/participants/0/link_token");
     let signal = &doc["paths"]["/v1/signal"]["get"];
     assert!(signal["responses"]["101"].is_object());
     assert!(signal["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "token" && p["in"] == "query"));
@@ -236,7 +239,8 @@ async fn schemathesis(backend: Backend) {
         .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance"])
         .args(["--header", &format!("Authorization: Bearer {}", d.api_key)])
         .args(["--exclude-path", "/v1/signal"])
-        .args(["--hypothesis-max-examples", "25", "--hypothesis-deadline", "5000", "--hypothesis-derandomize"])
+        .args(["--hypothesis-max-examples", "50", "--hypothesis-deadline", "5000", "--hypothesis-derandomize"])
+        .args(["--stateful", "links"])
         .args(["--experimental", "openapi-3.1", "--request-timeout", "5000", "--no-color", "--show-trace"])
         .env("SCHEMATHESIS_TELEMETRY", "false");
     let out = run_bounded_blocking(cmd, Duration::from_secs(150), "schemathesis").await;
@@ -249,8 +253,18 @@ async fn schemathesis(backend: Backend) {
         panic!("schemathesis failed ({}):\n{}", out.status, tail(&text, 120));
     }
     eprintln!("schemathesis ({backend:?}):\n{}", tail(&text, 40));
-    // It ran every operation but the WebSocket: 13 of 14.
-    assert!(text.contains("13 passed"), "schemathesis did not run 13 operations:\n{}", tail(&text, 40));
+    // It ran every operation but the WebSocket (13 of 14), plus the tests that follow the links of the creates, with
+    // the three checks.
+    let passed = text
+        .lines()
+        .filter_map(|l| l.trim_matches(|c| c == '=' || c == ' ').split_once(" passed"))
+        .filter_map(|(n, _)| n.rsplit(' ').next()?.parse::<u32>().ok())
+        .next_back()
+        .unwrap_or(0);
+    assert!(passed >= 13, "schemathesis ran {passed} tests, not every operation:\n{}", tail(&text, 40));
+    for check in ["not_a_server_error", "status_code_conformance", "response_schema_conformance"] {
+        assert!(text.contains(check), "schemathesis did not run {check}:\n{}", tail(&text, 40));
+    }
 }
 
 on_both_backends!(openapi_document, schemathesis);
