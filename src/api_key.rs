@@ -27,7 +27,7 @@ pub const DEFAULT_TENANT: &str = "ten_default";
 
 /// What an API key may do. Wire and stored form: `bookings:read`, `bookings:write`, `admin`. Scopes are independent
 /// (`admin` does not imply the booking scopes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Scope {
     /// `GET /v1/bookings/{id}` (and the other reads).
     #[serde(rename = "bookings:read")]

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use duet_relay::policy::PeerPolicy;
 use duet_relay::server::ServerConfig;
 use tokio::net::TcpListener;
@@ -20,9 +20,9 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::api_key::{AdminKey, ensure_admin_key};
 use crate::app::{AppState, unix_now};
+use crate::booking::api;
 use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
-use crate::booking::{admin_api, api};
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::http_serve::{self, ConnectionLimits};
@@ -223,18 +223,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let api = Router::new()
-        .route("/v1/bookings", post(api::create_booking).get(api::list_bookings))
-        .route("/v1/bookings/{id}", get(api::get_booking))
-        .route("/v1/bookings/{id}/cancel", post(api::cancel_booking))
-        .route("/v1/bookings/{id}/confirm", post(api::confirm_booking))
-        .route("/v1/bookings/{id}/reject", post(api::reject_booking))
-        .route("/v1/join/{link_token}", post(api::join))
-        .route("/v1/admin/tenants", post(admin_api::create_tenant).get(admin_api::list_tenants))
-        .route("/v1/admin/api-keys", post(admin_api::create_api_key).get(admin_api::list_api_keys))
-        .route("/v1/admin/api-keys/{id}/revoke", post(admin_api::revoke_api_key))
-        .route("/v1/signal", get(signal_io::upgrade))
-        .route_layer(axum::middleware::map_response(no_store));
+    // The `/v1/` routes come with their OpenAPI document (`crate::openapi`): one list for both.
+    let (api, _) = crate::openapi::api_router().route_layer(axum::middleware::map_response(no_store)).split_for_parts();
     let app = Router::new()
         .merge(api)
         .route("/j/{link_token}", get(join_page))

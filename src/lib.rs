@@ -16,5 +16,6 @@ pub mod daemon;
 pub mod data_dir;
 pub mod http_serve;
 pub mod metrics;
+pub mod openapi;
 pub mod relay_io;
 pub mod signal_io;

@@ -17,14 +17,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::api::{ApiError, authenticate_key, body_error, parse_instant, parse_json, rfc3339};
+use super::api::{ApiError, authenticate_key, body_error, parse_instant, parse_json, plausible_id, rfc3339};
 use super::store::{ApiKey, Tenant};
 use crate::api_key::{self, KeyRequest, KeyRequestError, Scope};
 use crate::app::{AppState, unix_now};
+use crate::openapi::ErrorBody;
 
 /// `POST /v1/admin/tenants` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Display name, 1 to 100 characters without control characters.
@@ -32,7 +34,8 @@ pub struct CreateTenant {
 }
 
 /// A tenant as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Tenant)]
 pub struct TenantView {
     /// `ten_…`.
     pub id: String,
@@ -49,14 +52,14 @@ impl From<&Tenant> for TenantView {
 }
 
 /// `GET /v1/admin/tenants` answer, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TenantList {
     /// The tenants.
     pub tenants: Vec<TenantView>,
 }
 
 /// `POST /v1/admin/api-keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
     /// Owning tenant (`ten_…`); 422 `unknown_tenant` when there is none.
@@ -72,7 +75,8 @@ pub struct CreateApiKey {
 }
 
 /// An API key as the API and `duet api-key list --json` show it: never the key nor its hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ApiKey)]
 pub struct ApiKeyView {
     /// `key_…`.
     pub id: String,
@@ -105,7 +109,7 @@ impl From<&ApiKey> for ApiKeyView {
 }
 
 /// `POST /v1/admin/api-keys` answer: the key row and the key itself, shown this once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedApiKey {
     /// The row.
     #[serde(flatten)]
@@ -115,15 +119,16 @@ pub struct CreatedApiKey {
 }
 
 /// `GET /v1/admin/api-keys` answer, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ApiKeyList {
     /// The keys.
     pub api_keys: Vec<ApiKeyView>,
 }
 
 /// `GET /v1/admin/api-keys` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ApiKeyQuery {
     /// Only the keys of this tenant.
     #[serde(default)]
@@ -146,6 +151,23 @@ impl From<KeyRequestError> for ApiError {
 }
 
 /// `POST /v1/admin/tenants`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tenants",
+    tag = "admin",
+    operation_id = "create_tenant",
+    security(("bearerAuth" = ["admin"])),
+    request_body(content = CreateTenant, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The tenant.", body = TenantView),
+        (status = 400, description = "Malformed JSON, unknown member, wrong type (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope `admin` (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"admin\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "`missing_field`, `invalid_field` (`name`).", body = ErrorBody)
+    )
+)]
 pub async fn create_tenant(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -159,6 +181,19 @@ pub async fn create_tenant(
 }
 
 /// `GET /v1/admin/tenants`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants",
+    tag = "admin",
+    operation_id = "list_tenants",
+    security(("bearerAuth" = ["admin"])),
+    responses(
+        (status = 200, description = "Every tenant, oldest first.", body = TenantList),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope `admin` (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"admin\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody)
+    )
+)]
 pub async fn list_tenants(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate_key(&state, &headers, Scope::Admin).await?;
     let tenants = state.store.tenants().await?.iter().map(TenantView::from).collect();
@@ -166,6 +201,23 @@ pub async fn list_tenants(State(state): State<AppState>, headers: HeaderMap) -> 
 }
 
 /// `POST /v1/admin/api-keys`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/api-keys",
+    tag = "admin",
+    operation_id = "create_api_key",
+    security(("bearerAuth" = ["admin"])),
+    request_body(content = CreateApiKey, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The key row and the key, shown once.", body = CreatedApiKey),
+        (status = 400, description = "Malformed JSON, unknown member, wrong type (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope `admin` (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"admin\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "`missing_field`, `invalid_field` (scopes, name, `admin` outside `ten_default`), `invalid_datetime` (`expires_at`), `unknown_tenant`.", body = ErrorBody)
+    )
+)]
 pub async fn create_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -173,6 +225,9 @@ pub async fn create_api_key(
 ) -> Result<Response, ApiError> {
     authenticate_key(&state, &headers, Scope::Admin).await?;
     let req: CreateApiKey = parse_json(&body.map_err(body_error)?)?;
+    if !plausible_id(&req.tenant_id) {
+        return Err(KeyRequestError::UnknownTenant.into());
+    }
     let expires_at = req.expires_at.as_deref().map(|e| parse_instant("expires_at", e)).transpose()?;
     let request = KeyRequest { tenant_id: req.tenant_id, scopes: req.scopes, expires_at, name: req.name };
     let (row, key) = api_key::create_key(&state.store, request, unix_now()).await?;
@@ -181,6 +236,21 @@ pub async fn create_api_key(
 }
 
 /// `GET /v1/admin/api-keys?tenant_id=`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/api-keys",
+    tag = "admin",
+    operation_id = "list_api_keys",
+    security(("bearerAuth" = ["admin"])),
+    params(ApiKeyQuery),
+    responses(
+        (status = 200, description = "The keys (never the keys themselves), oldest first.", body = ApiKeyList),
+        (status = 400, description = "`invalid_request` (unknown parameter).", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope `admin` (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"admin\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody)
+    )
+)]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -188,18 +258,40 @@ pub async fn list_api_keys(
 ) -> Result<Response, ApiError> {
     authenticate_key(&state, &headers, Scope::Admin).await?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    if q.tenant_id.as_deref().is_some_and(|t| !plausible_id(t)) {
+        // No tenant has such an id (and PostgreSQL refuses NUL in text): an empty list without asking the store.
+        return Ok(axum::Json(ApiKeyList { api_keys: Vec::new() }).into_response());
+    }
     let api_keys = state.store.api_keys(q.tenant_id.as_deref()).await?.iter().map(ApiKeyView::from).collect();
     Ok(axum::Json(ApiKeyList { api_keys }).into_response())
 }
 
 /// `POST /v1/admin/api-keys/{id}/revoke`: 401 from the next request on; idempotent (a revoked key answers its row
 /// unchanged); 404 for an unknown id.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/api-keys/{id}/revoke",
+    tag = "admin",
+    operation_id = "revoke_api_key",
+    security(("bearerAuth" = ["admin"])),
+    params(("id" = String, Path, description = "Key id, `key_…`.")),
+    responses(
+        (status = 200, description = "The key row, revoked.", body = ApiKeyView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope `admin` (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"admin\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 404, description = "No such key (`not_found`).", body = ErrorBody)
+    )
+)]
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authenticate_key(&state, &headers, Scope::Admin).await?;
+    if !plausible_id(&id) {
+        return Err(ApiError::not_found());
+    }
     if state.store.revoke_api_key(&id, unix_now()).await? {
         tracing::info!(target: "booking", key = %id, "API key revoked");
     }

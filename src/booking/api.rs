@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
 use super::store::{
     Booking, IdempotencyRecord, IdempotentCreate, ListFilter, NewParticipant, Status, StatusFilter, StoreError,
@@ -22,6 +23,7 @@ use super::tokens::{self, SessionClaims};
 use super::window::{JoinRefusal, JoinWindow, Role};
 use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
+use crate::openapi::ErrorBody;
 
 /// An API error: status, machine-readable code, message, optional field and extra members.
 #[derive(Debug)]
@@ -216,7 +218,8 @@ pub(crate) fn rfc3339(unix: i64) -> String {
 }
 
 /// The `window` object of a booking: RFC 3339 UTC instants.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Window)]
 pub struct WindowView {
     /// The host may join from then.
     pub host_opens_at: String,
@@ -246,7 +249,8 @@ pub fn window_json(w: &JoinWindow) -> Value {
 }
 
 /// A participant in a booking response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Participant)]
 pub struct ParticipantView {
     /// `par_…`.
     pub id: String,
@@ -269,13 +273,32 @@ pub struct ParticipantView {
     pub join_url: Option<String>,
 }
 
+/// Status of a booking as the API shows it: the stored status, or the derived `ended` (a confirmed booking after
+/// `hard_end_at`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BookingStatus {
+    /// Created with `"status": "pending"`: links exist, joins answer 409 until confirmed.
+    Pending,
+    /// Joinable inside its window.
+    Confirmed,
+    /// Rejected while pending.
+    Rejected,
+    /// Cancelled.
+    Cancelled,
+    /// Confirmed and past `hard_end_at`.
+    Ended,
+}
+
 /// A booking response (`GET /v1/bookings/{id}`, create, transitions, list items).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Booking)]
 pub struct BookingView {
     /// `bkg_…`.
     pub id: String,
     /// `pending`, `confirmed`, `rejected`, `cancelled`, or the derived `ended` (a confirmed booking after
     /// `hard_end_at`).
+    #[schema(value_type = BookingStatus)]
     pub status: &'static str,
     /// Goes up with every status change (session tokens of an older sequence stop working).
     pub sequence: i64,
@@ -353,9 +376,9 @@ fn booking_response(status: StatusCode, b: &Booking) -> Response {
 }
 
 /// `status` on create.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum CreateStatus {
+pub enum CreateStatus {
     /// Links exist, joins answer 409 until `POST …/confirm`.
     Pending,
     /// The default.
@@ -363,35 +386,57 @@ enum CreateStatus {
     Confirmed,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/bookings` body (unknown members are refused with 400 `invalid_request`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBooking {
-    title: String,
-    start_at: String,
-    end_at: String,
+pub struct CreateBooking {
+    /// 1 to 200 characters without control characters.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub title: String,
+    /// RFC 3339 with an offset; not in the past (beyond `start_leeway`), at most `horizon` ahead.
+    #[schema(format = DateTime)]
+    pub start_at: String,
+    /// RFC 3339 with an offset; after `start_at`, at most `max_duration` later.
+    #[schema(format = DateTime)]
+    pub end_at: String,
+    /// The app's own id, 1 to 128 characters without control characters, unique per tenant (409
+    /// `external_id_taken`).
     #[serde(default)]
-    external_id: Option<String>,
-    participants: Vec<CreateParticipant>,
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub external_id: Option<String>,
+    /// Exactly one `host` and one `guest` (else 422 `invalid_participants`).
+    #[schema(min_items = 2, max_items = 2)]
+    pub participants: Vec<CreateParticipant>,
+    /// `confirmed` (the default) or `pending`.
     #[serde(default)]
-    status: CreateStatus,
+    pub status: CreateStatus,
     /// Seconds before `start_at` the host is kept free, 0-86400 (default 0).
     #[serde(default)]
-    buffer_before_s: i64,
+    #[schema(minimum = 0, maximum = 86400)]
+    pub buffer_before_s: i64,
     /// Seconds after `end_at` the host is kept free, 0-86400 (default 0).
     #[serde(default)]
-    buffer_after_s: i64,
+    #[schema(minimum = 0, maximum = 86400)]
+    pub buffer_after_s: i64,
 }
 
 /// The largest buffer, seconds (one day).
 const MAX_BUFFER_S: i64 = 86_400;
 
-#[derive(Deserialize)]
+/// A participant of a `POST /v1/bookings` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateParticipant {
+pub struct CreateParticipant {
+    /// The app's own id for the person, 1 to 128 characters without control characters.
     #[serde(default, rename = "ref")]
-    reference: Option<String>,
-    role: String,
-    display_name: String,
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub reference: Option<String>,
+    /// `host` or `guest`.
+    #[schema(value_type = Role)]
+    pub role: String,
+    /// Shown to the other participant, 1 to 128 characters without control characters.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub display_name: String,
 }
 
 /// Text a person typed: 1..=max characters, no control characters.
@@ -406,6 +451,12 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
         .field(field));
     }
     Ok(())
+}
+
+/// Whether `id` may name a stored object: 1 to 128 characters, none of them a control character (an id that is not
+/// is answered 404 without asking the store; PostgreSQL refuses NUL in text).
+pub(crate) fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control)
 }
 
 /// RFC 3339 with an explicit offset (`Z` or `±hh:mm`); a local time without offset is refused.
@@ -481,6 +532,25 @@ fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
 /// `buffer_before_s` / `buffer_after_s` (0-86400, else 422 `invalid_field`) widen the host's blocked interval; a
 /// `pending` or `confirmed` booking of the same host `ref` in the tenant whose blocked interval intersects it gets 409
 /// `slot_unavailable` (see [`slot_unavailable`]). A host without `ref` is not checked.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings",
+    tag = "bookings",
+    operation_id = "create_booking",
+    security(("bearerAuth" = ["bookings:write"])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; kept 24 h per tenant. Recommended, not required.")),
+    request_body(content = CreateBooking, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; each participant carries its `link_token` and `join_url` (shown once). A replay with the same `Idempotency-Key` and body answers the original status and body (without the link tokens, `links_shown_once: true`) with `Idempotent-Replayed: true`.", body = BookingView, headers(("Idempotent-Replayed" = String, description = "`true` on a replay of a recorded `Idempotency-Key`."))),
+        (status = 400, description = "Malformed JSON, unknown member, wrong type (`invalid_request`, `field` when known); bad `Idempotency-Key` (`invalid_idempotency_key`).", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 409, description = "`external_id_taken`; `slot_unavailable` (the host `ref` has a pending or confirmed booking whose blocked interval, buffers included, intersects this one; member `conflicting_booking_id` when known); `idempotency_key_in_use` (a request with this key is in progress: retry).", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "`missing_field`, `invalid_field`, `invalid_datetime`, `invalid_duration`, `start_in_past`, `outside_booking_horizon` (member `latest_start_at`), `invalid_participants`, `idempotency_key_reuse`; `field` names the member.", body = ErrorBody)
+    )
+)]
 pub async fn create_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -653,12 +723,30 @@ pub async fn create_booking(
 }
 
 /// `GET /v1/bookings/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/bookings/{id}",
+    tag = "bookings",
+    operation_id = "get_booking",
+    security(("bearerAuth" = ["bookings:read"])),
+    params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
+    responses(
+        (status = 200, description = "The booking.", body = BookingView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody)
+    )
+)]
 pub async fn get_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers, Scope::BookingsRead).await?;
+    if !plausible_id(&id) {
+        return Err(ApiError::not_found());
+    }
     let b = state.store.booking(Some(&tenant), &id).await?.ok_or_else(ApiError::not_found)?;
     Ok(booking_response(StatusCode::OK, &b))
 }
@@ -675,6 +763,9 @@ async fn transition(
     from: &[Status],
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(state, headers, Scope::BookingsWrite).await?;
+    if !plausible_id(id) {
+        return Err(ApiError::not_found());
+    }
     let now = unix_now();
     let (b, t) = state.store.transition(&tenant, id, to, from, now).await?.ok_or_else(ApiError::not_found)?;
     match t {
@@ -701,6 +792,22 @@ async fn transition(
 
 /// `POST /v1/bookings/{id}/confirm`: pending -> confirmed; confirmed -> 200 unchanged; rejected or cancelled -> 409
 /// `invalid_transition`.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/confirm",
+    tag = "bookings",
+    operation_id = "confirm_booking",
+    security(("bearerAuth" = ["bookings:write"])),
+    params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
+    responses(
+        (status = 200, description = "The booking.", body = BookingView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (member `status`: the current one).", body = ErrorBody)
+    )
+)]
 pub async fn confirm_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -712,6 +819,22 @@ pub async fn confirm_booking(
 /// `POST /v1/bookings/{id}/reject`: pending -> rejected (links answer 410 `booking_rejected`, the room and TURN
 /// credentials are revoked as on cancel); rejected -> 200 unchanged; confirmed or cancelled -> 409
 /// `invalid_transition`.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/reject",
+    tag = "bookings",
+    operation_id = "reject_booking",
+    security(("bearerAuth" = ["bookings:write"])),
+    params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
+    responses(
+        (status = 200, description = "The booking.", body = BookingView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (member `status`: the current one).", body = ErrorBody)
+    )
+)]
 pub async fn reject_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -723,6 +846,22 @@ pub async fn reject_booking(
 /// `POST /v1/bookings/{id}/cancel`: pending or confirmed -> cancelled (idempotent: cancelled -> 200 unchanged;
 /// rejected -> 409 `invalid_transition`); closes the room (4004) and revokes the booking's TURN credentials, tearing
 /// down its allocations.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/cancel",
+    tag = "bookings",
+    operation_id = "cancel_booking",
+    security(("bearerAuth" = ["bookings:write"])),
+    params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
+    responses(
+        (status = 200, description = "The booking.", body = BookingView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "`invalid_transition` (member `status`: the current one).", body = ErrorBody)
+    )
+)]
 pub async fn cancel_booking(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -735,6 +874,23 @@ pub async fn cancel_booking(
 /// the signal URL and per-booking ICE servers. Outside: 403 `join_too_early` (+ `Retry-After`), 410
 /// `join_window_closed` / `booking_cancelled` / `booking_rejected`; pending booking: 409
 /// `booking_pending_confirmation`; unknown link: 404 `link_invalid_or_revoked`.
+#[utoipa::path(
+    post,
+    path = "/v1/join/{link_token}",
+    tag = "join",
+    operation_id = "join",
+    security(()),
+    params(("link_token" = String, Path, description = "The link token of a participant's join URL (the capability; no API key).")),
+    responses(
+        (status = 200, description = "Admitted: session token, signal URL, ICE servers with TURN credentials.", body = JoinAnswer),
+        (status = 403, description = "`join_too_early` (members `opens_at`, `retry_after`).", body = ErrorBody, headers(("Retry-After" = i64, description = "Seconds until the window opens."))),
+        (status = 404, description = "`link_invalid_or_revoked`.", body = ErrorBody),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 409, description = "`booking_pending_confirmation`.", body = ErrorBody),
+        (status = 410, description = "`join_window_closed` (member `closed_at`), `booking_cancelled`, `booking_rejected`.", body = ErrorBody),
+        (status = 503, description = "`draining`: the server is shutting down.", body = ErrorBody, headers(("Retry-After" = i64, description = "Seconds.")))
+    )
+)]
 pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>) -> Result<Response, ApiError> {
     let result = join_inner(&state, &link_token).await;
     let label = match &result {
@@ -811,33 +967,102 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
     };
     let session_token = state.session_keys().sign(&claims);
     tracing::info!(target: "booking", booking = %b.id, role = p.role.as_str(), "join admitted");
-    let body = json!({
-        "session_token": session_token,
-        "expires_at": rfc3339(exp),
-        "signal_url": state.signal_url(),
-        "ice_servers": ice_servers(state, &b, &p.id),
-        "role": p.role,
-        "participant": {"id": p.id, "role": p.role, "display_name": p.display_name},
-        "booking": {"id": b.id, "title": b.title, "start_at": rfc3339(b.start_at), "end_at": rfc3339(b.end_at)},
-        "window": window_json(&b.window),
-    });
+    let body = JoinAnswer {
+        session_token,
+        expires_at: rfc3339(exp),
+        signal_url: state.signal_url(),
+        ice_servers: ice_server_list(state, &b, &p.id),
+        role: p.role,
+        participant: JoinParticipant { id: p.id.clone(), role: p.role, display_name: p.display_name.clone() },
+        booking: JoinBooking {
+            id: b.id.clone(),
+            title: b.title.clone(),
+            start_at: rfc3339(b.start_at),
+            end_at: rfc3339(b.end_at),
+        },
+        window: WindowView::of(&b.window),
+    };
     Ok(axum::Json(body).into_response())
+}
+
+/// The 200 answer of `POST /v1/join/{link_token}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinAnswer {
+    /// Session token (JWT) for `GET /v1/signal?token=`; valid until `expires_at`.
+    pub session_token: String,
+    /// Expiry of the session token, RFC 3339 UTC (at most the booking's `hard_end_at`).
+    pub expires_at: String,
+    /// The WebSocket URL of the native signaling endpoint (`ws://…/v1/signal` or `wss://…`).
+    pub signal_url: String,
+    /// For `RTCPeerConnection`: the STUN entry, then the TURN entry with credentials that expire at `hard_end_at`.
+    pub ice_servers: Vec<IceServer>,
+    /// The caller's role.
+    pub role: Role,
+    /// The caller.
+    pub participant: JoinParticipant,
+    /// The booking.
+    pub booking: JoinBooking,
+    /// The join window.
+    pub window: WindowView,
+}
+
+/// The caller in a [`JoinAnswer`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinParticipant {
+    /// `par_…`.
+    pub id: String,
+    /// `host` or `guest`.
+    pub role: Role,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// The booking in a [`JoinAnswer`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinBooking {
+    /// `bkg_…`.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// RFC 3339 UTC.
+    pub start_at: String,
+    /// RFC 3339 UTC.
+    pub end_at: String,
+}
+
+/// One entry of `ice_servers` (the WebRTC `RTCIceServer` shape).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IceServer {
+    /// `stun:` URLs, or `turn:` / `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN REST username `<expiry>:<booking>:<participant>` (TURN entry only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN REST credential, base64 HMAC-SHA1 (TURN entry only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// The `ice_servers` array (WebRTC `RTCIceServer` shape) with per-participant TURN REST credentials that expire at
 /// the booking's `hard_end_at`.
 pub fn ice_servers(state: &AppState, b: &Booking, participant: &str) -> Value {
+    serde_json::to_value(ice_server_list(state, b, participant)).unwrap_or(Value::Null)
+}
+
+/// [`ice_servers`] as typed entries.
+pub fn ice_server_list(state: &AppState, b: &Booking, participant: &str) -> Vec<IceServer> {
     let secret = state.turn_secret.read().unwrap_or_else(|p| p.into_inner()).clone();
     let (username, credential) = tokens::turn_credentials(&secret, b.window.hard_end_at, &b.id, participant);
     let (stun, turn) = &*state.ice_urls;
-    json!([
-        {"urls": stun},
-        {"urls": turn, "username": username, "credential": credential},
-    ])
+    vec![
+        IceServer { urls: stun.clone(), username: None, credential: None },
+        IceServer { urls: turn.clone(), username: Some(username), credential: Some(credential) },
+    ]
 }
 
 /// Query of `GET /v1/bookings` (unknown parameters are refused with 400 `invalid_request`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `start_at >= from`, RFC 3339 with an offset.
@@ -845,19 +1070,21 @@ pub struct ListQuery {
     /// `start_at < to`, RFC 3339 with an offset.
     pub to: Option<String>,
     /// `pending`, `confirmed` (not ended), `rejected`, `cancelled` or `ended`.
+    #[param(inline)]
     pub status: Option<ListStatus>,
     /// A participant has this `ref`.
     pub participant_ref: Option<String>,
     /// The booking's `external_id`.
     pub external_id: Option<String>,
     /// 1-100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page (opaque; only valid with the same filters).
     pub cursor: Option<String>,
 }
 
 /// The `status` filter of [`ListQuery`].
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ListStatus {
     /// Stored `pending`.
@@ -873,7 +1100,7 @@ pub enum ListStatus {
 }
 
 /// A page of `GET /v1/bookings`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BookingPage {
     /// At most `limit` bookings, ordered by `start_at` then `id`.
     pub bookings: Vec<BookingView>,
@@ -935,6 +1162,22 @@ fn decode_cursor(cursor: &str, filters: &str) -> Result<(i64, String), ApiError>
 /// `GET /v1/bookings`: the caller's tenant's bookings, filtered, ordered by `start_at` then `id`, paged by an opaque
 /// cursor. Errors: 400 `invalid_request` (unknown parameter, bad `status` or `limit` type), 422 `invalid_field`
 /// (`limit` outside 1-100), 422 `invalid_datetime` (`from`, `to`), 400 `invalid_cursor`.
+#[utoipa::path(
+    get,
+    path = "/v1/bookings",
+    tag = "bookings",
+    operation_id = "list_bookings",
+    security(("bearerAuth" = ["bookings:read"])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of bookings.", body = BookingPage),
+        (status = 400, description = "`invalid_request` (unknown parameter, bad `status` or `limit` type), `invalid_cursor`.", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (`limit` outside 1-100, a filter with control characters), `invalid_datetime` (`from`, `to`).", body = ErrorBody)
+    )
+)]
 pub async fn list_bookings(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -950,6 +1193,18 @@ pub async fn list_bookings(
             format!("`limit` must be 1 to {}", LIST_LIMIT.1),
         )
         .field("limit"));
+    }
+    for (field, v) in [("participant_ref", &q.participant_ref), ("external_id", &q.external_id)] {
+        if let Some(v) = v
+            && (v.chars().count() > 128 || v.chars().any(char::is_control))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("`{field}` must be at most 128 characters without control characters"),
+            )
+            .field(field));
+        }
     }
     let filters = filter_digest(&q);
     let now = unix_now();

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::config::BookingPolicy;
 
 /// A participant's role in a 1-on-1 booking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The clinician / trainer / support rep; may join `host_early_join` before start.

@@ -24,8 +24,12 @@ use crate::booking::window::Role;
 use crate::client_ip::{IpKey, client_ip};
 
 /// Query of `GET /v1/signal`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SignalQuery {
+    /// The `session_token` of a `POST /v1/join/{link_token}` answer. A missing, bad or outdated token still gets
+    /// the upgrade, then the close code (4001 bad or outdated token, 4003 outside the window, 4004 unknown or
+    /// cancelled booking).
     token: Option<String>,
 }
 
@@ -78,7 +82,22 @@ pub(super) fn configure(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgr
     ws.read_buffer_size(READ_BUFFER).max_message_size(limit).max_frame_size(limit)
 }
 
-/// `GET /v1/signal?token=…`.
+/// `GET /v1/signal?token=…`: the native v1 signaling WebSocket (no API key: the session token of a join is the
+/// credential). The token, the booking and the window are checked before the upgrade.
+#[utoipa::path(
+    get,
+    path = "/v1/signal",
+    tag = "signaling",
+    operation_id = "signal",
+    security(()),
+    params(SignalQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: a WebSocket carrying the native v1 signaling protocol (JSON text frames); a refused token is told by the close code."),
+        (status = 400, description = "Not a WebSocket upgrade request (text/plain)."),
+        (status = 403, description = "`Origin` not allowed.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Too many upgrades or sockets from this client.", body = crate::openapi::ErrorBody)
+    )
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
