@@ -113,6 +113,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(api::cancel_booking))
         .routes(routes!(api::confirm_booking))
         .routes(routes!(api::reject_booking))
+        .routes(routes!(api::rotate_link))
+        .routes(routes!(api::revoke_link))
         .routes(routes!(api::join))
         .routes(routes!(admin_api::create_tenant, admin_api::list_tenants))
         .routes(routes!(admin_api::create_api_key, admin_api::list_api_keys))

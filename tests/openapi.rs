@@ -21,6 +21,8 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/bookings/{id}/confirm",
     "POST /v1/bookings/{id}/reject",
     "POST /v1/bookings/{id}/cancel",
+    "POST /v1/bookings/{id}/participants/{pid}/link/rotate",
+    "POST /v1/bookings/{id}/participants/{pid}/link/revoke",
     "POST /v1/join/{link_token}",
     "POST /v1/admin/tenants",
     "GET /v1/admin/tenants",
@@ -111,7 +113,7 @@ async fn openapi_document(backend: Backend) {
     let client = d.client();
     for (key, _) in &ops {
         let (method, path) = key.split_once(' ').unwrap();
-        let url = d.url(&path.replace("{id}", "bkg_nope").replace("{link_token}", "nope"));
+        let url = d.url(&path.replace("{id}", "bkg_nope").replace("{pid}", "par_nope").replace("{link_token}", "nope"));
         let req = match method {
             "GET" => client.get(&url),
             _ => client.post(&url).json(&json!({})),

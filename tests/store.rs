@@ -4,8 +4,8 @@
 mod common;
 
 use duet::booking::store::{
-    Backend as StoreBackend, Booking, IdempotencyRecord, IdempotentCreate, ListFilter, NewParticipant, Status,
-    StatusFilter, Store, StoreError, Transition,
+    Backend as StoreBackend, Booking, IdempotencyRecord, IdempotentCreate, Kind, LinkChange, ListFilter,
+    NewParticipant, Status, StatusFilter, Store, StoreError, Transition,
 };
 use duet::booking::window::{JoinWindow, Role};
 
@@ -62,6 +62,9 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
         buffer_before_s: 0,
         buffer_after_s: 0,
         participants: Vec::new(),
+        kind: duet::booking::store::Kind::Hosted,
+        external_url: None,
+        metadata: None,
     };
     let host = format!("instructor:{id}");
     let parts = [(Role::Host, Some(host.as_str()), "Dr. Ana"), (Role::Guest, None, "J. Doe")]
@@ -72,6 +75,9 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
             reference: reference.map(String::from),
             display_name: name.into(),
             link_token_hash: link_hash(id, role),
+            email: None,
+            time_zone: None,
+            locale: None,
         })
         .collect();
     (b, parts)
@@ -331,7 +337,8 @@ crate::on_both_backends!(
     tenants_and_scoped_keys,
     transitions_and_revocations,
     idempotency_records,
-    list_bookings
+    list_bookings,
+    participant_fields_links_and_kinds
 );
 
 /// A PostgreSQL that cannot be reached at start is a clear error naming `database.url`, without its password.
@@ -620,3 +627,48 @@ async fn migration_4_exempts_existing_overlaps(backend: Backend) {
 }
 
 crate::on_both_backends!(host_overlaps, concurrent_overlapping_creates, migration_4_exempts_existing_overlaps);
+
+/// Migration 0005: participants' `email`, `time_zone`, `locale` and link epoch, booking `kind`, `external_url` and
+/// `metadata` round-trip; `set_link` replaces the hash, bumps the epoch and marks or clears the revocation, scoped to
+/// the tenant and the booking.
+async fn participant_fields_links_and_kinds(backend: Backend) {
+    let Some(o) = open(backend).await else { return };
+    let s = &o.store;
+    let (mut b, mut parts) = booking("bkg_1", "ten_a", None);
+    b.kind = Kind::ExternalLink;
+    b.external_url = Some("https://meet.example.com/x".into());
+    b.metadata = Some(r#"{"z": 1, "a":[ 2 ]}"#.into());
+    parts[0].email = Some("ana@clinic.example".into());
+    parts[0].time_zone = Some("Europe/Berlin".into());
+    parts[1].locale = Some("en-GB".into());
+    s.create_booking(&b, &parts).await.expect("create");
+    let got = s.booking(Some("ten_a"), "bkg_1").await.unwrap().unwrap();
+    assert_eq!((got.kind, got.external_url.as_deref()), (Kind::ExternalLink, Some("https://meet.example.com/x")));
+    assert_eq!(got.metadata.as_deref(), Some(r#"{"z": 1, "a":[ 2 ]}"#), "metadata kept byte for byte");
+    let (h, g) = (&got.participants[0], &got.participants[1]);
+    assert_eq!(
+        (h.email.as_deref(), h.time_zone.as_deref(), h.locale.as_deref()),
+        (Some("ana@clinic.example"), Some("Europe/Berlin"), None)
+    );
+    assert_eq!(
+        (g.email.as_deref(), g.locale.as_deref(), g.link_epoch, g.link_revoked_at),
+        (None, Some("en-GB"), 0, None)
+    );
+
+    // Another tenant, another booking, an unknown participant: nothing.
+    let new_hash = duet::booking::tokens::link_token_hash("new");
+    assert!(s.set_link("ten_b", "bkg_1", &g.id, &new_hash, LinkChange::Rotate, T0).await.unwrap().is_none());
+    assert!(s.set_link("ten_a", "bkg_2", &g.id, &new_hash, LinkChange::Rotate, T0).await.unwrap().is_none());
+    assert!(s.set_link("ten_a", "bkg_1", "par_nope", &new_hash, LinkChange::Rotate, T0).await.unwrap().is_none());
+    assert!(s.by_link(&link_hash("bkg_1", Role::Guest)).await.unwrap().is_some(), "nothing changed");
+
+    let (_, p) = s.set_link("ten_a", "bkg_1", &g.id, &new_hash, LinkChange::Rotate, T0).await.unwrap().unwrap();
+    assert_eq!((p.link_epoch, p.link_revoked_at), (1, None));
+    assert!(s.by_link(&link_hash("bkg_1", Role::Guest)).await.unwrap().is_none(), "old link gone");
+    assert!(s.by_link(&new_hash).await.unwrap().is_some(), "new link works");
+    let gone = duet::booking::tokens::link_token_hash("nobody holds this");
+    let (bk, p) = s.set_link("ten_a", "bkg_1", &g.id, &gone, LinkChange::Revoke, T0 + 5).await.unwrap().unwrap();
+    assert_eq!((p.link_epoch, p.link_revoked_at), (2, Some(T0 + 5)));
+    assert!(s.by_link(&new_hash).await.unwrap().is_none(), "revoked link gone");
+    assert_eq!((bk.sequence, bk.participants[0].link_epoch), (0, 0), "the booking and the host are untouched");
+}

@@ -504,6 +504,30 @@ impl Hub {
         }
     }
 
+    /// Closes the native socket of `participant` in `booking`'s room with `code` and `reason` (the daemon sends 4001
+    /// after a link rotation and 4004 after a revocation) and frees its slot; the partner gets `peer-left` with
+    /// `closed` and stays. No socket of that participant: no-op. (Addition to the API contract.)
+    pub fn close_participant(
+        &mut self,
+        _now: Instant,
+        booking: &str,
+        participant: &str,
+        code: u16,
+        reason: &'static str,
+    ) {
+        let Some(room) = self.by_booking.get(booking).and_then(|&i| self.rooms.get(i)).and_then(Option::as_ref) else {
+            return;
+        };
+        let conn = [Role::Host, Role::Guest]
+            .into_iter()
+            .filter_map(|role| room.slot(role))
+            .find(|p| p.participant == participant)
+            .map(|p| p.conn);
+        if let Some(conn) = conn {
+            self.detach(conn, LeaveReason::Closed, Some((code, reason)));
+        }
+    }
+
     /// Closes every room and socket (shutdown).
     pub fn close_all(&mut self, _now: Instant, reason: CloseReason) {
         for idx in 0..self.rooms.len() {

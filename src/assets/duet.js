@@ -109,6 +109,12 @@
     let body = null;
     try { body = await res.json(); } catch (_) { /* non-JSON body */ }
     if (!res.ok) throw new JoinError(res.status, body, res.headers.get('Retry-After'));
+    // An external-link booking (Zoom, Meet, Teams): no token, no room; the caller opens external_url.
+    if (body && body.kind === 'external_link' && typeof body.external_url === 'string'
+        && body.external_url.startsWith('https://')) {
+      body.link_token = linkToken;
+      return body;
+    }
     if (!body || !body.session_token || !body.signal_url) {
       throw new JoinError(res.status, { error: 'bad_response', message: 'Malformed join response' });
     }

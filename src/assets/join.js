@@ -243,6 +243,12 @@
       status(e.status ? `Could not check the meeting link (${e.message}).` : 'Could not reach the server. Check your connection and try again.', 'error');
       return null;
     }
+    if (joinResp.kind === 'external_link') {
+      // No Duet room: the meeting runs at the booking's https URL (checked by the server and by Duet.join).
+      status('Opening your meeting…', 'busy');
+      location.assign(joinResp.external_url);
+      return null;
+    }
     showMeeting(joinResp);
     $('join').textContent = 'Join';
     $('join').disabled = false;

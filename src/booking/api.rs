@@ -16,14 +16,15 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::store::{
-    Booking, IdempotencyRecord, IdempotentCreate, ListFilter, NewParticipant, Status, StatusFilter, StoreError,
-    Transition,
+    Booking, IdempotencyRecord, IdempotentCreate, Kind, LinkChange, ListFilter, NewParticipant, Status, StatusFilter,
+    StoreError, Transition,
 };
 use super::tokens::{self, SessionClaims};
 use super::window::{JoinRefusal, JoinWindow, Role};
 use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
 use crate::openapi::ErrorBody;
+use serde_json::value::RawValue;
 
 /// An API error: status, machine-readable code, message, optional field and extra members.
 #[derive(Debug)]
@@ -265,6 +266,14 @@ pub struct ParticipantView {
     pub joined: bool,
     /// Derived: the booking is confirmed, `join_cutoff_at` has passed and the participant never joined.
     pub no_show: bool,
+    /// Contact email, or null.
+    pub email: Option<String>,
+    /// IANA time zone name (e.g. `Europe/Berlin`), or null.
+    pub time_zone: Option<String>,
+    /// BCP 47 language tag (e.g. `en-GB`), or null.
+    pub locale: Option<String>,
+    /// Whether the participant's link was revoked (`POST …/link/revoke`; a rotation gives a working link again).
+    pub link_revoked: bool,
     /// The link token: only in the 201 answer of a create (shown once; only its hash is stored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_token: Option<String>,
@@ -318,6 +327,13 @@ pub struct BookingView {
     pub window: WindowView,
     /// Host then guest.
     pub participants: Vec<ParticipantView>,
+    /// `hosted` (a Duet room) or `external_link` (a remote meeting URL).
+    pub kind: BookingKind,
+    /// The https URL an `external_link` booking's join answers; null for `hosted`.
+    pub external_url: Option<String>,
+    /// The app's JSON object as it was sent on create (at most 4 KiB), byte for byte; null when none was sent.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Box<RawValue>>,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC.
@@ -344,6 +360,10 @@ impl BookingView {
                     display_name: p.display_name.clone(),
                     joined: p.first_joined_at.is_some(),
                     no_show: b.no_show(p, now),
+                    email: p.email.clone(),
+                    time_zone: p.time_zone.clone(),
+                    locale: p.locale.clone(),
+                    link_revoked: p.link_revoked_at.is_some(),
                     join_url: match (&token, links) {
                         (Some(t), Some((state, _))) => Some(format!("{}/j/{t}", state.public_base)),
                         _ => None,
@@ -364,6 +384,12 @@ impl BookingView {
             buffer_after_s: b.buffer_after_s,
             window: WindowView::of(&b.window),
             participants,
+            kind: match b.kind {
+                Kind::Hosted => BookingKind::Hosted,
+                Kind::ExternalLink => BookingKind::ExternalLink,
+            },
+            external_url: b.external_url.clone(),
+            metadata: b.metadata.clone().and_then(|m| RawValue::from_string(m).ok()),
             created_at: rfc3339(b.created_at),
             updated_at: rfc3339(b.updated_at),
             links_shown_once: None,
@@ -373,6 +399,17 @@ impl BookingView {
 
 fn booking_response(status: StatusCode, b: &Booking) -> Response {
     (status, axum::Json(BookingView::of(b, unix_now(), None))).into_response()
+}
+
+/// The kind of a booking (`kind` on create and in responses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BookingKind {
+    /// A Duet room (the default): join answers a session token and TURN credentials.
+    #[default]
+    Hosted,
+    /// A remote meeting URL (`external_url`, https): no room, no TURN; join answers the URL inside the window.
+    ExternalLink,
 }
 
 /// `status` on create.
@@ -418,7 +455,27 @@ pub struct CreateBooking {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 86400)]
     pub buffer_after_s: i64,
+    /// `hosted` (the default) or `external_link`.
+    #[serde(default)]
+    pub kind: BookingKind,
+    /// Required for `kind: "external_link"` (else 422 `missing_field`), refused for `hosted` (422 `invalid_field`):
+    /// an `https://` URL of at most 2048 characters (else 422 `invalid_field`).
+    #[serde(default)]
+    #[schema(max_length = 2048, pattern = r"^https://[^\u0000-\u0020\u007F-\u009F]+$")]
+    pub external_url: Option<String>,
+    /// Any JSON object of at most 4096 bytes as sent and at most 4 levels deep (else 422 `invalid_field`), stored
+    /// and echoed back verbatim in every booking response.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Box<RawValue>>,
 }
+
+/// The largest `metadata`, bytes of JSON as sent.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// The deepest `metadata`: `{"a": {"b": {"c": {"d": 1}}}}` is 4 levels.
+pub const MAX_METADATA_DEPTH: usize = 4;
+/// The longest `external_url`, characters.
+pub const MAX_EXTERNAL_URL: usize = 2048;
 
 /// The largest buffer, seconds (one day).
 const MAX_BUFFER_S: i64 = 86_400;
@@ -437,6 +494,90 @@ pub struct CreateParticipant {
     /// Shown to the other participant, 1 to 128 characters without control characters.
     #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: String,
+    /// Contact email, checked loosely (`local@domain.tld`, at most 254 characters, no spaces; else 422
+    /// `invalid_field`).
+    #[serde(default)]
+    #[schema(max_length = 254, format = Email)]
+    pub email: Option<String>,
+    /// An IANA time zone name such as `Europe/Berlin` or `UTC` (else 422 `invalid_time_zone`).
+    #[serde(default)]
+    #[schema(max_length = 64, example = "Europe/Berlin")]
+    pub time_zone: Option<String>,
+    /// A BCP 47 language tag such as `es` or `en-GB`, checked by shape (else 422 `invalid_field`).
+    #[serde(default)]
+    #[schema(max_length = 64, pattern = r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$", example = "en-GB")]
+    pub locale: Option<String>,
+}
+
+fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
+}
+
+/// A loose email check: at most 254 characters, no whitespace or control characters, one `@` with a non-empty local
+/// part (at most 64 characters) and a domain of dot-separated non-empty labels, at least two.
+pub fn plausible_email(v: &str) -> bool {
+    let Some((local, domain)) = v.rsplit_once('@') else { return false };
+    v.chars().count() <= 254
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !local.is_empty()
+        && local.len() <= 64
+        && !domain.contains('@')
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
+}
+
+/// Whether `v` is an IANA time zone name of the bundled tz database (`chrono-tz`), e.g. `Europe/Berlin`, `UTC`.
+pub fn valid_time_zone(v: &str) -> bool {
+    v.len() <= 64 && v.parse::<chrono_tz::Tz>().is_ok()
+}
+
+/// Whether `v` has the shape of a BCP 47 language tag (RFC 5646): a 2-8 letter language subtag, then subtags of 1-8
+/// letters or digits separated by `-`, at most 64 characters (`es`, `en-GB`, `zh-Hant-TW`, `sr-Latn-RS`).
+pub fn plausible_locale(v: &str) -> bool {
+    let mut parts = v.split('-');
+    let lang_ok =
+        parts.next().is_some_and(|l| (2..=8).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
+    v.len() <= 64
+        && lang_ok
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Whether `v` is an acceptable `external_url`: `https://` then a host, at most [`MAX_EXTERNAL_URL`] characters, no
+/// whitespace or control characters, and parseable as a URL with a host.
+pub fn valid_external_url(v: &str) -> bool {
+    v.chars().count() <= MAX_EXTERNAL_URL
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && v.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        && url::Url::parse(v).is_ok_and(|u| u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// Nesting depth of a JSON value: scalars 0, an object or array 1 + the deepest member.
+fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(json_depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Checks `metadata`: a JSON object of at most [`MAX_METADATA_BYTES`] as sent and [`MAX_METADATA_DEPTH`] levels;
+/// else 422 `invalid_field` naming `metadata`.
+fn check_metadata(raw: &RawValue) -> Result<(), ApiError> {
+    let text = raw.get();
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(invalid_field(
+            "metadata",
+            format!("`metadata` must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+        ));
+    }
+    let v: Value = serde_json::from_str(text).map_err(|_| invalid_field("metadata", "`metadata` is not JSON"))?;
+    if !v.is_object() {
+        return Err(invalid_field("metadata", "`metadata` must be a JSON object"));
+    }
+    if json_depth(&v) > MAX_METADATA_DEPTH {
+        return Err(invalid_field("metadata", format!("`metadata` may nest at most {MAX_METADATA_DEPTH} levels")));
+    }
+    Ok(())
 }
 
 /// Text a person typed: 1..=max characters, no control characters.
@@ -631,6 +772,55 @@ pub async fn create_booking(
         if let Some(r) = &p.reference {
             check_text(&format!("participants[{i}].ref"), r, 128)?;
         }
+        if let Some(e) = &p.email
+            && !plausible_email(e)
+        {
+            return Err(invalid_field(
+                &format!("participants[{i}].email"),
+                "`email` must look like local@domain.tld, at most 254 characters",
+            ));
+        }
+        if let Some(tz) = &p.time_zone
+            && !valid_time_zone(tz)
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_time_zone",
+                "`time_zone` must be an IANA time zone name, e.g. Europe/Berlin",
+            )
+            .field(format!("participants[{i}].time_zone")));
+        }
+        if let Some(l) = &p.locale
+            && !plausible_locale(l)
+        {
+            return Err(invalid_field(
+                &format!("participants[{i}].locale"),
+                "`locale` must be a BCP 47 language tag, e.g. es or en-GB",
+            ));
+        }
+    }
+    match (req.kind, &req.external_url) {
+        (BookingKind::Hosted, Some(_)) => {
+            return Err(invalid_field("external_url", "`external_url` is only for `kind: \"external_link\"`"));
+        }
+        (BookingKind::ExternalLink, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "`external_url` is required for `kind: \"external_link\"`",
+            )
+            .field("external_url"));
+        }
+        (BookingKind::ExternalLink, Some(u)) if !valid_external_url(u) => {
+            return Err(invalid_field(
+                "external_url",
+                format!("`external_url` must be an https:// URL of at most {MAX_EXTERNAL_URL} characters"),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(m) = &req.metadata {
+        check_metadata(m)?;
     }
     let window = JoinWindow::compute(start, end, &state.policy);
     let mut booking = Booking {
@@ -651,6 +841,12 @@ pub async fn create_booking(
         buffer_before_s: req.buffer_before_s,
         buffer_after_s: req.buffer_after_s,
         participants: Vec::new(),
+        kind: match req.kind {
+            BookingKind::Hosted => Kind::Hosted,
+            BookingKind::ExternalLink => Kind::ExternalLink,
+        },
+        external_url: req.external_url,
+        metadata: req.metadata.map(|m| m.get().to_string()),
     };
     let mut link_tokens = Vec::new();
     let mut rows = Vec::new();
@@ -663,6 +859,9 @@ pub async fn create_booking(
             reference: p.reference,
             display_name: p.display_name,
             link_token_hash: tokens::link_token_hash(&token),
+            email: p.email,
+            time_zone: p.time_zone,
+            locale: p.locale,
         };
         booking.participants.push(super::store::Participant {
             id: row.id.clone(),
@@ -670,6 +869,11 @@ pub async fn create_booking(
             reference: row.reference.clone(),
             display_name: row.display_name.clone(),
             first_joined_at: None,
+            email: row.email.clone(),
+            time_zone: row.time_zone.clone(),
+            locale: row.locale.clone(),
+            link_epoch: 0,
+            link_revoked_at: None,
         });
         link_tokens.push(token);
         rows.push(row);
@@ -870,6 +1074,101 @@ pub async fn cancel_booking(
     transition(&state, &headers, &id, Status::Cancelled, &[Status::Pending, Status::Confirmed]).await
 }
 
+/// Rotates or revokes a participant's link for the API (scope `bookings:write`): 404 `not_found` for an unknown
+/// booking (or another tenant's) or participant, else 200 with the participant (and, for a rotation, its new
+/// `link_token` and `join_url`, shown once). The participant's live native socket is closed (4001 after a rotation:
+/// join again with the new link; 4004 after a revocation) and its session tokens stop verifying (link epoch).
+async fn change_link(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    pid: &str,
+    change: LinkChange,
+) -> Result<Response, ApiError> {
+    let tenant = authenticate(state, headers, Scope::BookingsWrite).await?;
+    if !plausible_id(id) || !plausible_id(pid) {
+        return Err(ApiError::not_found());
+    }
+    let token = tokens::new_link_token();
+    let now = unix_now();
+    let (b, p) = state
+        .store
+        .set_link(&tenant, id, pid, &tokens::link_token_hash(&token), change, now)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let (code, reason, event) = match change {
+        LinkChange::Rotate => (4001, "link rotated, join again", "link rotated"),
+        LinkChange::Revoke => (4004, "link revoked", "link revoked"),
+    };
+    state.hub.close_participant(&b.id, &p.id, code, reason);
+    tracing::info!(target: "booking", booking = %b.id, participant = %p.id, "{event}");
+    let index = b.participants.iter().position(|x| x.id == p.id).unwrap_or(0);
+    let mut view = BookingView::of(&b, now, None).participants.swap_remove(index);
+    if change == LinkChange::Rotate {
+        view.join_url = Some(format!("{}/j/{token}", state.public_base));
+        view.link_token = Some(token);
+    }
+    Ok(axum::Json(view).into_response())
+}
+
+/// `POST /v1/bookings/{id}/participants/{pid}/link/rotate`: a new link for the participant, shown once in the answer
+/// (`link_token`, `join_url`); the old link answers 404 at once, the participant's session tokens stop working and
+/// its live socket is closed with 4001. A revoked link is live again after a rotation.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/participants/{pid}/link/rotate",
+    tag = "bookings",
+    operation_id = "rotate_link",
+    security(("bearerAuth" = ["bookings:write"])),
+    params(
+        ("id" = String, Path, description = "Booking id, `bkg_…`."),
+        ("pid" = String, Path, description = "Participant id, `par_…`.")
+    ),
+    responses(
+        (status = 200, description = "The participant with its new `link_token` and `join_url` (shown once).", body = ParticipantView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 404, description = "No such booking in the caller's tenant, or no such participant in it (`not_found`).", body = ErrorBody),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody)
+    )
+)]
+pub async fn rotate_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, pid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    change_link(&state, &headers, &id, &pid, LinkChange::Rotate).await
+}
+
+/// `POST /v1/bookings/{id}/participants/{pid}/link/revoke`: the participant's link answers 404 at once, its session
+/// tokens stop working and its live socket is closed with 4004 (idempotent). TURN credentials already handed out are
+/// revoked per booking only (cancel): they stay valid until the booking's `hard_end_at`.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/participants/{pid}/link/revoke",
+    tag = "bookings",
+    operation_id = "revoke_link",
+    security(("bearerAuth" = ["bookings:write"])),
+    params(
+        ("id" = String, Path, description = "Booking id, `bkg_…`."),
+        ("pid" = String, Path, description = "Participant id, `par_…`.")
+    ),
+    responses(
+        (status = 200, description = "The participant, `link_revoked: true`.", body = ParticipantView),
+        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
+        (status = 404, description = "No such booking in the caller's tenant, or no such participant in it (`not_found`).", body = ErrorBody),
+        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody)
+    )
+)]
+pub async fn revoke_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, pid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    change_link(&state, &headers, &id, &pid, LinkChange::Revoke).await
+}
+
 /// `POST /v1/join/{link_token}`: the link is the capability (no API key). Inside the window: a session token,
 /// the signal URL and per-booking ICE servers. Outside: 403 `join_too_early` (+ `Retry-After`), 410
 /// `join_window_closed` / `booking_cancelled` / `booking_rejected`; pending booking: 409
@@ -882,7 +1181,7 @@ pub async fn cancel_booking(
     security(()),
     params(("link_token" = String, Path, description = "The link token of a participant's join URL (the capability; no API key).")),
     responses(
-        (status = 200, description = "Admitted: session token, signal URL, ICE servers with TURN credentials.", body = JoinAnswer),
+        (status = 200, description = "Admitted. A hosted booking: session token, signal URL, ICE servers with TURN credentials (`JoinAnswer`); an external-link booking: `kind: \"external_link\"` and the `external_url` to open, no token, no ICE servers (`ExternalJoinAnswer`).", body = JoinResult),
         (status = 403, description = "`join_too_early` (members `opens_at`, `retry_after`).", body = ErrorBody, headers(("Retry-After" = i64, description = "Seconds until the window opens."))),
         (status = 404, description = "`link_invalid_or_revoked`.", body = ErrorBody),
         (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
@@ -952,6 +1251,23 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
         }
     }
     state.store.mark_joined(&p.id, now).await?;
+    if b.kind == Kind::ExternalLink {
+        tracing::info!(target: "booking", booking = %b.id, role = p.role.as_str(), "external-link join answered");
+        let body = JoinResult::External(ExternalJoinAnswer {
+            kind: BookingKind::ExternalLink,
+            external_url: b.external_url.clone().unwrap_or_default(),
+            role: p.role,
+            participant: JoinParticipant { id: p.id.clone(), role: p.role, display_name: p.display_name.clone() },
+            booking: JoinBooking {
+                id: b.id.clone(),
+                title: b.title.clone(),
+                start_at: rfc3339(b.start_at),
+                end_at: rfc3339(b.end_at),
+            },
+            window: WindowView::of(&b.window),
+        });
+        return Ok(axum::Json(body).into_response());
+    }
     let exp = (now + state.session_ttl.as_secs() as i64).min(b.window.hard_end_at);
     let claims = SessionClaims {
         iss: tokens::ISSUER.into(),
@@ -964,10 +1280,12 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
         bkg: b.id.clone(),
         role: p.role,
         seq: b.sequence,
+        pep: p.link_epoch,
     };
     let session_token = state.session_keys().sign(&claims);
     tracing::info!(target: "booking", booking = %b.id, role = p.role.as_str(), "join admitted");
     let body = JoinAnswer {
+        kind: BookingKind::Hosted,
         session_token,
         expires_at: rfc3339(exp),
         signal_url: state.signal_url(),
@@ -982,12 +1300,43 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiE
         },
         window: WindowView::of(&b.window),
     };
-    Ok(axum::Json(body).into_response())
+    Ok(axum::Json(JoinResult::Hosted(body)).into_response())
 }
 
-/// The 200 answer of `POST /v1/join/{link_token}`.
+/// The 200 answer of `POST /v1/join/{link_token}`: [`JoinAnswer`] for a hosted booking, [`ExternalJoinAnswer`] for
+/// an external-link one.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum JoinResult {
+    /// A hosted booking: session token, signal URL, ICE servers.
+    Hosted(JoinAnswer),
+    /// An external-link booking: the URL to open.
+    External(ExternalJoinAnswer),
+}
+
+/// The 200 answer of `POST /v1/join/{link_token}` for an `external_link` booking inside its window: the URL to
+/// open; no session token, no ICE servers (the booking has no room).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExternalJoinAnswer {
+    /// Always `external_link`.
+    pub kind: BookingKind,
+    /// The booking's https URL (Zoom, Meet, Teams…).
+    pub external_url: String,
+    /// The caller's role.
+    pub role: Role,
+    /// The caller.
+    pub participant: JoinParticipant,
+    /// The booking.
+    pub booking: JoinBooking,
+    /// The join window.
+    pub window: WindowView,
+}
+
+/// The 200 answer of `POST /v1/join/{link_token}` for a hosted booking.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JoinAnswer {
+    /// Always `hosted`.
+    pub kind: BookingKind,
     /// Session token (JWT) for `GET /v1/signal?token=`; valid until `expires_at`.
     pub session_token: String,
     /// Expiry of the session token, RFC 3339 UTC (at most the booking's `hard_end_at`).

@@ -152,6 +152,36 @@ pub struct Participant {
     pub display_name: String,
     /// First admission, Unix seconds.
     pub first_joined_at: Option<i64>,
+    /// Contact email (validated loosely by the API, at most 254 characters).
+    pub email: Option<String>,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    pub time_zone: Option<String>,
+    /// BCP 47 language tag, e.g. `en-GB`.
+    pub locale: Option<String>,
+    /// Goes up with every rotation or revocation of the participant's link: session tokens carry the epoch they were
+    /// issued under (claim `pep`) and stop verifying on the WebSocket once it moved.
+    pub link_epoch: i64,
+    /// When the link was revoked (Unix seconds); `None` while the participant has a working link.
+    pub link_revoked_at: Option<i64>,
+}
+
+/// The kind of a booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Duet room: join answers a session token and TURN credentials.
+    Hosted,
+    /// A remote meeting URL (Zoom, Meet, Teams): no room, no TURN; join answers the URL inside the window.
+    ExternalLink,
+}
+
+impl Kind {
+    /// Stored and wire form: `hosted` or `external_link`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Hosted => "hosted",
+            Kind::ExternalLink => "external_link",
+        }
+    }
 }
 
 /// A booking with its participants.
@@ -186,6 +216,12 @@ pub struct Booking {
     pub buffer_after_s: i64,
     /// Host then guest.
     pub participants: Vec<Participant>,
+    /// `hosted` or `external_link`.
+    pub kind: Kind,
+    /// The https URL to open, exactly for [`Kind::ExternalLink`].
+    pub external_url: Option<String>,
+    /// The app's JSON object as it was sent (at most 4 KiB), echoed back verbatim.
+    pub metadata: Option<String>,
 }
 
 impl Booking {
@@ -226,6 +262,21 @@ pub struct NewParticipant {
     pub display_name: String,
     /// SHA-256 of the link token.
     pub link_token_hash: Vec<u8>,
+    /// Contact email.
+    pub email: Option<String>,
+    /// IANA time zone name.
+    pub time_zone: Option<String>,
+    /// BCP 47 language tag.
+    pub locale: Option<String>,
+}
+
+/// What [`Store::set_link`] does to a participant's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChange {
+    /// A new link replaces the old one (a revoked link is live again).
+    Rotate,
+    /// The link is replaced by one nobody holds and marked revoked.
+    Revoke,
 }
 
 /// An API key row (the key itself is never stored).
@@ -830,7 +881,7 @@ impl Store {
         }
         let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
         let psql = format!(
-            "SELECT booking_id, id, role, ref, display_name, first_joined_at FROM participants \
+            "SELECT booking_id, {PARTICIPANT_COLUMNS} FROM participants \
              WHERE booking_id IN ({}) ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END",
             marks.join(", ")
         );
@@ -860,10 +911,10 @@ impl Store {
     }
 
     async fn participants(&self, booking: &str) -> Result<Vec<Participant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, role, ref, display_name, first_joined_at FROM participants WHERE booking_id = $1 \
-             ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE booking_id = $1 \
+             ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END"
+        ))
         .bind(booking)
         .fetch_all(&self.pool)
         .await?;
@@ -911,6 +962,46 @@ impl Store {
         Ok(Some(b))
     }
 
+    /// Rotates or revokes the link of participant `pid` of booking `booking` of `tenant` at `now` (Unix seconds), in
+    /// one statement: `new_hash` (SHA-256 of the new link token; for [`LinkChange::Revoke`] the hash of a random token
+    /// nobody holds) replaces the stored hash, so the old link answers 404 at once; `link_epoch` goes up, so session
+    /// tokens issued before stop verifying; `link_revoked_at` is set (revoke) or cleared (rotate). Returns the booking
+    /// and the participant after the change; `None` when the tenant has no such booking or the booking no such
+    /// participant (another tenant's booking is `None` too).
+    pub async fn set_link(
+        &self,
+        tenant: &str,
+        booking: &str,
+        pid: &str,
+        new_hash: &[u8],
+        change: LinkChange,
+        now: i64,
+    ) -> Result<Option<(Booking, Participant)>, StoreError> {
+        let revoked_at = match change {
+            LinkChange::Rotate => None,
+            LinkChange::Revoke => Some(now),
+        };
+        let changed = sqlx::query(
+            "UPDATE participants SET link_token_hash = $1, link_epoch = link_epoch + 1, link_revoked_at = $2 \
+             WHERE id = $3 AND booking_id = $4 \
+             AND EXISTS (SELECT 1 FROM bookings b WHERE b.id = $4 AND b.tenant_id = $5)",
+        )
+        .bind(new_hash)
+        .bind(revoked_at)
+        .bind(pid)
+        .bind(booking)
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(None);
+        }
+        let Some(b) = self.booking(Some(tenant), booking).await? else { return Ok(None) };
+        let p = b.participants.iter().find(|p| p.id == pid).cloned();
+        Ok(p.map(|p| (b, p)))
+    }
+
     /// Records the first admission of a participant (kept if already set).
     pub async fn mark_joined(&self, participant: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE participants SET first_joined_at = COALESCE(first_joined_at, $1) WHERE id = $2")
@@ -934,10 +1025,10 @@ impl Store {
     }
 }
 
-/// The query of [`Store::live_by_external_id`] (only confirmed bookings: pending ones are not open yet, rejected and
-/// cancelled ones are closed).
+/// The query of [`Store::live_by_external_id`] (only confirmed hosted bookings: pending ones are not open yet,
+/// rejected and cancelled ones are closed, external-link ones have no room).
 const VY_LOOKUP: &str = "SELECT * FROM bookings WHERE tenant_id = $1 AND external_id = $2 \
-                         AND status = 'confirmed' AND hard_end_at > $3";
+                         AND status = 'confirmed' AND kind = 'hosted' AND hard_end_at > $3";
 
 /// The query of [`Store::host_conflict`]: a probe of the partial index `bookings_host_blocked`.
 const HOST_CONFLICT: &str = "SELECT id FROM bookings WHERE tenant_id = $1 AND host_ref = $2 \
@@ -956,7 +1047,8 @@ async fn insert_booking(
     let r = sqlx::query(
         "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
          join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at, host_ref, buffer_before_s, \
-         buffer_after_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         buffer_after_s, kind, external_url, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
     )
     .bind(&b.id)
     .bind(&b.tenant_id)
@@ -975,6 +1067,9 @@ async fn insert_booking(
     .bind(host_ref)
     .bind(b.buffer_before_s)
     .bind(b.buffer_after_s)
+    .bind(b.kind.as_str())
+    .bind(&b.external_url)
+    .bind(&b.metadata)
     .execute(&mut **tx)
     .await;
     if let Err(e) = &r {
@@ -990,8 +1085,8 @@ async fn insert_booking(
     r?;
     for p in parts {
         sqlx::query(
-            "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash, email, time_zone, \
+             locale) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&p.id)
         .bind(&b.id)
@@ -999,11 +1094,18 @@ async fn insert_booking(
         .bind(&p.reference)
         .bind(&p.display_name)
         .bind(&p.link_token_hash)
+        .bind(&p.email)
+        .bind(&p.time_zone)
+        .bind(&p.locale)
         .execute(&mut **tx)
         .await?;
     }
     Ok(())
 }
+
+/// The columns [`participant_from_row`] reads.
+const PARTICIPANT_COLUMNS: &str =
+    "id, role, ref, display_name, first_joined_at, email, time_zone, locale, link_epoch, link_revoked_at";
 
 /// The columns [`api_key_from_row`] reads.
 const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, key_hash, created_at, expires_at, revoked_at";
@@ -1050,6 +1152,9 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
         buffer_before_s: r.try_get("buffer_before_s")?,
         buffer_after_s: r.try_get("buffer_after_s")?,
         participants: Vec::new(),
+        kind: if r.try_get::<String, _>("kind")? == "external_link" { Kind::ExternalLink } else { Kind::Hosted },
+        external_url: r.try_get("external_url")?,
+        metadata: r.try_get("metadata")?,
     })
 }
 
@@ -1062,6 +1167,11 @@ fn participant_from_row(r: &AnyRow) -> Result<Participant, StoreError> {
         reference: r.try_get("ref")?,
         display_name: r.try_get("display_name")?,
         first_joined_at: r.try_get("first_joined_at")?,
+        email: r.try_get("email")?,
+        time_zone: r.try_get("time_zone")?,
+        locale: r.try_get("locale")?,
+        link_epoch: r.try_get("link_epoch")?,
+        link_revoked_at: r.try_get("link_revoked_at")?,
     })
 }
 

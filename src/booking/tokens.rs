@@ -58,6 +58,10 @@ pub struct SessionClaims {
     pub role: Role,
     /// The booking's `sequence` when issued; a reschedule or cancel bumps it and invalidates the token.
     pub seq: i64,
+    /// The participant's link epoch when issued; a rotation or revocation of the participant's link bumps it and
+    /// invalidates the token. Tokens issued before this claim existed carry none and are read as 0.
+    #[serde(default)]
+    pub pep: i64,
 }
 
 /// Signs and verifies session tokens (HS256, RFC 7518 §3.2). The newest key signs, with its id in the JWT header
@@ -148,6 +152,7 @@ mod tests {
             bkg: "bkg_1".into(),
             role: Role::Guest,
             seq: 0,
+            pep: 0,
         }
     }
 

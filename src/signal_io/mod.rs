@@ -109,6 +109,7 @@ enum Input {
 /// What the rest of the daemon asks of the signaling task (rare, from authenticated callers: unbounded).
 enum Control {
     CloseBooking { booking: String, reason: CloseReason },
+    CloseParticipant { booking: String, participant: String, code: u16, reason: &'static str },
     CloseAll,
     PeerjsIds { namespace: String, reply: oneshot::Sender<Vec<String>> },
 }
@@ -175,6 +176,18 @@ impl HubHandle {
     /// Closes the rooms of a cancelled booking (4004) in every mode.
     pub fn cancel_booking(&self, booking: &str) {
         let _ = self.ctl.send(Control::CloseBooking { booking: booking.to_string(), reason: CloseReason::Cancelled });
+    }
+
+    /// Closes the native socket of one participant of `booking` with `code` (4001 after a link rotation, 4004 after
+    /// a revocation); the partner stays. PeerJS registrations of the participant are not closed (they end with the
+    /// booking); their next registration is refused, as the token no longer verifies.
+    pub fn close_participant(&self, booking: &str, participant: &str, code: u16, reason: &'static str) {
+        let _ = self.ctl.send(Control::CloseParticipant {
+            booking: booking.to_string(),
+            participant: participant.to_string(),
+            code,
+            reason,
+        });
     }
 
     /// Closes every socket (1001).
@@ -291,6 +304,9 @@ impl Cores {
             Control::CloseBooking { booking, reason } => {
                 self.hub.close_booking(now, &booking, reason);
                 self.peerjs.close_booking(now, &booking, reason);
+            }
+            Control::CloseParticipant { booking, participant, code, reason } => {
+                self.hub.close_participant(now, &booking, &participant, code, reason);
             }
             Control::CloseAll => {
                 self.hub.close_all(now, CloseReason::Shutdown);

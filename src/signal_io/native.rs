@@ -1,6 +1,7 @@
 //! `GET /v1/signal?token=…`: the native v1 protocol (research/signaling.md §10.3). The session token and the booking
 //! are checked before the upgrade; a refused socket is still upgraded so the browser sees the close code: 4001 bad or
-//! outdated token, 4003 outside the window, 4004 unknown or cancelled booking.
+//! outdated token (the booking's `sequence` or the participant's link epoch moved: reschedule, link rotated or
+//! revoked), 4003 outside the window, 4004 unknown, cancelled or external-link booking.
 //!
 //! Per-client counting (every mode, [`guard`]): an upgrade holds a *pending* place while its credential is checked
 //! (and, when refused, while its close code is delivered); only a verified socket takes one of the client's
@@ -19,7 +20,7 @@ use serde::Deserialize;
 use super::{Admit, close, connection, guard};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::{ApiError, ice_servers, window_json};
-use crate::booking::store::Status;
+use crate::booking::store::{Kind, Status};
 use crate::booking::window::Role;
 use crate::client_ip::{IpKey, client_ip};
 
@@ -141,6 +142,9 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
     if booking.status != Status::Confirmed {
         return Err((close_code::UNKNOWN_BOOKING, "booking cancelled, rejected or not confirmed"));
     }
+    if booking.kind != Kind::Hosted {
+        return Err((close_code::UNKNOWN_BOOKING, "an external-link booking has no room"));
+    }
     if booking.sequence != claims.seq {
         return Err((close_code::BAD_TOKEN, "token outdated, join again"));
     }
@@ -149,6 +153,9 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
         .iter()
         .find(|p| p.id == claims.sub)
         .ok_or((close_code::BAD_TOKEN, "unknown participant"))?;
+    if participant.link_epoch != claims.pep {
+        return Err((close_code::BAD_TOKEN, "link rotated or revoked"));
+    }
     let now = unix_now();
     if now >= booking.window.hard_end_at || now < booking.window.opens_for(participant.role) {
         return Err((close_code::OUTSIDE_WINDOW, "outside the meeting window"));

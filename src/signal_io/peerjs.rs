@@ -28,7 +28,7 @@ use super::native::{admitted, configure, instant_of, precheck};
 use super::{Admit, connection, vy};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::ApiError;
-use crate::booking::store::Status;
+use crate::booking::store::{Kind, Status};
 
 /// The namespace and scope of a `key`, or `None` when the key is neither the static key nor a live session token.
 async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Scope>)> {
@@ -40,10 +40,12 @@ async fn namespace_of(state: &AppState, key: &str) -> Option<(String, Option<Sco
     let claims = state.session_keys().verify(key).ok()?;
     let b = state.store.booking(None, &claims.bkg).await.ok()??;
     let participant = b.participants.iter().find(|p| p.id == claims.sub)?;
-    let (role, participant) = (participant.role, participant.id.clone());
+    let (role, epoch, participant) = (participant.role, participant.link_epoch, participant.id.clone());
     let now = unix_now();
     if b.status != Status::Confirmed
+        || b.kind != Kind::Hosted
         || b.sequence != claims.seq
+        || epoch != claims.pep
         || now < b.window.opens_for(role)
         || now >= b.window.hard_end_at
     {
