@@ -212,6 +212,21 @@ async fn openapi_document(backend: Backend) {
     let (status, _, joined) = d.join(token).await;
     assert_eq!(status, 200, "{joined}");
     assert_valid(&doc, "JoinAnswer", &joined);
+    assert_valid(&doc, "JoinResult", &joined);
+    // An external-link booking and its join answer match the document too, and the hosted answer is not taken for
+    // the external one.
+    let mut external = common::booking_body(0, 600);
+    external["kind"] = json!("external_link");
+    external["external_url"] = json!("https://meet.example.com/x");
+    external["metadata"] = json!({"visit": "V-1"});
+    let (status, external) = d.create_booking(&external).await;
+    assert_eq!(status, 201, "{external}");
+    assert_valid(&doc, "Booking", &external);
+    let (status, _, ext_joined) = d.join(participant(&external, "guest")["link_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{ext_joined}");
+    assert_valid(&doc, "ExternalJoinAnswer", &ext_joined);
+    assert_valid(&doc, "JoinResult", &ext_joined);
+    assert!(!validator(&doc, "ExternalJoinAnswer").is_valid(&joined), "a hosted answer validates as external");
     let r = client.get(d.url("/v1/bookings/bkg_nope")).bearer_auth(&d.api_key).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_valid(&doc, "Error", &r.json().await.unwrap());

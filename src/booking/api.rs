@@ -679,7 +679,7 @@ fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
     tag = "bookings",
     operation_id = "create_booking",
     security(("bearerAuth" = ["bookings:write"])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; kept 24 h per tenant. Recommended, not required.")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; kept 24 h per tenant. Recommended, not required.", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")),
     request_body(content = CreateBooking, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; each participant carries its `link_token` and `join_url` (shown once). A replay with the same `Idempotency-Key` and body answers the original status and body (without the link tokens, `links_shown_once: true`) with `Idempotent-Replayed: true`.", body = BookingView, headers(("Idempotent-Replayed" = String, description = "`true` on a replay of a recorded `Idempotency-Key`."))),
