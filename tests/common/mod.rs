@@ -136,6 +136,31 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// `kill -9`: sends SIGKILL to the daemon process (`Child::kill` on Unix), so it gets no chance to flush, close
+    /// sockets or finish a transaction, and waits until it has exited.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the daemon with SIGKILL ([`Daemon::kill9`]; a no-op if it is already dead) and boots a new one with the
+    /// same config file, so on the same data directory and database; the temporary directory and the test database
+    /// move to the new daemon. Panics when it prints no ready line within 30 s.
+    pub fn restart(mut self) -> Daemon {
+        self.kill9();
+        let config_path = self.data_dir.parent().expect("data_dir has a parent").join("config.toml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+        cmd.args(["serve", "--config"]).arg(&config_path);
+        let (child, ready) = spawn_ready(cmd);
+        let api_key_file = PathBuf::from(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
+        let mut d = from_ready(child, &ready, &api_key_file, self.data_dir.clone());
+        d._tmp = self._tmp.take();
+        d.db = self.db.take();
+        d
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
