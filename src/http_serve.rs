@@ -1,4 +1,4 @@
-//! The one accept path of the HTTP and Virtual Y listeners, plain or TLS (DESIGN §7: rustls, reloaded on SIGHUP
+//! The one accept path of the HTTP and Virtual Y listeners, plain or TLS (rustls, reloaded on SIGHUP
 //! through the same [`TlsConfig`] as TURNS).
 //!
 //! Per connection, in order:

@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::booking::{admin_api, api};
 use crate::signal_io;
 
-/// The body of every API error (research/booking.md §7.7): a machine-readable code, a message for people, the
+/// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the
 /// request member at fault when there is one, and members of some codes (`scope`, `opens_at`, `retry_after`,
 /// `closed_at`, `status`, `latest_start_at`, `conflicting_booking_id`).
 #[derive(Debug, Serialize, ToSchema)]

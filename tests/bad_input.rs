@@ -204,7 +204,7 @@ async fn api_refuses_bookings_beyond_the_horizon(backend: Backend) {
     assert_eq!(status, 201, "a booking 1 h ahead is inside a 2 h horizon: {body}");
 }
 
-/// research/booking.md §7.7, "overlap with the host's bookings including buffers": `409 slot_unavailable` naming
+/// Overlap with the host's bookings, buffers included (README, "No double booking"): `409 slot_unavailable` naming
 /// `start_at`, and buffers outside 0-86400 s are `422 invalid_field` (more in `tests/double_booking.rs`).
 async fn api_double_booking_is_409_slot_unavailable(backend: Backend) {
     let Some(mut d) = Daemon::start_on(backend, "") else { return };

@@ -201,7 +201,7 @@ async fn admin_endpoints_need_the_admin_scope(backend: Backend) {
     assert_eq!((status, got["error"].as_str()), (404, Some("not_found")), "{got}");
 }
 
-/// Bad input on the admin endpoints gets the codes of research/booking.md §7.7, and creates nothing.
+/// Bad input on the admin endpoints gets the codes of the README API table, and creates nothing.
 async fn admin_endpoints_refuse_bad_input(backend: Backend) {
     let Some(d) = Daemon::start_on(backend, "") else { return };
     let t = new_tenant(&d, "T").await;

@@ -425,7 +425,7 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str, _slot: gu
 }
 
 /// One admitted socket: frames in to the cores, queued outputs out. Native and Virtual Y sockets get WebSocket
-/// pings every `ping_interval` and are closed after two unanswered ones (research/signaling.md §10.2); every ping
+/// pings every `ping_interval` and are closed after two unanswered ones (as the Virtual Y server does); every ping
 /// sent and pong received is reported to the hub (Virtual Y liveness). PeerJS clients keep themselves alive with
 /// `HEARTBEAT` frames, which the core checks. Every write has `send_timeout`; a socket whose write does not complete
 /// in that time is dropped. A Virtual Y socket the hub refuses because its slot is taken (4009) counts as a refused
