@@ -17,7 +17,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::booking::store::{ApiKey, NewApiKey, Store, StoreError, Tenant};
+use crate::booking::store::{ApiKey, Store, StoreError, Tenant};
 use crate::data_dir::{DataDir, new_api_key};
 
 /// Key id of the admin API key.
@@ -155,7 +155,7 @@ pub async fn create_key(store: &Store, req: KeyRequest, now: i64) -> Result<(Api
     let mut scopes = req.scopes;
     scopes.sort();
     scopes.dedup();
-    let row = NewApiKey {
+    let row = ApiKey {
         id: crate::booking::tokens::new_id("key"),
         tenant_id: req.tenant_id,
         name: req.name,
@@ -163,22 +163,13 @@ pub async fn create_key(store: &Store, req: KeyRequest, now: i64) -> Result<(Api
         key_hash: key_hash(&key),
         created_at: now,
         expires_at: req.expires_at,
+        revoked_at: None,
     };
     store.create_api_key(&row).await.map_err(|e| match e {
         StoreError::UnknownTenant => KeyRequestError::UnknownTenant,
         e => e.into(),
     })?;
-    let stored = ApiKey {
-        id: row.id,
-        tenant_id: row.tenant_id,
-        name: row.name,
-        scopes: row.scopes,
-        key_hash: row.key_hash,
-        created_at: now,
-        expires_at: row.expires_at,
-        revoked_at: None,
-    };
-    Ok((stored, key))
+    Ok((row, key))
 }
 
 /// Issues a new key for API key `id` other than the admin key (whose key lives in its file: [`rotate`]): the old

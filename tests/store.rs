@@ -197,7 +197,7 @@ async fn api_keys(backend: Backend) {
 /// scopes round-trip sorted, expiry and revocation make a key not live, rotation keeps the row and changes the key.
 async fn tenants_and_scoped_keys(backend: Backend) {
     use duet::api_key::Scope;
-    use duet::booking::store::NewApiKey;
+    use duet::booking::store::ApiKey;
     let Some(o) = open(backend).await else { return };
     let s = &o.store;
     let tenants = s.tenants().await.unwrap();
@@ -208,7 +208,7 @@ async fn tenants_and_scoped_keys(backend: Backend) {
     assert_eq!(s.tenant("ten_a").await.unwrap(), Some(a));
     assert!(matches!(s.create_tenant("ten_a", "again", T0).await, Err(StoreError::Db(_))), "ids are unique");
 
-    let key = |id: &str, tenant: &str, hash: u8, expires_at: Option<i64>| NewApiKey {
+    let key = |id: &str, tenant: &str, hash: u8, expires_at: Option<i64>| ApiKey {
         id: id.into(),
         tenant_id: tenant.into(),
         name: Some(format!("name of {id}")),
@@ -216,6 +216,7 @@ async fn tenants_and_scoped_keys(backend: Backend) {
         key_hash: vec![hash; 32],
         created_at: T0,
         expires_at,
+        revoked_at: None,
     };
     assert!(matches!(s.create_api_key(&key("key_x", "ten_nope", 9, None)).await, Err(StoreError::UnknownTenant)));
     assert!(s.api_key("key_x").await.unwrap().is_none(), "nothing written for an unknown tenant");

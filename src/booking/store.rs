@@ -307,25 +307,6 @@ impl ApiKey {
     }
 }
 
-/// A new API key to insert ([`Store::create_api_key`]).
-#[derive(Debug, Clone)]
-pub struct NewApiKey {
-    /// `key_…`.
-    pub id: String,
-    /// Owning tenant, which must exist.
-    pub tenant_id: String,
-    /// Label.
-    pub name: Option<String>,
-    /// Scopes (at least one).
-    pub scopes: Vec<Scope>,
-    /// SHA-256 of the key.
-    pub key_hash: Vec<u8>,
-    /// Creation, Unix seconds.
-    pub created_at: i64,
-    /// Expiry, Unix seconds.
-    pub expires_at: Option<i64>,
-}
-
 /// A tenant: the owner of API keys and bookings. Keys of one tenant never see another tenant's objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -572,12 +553,12 @@ impl Store {
         rows.iter().map(api_key_from_row).collect()
     }
 
-    /// Inserts a new API key, in one statement that also checks that its tenant exists. Errors:
-    /// [`StoreError::UnknownTenant`], [`StoreError::Db`].
-    pub async fn create_api_key(&self, k: &NewApiKey) -> Result<(), StoreError> {
+    /// Inserts API key row `k` (its tenant must exist; `scopes` at least one), in one statement that also checks
+    /// that the tenant exists. Errors: [`StoreError::UnknownTenant`], [`StoreError::Db`].
+    pub async fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
         let inserted = sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash, created_at, expires_at) \
-             SELECT $1, id, $2, $3, $4, $5, $6 FROM tenants WHERE id = $7",
+            "INSERT INTO api_keys (id, tenant_id, name, scopes, key_hash, created_at, expires_at, revoked_at) \
+             SELECT $1, id, $2, $3, $4, $5, $6, $8 FROM tenants WHERE id = $7",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -586,6 +567,7 @@ impl Store {
         .bind(k.created_at)
         .bind(k.expires_at)
         .bind(&k.tenant_id)
+        .bind(k.revoked_at)
         .execute(&self.pool)
         .await?
         .rows_affected();
