@@ -126,8 +126,52 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 /// The OpenAPI 3.1 document of the whole API, as served (with [`add_links`]).
 pub fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(api_router().into_openapi()).unwrap_or_default();
+    add_common_responses(&mut doc);
     add_links(&mut doc);
     doc
+}
+
+/// The error responses every operation shares, added here once instead of on each `#[utoipa::path]`: 408
+/// `request_timeout` on every operation (`[http] request_timeout`), and on operations with a `bearerAuth` scope 401
+/// `unauthorized` and 403 `insufficient_scope` naming that scope, both with `WWW-Authenticate`. An operation that
+/// documents one of these statuses itself keeps its own.
+fn add_common_responses(doc: &mut serde_json::Value) {
+    let error = || serde_json::json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    let challenge =
+        |value: String| serde_json::json!({"WWW-Authenticate": {"schema": {"type": "string"}, "description": value}});
+    let Some(paths) = doc.get_mut("paths").and_then(serde_json::Value::as_object_mut) else { return };
+    for op in paths.values_mut().filter_map(serde_json::Value::as_object_mut).flat_map(|p| p.values_mut()) {
+        let scopes: Vec<String> = op["security"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|req| req["bearerAuth"].as_array())
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        let Some(responses) = op.get_mut("responses").and_then(serde_json::Value::as_object_mut) else { continue };
+        let mut add = |status: &str, value: serde_json::Value| {
+            responses.entry(status).or_insert(value);
+        };
+        add(
+            "408",
+            serde_json::json!({"description": "The request was not complete within `request_timeout` \
+                (`request_timeout`).", "content": error()}),
+        );
+        if let Some(scope) = scopes.first() {
+            add(
+                "401",
+                serde_json::json!({"description": "Missing, unknown, revoked or expired API key (`unauthorized`).",
+                    "content": error(), "headers": challenge("`Bearer`".into())}),
+            );
+            add(
+                "403",
+                serde_json::json!({"description": format!("The key lacks the scope `{scope}` \
+                    (`insufficient_scope`, member `scope`)."), "content": error(),
+                    "headers": challenge(format!("`Bearer error=\"insufficient_scope\", scope=\"{scope}\"`"))}),
+            );
+        }
+    }
 }
 
 /// One OpenAPI link (written as JSON: utoipa 5 serialises its `Link` with snake_case member names).

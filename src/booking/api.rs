@@ -684,9 +684,6 @@ fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
     responses(
         (status = 201, description = "Created; each participant carries its `link_token` and `join_url` (shown once). A replay with the same `Idempotency-Key` and body answers the original status and body (without the link tokens, `links_shown_once: true`) with `Idempotent-Replayed: true`.", body = BookingView, headers(("Idempotent-Replayed" = String, description = "`true` on a replay of a recorded `Idempotency-Key`."))),
         (status = 400, description = "Malformed JSON, unknown member, wrong type (`invalid_request`, `field` when known); bad `Idempotency-Key` (`invalid_idempotency_key`).", body = ErrorBody),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 409, description = "`external_id_taken`; `slot_unavailable` (the host `ref` has a pending or confirmed booking whose blocked interval, buffers included, intersects this one; member `conflicting_booking_id` when known); `idempotency_key_in_use` (a request with this key is in progress: retry).", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`).", body = ErrorBody),
         (status = 422, description = "`missing_field`, `invalid_field`, `invalid_datetime`, `invalid_duration`, `start_in_past`, `outside_booking_horizon` (member `latest_start_at`), `invalid_participants`, `idempotency_key_reuse`; `field` names the member.", body = ErrorBody)
@@ -936,9 +933,6 @@ pub async fn create_booking(
     params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
     responses(
         (status = 200, description = "The booking.", body = BookingView),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody)
     )
 )]
@@ -1005,9 +999,6 @@ async fn transition(
     params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
     responses(
         (status = 200, description = "The booking.", body = BookingView),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (member `status`: the current one).", body = ErrorBody)
     )
@@ -1032,9 +1023,6 @@ pub async fn confirm_booking(
     params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
     responses(
         (status = 200, description = "The booking.", body = BookingView),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (member `status`: the current one).", body = ErrorBody)
     )
@@ -1059,9 +1047,6 @@ pub async fn reject_booking(
     params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
     responses(
         (status = 200, description = "The booking.", body = BookingView),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
         (status = 409, description = "`invalid_transition` (member `status`: the current one).", body = ErrorBody)
     )
@@ -1126,10 +1111,7 @@ async fn change_link(
     ),
     responses(
         (status = 200, description = "The participant with its new `link_token` and `join_url` (shown once).", body = ParticipantView),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
         (status = 404, description = "No such booking in the caller's tenant, or no such participant in it (`not_found`).", body = ErrorBody),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody)
     )
 )]
 pub async fn rotate_link(
@@ -1155,10 +1137,7 @@ pub async fn rotate_link(
     ),
     responses(
         (status = 200, description = "The participant, `link_revoked: true`.", body = ParticipantView),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
         (status = 404, description = "No such booking in the caller's tenant, or no such participant in it (`not_found`).", body = ErrorBody),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody)
     )
 )]
 pub async fn revoke_link(
@@ -1184,7 +1163,6 @@ pub async fn revoke_link(
         (status = 200, description = "Admitted. A hosted booking: session token, signal URL, ICE servers with TURN credentials (`JoinAnswer`); an external-link booking: `kind: \"external_link\"` and the `external_url` to open, no token, no ICE servers (`ExternalJoinAnswer`).", body = JoinResult),
         (status = 403, description = "`join_too_early` (members `opens_at`, `retry_after`).", body = ErrorBody, headers(("Retry-After" = i64, description = "Seconds until the window opens."))),
         (status = 404, description = "`link_invalid_or_revoked`.", body = ErrorBody),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 409, description = "`booking_pending_confirmation`.", body = ErrorBody),
         (status = 410, description = "`join_window_closed` (member `closed_at`), `booking_cancelled`, `booking_rejected`.", body = ErrorBody),
         (status = 503, description = "`draining`: the server is shutting down.", body = ErrorBody, headers(("Retry-After" = i64, description = "Seconds.")))
@@ -1521,9 +1499,6 @@ fn decode_cursor(cursor: &str, filters: &str) -> Result<(i64, String), ApiError>
     responses(
         (status = 200, description = "A page of bookings.", body = BookingPage),
         (status = 400, description = "`invalid_request` (unknown parameter, bad `status` or `limit` type), `invalid_cursor`.", body = ErrorBody),
-        (status = 401, description = "Missing, unknown, revoked or expired API key (`unauthorized`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The key lacks the scope (`insufficient_scope`, member `scope`).", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\", scope=\"…\"`"))),
-        (status = 408, description = "The request was not complete within `request_timeout` (`request_timeout`).", body = ErrorBody),
         (status = 422, description = "`invalid_field` (`limit` outside 1-100, a filter with control characters), `invalid_datetime` (`from`, `to`).", body = ErrorBody)
     )
 )]
