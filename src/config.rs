@@ -226,6 +226,9 @@ pub struct RawBooking {
     pub start_leeway: Option<String>,
     /// How far in the future `start_at` may be when creating a booking (default `365d`).
     pub horizon: Option<String>,
+    /// How much time in all the host may add to a booking from inside its call (`POST /v1/join/{link}/extend`;
+    /// default `30m`, `0s` turns host extension off). The API (`PATCH`) is not limited by it.
+    pub host_extend_max: Option<String>,
 }
 
 /// `[tokens]`: session tokens (JWT HS256).
@@ -543,6 +546,8 @@ pub struct BookingPolicy {
     pub start_leeway: Duration,
     /// Latest accepted `start_at` at creation, counted from now (`422 outside_booking_horizon` beyond).
     pub horizon: Duration,
+    /// Most time the host may add from inside the call, over all its extensions of one booking (zero: none).
+    pub host_extend_max: Duration,
 }
 
 /// Validated `[signaling]`.
@@ -788,6 +793,7 @@ impl RawConfig {
             max_duration: duration("booking.max_duration", &b.max_duration, Duration::from_secs(8 * 3600))?,
             start_leeway: duration("booking.start_leeway", &b.start_leeway, Duration::from_secs(60))?,
             horizon: duration("booking.horizon", &b.horizon, Duration::from_secs(365 * 86_400))?,
+            host_extend_max: duration("booking.host_extend_max", &b.host_extend_max, Duration::from_secs(1800))?,
         };
         if booking.horizon.is_zero() {
             return Err(invalid("booking.horizon", "must be longer than 0s, e.g. \"365d\""));

@@ -191,6 +191,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for (booking, until) in store.live_revocations(unix_now()).await? {
         relay.revoke_booking(&booking, until);
     }
+    // Rescheduled bookings: credentials issued before the change carry the old hard end in their username.
+    let now = unix_now();
+    for (booking, hard_end, max_hard_end, host_opens_at) in store.live_reschedules(now).await? {
+        relay.set_booking_end(&booking, hard_end, max_hard_end);
+        if now < host_opens_at {
+            relay.revoke_booking(&booking, host_opens_at);
+        }
+    }
 
     // ICE server URLs handed to clients.
     let turn_port = turn_udp.first().map_or(3478, |a| a.port());

@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::booking::{admin_api, api};
+use crate::booking::{admin_api, api, reschedule};
 use crate::signal_io;
 
 /// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the
@@ -47,6 +47,12 @@ pub struct ErrorBody {
     /// `outside_booking_horizon`: the latest `start_at` accepted now, RFC 3339 UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest_start_at: Option<String>,
+    /// `precondition_failed`: the booking's current sequence (its ETag without quotes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<i64>,
+    /// `extension_limit`: seconds the host may still add.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining_s: Option<i64>,
     /// `slot_unavailable`: the caller's booking in the way, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicting_booking_id: Option<String>,
@@ -109,13 +115,14 @@ pub async fn serve() -> impl IntoResponse {
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api::create_booking, api::list_bookings))
-        .routes(routes!(api::get_booking))
+        .routes(routes!(api::get_booking, reschedule::patch_booking))
         .routes(routes!(api::cancel_booking))
         .routes(routes!(api::confirm_booking))
         .routes(routes!(api::reject_booking))
         .routes(routes!(api::rotate_link))
         .routes(routes!(api::revoke_link))
         .routes(routes!(api::join))
+        .routes(routes!(reschedule::extend_from_call))
         .routes(routes!(admin_api::create_tenant, admin_api::list_tenants))
         .routes(routes!(admin_api::create_api_key, admin_api::list_api_keys))
         .routes(routes!(admin_api::revoke_api_key))

@@ -65,6 +65,10 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
         kind: duet::booking::store::Kind::Hosted,
         external_url: None,
         metadata: None,
+        join_policy: Default::default(),
+        max_hard_end_at: end + 900,
+        rescheduled_at: None,
+        extended_s: 0,
     };
     let host = format!("instructor:{id}");
     let parts = [(Role::Host, Some(host.as_str()), "Dr. Ana"), (Role::Guest, None, "J. Doe")]

@@ -470,6 +470,15 @@ struct Allocation {
     scheduled: Option<Instant>,
 }
 
+/// The current hard end of a rescheduled booking: every credential naming the booking expires then, whatever expiry
+/// its username carries; the rule is kept until `keep_until_unix` (the latest expiry any of its credentials may carry),
+/// so a credential of a longer earlier window never works again after the rule is forgotten.
+#[derive(Clone, Copy, Debug)]
+struct BookingEnd {
+    hard_end_unix: u64,
+    keep_until_unix: u64,
+}
+
 #[derive(Debug)]
 struct Pending {
     five_tuple: FiveTuple,
@@ -746,6 +755,8 @@ pub struct Server {
     per_username: HashMap<Box<str>, u32>,
     per_source_ip: HashMap<IpAddr, u32>,
     revoked: HashMap<Box<str>, u64>,
+    /// Bookings whose hard end moved after credentials were issued ([`Server::set_booking_end`]).
+    booking_ends: HashMap<Box<str>, BookingEnd>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     commands: VecDeque<Command>,
     limiter: SourceRateLimiter,
@@ -766,6 +777,7 @@ impl std::fmt::Debug for Server {
             .field("allocations", &self.allocations.len())
             .field("pending", &self.pending.len())
             .field("revoked", &self.revoked.len())
+            .field("booking_ends", &self.booking_ends.len())
             .field("static_credentials", &self.statics.len())
             .field("authenticated_streams", &self.authenticated_streams.len())
             .field("timers", &self.timers.len())
@@ -797,6 +809,7 @@ impl Server {
             per_username: HashMap::new(),
             per_source_ip: HashMap::new(),
             revoked: HashMap::new(),
+            booking_ends: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
             limiter: SourceRateLimiter::new(now),
@@ -1075,7 +1088,9 @@ impl Server {
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
         };
-        if user.expiry_unix <= unix_now {
+        // A rescheduled booking's hard end replaces the one the username was issued under.
+        let expiry_unix = self.booking_ends.get(user.booking).map_or(user.expiry_unix, |e| e.hard_end_unix);
+        if expiry_unix <= unix_now {
             fail(self, |s| &mut s.allocate_expired);
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
@@ -1102,7 +1117,7 @@ impl Server {
             key,
             username,
             booking: Some(user.booking),
-            expiry_unix: user.expiry_unix,
+            expiry_unix,
             quota: self.config.max_allocations_per_credential,
         })
     }
@@ -1697,6 +1712,34 @@ impl Server {
             self.reschedule(now, id);
         }
         self.revoked.retain(|_, until| unix_secs < *until);
+        self.booking_ends.retain(|_, e| unix_secs < e.keep_until_unix);
+    }
+
+    /// The booking was rescheduled or extended (DESIGN.md §3): from now on every credential naming `booking` expires
+    /// at `hard_end_unix` (Unix seconds) instead of the expiry in its username, on Allocate and on every later
+    /// request, and the booking's allocations (and those waiting for a relay socket) end then ([`Command::FreeRelay`]
+    /// at the new instant; an instant already past ends them at the next [`Server::handle_timeout`]). So a call
+    /// extended while it runs keeps its allocations past the old hard end, and a shortened one loses them at the new
+    /// one. The rule is kept until `keep_until_unix` (raised to `hard_end_unix` if lower): pass the latest hard end
+    /// the booking ever had, the latest expiry any of its issued credentials carries. A later call replaces the rule.
+    /// Returns how many allocations (live and waiting) follow the new end.
+    pub fn set_booking_end(&mut self, now: Instant, booking: &str, hard_end_unix: u64, keep_until_unix: u64) -> usize {
+        let end = BookingEnd { hard_end_unix, keep_until_unix: keep_until_unix.max(hard_end_unix) };
+        self.booking_ends.insert(booking.into(), end);
+        let ids: Vec<u64> =
+            self.allocations.iter().filter(|(_, a)| a.booking.as_deref() == Some(booking)).map(|(id, _)| *id).collect();
+        let mut n = ids.len();
+        for id in ids {
+            if let Some(a) = self.allocations.get_mut(&id) {
+                a.credential_expiry_unix = hard_end_unix;
+            }
+            self.reschedule(now, id);
+        }
+        for p in self.pending.values_mut().filter(|p| p.booking.as_deref() == Some(booking)) {
+            p.credential_expiry_unix = hard_end_unix;
+            n += 1;
+        }
+        n
     }
 
     /// Booking cancelled (or ended early): the booking's credentials are refused until

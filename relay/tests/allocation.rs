@@ -496,6 +496,51 @@ fn allocation_torn_down_at_credential_expiry() {
 }
 
 #[test]
+fn an_extended_booking_keeps_its_allocations_until_the_new_hard_end() {
+    let mut h = Harness::new(config());
+    // Credentials issued under a hard end 200 s away; the booking is then extended to 500 s.
+    let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + 200);
+    let mut other = Client::new("192.0.2.52:40000", "b2", "host", UNIX0 + 200);
+    let relay = c.allocate(&mut h);
+    let other_relay = other.allocate(&mut h);
+    assert_eq!(h.server.set_booking_end(h.now, "b1", UNIX0 + 500, UNIX0 + 500), 1);
+    let cmds = h.advance(Duration::from_secs(201));
+    assert_eq!(freed(&cmds), vec![other_relay], "only the other booking ends at the old hard end");
+    // Refresh and a new allocation with the old credential work past the old hard end.
+    let resp = c.call(&mut h, Method::REFRESH, &[]);
+    assert_eq!(error(&resp), None);
+    let mut late = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + 200);
+    let late_relay = late.allocate(&mut h);
+    let cmds = h.advance(Duration::from_secs(298));
+    assert!(freed(&cmds).is_empty(), "{cmds:?}");
+    let cmds = h.advance(Duration::from_secs(2));
+    let mut f = freed(&cmds);
+    f.sort();
+    let mut want = vec![relay, late_relay];
+    want.sort();
+    assert_eq!(f, want, "both end at the new hard end");
+}
+
+#[test]
+fn a_shortened_booking_ends_early_and_old_credentials_stay_dead() {
+    let mut h = Harness::new(config());
+    let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + 1000);
+    let relay = c.allocate(&mut h);
+    // Shortened to 100 s from now; the rule is kept until the old hard end (1000 s).
+    h.server.set_booking_end(h.now, "b1", UNIX0 + 100, UNIX0 + 1000);
+    let cmds = h.advance(Duration::from_secs(101));
+    assert_eq!(freed(&cmds), vec![relay]);
+    assert_eq!(h.server.stats().allocations_credential_expired, 1);
+    let mut again = Client::new("192.0.2.50:40001", "b1", "host", UNIX0 + 1000);
+    let req = again.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    let (_, cmds) = h.input(again.five_tuple, &req);
+    again.learn_nonce(&only_message(&cmds));
+    let resp = again.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(error(&resp), Some(401), "a credential of the longer window does not work after the new end");
+    assert_eq!(h.server.stats().allocate_expired, 1);
+}
+
+#[test]
 fn expiry_is_checked_on_every_request() {
     let mut h = Harness::new(config());
     let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + 1000);

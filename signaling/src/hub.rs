@@ -108,6 +108,21 @@ impl VyAdmission {
     }
 }
 
+/// A booking's new window after a reschedule or an extension ([`Hub::update_window`]), as verified by the daemon.
+#[derive(Clone, Debug)]
+pub struct WindowUpdate {
+    /// The booking's `sequence` after the change (it went up; session tokens of older sequences are refused by the
+    /// daemon on their next connect, the sockets already in the room stay).
+    pub sequence: u64,
+    /// Pre-serialised JSON object `{host_opens_at, opens_at, join_cutoff_at, hard_end_at}` (RFC 3339 strings), sent
+    /// verbatim as `window` in the `{"type":"window","event":"changed"}` frame.
+    pub window: Box<RawValue>,
+    /// Monotonic instant of the new `hard_end_at`: warnings are planned again before it, close 4003 at it.
+    pub hard_end_at: Instant,
+    /// The same instant as RFC 3339 text, sent as `closes_at` in later `closing` warnings.
+    pub hard_end_at_rfc3339: String,
+}
+
 /// Tuning of the hub. [`HubConfig::default`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
@@ -525,6 +540,41 @@ impl Hub {
             .map(|p| p.conn);
         if let Some(conn) = conn {
             self.detach(conn, LeaveReason::Closed, Some((code, reason)));
+        }
+    }
+
+    /// The booking's window moved (a reschedule or an extension; DESIGN.md §3, booking research §7.4 rule 4). The
+    /// booking's native and vy rooms keep their sockets and session and take the new hard end: the `closing` warnings
+    /// are planned again from `now` (a warning already sent for the old end is sent again before the new one), and
+    /// the room closes with 4003 at the new hard end instead of the old one. Every socket of the native room gets
+    /// `{"type":"window","event":"changed","sequence":N,"window":{…}}`; vy sockets get nothing (the vy protocol has
+    /// no such frame). A hard end at or before `now` closes the rooms with 4003 at once. No room: no-op (the next
+    /// admission carries the new window anyway). (Addition to the API contract.)
+    pub fn update_window(&mut self, now: Instant, booking: &str, update: WindowUpdate) {
+        if now >= update.hard_end_at {
+            return self.close_booking(now, booking, CloseReason::WindowClosed);
+        }
+        let rooms = [self.by_booking.get(booking).copied(), self.by_vy.get(booking).copied()];
+        for idx in rooms.into_iter().flatten() {
+            let Some(room) = self.rooms.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            let warn: &[Duration] = if room.mode == Mode::Native { &self.warn } else { &[] };
+            if let Some(d) = room.deadline {
+                self.timers.remove(&(d, idx));
+            }
+            room.hard_end_at = Some(update.hard_end_at);
+            room.hard_end_at_rfc3339.clone_from(&update.hard_end_at_rfc3339);
+            room.schedule(now, warn);
+            if let Some(d) = room.deadline {
+                self.timers.insert((d, idx));
+            }
+            if room.mode == Mode::Native {
+                let text = native::window_changed(update.sequence, &update.window);
+                for (_, peer) in room.peers() {
+                    self.out.push_back(Output::Send { conn: peer.conn, text: text.clone() });
+                }
+            }
         }
     }
 
@@ -962,5 +1012,56 @@ mod tests {
         assert_eq!(hub.connection_count(), 1);
         let a = hub.by_booking.get("a").and_then(|&i| hub.rooms[i].as_ref());
         assert_eq!(a.map(|r| r.peers().count()), Some(0));
+    }
+
+    #[test]
+    fn an_extended_window_moves_the_warnings_and_the_close() {
+        let t0 = crate::virtual_base();
+        let mut hub = Hub::new(HubConfig::default());
+        hub.handle_connect(t0, ConnectionId(1), admission(t0, "a", Role::Host));
+        hub.handle_connect(t0, ConnectionId(2), admission(t0, "a", Role::Guest));
+        // Past the T-5 warning of the old end (t0 + 3600).
+        hub.handle_timeout(t0 + Duration::from_secs(3300));
+        while hub.poll_output().is_some() {}
+        let new_end = t0 + Duration::from_secs(5400);
+        let window = RawValue::from_string(r#"{"hard_end_at":"2026-01-01T11:45:00Z"}"#.to_owned()).expect("json");
+        let update = WindowUpdate {
+            sequence: 3,
+            window,
+            hard_end_at: new_end,
+            hard_end_at_rfc3339: "2026-01-01T11:45:00Z".to_owned(),
+        };
+        hub.update_window(t0 + Duration::from_secs(3400), "a", update);
+        assert_consistent(&hub);
+        let sent: Vec<serde_json::Value> = std::iter::from_fn(|| hub.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { text, .. } => serde_json::from_str(&text).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for v in &sent {
+            assert_eq!((v["type"].as_str(), v["event"].as_str()), (Some("window"), Some("changed")));
+            assert_eq!(v["sequence"], 3);
+            assert_eq!(v["window"]["hard_end_at"], "2026-01-01T11:45:00Z");
+        }
+        assert_eq!(hub.poll_timeout(), Some(new_end - Duration::from_secs(300)), "T-5 of the new end is planned again");
+        hub.handle_timeout(t0 + Duration::from_secs(3600));
+        assert_eq!(hub.connection_count(), 2, "the old hard end no longer closes the room");
+        hub.handle_timeout(new_end);
+        assert_eq!(hub.connection_count(), 0, "the new hard end does");
+        assert_consistent(&hub);
+    }
+
+    #[test]
+    fn a_window_ending_in_the_past_closes_the_room() {
+        let t0 = crate::virtual_base();
+        let mut hub = Hub::new(HubConfig::default());
+        hub.handle_connect(t0, ConnectionId(1), admission(t0, "a", Role::Host));
+        let window = RawValue::from_string("{}".to_owned()).expect("json");
+        let update = WindowUpdate { sequence: 1, window, hard_end_at: t0, hard_end_at_rfc3339: String::new() };
+        hub.update_window(t0 + Duration::from_secs(1), "a", update);
+        assert_eq!(hub.connection_count(), 0);
+        assert_consistent(&hub);
     }
 }

@@ -115,7 +115,7 @@ mod vy;
 use std::fmt;
 
 pub use event::{CloseReason, DropReason, HubEvent, LeaveReason, Output, PeerjsEvent};
-pub use hub::{Admission, Hub, HubConfig, VyAdmission};
+pub use hub::{Admission, Hub, HubConfig, VyAdmission, WindowUpdate};
 pub use stats::{CloseCounts, DropCounts, ModeStats, Stats};
 
 /// The wire protocol of a connection, for metrics (`duet_signal_connections{mode}`) and logs.

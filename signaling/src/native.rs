@@ -296,6 +296,11 @@ pub(crate) fn window_closing(closes_at: &str, in_s: u64) -> String {
     s
 }
 
+/// `{"type":"window","event":"changed","sequence":N,"window":{…}}`: the booking was rescheduled or extended.
+pub(crate) fn window_changed(sequence: u64, window: &RawValue) -> String {
+    format!("{{\"type\":\"window\",\"event\":\"changed\",\"sequence\":{sequence},\"window\":{}}}", window.get())
+}
+
 /// Machine-readable `code` of an `error` frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ErrorCode {

@@ -563,6 +563,20 @@ impl PeerjsServer {
         }
     }
 
+    /// The booking's hard end moved (a reschedule or an extension): its scoped sockets stay and are closed with 4003
+    /// at `hard_end_at` instead; one at or before `now` closes them at once. No scope: no-op. (Addition to the
+    /// PeerJS server's behaviour, which has no booking.)
+    pub fn update_hard_end(&mut self, now: Instant, booking: &str, hard_end_at: Instant) {
+        if now >= hard_end_at {
+            return self.close_booking(now, booking, CloseReason::WindowClosed);
+        }
+        if let Some(state) = self.scopes.get_mut(booking) {
+            self.ends.remove(&(state.hard_end_at, booking.to_owned()));
+            state.hard_end_at = hard_end_at;
+            self.ends.insert((hard_end_at, booking.to_owned()));
+        }
+    }
+
     /// Closes every socket (shutdown) and forgets every queue.
     pub fn close_all(&mut self, _now: Instant, reason: CloseReason) {
         let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();

@@ -20,7 +20,7 @@ use super::store::{
     StoreError, Transition,
 };
 use super::tokens::{self, SessionClaims};
-use super::window::{JoinRefusal, JoinWindow, Role};
+use super::window::{JoinPolicy, JoinRefusal, JoinWindow, Role};
 use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
 use crate::openapi::ErrorBody;
@@ -309,7 +309,8 @@ pub struct BookingView {
     /// `hard_end_at`).
     #[schema(value_type = BookingStatus)]
     pub status: &'static str,
-    /// Goes up with every status change (session tokens of an older sequence stop working).
+    /// The booking's version: goes up with every status change and every `PATCH` (session tokens of an older
+    /// sequence stop working). Also the `ETag` of booking responses, `"<sequence>"`, for `If-Match`.
     pub sequence: i64,
     /// Title.
     pub title: String,
@@ -334,6 +335,11 @@ pub struct BookingView {
     /// The app's JSON object as it was sent on create (at most 4 KiB), byte for byte; null when none was sent.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
+    /// The booking's own join policy as set on create or `PATCH` (members null: the daemon's defaults, which
+    /// `window` shows applied).
+    pub join_policy: JoinPolicy,
+    /// RFC 3339 UTC of the last change of the times or the join policy; null when never rescheduled.
+    pub rescheduled_at: Option<String>,
     /// RFC 3339 UTC.
     pub created_at: String,
     /// RFC 3339 UTC.
@@ -390,6 +396,8 @@ impl BookingView {
             },
             external_url: b.external_url.clone(),
             metadata: b.metadata.clone().and_then(|m| RawValue::from_string(m).ok()),
+            join_policy: b.join_policy,
+            rescheduled_at: b.rescheduled_at.map(rfc3339),
             created_at: rfc3339(b.created_at),
             updated_at: rfc3339(b.updated_at),
             links_shown_once: None,
@@ -397,8 +405,18 @@ impl BookingView {
     }
 }
 
-fn booking_response(status: StatusCode, b: &Booking) -> Response {
-    (status, axum::Json(BookingView::of(b, unix_now(), None))).into_response()
+/// The JSON view of `b` with `ETag: "<sequence>"` (the `If-Match` of `PATCH /v1/bookings/{id}`).
+pub(crate) fn booking_response(status: StatusCode, b: &Booking) -> Response {
+    let mut r = (status, axum::Json(BookingView::of(b, unix_now(), None))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag(b.sequence)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// The strong entity tag of a booking at `sequence`: `"<sequence>"` (RFC 9110 §8.8.3).
+pub(crate) fn etag(sequence: i64) -> String {
+    format!("\"{sequence}\"")
 }
 
 /// The kind of a booking (`kind` on create and in responses).
@@ -468,6 +486,64 @@ pub struct CreateBooking {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
+    /// This booking's own join policy; members left out follow the daemon's `[booking]` defaults (422
+    /// `invalid_field` out of range).
+    #[serde(default)]
+    pub join_policy: Option<JoinPolicy>,
+}
+
+/// Checks a booking's times (Unix seconds) at `now`: 422 `invalid_duration` when `end` is not after `start` or the
+/// booking is longer than `[booking] max_duration`; with `check_start`, 422 `start_in_past` before `now -
+/// start_leeway` and 422 `outside_booking_horizon` after `now + horizon` (member `latest_start_at`). A reschedule
+/// that keeps the start (an extension during the call) passes `check_start = false`.
+pub(crate) fn check_times(state: &AppState, start: i64, end: i64, now: i64, check_start: bool) -> Result<(), ApiError> {
+    if end <= start {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_duration",
+            "`end_at` must be after `start_at`",
+        )
+        .field("end_at"));
+    }
+    if (end - start) as u64 > state.policy.max_duration.as_secs() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_duration",
+            format!("a booking may last at most {} minutes", state.policy.max_duration.as_secs() / 60),
+        )
+        .field("end_at"));
+    }
+    if !check_start {
+        return Ok(());
+    }
+    if start < now - state.policy.start_leeway.as_secs() as i64 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "start_in_past", "`start_at` is in the past")
+            .field("start_at"));
+    }
+    let horizon = i64::try_from(state.policy.horizon.as_secs()).unwrap_or(i64::MAX);
+    if start > now.saturating_add(horizon) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outside_booking_horizon",
+            match horizon % 86_400 {
+                0 => format!("`start_at` may be at most {} days in the future", horizon / 86_400),
+                _ => format!("`start_at` may be at most {horizon} s in the future"),
+            },
+        )
+        .field("start_at")
+        .with("latest_start_at", json!(rfc3339(now.saturating_add(horizon)))));
+    }
+    Ok(())
+}
+
+/// 422 `invalid_field` naming the first member of `p` out of its range.
+pub(crate) fn check_join_policy(p: &JoinPolicy) -> Result<(), ApiError> {
+    match p.out_of_range() {
+        Some((name, max)) => {
+            Err(invalid_field(&format!("join_policy.{name}"), format!("`{name}` must be 0 to {max} seconds")))
+        }
+        None => Ok(()),
+    }
 }
 
 /// The largest `metadata`, bytes of JSON as sent.
@@ -562,7 +638,7 @@ fn json_depth(v: &Value) -> usize {
 
 /// Checks `metadata`: a JSON object of at most [`MAX_METADATA_BYTES`] as sent and [`MAX_METADATA_DEPTH`] levels;
 /// else 422 `invalid_field` naming `metadata`.
-fn check_metadata(raw: &RawValue) -> Result<(), ApiError> {
+pub(crate) fn check_metadata(raw: &RawValue) -> Result<(), ApiError> {
     let text = raw.get();
     if text.len() > MAX_METADATA_BYTES {
         return Err(invalid_field(
@@ -581,7 +657,7 @@ fn check_metadata(raw: &RawValue) -> Result<(), ApiError> {
 }
 
 /// Text a person typed: 1..=max characters, no control characters.
-fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+pub(crate) fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
     let n = v.chars().count();
     if n == 0 || n > max || v.chars().any(char::is_control) {
         return Err(ApiError::new(
@@ -710,40 +786,8 @@ pub async fn create_booking(
     }
     let start = parse_instant("start_at", &req.start_at)?;
     let end = parse_instant("end_at", &req.end_at)?;
-    if end <= start {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_duration",
-            "`end_at` must be after `start_at`",
-        )
-        .field("end_at"));
-    }
-    if (end - start) as u64 > state.policy.max_duration.as_secs() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_duration",
-            format!("a booking may last at most {} minutes", state.policy.max_duration.as_secs() / 60),
-        )
-        .field("end_at"));
-    }
     let now = unix_now();
-    if start < now - state.policy.start_leeway.as_secs() as i64 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "start_in_past", "`start_at` is in the past")
-            .field("start_at"));
-    }
-    let horizon = i64::try_from(state.policy.horizon.as_secs()).unwrap_or(i64::MAX);
-    if start > now.saturating_add(horizon) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "outside_booking_horizon",
-            match horizon % 86_400 {
-                0 => format!("`start_at` may be at most {} days in the future", horizon / 86_400),
-                _ => format!("`start_at` may be at most {horizon} s in the future"),
-            },
-        )
-        .field("start_at")
-        .with("latest_start_at", json!(rfc3339(now.saturating_add(horizon)))));
-    }
+    check_times(&state, start, end, now, true)?;
     for (field, v) in [("buffer_before_s", req.buffer_before_s), ("buffer_after_s", req.buffer_after_s)] {
         if !(0..=MAX_BUFFER_S).contains(&v) {
             return Err(ApiError::new(
@@ -819,7 +863,9 @@ pub async fn create_booking(
     if let Some(m) = &req.metadata {
         check_metadata(m)?;
     }
-    let window = JoinWindow::compute(start, end, &state.policy);
+    let join_policy = req.join_policy.unwrap_or_default();
+    check_join_policy(&join_policy)?;
+    let window = JoinWindow::compute(start, end, &join_policy.apply(&state.policy));
     let mut booking = Booking {
         id: tokens::new_id("bkg"),
         tenant_id: tenant,
@@ -844,6 +890,10 @@ pub async fn create_booking(
         },
         external_url: req.external_url,
         metadata: req.metadata.map(|m| m.get().to_string()),
+        join_policy,
+        max_hard_end_at: window.hard_end_at,
+        rescheduled_at: None,
+        extended_s: 0,
     };
     let mut link_tokens = Vec::new();
     let mut rows = Vec::new();

@@ -2,6 +2,7 @@
 
 pub mod admin_api;
 pub mod api;
+pub mod reschedule;
 pub mod store;
 pub mod tokens;
 pub mod window;

@@ -18,7 +18,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 use crate::config::DatabaseConfig;
 use crate::data_dir::DataDir;
 
-use super::window::{JoinWindow, Role};
+use super::window::{JoinPolicy, JoinWindow, Role};
 use crate::api_key::Scope;
 
 /// Booking status as stored (`ended` is derived from the clock, never stored: see [`Booking::ended`]).
@@ -222,6 +222,16 @@ pub struct Booking {
     pub external_url: Option<String>,
     /// The app's JSON object as it was sent (at most 4 KiB), echoed back verbatim.
     pub metadata: Option<String>,
+    /// The booking's own join policy (members absent: the daemon's `[booking]` defaults); `window` was computed
+    /// with it.
+    pub join_policy: JoinPolicy,
+    /// The latest `hard_end_at` the booking ever had, Unix seconds (TURN credentials issued under it may carry it).
+    pub max_hard_end_at: i64,
+    /// The last change of its times or join policy, Unix seconds; `None` when never rescheduled.
+    pub rescheduled_at: Option<i64>,
+    /// Seconds the host added from inside the call, over all its extensions (capped by `[booking]
+    /// host_extend_max`).
+    pub extended_s: i64,
 }
 
 impl Booking {
@@ -772,6 +782,64 @@ impl Store {
         }))
     }
 
+    /// Writes the changed booking `b` (same id and tenant; title, times, window, metadata, join policy,
+    /// `max_hard_end_at`, `rescheduled_at`, `extended_s`, `sequence` and `updated_at` as the caller computed them)
+    /// if and only if the stored booking still has `expected_sequence` and is `pending` or `confirmed`: the
+    /// optimistic concurrency of `PATCH` with `If-Match` (RFC 9110 §13.1.1). The database checks the host's
+    /// overlaps on the new times (SQLite trigger, PostgreSQL exclusion constraint).
+    ///
+    /// Returns `true` when written, `false` when the row changed since (or is gone): the caller reads it again to
+    /// tell 404, 412 and 409 apart. Errors: [`StoreError::SlotUnavailable`] (nothing written), [`StoreError::Db`].
+    pub async fn update_booking(&self, b: &Booking, expected_sequence: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE bookings SET title = $1, start_at = $2, end_at = $3, host_opens_at = $4, opens_at = $5, \
+             join_cutoff_at = $6, hard_end_at = $7, metadata = $8, early_join_s = $9, host_early_join_s = $10, \
+             overrun_grace_s = $11, max_hard_end_at = $12, rescheduled_at = $13, extended_s = $14, sequence = $15, \
+             updated_at = $16 \
+             WHERE tenant_id = $17 AND id = $18 AND sequence = $19 AND status IN ('pending', 'confirmed')",
+        )
+        .bind(&b.title)
+        .bind(b.start_at)
+        .bind(b.end_at)
+        .bind(b.window.host_opens_at)
+        .bind(b.window.opens_at)
+        .bind(b.window.join_cutoff_at)
+        .bind(b.window.hard_end_at)
+        .bind(&b.metadata)
+        .bind(b.join_policy.early_join_s)
+        .bind(b.join_policy.host_early_join_s)
+        .bind(b.join_policy.overrun_grace_s)
+        .bind(b.max_hard_end_at.max(b.window.hard_end_at))
+        .bind(b.rescheduled_at)
+        .bind(b.extended_s)
+        .bind(b.sequence)
+        .bind(b.updated_at)
+        .bind(&b.tenant_id)
+        .bind(&b.id)
+        .bind(expected_sequence)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Every `pending` or `confirmed` booking rescheduled at least once whose `max_hard_end_at` is after `now`, as
+    /// `(id, hard_end_at, max_hard_end_at, host_opens_at)`: on start the daemon gives the relay their hard ends
+    /// (credentials issued before a reschedule carry the old one) so a restart does not forget a reschedule.
+    pub async fn live_reschedules(&self, now: i64) -> Result<Vec<(String, i64, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, hard_end_at, max_hard_end_at, host_opens_at FROM bookings \
+             WHERE rescheduled_at IS NOT NULL AND max_hard_end_at > $1 AND status IN ('pending', 'confirmed')",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
     /// The id of a `pending` or `confirmed` booking of `tenant` other than `except` whose host has `ref` `host_ref`
     /// and whose blocked interval intersects `[blocked_start, blocked_end)` (Unix seconds), the earliest first;
     /// `None` when the slot is free. Informational (names the conflict of a refused write, or checks an extension
@@ -1029,8 +1097,10 @@ async fn insert_booking(
     let r = sqlx::query(
         "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
          join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at, host_ref, buffer_before_s, \
-         buffer_after_s, kind, external_url, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+         buffer_after_s, kind, external_url, metadata, early_join_s, host_early_join_s, overrun_grace_s, \
+         max_hard_end_at, rescheduled_at, extended_s) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+         $23, $24, $25, $26)",
     )
     .bind(&b.id)
     .bind(&b.tenant_id)
@@ -1052,6 +1122,12 @@ async fn insert_booking(
     .bind(b.kind.as_str())
     .bind(&b.external_url)
     .bind(&b.metadata)
+    .bind(b.join_policy.early_join_s)
+    .bind(b.join_policy.host_early_join_s)
+    .bind(b.join_policy.overrun_grace_s)
+    .bind(b.max_hard_end_at.max(b.window.hard_end_at))
+    .bind(b.rescheduled_at)
+    .bind(b.extended_s)
     .execute(&mut **tx)
     .await;
     if let Err(e) = &r {
@@ -1137,6 +1213,14 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
         kind: if r.try_get::<String, _>("kind")? == "external_link" { Kind::ExternalLink } else { Kind::Hosted },
         external_url: r.try_get("external_url")?,
         metadata: r.try_get("metadata")?,
+        join_policy: JoinPolicy {
+            early_join_s: r.try_get("early_join_s")?,
+            host_early_join_s: r.try_get("host_early_join_s")?,
+            overrun_grace_s: r.try_get("overrun_grace_s")?,
+        },
+        max_hard_end_at: r.try_get("max_hard_end_at")?,
+        rescheduled_at: r.try_get("rescheduled_at")?,
+        extended_s: r.try_get("extended_s")?,
     })
 }
 

@@ -33,6 +33,66 @@ impl Role {
     }
 }
 
+/// A booking's own join policy (`join_policy` on create and `PATCH`): each member present replaces the daemon's
+/// `[booking]` default for this booking; an absent (null) one keeps following the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinPolicy {
+    /// Seconds before `start_at` the guest may join, 0 to 3600 (`[booking] early_join` when null).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 3600)]
+    pub early_join_s: Option<i64>,
+    /// Seconds before `start_at` the host may join, 0 to 3600 (`[booking] host_early_join` when null).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 3600)]
+    pub host_early_join_s: Option<i64>,
+    /// Seconds after `end_at` admitted participants may stay, 0 to 7200 (`[booking] overrun_grace` when null).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 7200)]
+    pub overrun_grace_s: Option<i64>,
+}
+
+impl JoinPolicy {
+    /// The largest `early_join_s` and `host_early_join_s`, seconds (research booking.md §7.4: at most 60 minutes).
+    pub const MAX_EARLY_JOIN_S: i64 = 3600;
+    /// The largest `overrun_grace_s`, seconds (research booking.md §7.4: 0 to 120 minutes).
+    pub const MAX_OVERRUN_GRACE_S: i64 = 7200;
+
+    /// The first member out of its range, as `(name, max)`.
+    pub fn out_of_range(&self) -> Option<(&'static str, i64)> {
+        [
+            ("early_join_s", self.early_join_s, Self::MAX_EARLY_JOIN_S),
+            ("host_early_join_s", self.host_early_join_s, Self::MAX_EARLY_JOIN_S),
+            ("overrun_grace_s", self.overrun_grace_s, Self::MAX_OVERRUN_GRACE_S),
+        ]
+        .into_iter()
+        .find(|(_, v, max)| v.is_some_and(|v| !(0..=*max).contains(&v)))
+        .map(|(name, _, max)| (name, max))
+    }
+
+    /// `self` with the members present in `patch` replaced.
+    pub fn merged(self, patch: &JoinPolicy) -> JoinPolicy {
+        JoinPolicy {
+            early_join_s: patch.early_join_s.or(self.early_join_s),
+            host_early_join_s: patch.host_early_join_s.or(self.host_early_join_s),
+            overrun_grace_s: patch.overrun_grace_s.or(self.overrun_grace_s),
+        }
+    }
+
+    /// The daemon's defaults with this booking's members applied.
+    pub fn apply(&self, defaults: &BookingPolicy) -> BookingPolicy {
+        let secs = |own: Option<i64>, d: std::time::Duration| {
+            own.map_or(d, |s| std::time::Duration::from_secs(s.max(0) as u64))
+        };
+        BookingPolicy {
+            early_join: secs(self.early_join_s, defaults.early_join),
+            host_early_join: secs(self.host_early_join_s, defaults.host_early_join),
+            overrun_grace: secs(self.overrun_grace_s, defaults.overrun_grace),
+            ..*defaults
+        }
+    }
+}
+
 /// The window instants of one booking, Unix seconds UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinWindow {
@@ -104,6 +164,7 @@ mod tests {
             max_duration: Duration::from_secs(8 * 3600),
             start_leeway: Duration::from_secs(60),
             horizon: Duration::from_secs(365 * 86_400),
+            host_extend_max: Duration::from_secs(1800),
         }
     }
 
@@ -137,5 +198,17 @@ mod tests {
         assert_eq!(w.admit(Role::Guest, END + 899, true), Ok(()));
         assert_eq!(w.admit(Role::Guest, END + 900, true), Err(JoinRefusal::Closed));
         assert_eq!(w.admit(Role::Host, END + 900, true), Err(JoinRefusal::Closed));
+    }
+
+    #[test]
+    fn a_booking_policy_replaces_only_its_own_members() {
+        let own = JoinPolicy { early_join_s: Some(0), host_early_join_s: None, overrun_grace_s: Some(60) };
+        let w = JoinWindow::compute(START, END, &own.apply(&policy()));
+        assert_eq!((w.opens_at, w.host_opens_at, w.hard_end_at), (START, START - 900, END + 60));
+        let patched = own.merged(&JoinPolicy { overrun_grace_s: Some(120), ..JoinPolicy::default() });
+        assert_eq!(patched, JoinPolicy { early_join_s: Some(0), host_early_join_s: None, overrun_grace_s: Some(120) });
+        assert_eq!(JoinPolicy { overrun_grace_s: Some(7201), ..own }.out_of_range(), Some(("overrun_grace_s", 7200)));
+        assert_eq!(JoinPolicy { early_join_s: Some(-1), ..own }.out_of_range(), Some(("early_join_s", 3600)));
+        assert_eq!(own.out_of_range(), None);
     }
 }

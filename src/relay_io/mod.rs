@@ -362,6 +362,17 @@ impl RelayHandle {
         tracing::info!(target: "relay", booking, allocations = n, "booking revoked");
     }
 
+    /// A rescheduled or extended booking: its credentials and allocations end at `hard_end_unix` (Unix seconds)
+    /// from now on, whatever expiry their usernames carry; the rule is kept until `keep_until_unix` (the latest hard
+    /// end the booking ever had). See `duet_relay::Server::set_booking_end`.
+    pub fn set_booking_end(&self, booking: &str, hard_end_unix: i64, keep_until_unix: i64) {
+        let mut core = self.lock();
+        let (end, keep) = (hard_end_unix.max(0) as u64, keep_until_unix.max(0) as u64);
+        let n = core.server.set_booking_end(Instant::now(), booking, end, keep);
+        self.drain(&mut core);
+        tracing::info!(target: "relay", booking, allocations = n, hard_end_unix, "booking hard end moved");
+    }
+
     /// Allocations alive now.
     pub fn allocation_count(&self) -> usize {
         self.lock().server.allocation_count()

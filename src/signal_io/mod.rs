@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use duet_signaling::peerjs::{PeerjsConfig as CorePeerjsConfig, PeerjsError, PeerjsServer, Registration};
 use duet_signaling::{
-    Admission, CloseReason, ConnectionId, Hub, HubConfig, HubEvent, Mode, Output, VyAdmission, close_code,
+    Admission, CloseReason, ConnectionId, Hub, HubConfig, HubEvent, Mode, Output, VyAdmission, WindowUpdate, close_code,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -111,6 +111,7 @@ enum Control {
     CloseBooking { booking: String, reason: CloseReason },
     CloseParticipant { booking: String, participant: String, code: u16, reason: &'static str },
     CloseAll,
+    UpdateWindow { booking: String, update: WindowUpdate },
     PeerjsIds { namespace: String, reply: oneshot::Sender<Vec<String>> },
 }
 
@@ -173,6 +174,12 @@ impl HubHandle {
         self.metrics.signal_refused.with_label_values(&[mode.as_str(), reason]).inc();
     }
 
+    /// Closes the rooms of a booking in every mode with `reason`'s code (4003 after a reschedule out of the current
+    /// window).
+    pub fn close_booking(&self, booking: &str, reason: CloseReason) {
+        let _ = self.ctl.send(Control::CloseBooking { booking: booking.to_string(), reason });
+    }
+
     /// Closes the rooms of a cancelled booking (4004) in every mode.
     pub fn cancel_booking(&self, booking: &str) {
         let _ = self.ctl.send(Control::CloseBooking { booking: booking.to_string(), reason: CloseReason::Cancelled });
@@ -188,6 +195,12 @@ impl HubHandle {
             code,
             reason,
         });
+    }
+
+    /// A rescheduled or extended booking: its rooms (native, vy, PeerJS scope) keep their sockets, take the new hard
+    /// end, and native sockets get the `window` `changed` frame ([`duet_signaling::Hub::update_window`]).
+    pub fn update_window(&self, booking: &str, update: WindowUpdate) {
+        let _ = self.ctl.send(Control::UpdateWindow { booking: booking.to_string(), update });
     }
 
     /// Closes every socket (1001).
@@ -307,6 +320,11 @@ impl Cores {
             }
             Control::CloseParticipant { booking, participant, code, reason } => {
                 self.hub.close_participant(now, &booking, &participant, code, reason);
+            }
+            Control::UpdateWindow { booking, update } => {
+                let end = update.hard_end_at;
+                self.hub.update_window(now, &booking, update);
+                self.peerjs.update_hard_end(now, &booking, end);
             }
             Control::CloseAll => {
                 self.hub.close_all(now, CloseReason::Shutdown);

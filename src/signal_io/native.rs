@@ -183,6 +183,6 @@ pub(super) fn core_role(r: Role) -> duet_signaling::Role {
 }
 
 /// The monotonic instant of a Unix time (seconds) in the future; a past time maps to now.
-pub(super) fn instant_of(unix: i64) -> Instant {
+pub(crate) fn instant_of(unix: i64) -> Instant {
     Instant::now() + Duration::from_secs((unix - unix_now()).max(0) as u64)
 }
