@@ -54,80 +54,8 @@ async fn call(d: &Daemon) {
         "the join response does not point at Duet's TURN listener {turn_url}: {turn}"
     );
 
-    // Both participants open the signaling socket; the host first, so the guest's arrival forms the pair.
-    let mut host_ws = open_signal(&host_join).await;
-    let host_welcome = next_json(&mut host_ws).await;
-    check_welcome(&host_welcome, booking_id, "host");
-    let mut guest_ws = open_signal(&guest_join).await;
-    let guest_welcome = next_json(&mut guest_ws).await;
-    check_welcome(&guest_welcome, booking_id, "guest");
-    let host_peer = host_welcome["you"]["peer"].as_str().unwrap().to_string();
-    let guest_peer = guest_welcome["you"]["peer"].as_str().unwrap().to_string();
-    assert_ne!(host_peer, guest_peer);
-
-    let host_ready = next_json(&mut host_ws).await;
-    let guest_ready = next_json(&mut guest_ws).await;
-    assert_eq!(host_ready["type"], "ready", "host: {host_ready}");
-    assert_eq!(guest_ready["type"], "ready", "guest: {guest_ready}");
-    let session =
-        host_ready["session"].as_u64().unwrap_or_else(|| panic!("ready without a session number: {host_ready}"));
-    assert_eq!(guest_ready["session"], session, "both sides of the pair see the same session");
-    assert_eq!(host_ready["peer"]["peer"], guest_peer.as_str(), "host's ready names the guest: {host_ready}");
-    assert_eq!(host_ready["peer"]["role"], "guest");
-    assert_eq!(guest_ready["peer"]["peer"], host_peer.as_str(), "guest's ready names the host: {guest_ready}");
-    assert_eq!(guest_ready["peer"]["role"], "host");
-
-    // Relay-only peers built from the ICE servers of each join response.
-    let log: Log = Arc::default();
-    let (host_events, host_side) = Events::new("host", log.clone());
-    let (guest_events, mut guest_side) = Events::new("guest", log.clone());
-    let host_pc = relay_only_peer(&host_join["ice_servers"], host_events).await;
-    let guest_pc = relay_only_peer(&guest_join["ice_servers"], guest_events).await;
-
-    // The host is the initiator: it creates the data channel and the offer.
-    let host_dc = host_pc.create_data_channel("chat", None).await.expect("create data channel");
-    let offer = host_pc.create_offer(None).await.expect("create offer");
-    host_pc.set_local_description(offer.clone()).await.expect("set local offer");
-    let tasks = vec![
-        tokio::spawn(signaling(
-            "host",
-            host_pc.clone(),
-            host_ws,
-            session,
-            guest_peer.clone(),
-            host_side.candidates,
-            Some(json!({"type": "offer", "sdp": offer.sdp})),
-            log.clone(),
-        )),
-        tokio::spawn(signaling(
-            "guest",
-            guest_pc.clone(),
-            guest_ws,
-            session,
-            host_peer.clone(),
-            guest_side.candidates,
-            None,
-            log.clone(),
-        )),
-    ];
-
-    let opened = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match host_dc.poll().await {
-                Some(DataChannelEvent::OnOpen) => break true,
-                Some(_) => {}
-                None => break false,
-            }
-        }
-    })
-    .await;
-    if opened != Ok(true) {
-        panic!("the host's data channel did not open within 30 s\n{}", diagnose(d, &log, tasks).await);
-    }
-    let Ok(Some(guest_dc)) = tokio::time::timeout(Duration::from_secs(10), guest_side.channels.recv()).await else {
-        panic!("the guest was never handed the host's data channel\n{}", diagnose(d, &log, tasks).await);
-    };
-    assert_eq!(guest_dc.label().await.expect("label"), "chat");
+    let Call { host_pc, guest_pc, host_dc, guest_dc, host_types, guest_types, tasks, log } =
+        connect(d, booking_id, &host_join, &guest_join).await;
 
     // The guest answers every message with its reverse; the host checks each answer and the guest what it got.
     let echo = tokio::spawn(async move {
@@ -173,7 +101,7 @@ async fn call(d: &Daemon) {
     assert_eq!(received, sent, "the guest received the host's messages in order, intact");
 
     // Only relay candidates were gathered, and the pair in use is relay to relay.
-    for (name, types) in [("host", &host_side.candidate_types), ("guest", &guest_side.candidate_types)] {
+    for (name, types) in [("host", &host_types), ("guest", &guest_types)] {
         let types = types.lock().unwrap().clone();
         assert!(!types.is_empty(), "{name} gathered no candidate from Duet's TURN");
         assert!(
@@ -314,6 +242,122 @@ async fn outside_window_and_cancel(d: &Daemon) {
     let _ = second.close().await;
 }
 
+/// Issue 8: a booking extended during its call. Two relay-only `webrtc`-crate peers talk through the hub and the
+/// relay; the booking (no overrun grace, so its hard end is its end) is extended by `PATCH` while they do. Both
+/// sockets get the `window` `changed` frame, the call keeps flowing past the old hard end (the relay keeps the
+/// allocations whose TURN usernames carry the old expiry), and at the new hard end the sockets close with 4003, the
+/// allocations are freed and the data stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_call_runs_past_the_old_hard_end_and_stops_at_the_new_one() {
+    let d = Daemon::start("");
+    tokio::time::timeout(Duration::from_secs(120), extended_call(&d))
+        .await
+        .expect("the test did not complete within 120 s");
+}
+
+/// Seconds from the booking's creation to its first and its extended hard end.
+const OLD_END_S: u64 = 16;
+const NEW_END_S: u64 = 32;
+
+async fn extended_call(d: &Daemon) {
+    let t0 = Instant::now();
+    let mut body = common::booking_body(2, OLD_END_S as i64 - 2);
+    body["join_policy"] = json!({"overrun_grace_s": 0});
+    let (status, booking) = d.create_booking(&body).await;
+    assert_eq!(status, 201, "{booking}");
+    assert_eq!(booking["window"]["hard_end_at"], booking["end_at"], "no overrun grace: {booking}");
+    let booking_id = booking["id"].as_str().expect("booking id");
+    let host_join = join_ok(d, &booking, "host").await;
+    let guest_join = join_ok(d, &booking, "guest").await;
+    let Call { host_pc, guest_pc, host_dc, guest_dc, tasks, log, .. } =
+        connect(d, booking_id, &host_join, &guest_join).await;
+    let echo = tokio::spawn(async move {
+        while let Some(event) = guest_dc.poll().await {
+            if let DataChannelEvent::OnMessage(m) = event {
+                let text = String::from_utf8(m.data.to_vec()).expect("text message");
+                if guest_dc.send_text(&answer_to(&text)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let exchange = |text: &'static str, wait: Duration| {
+        let dc = host_dc.clone();
+        async move {
+            dc.send_text(text).await.ok()?;
+            tokio::time::timeout(wait, async {
+                loop {
+                    match dc.poll().await {
+                        Some(DataChannelEvent::OnMessage(m)) => break String::from_utf8(m.data.to_vec()).ok(),
+                        Some(_) => {}
+                        None => break None,
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+    };
+    assert!(t0.elapsed() < Duration::from_secs(OLD_END_S - 4), "set-up took too long: {:?}", t0.elapsed());
+    assert_eq!(exchange("before", Duration::from_secs(5)).await, Some(answer_to("before")));
+
+    // Extend: If-Match the sequence of the create.
+    let new_end = rfc3339_in(NEW_END_S as i64 - t0.elapsed().as_secs() as i64);
+    let r = d
+        .client()
+        .patch(d.url(&format!("/v1/bookings/{booking_id}")))
+        .bearer_auth(&d.api_key)
+        .header("If-Match", "\"0\"")
+        .json(&json!({"end_at": new_end}))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("etag").and_then(|v| v.to_str().ok()), Some("\"1\""));
+    let patched: Value = r.json().await.expect("JSON");
+    assert_eq!((patched["id"].as_str(), patched["sequence"].as_i64()), (Some(booking_id), Some(1)), "{patched}");
+    assert_eq!(rfc3339(&patched["window"]["hard_end_at"]), rfc3339(&json!(new_end)), "{patched}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let changed = |who: &str| {
+        log.lock().unwrap().iter().any(|l| l.starts_with(&format!("{who}: got")) && l.contains("\"event\":\"changed\""))
+    };
+    while !(changed("host") && changed("guest")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        changed("host") && changed("guest"),
+        "both sockets get the window frame:\n{}",
+        log.lock().unwrap().join("\n")
+    );
+
+    // Past the old hard end the call still flows through the relay.
+    tokio::time::sleep(Duration::from_secs(OLD_END_S + 2).saturating_sub(t0.elapsed())).await;
+    assert_eq!(
+        exchange("after the old end", Duration::from_secs(5)).await,
+        Some(answer_to("after the old end")),
+        "the call stopped at the old hard end\n{}",
+        diagnose(d, &log, Vec::new()).await
+    );
+    let text = fetch_metrics(d).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(active_allocations(&text), Some(2.0), "both allocations outlive the old hard end:\n{text}");
+    assert!(tasks.iter().all(|t| !t.is_finished()), "a signaling socket ended at the old hard end");
+
+    // At the new hard end: sockets closed with 4003, allocations freed, no more data.
+    tokio::time::sleep(Duration::from_secs(NEW_END_S + 1).saturating_sub(t0.elapsed())).await;
+    for task in tasks {
+        let outcome = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let text = format!("{outcome:?}");
+        assert!(text.contains("4003"), "a signaling socket was not closed with 4003 at the new hard end: {text}");
+    }
+    let text = wait_for_metrics(d, |m| active_allocations(m) == Some(0.0)).await;
+    assert_eq!(active_allocations(&text), Some(0.0), "the allocations end at the new hard end:\n{text}");
+    assert_eq!(exchange("after the new end", Duration::from_secs(3)).await, None, "data still flows after the new end");
+    echo.abort();
+    let _ = host_pc.close().await;
+    let _ = guest_pc.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_without_config_keeps_private_state() {
     tokio::time::timeout(Duration::from_secs(60), first_start()).await.expect("the test did not complete within 60 s");
@@ -443,6 +487,101 @@ impl PeerConnectionEventHandler for Events {
         let _ = self.channels.send(data_channel);
         Box::pin(std::future::ready(()))
     }
+}
+
+/// Two relay-only `webrtc`-crate peers of one booking, connected through the hub and Duet's relay, with the host's
+/// data channel open on both sides; their signaling tasks keep running.
+struct Call {
+    host_pc: Arc<dyn PeerConnection>,
+    guest_pc: Arc<dyn PeerConnection>,
+    host_dc: Arc<dyn DataChannel>,
+    guest_dc: Arc<dyn DataChannel>,
+    /// The types of the candidates each side gathered.
+    host_types: Arc<Mutex<Vec<RTCIceCandidateType>>>,
+    guest_types: Arc<Mutex<Vec<RTCIceCandidateType>>>,
+    tasks: Vec<JoinHandle<Result<(), String>>>,
+    log: Log,
+}
+
+/// Opens both signaling sockets (host first), checks `welcome` and `ready`, and negotiates the peers until the
+/// host's data channel is open and handed to the guest.
+async fn connect(d: &Daemon, booking_id: &str, host_join: &Value, guest_join: &Value) -> Call {
+    // Both participants open the signaling socket; the host first, so the guest's arrival forms the pair.
+    let mut host_ws = open_signal(host_join).await;
+    let host_welcome = next_json(&mut host_ws).await;
+    check_welcome(&host_welcome, booking_id, "host");
+    let mut guest_ws = open_signal(guest_join).await;
+    let guest_welcome = next_json(&mut guest_ws).await;
+    check_welcome(&guest_welcome, booking_id, "guest");
+    let host_peer = host_welcome["you"]["peer"].as_str().unwrap().to_string();
+    let guest_peer = guest_welcome["you"]["peer"].as_str().unwrap().to_string();
+    assert_ne!(host_peer, guest_peer);
+
+    let host_ready = next_json(&mut host_ws).await;
+    let guest_ready = next_json(&mut guest_ws).await;
+    assert_eq!(host_ready["type"], "ready", "host: {host_ready}");
+    assert_eq!(guest_ready["type"], "ready", "guest: {guest_ready}");
+    let session =
+        host_ready["session"].as_u64().unwrap_or_else(|| panic!("ready without a session number: {host_ready}"));
+    assert_eq!(guest_ready["session"], session, "both sides of the pair see the same session");
+    assert_eq!(host_ready["peer"]["peer"], guest_peer.as_str(), "host's ready names the guest: {host_ready}");
+    assert_eq!(host_ready["peer"]["role"], "guest");
+    assert_eq!(guest_ready["peer"]["peer"], host_peer.as_str(), "guest's ready names the host: {guest_ready}");
+    assert_eq!(guest_ready["peer"]["role"], "host");
+
+    // Relay-only peers built from the ICE servers of each join response.
+    let log: Log = Arc::default();
+    let (host_events, host_side) = Events::new("host", log.clone());
+    let (guest_events, mut guest_side) = Events::new("guest", log.clone());
+    let host_pc = relay_only_peer(&host_join["ice_servers"], host_events).await;
+    let guest_pc = relay_only_peer(&guest_join["ice_servers"], guest_events).await;
+
+    // The host is the initiator: it creates the data channel and the offer.
+    let host_dc = host_pc.create_data_channel("chat", None).await.expect("create data channel");
+    let offer = host_pc.create_offer(None).await.expect("create offer");
+    host_pc.set_local_description(offer.clone()).await.expect("set local offer");
+    let tasks = vec![
+        tokio::spawn(signaling(
+            "host",
+            host_pc.clone(),
+            host_ws,
+            session,
+            guest_peer.clone(),
+            host_side.candidates,
+            Some(json!({"type": "offer", "sdp": offer.sdp})),
+            log.clone(),
+        )),
+        tokio::spawn(signaling(
+            "guest",
+            guest_pc.clone(),
+            guest_ws,
+            session,
+            host_peer.clone(),
+            guest_side.candidates,
+            None,
+            log.clone(),
+        )),
+    ];
+
+    let opened = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match host_dc.poll().await {
+                Some(DataChannelEvent::OnOpen) => break true,
+                Some(_) => {}
+                None => break false,
+            }
+        }
+    })
+    .await;
+    if opened != Ok(true) {
+        panic!("the host's data channel did not open within 30 s\n{}", diagnose(d, &log, tasks).await);
+    }
+    let Ok(Some(guest_dc)) = tokio::time::timeout(Duration::from_secs(10), guest_side.channels.recv()).await else {
+        panic!("the guest was never handed the host's data channel\n{}", diagnose(d, &log, tasks).await);
+    };
+    assert_eq!(guest_dc.label().await.expect("label"), "chat");
+    let (host_types, guest_types) = (host_side.candidate_types, guest_side.candidate_types);
+    Call { host_pc, guest_pc, host_dc, guest_dc, host_types, guest_types, tasks, log }
 }
 
 /// A peer connection configured from a join response's `ice_servers`, ICE restricted to relay candidates.
