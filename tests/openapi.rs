@@ -18,12 +18,14 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/bookings",
     "GET /v1/bookings",
     "GET /v1/bookings/{id}",
+    "PATCH /v1/bookings/{id}",
     "POST /v1/bookings/{id}/confirm",
     "POST /v1/bookings/{id}/reject",
     "POST /v1/bookings/{id}/cancel",
     "POST /v1/bookings/{id}/participants/{pid}/link/rotate",
     "POST /v1/bookings/{id}/participants/{pid}/link/revoke",
     "POST /v1/join/{link_token}",
+    "POST /v1/join/{link_token}/extend",
     "POST /v1/admin/tenants",
     "GET /v1/admin/tenants",
     "POST /v1/admin/api-keys",
@@ -116,7 +118,7 @@ async fn openapi_document(backend: Backend) {
         let url = d.url(&path.replace("{id}", "bkg_nope").replace("{pid}", "par_nope").replace("{link_token}", "nope"));
         let req = match method {
             "GET" => client.get(&url),
-            _ => client.post(&url).json(&json!({})),
+            _ => client.request(method.parse().expect("an HTTP method"), &url).json(&json!({})),
         };
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();

@@ -982,7 +982,7 @@ pub async fn create_booking(
     security(("bearerAuth" = ["bookings:read"])),
     params(("id" = String, Path, description = "Booking id, `bkg_…`.")),
     responses(
-        (status = 200, description = "The booking.", body = BookingView),
+        (status = 200, description = "The booking.", body = BookingView, headers(("ETag" = String, description = "`\"<sequence>\"`: the `If-Match` of `PATCH`."))),
         (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody)
     )
 )]

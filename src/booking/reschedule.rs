@@ -118,11 +118,11 @@ fn modifiable(b: &Booking, now: i64) -> bool {
     security(("bearerAuth" = ["bookings:write"])),
     params(
         ("id" = String, Path, description = "Booking id, `bkg_…`."),
-        ("If-Match" = String, Header, description = "The booking's ETag, `\"<sequence>\"`, or `*`.")
+        ("If-Match" = String, Header, description = "The booking's ETag, `\"<sequence>\"`, or `*` (any version).", min_length = 1, max_length = 20, pattern = r#"^(\*|"[0-9]{1,18}")$"#)
     ),
     request_body = PatchBooking,
     responses(
-        (status = 200, description = "The booking after the change (header `ETag`).", body = BookingView),
+        (status = 200, description = "The booking after the change.", body = BookingView, headers(("ETag" = String, description = "`\"<sequence>\"`: the `If-Match` of the next change."))),
         (status = 400, description = "`invalid_request`: not JSON, unknown member, wrong type.", body = ErrorBody),
         (status = 404, description = "No such booking in the caller's tenant (`not_found`).", body = ErrorBody),
         (status = 409, description = "`booking_not_modifiable` (member `status`: cancelled, rejected or ended), `slot_unavailable` (the new times overlap another booking of the host, buffers included).", body = ErrorBody),
