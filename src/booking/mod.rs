@@ -5,3 +5,6 @@ pub mod api;
 pub mod store;
 pub mod tokens;
 pub mod window;
+pub mod webhook_api;
+pub mod webhook_delivery;
+pub mod webhooks;

@@ -18,6 +18,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 use crate::config::DatabaseConfig;
 use crate::data_dir::DataDir;
 
+use super::webhooks::{booking_data, enqueue_event};
 use super::window::{JoinWindow, Role};
 use crate::api_key::Scope;
 
@@ -385,8 +386,10 @@ const SQLITE_PRAGMAS: &str =
 /// The booking store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     backend: Backend,
+    /// Signalled after a commit that queued webhook deliveries ([`Store::wake_webhooks`]).
+    pub(super) webhook_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -414,7 +417,7 @@ impl Store {
             .connect_with(opts)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Sqlite })
+        Ok(Store { pool, backend: Backend::Sqlite, webhook_wake: Default::default() })
     }
 
     /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
@@ -439,7 +442,7 @@ impl Store {
             .connect_with(opts)
             .await?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Postgres })
+        Ok(Store { pool, backend: Backend::Postgres, webhook_wake: Default::default() })
     }
 
     /// Opens the store `[database]` configures: SQLite in `data` ([`DataDir::database`], created 0600 if missing) or
@@ -633,19 +636,25 @@ impl Store {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    /// Inserts a booking and its participants in one transaction. The host participant's `ref` is stored on the
-    /// booking as its `host_ref` (the no-double-booking rule's key).
+    /// Inserts a booking and its participants in one transaction, with its `booking.created` webhook event (outbox).
+    /// The host participant's `ref` is stored on the booking as its `host_ref` (the no-double-booking rule's key).
     ///
     /// Errors: [`StoreError::DuplicateExternalId`], [`StoreError::SlotUnavailable`] (both: nothing inserted),
     /// [`StoreError::Db`].
     pub async fn create_booking(&self, b: &Booking, parts: &[NewParticipant]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_booking(&mut tx, b, parts).await?;
+        let queued = enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
+            .await?;
         tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(())
     }
 
-    /// Inserts a booking, its participants and the record of its `Idempotency-Key` in one transaction. The record is
+    /// Inserts a booking, its participants, its `booking.created` webhook event and the record of its
+    /// `Idempotency-Key` in one transaction. The record is
     /// inserted first: a concurrent request with the same key waits for this transaction (SQLite: the write lock;
     /// PostgreSQL: the unique index) and then gets [`IdempotentCreate::Existing`], so one key creates at most one
     /// booking. A record older than [`IDEMPOTENCY_TTL_S`] at `rec.created_at` is replaced.
@@ -688,7 +697,12 @@ impl Store {
             };
         }
         insert_booking(&mut tx, b, parts).await?;
+        let queued = enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
+            .await?;
         tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(IdempotentCreate::Created)
     }
 
@@ -732,8 +746,10 @@ impl Store {
     }
 
     /// Moves booking `id` of `tenant` to status `to` if its status is one of `from`, bumping `sequence` (tokens
-    /// issued before die) and `updated_at` (and `cancelled_at` for [`Status::Cancelled`]) in the same statement.
-    /// Returns the booking after the call and the outcome; `None` when the tenant has no such booking.
+    /// issued before die) and `updated_at` (and `cancelled_at` for [`Status::Cancelled`]) in the same statement, and
+    /// writes the webhook event of the change (`booking.confirmed`, `booking.rejected`, `booking.cancelled`) in the
+    /// same transaction. Returns the booking after the call and the outcome; `None` when the tenant has no such
+    /// booking.
     pub async fn transition(
         &self,
         tenant: &str,
@@ -759,7 +775,17 @@ impl Store {
         for s in from {
             q = q.bind(s.as_str());
         }
-        let changed = q.execute(&self.pool).await.map_err(db_error)?.rows_affected() == 1;
+        let mut tx = self.pool.begin().await?;
+        let changed = q.execute(&mut *tx).await.map_err(db_error)?.rows_affected() == 1;
+        let mut queued = 0;
+        if changed && let Some(b) = booking_in(&mut tx, id).await? {
+            queued = enqueue_event(&mut tx, tenant, &format!("booking.{}", to.as_str()), &booking_data(&b, now), now)
+                .await?;
+        }
+        tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(self.booking(Some(tenant), id).await?.map(|b| {
             let t = if changed {
                 Transition::Changed
@@ -1005,6 +1031,22 @@ impl Store {
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+/// Booking `id` with its participants, read inside transaction `tx` (so it sees the transaction's own changes).
+pub async fn booking_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<Option<Booking>, StoreError> {
+    let row = sqlx::query("SELECT * FROM bookings WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut b = booking_from_row(&row)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE booking_id = $1 \
+         ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END"
+    ))
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    b.participants = rows.iter().map(participant_from_row).collect::<Result<_, _>>()?;
+    Ok(Some(b))
 }
 
 /// The query of [`Store::live_by_external_id`] (only confirmed hosted bookings: pending ones are not open yet,
