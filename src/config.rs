@@ -956,7 +956,11 @@ impl RawConfig {
             }
             WebhookConfig {
                 allow_private: nets("webhooks.allow_private", &w.allow_private)?,
-                rotation_overlap: duration("webhooks.rotation_overlap", &w.rotation_overlap, defaults.rotation_overlap)?,
+                rotation_overlap: duration(
+                    "webhooks.rotation_overlap",
+                    &w.rotation_overlap,
+                    defaults.rotation_overlap,
+                )?,
                 retry_schedule,
             }
         };

@@ -4,7 +4,7 @@ pub mod admin_api;
 pub mod api;
 pub mod store;
 pub mod tokens;
-pub mod window;
 pub mod webhook_api;
 pub mod webhook_delivery;
 pub mod webhooks;
+pub mod window;

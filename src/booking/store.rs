@@ -644,8 +644,9 @@ impl Store {
     pub async fn create_booking(&self, b: &Booking, parts: &[NewParticipant]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_booking(&mut tx, b, parts).await?;
-        let queued = enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
-            .await?;
+        let queued =
+            enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
+                .await?;
         tx.commit().await?;
         if queued > 0 {
             self.wake_webhooks();
@@ -697,8 +698,9 @@ impl Store {
             };
         }
         insert_booking(&mut tx, b, parts).await?;
-        let queued = enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
-            .await?;
+        let queued =
+            enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
+                .await?;
         tx.commit().await?;
         if queued > 0 {
             self.wake_webhooks();

@@ -28,7 +28,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::api::{ApiError, authenticate, body_error, parse_json, plausible_id, rfc3339};
 use super::tokens;
 use super::webhook_delivery::SsrfGuard;
-use super::webhooks::{self, Attempt, Delivery, Endpoint, EVENT_TYPES, Redeliver};
+use super::webhooks::{self, Attempt, Delivery, EVENT_TYPES, Endpoint, Redeliver};
 use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
 use crate::openapi::ErrorBody;
@@ -486,11 +486,8 @@ pub async fn rotate_secret(
     let now = unix_now();
     let until = now.saturating_add(state.webhooks.rotation_overlap.as_secs() as i64);
     let secret = webhooks::new_secret();
-    let e = state
-        .store
-        .rotate_webhook_secret(&tenant, &id, &secret, until, now)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let e =
+        state.store.rotate_webhook_secret(&tenant, &id, &secret, until, now).await?.ok_or_else(ApiError::not_found)?;
     tracing::info!(target: "booking", endpoint = %e.id, "webhook secret rotated");
     Ok(axum::Json(CreatedEndpoint { view: EndpointView::of(&e, now), secret }).into_response())
 }
@@ -530,8 +527,9 @@ fn encode_cursor(created_at: i64, id: &str) -> String {
 }
 
 fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
-    let invalid =
-        || ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "`cursor` is not a cursor of this log").field("cursor");
+    let invalid = || {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "`cursor` is not a cursor of this log").field("cursor")
+    };
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(c).map_err(|_| invalid())?).map_err(|_| invalid())?;
     let (at, id) = text.split_once(':').ok_or_else(invalid)?;
     if !plausible_id(id) {
@@ -569,8 +567,10 @@ pub async fn list_deliveries(
     }
     let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let e = endpoint_of(&state, &tenant, &id).await?;
-    let mut rows =
-        state.store.webhook_deliveries(&tenant, &e.id, before.as_ref().map(|(t, i)| (*t, i.as_str())), limit + 1).await?;
+    let mut rows = state
+        .store
+        .webhook_deliveries(&tenant, &e.id, before.as_ref().map(|(t, i)| (*t, i.as_str())), limit + 1)
+        .await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|(d, _)| encode_cursor(d.created_at, &d.id))
