@@ -51,7 +51,7 @@ impl Hit {
 }
 
 /// A webhook receiver on 127.0.0.1:0 (axum): records every request; answers 500 to the first `fail_first` requests,
-/// a 307 to `/landed` on `/redirect`, else 204.
+/// a 307 to `/landed` on `/redirect`, else 204 (on `/slow` after 2 s).
 #[derive(Clone)]
 struct Receiver {
     addr: SocketAddr,
@@ -72,6 +72,9 @@ impl Receiver {
                     .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
                     .collect();
                 h.lock().unwrap().push(Hit { path: uri.path().to_string(), headers, body });
+                if uri.path() == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
                 if uri.path() == "/redirect" {
                     return (StatusCode::TEMPORARY_REDIRECT, [("location", "/landed")]).into_response();
                 }
@@ -501,11 +504,12 @@ async fn rotation_signs_with_both_secrets(backend: Backend) {
 
 /// `kill -9` during a burst of concurrent creates, then a restart on the same data: every acknowledged booking's
 /// `booking.created` reaches the receiver, and after deduplication by `webhook-id` each booking's event is there
-/// exactly once (redeliveries after the crash carry the same id).
+/// exactly once: the attempts the kill interrupted are sent again after the restart with the same id.
 async fn kill9_during_a_burst_loses_no_event(backend: Backend) {
     let Some(d) = Daemon::start_on(backend, ALLOW_LOOPBACK) else { return };
     let rx = Receiver::start().await;
-    endpoint(&d, &rx.url("/burst"), json!({})).await;
+    // A slow receiver, so attempts are under way when the daemon is killed.
+    endpoint(&d, &rx.url("/slow"), json!({})).await;
     let (url, key) = (d.url("/v1/bookings"), d.api_key.clone());
     let client = reqwest::Client::new();
     let mut creates = tokio::task::JoinSet::new();
@@ -559,6 +563,7 @@ async fn kill9_during_a_burst_loses_no_event(backend: Backend) {
         *per_booking.entry(booking).or_default() += 1;
     }
     assert!(per_booking.values().all(|n| *n == 1), "after dedupe each booking's event is seen once: {per_booking:?}");
+    assert!(hits.len() > by_id.len(), "attempts interrupted by the kill are sent again (same webhook-id)");
     let delivered: BTreeSet<String> = by_id.values().cloned().collect();
     assert_eq!(delivered, stored, "events exactly for the committed bookings");
 }
