@@ -125,6 +125,8 @@ async fn openapi_document(backend: Backend) {
         let url = d.url(&path.replace("{id}", "bkg_nope").replace("{pid}", "par_nope").replace("{link_token}", "nope"));
         let req = match method {
             "GET" => client.get(&url),
+            "DELETE" => client.delete(&url),
+            "PATCH" => client.patch(&url).json(&json!({})),
             _ => client.post(&url).json(&json!({})),
         };
         let r = req.send().await.unwrap();
@@ -149,7 +151,7 @@ async fn openapi_document(backend: Backend) {
             Some("admin")
         } else if key.starts_with("GET /v1/bookings") {
             Some("bookings:read")
-        } else if key.contains("/v1/bookings") {
+        } else if key.contains("/v1/bookings") || key.contains("/v1/webhook-") {
             Some("bookings:write")
         } else {
             None
@@ -245,6 +247,43 @@ async fn openapi_document(backend: Backend) {
     let keys: Value =
         client.get(d.url("/v1/admin/api-keys")).bearer_auth(&d.api_key).send().await.unwrap().json().await.unwrap();
     assert_valid(&doc, "ApiKeyList", &keys);
+    // Webhook endpoints and the delivery log (a public address: this daemon has no `allow_private`).
+    let created: Value = client
+        .post(d.url("/v1/webhook-endpoints"))
+        .bearer_auth(&d.api_key)
+        .json(&json!({"url": "https://93.184.215.14/hook", "event_types": ["booking.created"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "CreatedEndpoint", &created);
+    let ep = created["id"].as_str().unwrap();
+    let list: Value =
+        client.get(d.url("/v1/webhook-endpoints")).bearer_auth(&d.api_key).send().await.unwrap().json().await.unwrap();
+    assert_valid(&doc, "EndpointList", &list);
+    let ping: Value = client
+        .post(d.url(&format!("/v1/webhook-endpoints/{ep}/test")))
+        .bearer_auth(&d.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "WebhookDelivery", &ping);
+    let log: Value = client
+        .get(d.url(&format!("/v1/webhook-endpoints/{ep}/deliveries")))
+        .bearer_auth(&d.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "DeliveryPage", &log);
+    assert_eq!(log["deliveries"].as_array().map(Vec::len), Some(1), "{log}");
 }
 
 /// schemathesis against a live daemon, bounded: every operation but the WebSocket (`/v1/signal`: a 101 upgrade that
