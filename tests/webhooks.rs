@@ -220,6 +220,10 @@ async fn booking_events_are_signed_and_verify(backend: Backend) {
     let id = |b: &Value| b["id"].as_str().unwrap().to_string();
     assert_eq!(call(&d, &d.api_key, "POST", &format!("/v1/bookings/{}/confirm", id(&pending)), None).await.0, 200);
     assert_eq!(call(&d, &d.api_key, "POST", &format!("/v1/bookings/{}/reject", id(&to_reject)), None).await.0, 200);
+    // A create refused by the no-double-booking rule is rolled back with its event: nothing is sent for it.
+    let mut clash = booking_body(3600, 1800);
+    clash["participants"][0]["ref"] = confirmed["participants"][0]["ref"].clone();
+    assert_eq!(d.create_booking(&clash).await.0, 409);
     assert_eq!(common::cancel_booking(&d, &id(&confirmed)).await.0, 200);
     // A repeated cancel changes nothing and sends nothing.
     assert_eq!(common::cancel_booking(&d, &id(&confirmed)).await.0, 200);
@@ -516,7 +520,7 @@ async fn kill9_during_a_burst_loses_no_event(backend: Backend) {
     for i in 0..60 {
         let (client, url, key) = (client.clone(), url.clone(), key.clone());
         creates.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            tokio::time::sleep(Duration::from_millis(i * 20)).await;
             let r =
                 client.post(&url).bearer_auth(&key).json(&booking_body(3600 + i as i64 * 60, 600)).send().await.ok()?;
             if r.status().as_u16() != 201 {
@@ -526,7 +530,8 @@ async fn kill9_during_a_burst_loses_no_event(backend: Backend) {
             b["id"].as_str().map(str::to_string)
         });
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill as soon as the first attempt is under way (the receiver holds it 2 s), while creates keep coming.
+    rx.wait_for(Duration::from_secs(20), "a first attempt", |h| !h.is_empty()).await;
     let mut d = d;
     d.kill9();
     let mut acknowledged = BTreeSet::new();
