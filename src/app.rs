@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Cancelled on SIGTERM: new joins get 503 while running calls finish.
     pub draining: tokio_util::sync::CancellationToken,
+    /// `[webhooks]`: the SSRF guard's allow list and the rotation overlap.
+    pub webhooks: Arc<crate::config::WebhookConfig>,
 }
 
 impl AppState {

@@ -94,6 +94,24 @@ pub struct RawConfig {
     /// `[database]`.
     #[serde(default)]
     pub database: RawDatabase,
+    /// `[webhooks]`.
+    #[serde(default)]
+    pub webhooks: RawWebhooks,
+}
+
+/// `[webhooks]`: delivery of webhook events (README, "Webhooks").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    /// CIDRs that endpoint URLs may resolve to although private, loopback, link-local, CGNAT or unique-local (e.g.
+    /// `["127.0.0.0/8"]` for a receiver on this machine); `http://` URLs are accepted only for addresses inside them.
+    /// Default: none.
+    pub allow_private: Option<Vec<String>>,
+    /// How long the previous secret keeps signing beside the new one after `rotate-secret` (default `24h`).
+    pub rotation_overlap: Option<String>,
+    /// Delays between attempts after a failure, e.g. `["5s", "5m"]`: one more attempt per entry, then `failed`
+    /// (default [`crate::booking::webhooks::RETRY_SCHEDULE`]: 5s, 5m, 30m, 2h, 5h, 10h; at most 24h in all).
+    pub retry_schedule: Option<Vec<String>>,
 }
 
 /// `[database]`: where the booking store lives.
@@ -386,6 +404,29 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The booking store's backend.
     pub database: DatabaseConfig,
+    /// Webhook delivery.
+    pub webhooks: WebhookConfig,
+}
+
+/// Validated `[webhooks]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Ranges endpoint addresses may be in although special-purpose (and where `http://` is accepted).
+    pub allow_private: Vec<IpNet>,
+    /// How long the previous secret keeps signing after a rotation.
+    pub rotation_overlap: Duration,
+    /// Delays between attempts after a failure; `retry_schedule.len() + 1` attempts in all.
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            allow_private: Vec::new(),
+            rotation_overlap: Duration::from_secs(86_400),
+            retry_schedule: crate::booking::webhooks::RETRY_SCHEDULE.to_vec(),
+        }
+    }
 }
 
 /// Validated `[database]`: the backend of the booking store.
@@ -906,8 +947,35 @@ impl RawConfig {
             return Err(invalid("public_url", format!("{url:?}: must start with http:// or https://")));
         }
         let database = self.database.validate()?;
+        let webhooks = {
+            let w = &self.webhooks;
+            let defaults = WebhookConfig::default();
+            let retry_schedule = match &w.retry_schedule {
+                None => defaults.retry_schedule,
+                Some(list) => list
+                    .iter()
+                    .map(|d| duration("webhooks.retry_schedule", &Some(d.clone()), Duration::ZERO))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            if retry_schedule.len() > 20 || retry_schedule.iter().sum::<Duration>() > Duration::from_secs(86_400) {
+                return Err(invalid("webhooks.retry_schedule", "at most 20 delays, 24h in all"));
+            }
+            WebhookConfig {
+                allow_private: nets("webhooks.allow_private", &w.allow_private)?,
+                rotation_overlap: duration(
+                    "webhooks.rotation_overlap",
+                    &w.rotation_overlap,
+                    defaults.rotation_overlap,
+                )?,
+                retry_schedule,
+            }
+        };
+        if webhooks.rotation_overlap > Duration::from_secs(7 * 86_400) {
+            return Err(invalid("webhooks.rotation_overlap", "at most 7d"));
+        }
         Ok(Config {
             database,
+            webhooks,
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,

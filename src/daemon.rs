@@ -230,6 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hub: hub.clone(),
         metrics: metrics.clone(),
         draining: draining.clone(),
+        webhooks: Arc::new(config.webhooks.clone()),
     };
     // The `/v1/` routes come with their OpenAPI document (`crate::openapi`): one list for both.
     let (api, _) = crate::openapi::api_router().route_layer(axum::middleware::map_response(no_store)).split_for_parts();
@@ -275,6 +276,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             http_serve::serve(listener, vy_tls.clone(), vy_app, limits.clone(), shutdown.clone(), tasks.clone(), "vy");
         tasks.spawn(serve);
     }
+    let state_store = store.clone();
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config
@@ -298,6 +300,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "admin server failed");
         }
     });
+    // Webhook deliveries from the outbox (retries what a crash left in flight).
+    tasks.spawn(crate::booking::webhook_delivery::run(
+        state_store,
+        metrics.clone(),
+        config.webhooks.clone(),
+        shutdown.clone(),
+    ));
     tasks.close();
     Ok(Running {
         http: http_addr,

@@ -65,6 +65,11 @@ pub struct Metrics {
     pub signal_refused: IntCounterVec,
     /// `duet_draining`: 1 while draining after SIGTERM.
     pub draining: IntGauge,
+    /// `duet_webhook_deliveries_total{result}`: one per delivery attempt: `success` (2xx), `retry` (failed, another
+    /// attempt is scheduled), `failed` (failed, the retry schedule is used up).
+    pub webhook_deliveries: IntCounterVec,
+    /// `duet_webhook_backlog`: webhook deliveries not yet delivered or failed (pending or being sent), every tenant.
+    pub webhook_backlog: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -228,6 +233,13 @@ impl Metrics {
                 &["mode", "reason"],
             ),
             draining: gauge(&r, "duet_draining", "1 while the daemon drains after SIGTERM, else 0."),
+            webhook_deliveries: counter_vec(
+                &r,
+                "duet_webhook_deliveries_total",
+                "Webhook delivery attempts by result: success, retry (another attempt scheduled), failed (gave up).",
+                &["result"],
+            ),
+            webhook_backlog: gauge(&r, "duet_webhook_backlog", "Webhook deliveries pending or being sent."),
             registry: r,
         }
     }

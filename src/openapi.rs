@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::booking::{admin_api, api, reschedule};
+use crate::booking::{admin_api, api, reschedule, webhook_api};
 use crate::signal_io;
 
 /// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the
@@ -91,6 +91,8 @@ impl Modify for BearerAuth {
         (name = "join", description = "Join links (the link token is the capability)."),
         (name = "signaling", description = "The native signaling WebSocket."),
         (name = "admin", description = "Tenants and API keys (scope `admin`)."),
+        (name = "webhooks", description = "Webhook endpoints of the caller's tenant, their delivery log, redeliver and \
+                                           a test ping (scope `bookings:write`)."),
         (name = "meta", description = "This document.")
     )
 )]
@@ -126,6 +128,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_api::create_tenant, admin_api::list_tenants))
         .routes(routes!(admin_api::create_api_key, admin_api::list_api_keys))
         .routes(routes!(admin_api::revoke_api_key))
+        .routes(routes!(webhook_api::create_endpoint, webhook_api::list_endpoints))
+        .routes(routes!(webhook_api::get_endpoint, webhook_api::update_endpoint, webhook_api::delete_endpoint))
+        .routes(routes!(webhook_api::rotate_secret))
+        .routes(routes!(webhook_api::test_endpoint))
+        .routes(routes!(webhook_api::list_deliveries))
+        .routes(routes!(webhook_api::redeliver))
         .routes(routes!(signal_io::native::upgrade))
         .routes(routes!(serve))
 }

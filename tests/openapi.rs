@@ -31,6 +31,15 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/admin/api-keys",
     "GET /v1/admin/api-keys",
     "POST /v1/admin/api-keys/{id}/revoke",
+    "POST /v1/webhook-endpoints",
+    "GET /v1/webhook-endpoints",
+    "GET /v1/webhook-endpoints/{id}",
+    "PATCH /v1/webhook-endpoints/{id}",
+    "DELETE /v1/webhook-endpoints/{id}",
+    "POST /v1/webhook-endpoints/{id}/rotate-secret",
+    "POST /v1/webhook-endpoints/{id}/test",
+    "GET /v1/webhook-endpoints/{id}/deliveries",
+    "POST /v1/webhook-deliveries/{id}/redeliver",
     "GET /v1/signal",
     "GET /v1/openapi.json",
 ];
@@ -142,7 +151,7 @@ async fn openapi_document(backend: Backend) {
             Some("admin")
         } else if key.starts_with("GET /v1/bookings") {
             Some("bookings:read")
-        } else if key.contains("/v1/bookings") {
+        } else if key.contains("/v1/bookings") || key.contains("/v1/webhook-") {
             Some("bookings:write")
         } else {
             None
@@ -238,6 +247,43 @@ async fn openapi_document(backend: Backend) {
     let keys: Value =
         client.get(d.url("/v1/admin/api-keys")).bearer_auth(&d.api_key).send().await.unwrap().json().await.unwrap();
     assert_valid(&doc, "ApiKeyList", &keys);
+    // Webhook endpoints and the delivery log (a public address: this daemon has no `allow_private`).
+    let created: Value = client
+        .post(d.url("/v1/webhook-endpoints"))
+        .bearer_auth(&d.api_key)
+        .json(&json!({"url": "https://93.184.215.14/hook", "event_types": ["booking.created"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "CreatedEndpoint", &created);
+    let ep = created["id"].as_str().unwrap();
+    let list: Value =
+        client.get(d.url("/v1/webhook-endpoints")).bearer_auth(&d.api_key).send().await.unwrap().json().await.unwrap();
+    assert_valid(&doc, "EndpointList", &list);
+    let ping: Value = client
+        .post(d.url(&format!("/v1/webhook-endpoints/{ep}/test")))
+        .bearer_auth(&d.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "WebhookDelivery", &ping);
+    let log: Value = client
+        .get(d.url(&format!("/v1/webhook-endpoints/{ep}/deliveries")))
+        .bearer_auth(&d.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "DeliveryPage", &log);
+    assert_eq!(log["deliveries"].as_array().map(Vec::len), Some(1), "{log}");
 }
 
 /// schemathesis against a live daemon, bounded: every operation but the WebSocket (`/v1/signal`: a 101 upgrade that

@@ -5,4 +5,7 @@ pub mod api;
 pub mod reschedule;
 pub mod store;
 pub mod tokens;
+pub mod webhook_api;
+pub mod webhook_delivery;
+pub mod webhooks;
 pub mod window;

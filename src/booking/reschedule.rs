@@ -22,7 +22,7 @@ use super::api::{
     ApiError, BookingView, WindowView, authenticate, body_error, booking_response, check_join_policy, check_times,
     parse_instant, parse_json, plausible_id, rfc3339, slot_unavailable, window_json,
 };
-use super::store::{Booking, Kind, Status, StoreError};
+use super::store::{Booking, Kind, RescheduleEvent, Status, StoreError};
 use super::tokens;
 use super::window::{JoinPolicy, JoinWindow, Role};
 use crate::api_key::Scope;
@@ -196,7 +196,9 @@ pub async fn patch_booking(
     }
     new.sequence = old.sequence + 1;
     new.updated_at = now;
-    match state.store.update_booking(&new, expected).await {
+    let reason = if start == old.start_at && end > old.end_at { "extended" } else { "rescheduled" };
+    let event = RescheduleEvent { reason, previous_start_at: old.start_at, previous_end_at: old.end_at };
+    match state.store.update_booking(&new, expected, rescheduled.then_some(&event)).await {
         Ok(true) => {}
         Ok(false) => {
             // Changed (or cancelled) between our read and our write.
@@ -206,9 +208,9 @@ pub async fn patch_booking(
         Err(StoreError::SlotUnavailable) => return Err(conflict(&state, &new).await),
         Err(e) => return Err(e.into()),
     }
-    let event = if rescheduled && start == old.start_at && end > old.end_at { "extended" } else { "rescheduled" };
-    state.metrics.bookings.with_label_values(&[if rescheduled { event } else { "updated" }]).inc();
-    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event, "booking changed");
+    let label = if rescheduled { reason } else { "updated" };
+    state.metrics.bookings.with_label_values(&[label]).inc();
+    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = label, "booking changed");
     if rescheduled {
         follow_window(&state, &new);
     }
@@ -376,7 +378,9 @@ pub async fn extend_from_call(
         new.max_hard_end_at = old.max_hard_end_at.max(new.window.hard_end_at);
         new.sequence = old.sequence + 1;
         new.updated_at = now;
-        match state.store.update_booking(&new, old.sequence).await {
+        let event =
+            RescheduleEvent { reason: "extended", previous_start_at: old.start_at, previous_end_at: old.end_at };
+        match state.store.update_booking(&new, old.sequence, Some(&event)).await {
             Ok(true) => {}
             Ok(false) => continue,
             // The conflicting booking is not named: the caller holds a link, not an API key.

@@ -18,6 +18,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 use crate::config::DatabaseConfig;
 use crate::data_dir::DataDir;
 
+use super::webhooks::{booking_data, enqueue_event};
 use super::window::{JoinPolicy, JoinWindow, Role};
 use crate::api_key::Scope;
 
@@ -259,6 +260,17 @@ impl Booking {
     }
 }
 
+/// What a `booking.rescheduled` webhook event says beyond the booking ([`Store::update_booking`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RescheduleEvent {
+    /// `rescheduled` (new times or join policy) or `extended` (the same start, a later end).
+    pub reason: &'static str,
+    /// The start before the change, Unix seconds.
+    pub previous_start_at: i64,
+    /// The end before the change, Unix seconds.
+    pub previous_end_at: i64,
+}
+
 /// A participant to insert, with the hash of its link token.
 #[derive(Debug, Clone)]
 pub struct NewParticipant {
@@ -395,8 +407,10 @@ const SQLITE_PRAGMAS: &str =
 /// The booking store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     backend: Backend,
+    /// Signalled after a commit that queued webhook deliveries ([`Store::wake_webhooks`]).
+    pub(super) webhook_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -424,7 +438,7 @@ impl Store {
             .connect_with(opts)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Sqlite })
+        Ok(Store { pool, backend: Backend::Sqlite, webhook_wake: Default::default() })
     }
 
     /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
@@ -449,7 +463,7 @@ impl Store {
             .connect_with(opts)
             .await?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Postgres })
+        Ok(Store { pool, backend: Backend::Postgres, webhook_wake: Default::default() })
     }
 
     /// Opens the store `[database]` configures: SQLite in `data` ([`DataDir::database`], created 0600 if missing) or
@@ -643,19 +657,26 @@ impl Store {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    /// Inserts a booking and its participants in one transaction. The host participant's `ref` is stored on the
-    /// booking as its `host_ref` (the no-double-booking rule's key).
+    /// Inserts a booking and its participants in one transaction, with its `booking.created` webhook event (outbox).
+    /// The host participant's `ref` is stored on the booking as its `host_ref` (the no-double-booking rule's key).
     ///
     /// Errors: [`StoreError::DuplicateExternalId`], [`StoreError::SlotUnavailable`] (both: nothing inserted),
     /// [`StoreError::Db`].
     pub async fn create_booking(&self, b: &Booking, parts: &[NewParticipant]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_booking(&mut tx, b, parts).await?;
+        let queued =
+            enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
+                .await?;
         tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(())
     }
 
-    /// Inserts a booking, its participants and the record of its `Idempotency-Key` in one transaction. The record is
+    /// Inserts a booking, its participants, its `booking.created` webhook event and the record of its
+    /// `Idempotency-Key` in one transaction. The record is
     /// inserted first: a concurrent request with the same key waits for this transaction (SQLite: the write lock;
     /// PostgreSQL: the unique index) and then gets [`IdempotentCreate::Existing`], so one key creates at most one
     /// booking. A record older than [`IDEMPOTENCY_TTL_S`] at `rec.created_at` is replaced.
@@ -698,7 +719,13 @@ impl Store {
             };
         }
         insert_booking(&mut tx, b, parts).await?;
+        let queued =
+            enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
+                .await?;
         tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(IdempotentCreate::Created)
     }
 
@@ -742,8 +769,10 @@ impl Store {
     }
 
     /// Moves booking `id` of `tenant` to status `to` if its status is one of `from`, bumping `sequence` (tokens
-    /// issued before die) and `updated_at` (and `cancelled_at` for [`Status::Cancelled`]) in the same statement.
-    /// Returns the booking after the call and the outcome; `None` when the tenant has no such booking.
+    /// issued before die) and `updated_at` (and `cancelled_at` for [`Status::Cancelled`]) in the same statement, and
+    /// writes the webhook event of the change (`booking.confirmed`, `booking.rejected`, `booking.cancelled`) in the
+    /// same transaction. Returns the booking after the call and the outcome; `None` when the tenant has no such
+    /// booking.
     pub async fn transition(
         &self,
         tenant: &str,
@@ -769,7 +798,17 @@ impl Store {
         for s in from {
             q = q.bind(s.as_str());
         }
-        let changed = q.execute(&self.pool).await.map_err(db_error)?.rows_affected() == 1;
+        let mut tx = self.pool.begin().await?;
+        let changed = q.execute(&mut *tx).await.map_err(db_error)?.rows_affected() == 1;
+        let mut queued = 0;
+        if changed && let Some(b) = booking_in(&mut tx, id).await? {
+            queued = enqueue_event(&mut tx, tenant, &format!("booking.{}", to.as_str()), &booking_data(&b, now), now)
+                .await?;
+        }
+        tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(self.booking(Some(tenant), id).await?.map(|b| {
             let t = if changed {
                 Transition::Changed
@@ -788,9 +827,18 @@ impl Store {
     /// optimistic concurrency of `PATCH` with `If-Match` (RFC 9110 §13.1.1). The database checks the host's
     /// overlaps on the new times (SQLite trigger, PostgreSQL exclusion constraint).
     ///
+    /// With `event` (a change of the times or window) the `booking.rescheduled` webhook event is written in the
+    /// same transaction: the booking as now, plus `reason` (`rescheduled` or `extended`) and `previous`
+    /// `{start_at, end_at}` (research booking.md §7.4 rule 4).
+    ///
     /// Returns `true` when written, `false` when the row changed since (or is gone): the caller reads it again to
     /// tell 404, 412 and 409 apart. Errors: [`StoreError::SlotUnavailable`] (nothing written), [`StoreError::Db`].
-    pub async fn update_booking(&self, b: &Booking, expected_sequence: i64) -> Result<bool, StoreError> {
+    pub async fn update_booking(
+        &self,
+        b: &Booking,
+        expected_sequence: i64,
+        event: Option<&RescheduleEvent>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "UPDATE bookings SET title = $1, start_at = $2, end_at = $3, host_opens_at = $4, opens_at = $5, \
@@ -822,7 +870,26 @@ impl Store {
         .await
         .map_err(db_error)?
         .rows_affected();
+        let mut queued = 0;
+        if n == 1
+            && let Some(e) = event
+            && let Some(stored) = booking_in(&mut tx, &b.id).await?
+        {
+            let mut data = booking_data(&stored, b.updated_at);
+            if let Some(obj) = data.as_object_mut() {
+                obj.insert("reason".into(), e.reason.into());
+                let previous = serde_json::json!({
+                    "start_at": super::api::rfc3339(e.previous_start_at),
+                    "end_at": super::api::rfc3339(e.previous_end_at),
+                });
+                obj.insert("previous".into(), previous);
+            }
+            queued = enqueue_event(&mut tx, &b.tenant_id, "booking.rescheduled", &data, b.updated_at).await?;
+        }
         tx.commit().await?;
+        if queued > 0 {
+            self.wake_webhooks();
+        }
         Ok(n == 1)
     }
 
@@ -1073,6 +1140,22 @@ impl Store {
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+/// Booking `id` with its participants, read inside transaction `tx` (so it sees the transaction's own changes).
+pub async fn booking_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<Option<Booking>, StoreError> {
+    let row = sqlx::query("SELECT * FROM bookings WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut b = booking_from_row(&row)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE booking_id = $1 \
+         ORDER BY CASE role WHEN 'host' THEN 0 ELSE 1 END"
+    ))
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    b.participants = rows.iter().map(participant_from_row).collect::<Result<_, _>>()?;
+    Ok(Some(b))
 }
 
 /// The query of [`Store::live_by_external_id`] (only confirmed hosted bookings: pending ones are not open yet,
