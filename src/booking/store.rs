@@ -385,7 +385,7 @@ const SQLITE_PRAGMAS: &str =
 /// The booking store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
 }
 
