@@ -65,6 +65,8 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
         kind: duet::booking::store::Kind::Hosted,
         external_url: None,
         metadata: None,
+        event_type_id: None,
+        note: None,
     };
     let host = format!("instructor:{id}");
     let parts = [(Role::Host, Some(host.as_str()), "Dr. Ana"), (Role::Guest, None, "J. Doe")]

@@ -222,6 +222,11 @@ pub struct Booking {
     pub external_url: Option<String>,
     /// The app's JSON object as it was sent (at most 4 KiB), echoed back verbatim.
     pub metadata: Option<String>,
+    /// The event type the booking was made from (`POST /v1/event-types/{id}/bookings`), `evt_…`; `None` for
+    /// bookings made with `POST /v1/bookings`.
+    pub event_type_id: Option<String>,
+    /// The guest's note (at most 2000 characters) of a booking made from an event type.
+    pub note: Option<String>,
 }
 
 impl Booking {
@@ -337,6 +342,15 @@ pub enum StoreError {
     /// (migration 0004), on insert and on every update of a booking's times, buffers, host or status.
     #[error("the host already has a booking at this time")]
     SlotUnavailable,
+    /// The tenant already has a host with this `ref` (409 `host_ref_taken`).
+    #[error("host ref already used")]
+    HostRefTaken,
+    /// The host already has an event type with this slug (409 `slug_taken`).
+    #[error("event type slug already used")]
+    SlugTaken,
+    /// The schedule is used by an event type and cannot be deleted (409 `schedule_in_use`).
+    #[error("schedule in use")]
+    ScheduleInUse,
     /// Anything from the database.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -1029,8 +1043,8 @@ async fn insert_booking(
     let r = sqlx::query(
         "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
          join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at, host_ref, buffer_before_s, \
-         buffer_after_s, kind, external_url, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+         buffer_after_s, kind, external_url, metadata, event_type_id, note) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(&b.id)
     .bind(&b.tenant_id)
@@ -1052,6 +1066,8 @@ async fn insert_booking(
     .bind(b.kind.as_str())
     .bind(&b.external_url)
     .bind(&b.metadata)
+    .bind(&b.event_type_id)
+    .bind(&b.note)
     .execute(&mut **tx)
     .await;
     if let Err(e) = &r {
@@ -1137,6 +1153,8 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
         kind: if r.try_get::<String, _>("kind")? == "external_link" { Kind::ExternalLink } else { Kind::Hosted },
         external_url: r.try_get("external_url")?,
         metadata: r.try_get("metadata")?,
+        event_type_id: r.try_get("event_type_id")?,
+        note: r.try_get("note")?,
     })
 }
 

@@ -393,10 +393,9 @@ mod tests {
 
     #[test]
     fn fall_back_offers_the_repeated_hour_once_at_its_first_occurrence() {
-        for (tz, day, repeated) in [
-            (chrono_tz::Europe::Berlin, "2027-10-31", "02:00"),
-            (chrono_tz::America::New_York, "2027-11-07", "01:00"),
-        ] {
+        for (tz, day, repeated) in
+            [(chrono_tz::Europe::Berlin, "2027-10-31", "02:00"), (chrono_tz::America::New_York, "2027-11-07", "01:00")]
+        {
             let a = every_day(tz, &[iv("00:00", "04:00")]);
             let s = slots_on(&a, &rules(60), day, &[]);
             assert_eq!(walls(tz, &s), ["00:00", "01:00", "02:00", "03:00"], "{tz}");
