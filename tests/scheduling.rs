@@ -483,6 +483,26 @@ async fn booked_slots_disappear(backend: Backend) {
     .await;
     assert_eq!((status, off["error"].as_str()), (409, Some("slot_unavailable")), "not on the grid: {off}");
 
+    // A retry with the same Idempotency-Key replays the booking instead of finding its own slot taken.
+    let retry = || {
+        d.client()
+            .post(d.url(&format!("/v1/event-types/{eid}/bookings")))
+            .bearer_auth(&d.api_key)
+            .header("Idempotency-Key", "slot-retry-1")
+            .json(&json!({"start_at": at("09:00"), "guest": {"display_name": "Retry"}}))
+            .send()
+    };
+    let first = retry().await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first: Value = first.json().await.unwrap();
+    let second = retry().await.unwrap();
+    assert_eq!(second.status().as_u16(), 201);
+    assert_eq!(second.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    let (status, _) = common::cancel_booking(&d, first["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+
     // Cancelling frees the slots again.
     let (status, _) = common::cancel_booking(&d, made["id"].as_str().unwrap()).await;
     assert_eq!(status, 200);

@@ -374,31 +374,37 @@ impl Store {
         Ok(())
     }
 
-    /// Rewrites event type `e` (by tenant and id; every column but `created_at`). False: no such event type.
-    /// Errors: [`StoreError::SlugTaken`], [`StoreError::Db`].
+    /// Rewrites event type `e` (by tenant and id; every column but `id`, `tenant_id` and `created_at`). False: no
+    /// such event type. Errors: [`StoreError::SlugTaken`], [`StoreError::Db`].
     pub async fn update_event_type(&self, e: &EventType) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("DELETE FROM event_types WHERE tenant_id = $1 AND id = $2")
-            .bind(&e.tenant_id)
-            .bind(&e.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n != 1 {
-            return Ok(false);
-        }
-        bind_event_type(
-            sqlx::query(&format!(
-                "INSERT INTO event_types ({EVENT_TYPE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17, $18)"
-            )),
-            e,
+        let n = sqlx::query(
+            "UPDATE event_types SET host_id = $1, schedule_id = $2, slug = $3, title = $4, duration_minutes = $5, \
+             buffer_before_minutes = $6, buffer_after_minutes = $7, minimum_notice_minutes = $8, horizon_days = $9, \
+             max_per_day = $10, slot_interval_minutes = $11, kind = $12, external_url = $13, \
+             requires_confirmation = $14, updated_at = $15 WHERE tenant_id = $16 AND id = $17",
         )
-        .execute(&mut *tx)
+        .bind(&e.host_id)
+        .bind(&e.schedule_id)
+        .bind(&e.slug)
+        .bind(&e.title)
+        .bind(e.duration_minutes)
+        .bind(e.buffer_before_minutes)
+        .bind(e.buffer_after_minutes)
+        .bind(e.minimum_notice_minutes)
+        .bind(e.horizon_days)
+        .bind(e.max_per_day)
+        .bind(e.slot_interval_minutes)
+        .bind(e.kind.as_str())
+        .bind(&e.external_url)
+        .bind(i64::from(e.requires_confirmation))
+        .bind(e.updated_at)
+        .bind(&e.tenant_id)
+        .bind(&e.id)
+        .execute(&self.pool)
         .await
-        .map_err(|x| if unique_violation(&x) { StoreError::SlugTaken } else { StoreError::Db(x) })?;
-        tx.commit().await?;
-        Ok(true)
+        .map_err(|x| if unique_violation(&x) { StoreError::SlugTaken } else { StoreError::Db(x) })?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Event type `id` of `tenant`.
@@ -476,17 +482,7 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<BusyBooking>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT blocked_start, blocked_end, start_at, event_type_id FROM bookings \
-             WHERE tenant_id = $1 AND host_ref = $2 AND host_ref IS NOT NULL AND status IN ('pending', 'confirmed') \
-             AND blocked_end > $3 AND blocked_start < $4 ORDER BY blocked_start, id",
-        )
-        .bind(tenant)
-        .bind(host_ref)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(HOST_BUSY).bind(tenant).bind(host_ref).bind(from).bind(to).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(BusyBooking {
@@ -499,6 +495,12 @@ impl Store {
     }
 }
 
+/// The query of [`Store::host_busy`]: a search of the partial index `bookings_host_blocked`.
+const HOST_BUSY: &str = "SELECT blocked_start, blocked_end, start_at, event_type_id FROM bookings \
+     WHERE tenant_id = $1 AND host_ref = $2 AND host_ref IS NOT NULL AND status IN ('pending', 'confirmed') \
+     AND blocked_end > $3 AND blocked_start < $4 ORDER BY blocked_start, id";
+
+/// Binds the columns of [`EVENT_TYPE_COLUMNS`] in order.
 fn bind_event_type<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     e: &'q EventType,
@@ -521,4 +523,30 @@ fn bind_event_type<'q>(
         .bind(i64::from(e.requires_confirmation))
         .bind(e.created_at)
         .bind(e.updated_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The busy-time query of a slot computation searches the host's partial index, never scans the bookings.
+    #[tokio::test]
+    async fn host_busy_searches_the_host_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("open");
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {HOST_BUSY}"))
+            .bind("ten_default")
+            .bind("coach:1")
+            .bind(0_i64)
+            .bind(10_i64)
+            .fetch_all(&store.pool)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect();
+        assert!(plan.iter().any(|d| d.starts_with("SEARCH bookings USING INDEX bookings_host_blocked")), "{plan:?}");
+        assert!(!plan.iter().any(|d| d.starts_with("SCAN bookings")), "{plan:?}");
+        assert!(store.host_busy("ten_default", "coach:1", 0, 10).await.expect("query").is_empty());
+    }
 }
