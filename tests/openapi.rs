@@ -377,8 +377,19 @@ async fn control_characters(backend: Backend) {
         ("GET", "/v1/bookings/bkg_%00"),
         ("POST", "/v1/bookings/bkg_%00/cancel"),
         ("POST", "/v1/admin/api-keys/key_%00/revoke"),
+        ("GET", "/v1/hosts/a%00b"),
+        ("DELETE", "/v1/hosts/a%00b"),
+        ("GET", "/v1/hosts/a%00b/schedules"),
+        ("GET", "/v1/event-types/evt_%00"),
+        ("DELETE", "/v1/event-types/evt_%00"),
+        ("POST", "/v1/event-types/evt_%00/bookings"),
+        ("GET", "/v1/slots?host_ref=a%00&event_type=b"),
     ] {
-        let req = if method == "GET" { client.get(d.url(path)) } else { client.post(d.url(path)) };
+        let req = match method {
+            "GET" => client.get(d.url(path)),
+            "DELETE" => client.delete(d.url(path)),
+            _ => client.post(d.url(path)),
+        };
         let (status, body) = send(key, req).await;
         assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{path}: {body}");
     }
