@@ -18,4 +18,5 @@ pub mod http_serve;
 pub mod metrics;
 pub mod openapi;
 pub mod relay_io;
+pub mod scheduling;
 pub mod signal_io;

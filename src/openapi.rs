@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::booking::{admin_api, api, reschedule, webhook_api};
+use crate::booking::{admin_api, api, catalog_api, reschedule, webhook_api};
 use crate::signal_io;
 
 /// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the
@@ -88,6 +88,7 @@ impl Modify for BearerAuth {
     components(schemas(ErrorBody)),
     tags(
         (name = "bookings", description = "Bookings of the caller's tenant (API key)."),
+        (name = "scheduling", description = "Hosts, availability schedules, event types, free slots and bookings made from a slot (caller's tenant, API key)."),
         (name = "join", description = "Join links (the link token is the capability)."),
         (name = "signaling", description = "The native signaling WebSocket."),
         (name = "admin", description = "Tenants and API keys (scope `admin`)."),
@@ -125,6 +126,15 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(api::revoke_link))
         .routes(routes!(api::join))
         .routes(routes!(reschedule::extend_from_call))
+        .routes(routes!(catalog_api::create_host, catalog_api::list_hosts))
+        .routes(routes!(catalog_api::get_host, catalog_api::update_host, catalog_api::delete_host))
+        .routes(routes!(catalog_api::rotate_host_secret))
+        .routes(routes!(catalog_api::create_schedule, catalog_api::list_schedules))
+        .routes(routes!(catalog_api::get_schedule, catalog_api::update_schedule, catalog_api::delete_schedule))
+        .routes(routes!(catalog_api::create_event_type, catalog_api::list_event_types))
+        .routes(routes!(catalog_api::get_event_type, catalog_api::update_event_type, catalog_api::delete_event_type))
+        .routes(routes!(catalog_api::book_slot))
+        .routes(routes!(catalog_api::list_slots))
         .routes(routes!(admin_api::create_tenant, admin_api::list_tenants))
         .routes(routes!(admin_api::create_api_key, admin_api::list_api_keys))
         .routes(routes!(admin_api::revoke_api_key))

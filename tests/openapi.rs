@@ -26,6 +26,24 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/bookings/{id}/participants/{pid}/link/revoke",
     "POST /v1/join/{link_token}",
     "POST /v1/join/{link_token}/extend",
+    "POST /v1/hosts",
+    "GET /v1/hosts",
+    "GET /v1/hosts/{ref}",
+    "PATCH /v1/hosts/{ref}",
+    "DELETE /v1/hosts/{ref}",
+    "POST /v1/hosts/{ref}/secret/rotate",
+    "POST /v1/hosts/{ref}/schedules",
+    "GET /v1/hosts/{ref}/schedules",
+    "GET /v1/hosts/{ref}/schedules/{id}",
+    "PATCH /v1/hosts/{ref}/schedules/{id}",
+    "DELETE /v1/hosts/{ref}/schedules/{id}",
+    "POST /v1/event-types",
+    "GET /v1/event-types",
+    "GET /v1/event-types/{id}",
+    "PATCH /v1/event-types/{id}",
+    "DELETE /v1/event-types/{id}",
+    "POST /v1/event-types/{id}/bookings",
+    "GET /v1/slots",
     "POST /v1/admin/tenants",
     "GET /v1/admin/tenants",
     "POST /v1/admin/api-keys",
@@ -147,11 +165,12 @@ async fn openapi_document(backend: Backend) {
         sec.iter().find_map(|s| s["bearerAuth"].as_array().map(|a| a[0].as_str().unwrap_or("").to_string()))
     };
     for (key, op) in &ops {
+        let booking_api = ["/v1/bookings", "/v1/hosts", "/v1/event-types", "/v1/slots"].iter().any(|p| key.contains(p));
         let want = if key.contains("/admin/") {
             Some("admin")
-        } else if key.starts_with("GET /v1/bookings") {
+        } else if booking_api && key.starts_with("GET ") {
             Some("bookings:read")
-        } else if key.contains("/v1/bookings") || key.contains("/v1/webhook-") {
+        } else if booking_api || key.contains("/v1/webhook-") {
             Some("bookings:write")
         } else {
             None
@@ -284,6 +303,53 @@ async fn openapi_document(backend: Backend) {
         .unwrap();
     assert_valid(&doc, "DeliveryPage", &log);
     assert_eq!(log["deliveries"].as_array().map(Vec::len), Some(1), "{log}");
+
+    // Hosts, schedules, event types, slots and a booking from a slot match the document too.
+    let post = |path: &str, body: Value| client.post(d.url(path)).bearer_auth(&d.api_key).json(&body).send();
+    let host: Value = post("/v1/hosts", json!({"ref": "doc:1", "display_name": "Doc", "time_zone": "Europe/Berlin"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "HostView", &host);
+    let weekly: Vec<Value> = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+        .iter()
+        .map(|d| json!({"day": d, "intervals": [{"start": "00:00", "end": "24:00"}]}))
+        .collect();
+    let schedule: Value = post("/v1/hosts/doc:1/schedules", json!({"name": "all", "weekly": weekly}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "ScheduleView", &schedule);
+    let et: Value = post(
+        "/v1/event-types",
+        json!({"host_ref": "doc:1", "schedule_id": schedule["id"], "slug": "s", "title": "t", "duration_minutes": 30,
+               "minimum_notice_minutes": 0}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_valid(&doc, "EventTypeView", &et);
+    let slots: Value = client
+        .get(d.url("/v1/slots?host_ref=doc:1&event_type=s&time_zone=Asia/Kolkata"))
+        .bearer_auth(&d.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_valid(&doc, "SlotsAnswer", &slots);
+    let start = slots["days"][0]["slots"][0]["start_at"].clone();
+    let path = format!("/v1/event-types/{}/bookings", et["id"].as_str().unwrap());
+    let r = post(&path, json!({"start_at": start, "guest": {"display_name": "G"}})).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_valid(&doc, "Booking", &r.json().await.unwrap());
 }
 
 /// schemathesis against a live daemon, bounded: every operation but the WebSocket (`/v1/signal`: a 101 upgrade that

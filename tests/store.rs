@@ -69,6 +69,8 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
         max_hard_end_at: end + 900,
         rescheduled_at: None,
         extended_s: 0,
+        event_type_id: None,
+        note: None,
     };
     let host = format!("instructor:{id}");
     let parts = [(Role::Host, Some(host.as_str()), "Dr. Ana"), (Role::Guest, None, "J. Doe")]

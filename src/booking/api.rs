@@ -122,6 +122,19 @@ impl From<StoreError> for ApiError {
             )
             .field("Idempotency-Key"),
             StoreError::SlotUnavailable => slot_unavailable(None),
+            StoreError::HostRefTaken => {
+                ApiError::new(StatusCode::CONFLICT, "host_ref_taken", "the tenant already has a host with this ref")
+                    .field("ref")
+            }
+            StoreError::SlugTaken => {
+                ApiError::new(StatusCode::CONFLICT, "slug_taken", "the host already has an event type with this slug")
+                    .field("slug")
+            }
+            StoreError::ScheduleInUse => ApiError::new(
+                StatusCode::CONFLICT,
+                "schedule_in_use",
+                "an event type uses this schedule; delete it or move it to another schedule first",
+            ),
             StoreError::Db(e) => ApiError::internal(e),
         }
     }
@@ -585,7 +598,7 @@ pub struct CreateParticipant {
     pub locale: Option<String>,
 }
 
-fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
 }
 
@@ -689,7 +702,7 @@ pub(crate) fn parse_instant(field: &'static str, v: &str) -> Result<i64, ApiErro
 }
 
 /// The `Idempotency-Key` header: absent, or 1-255 printable ASCII characters (else 400 `invalid_idempotency_key`).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     let bytes = v.as_bytes();
     if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (b' '..=b'~').contains(b)) {
@@ -718,7 +731,7 @@ fn canonical(v: Value) -> Value {
 
 /// SHA-256 of the canonical request body: JSON re-serialised with sorted members and no insignificant whitespace
 /// (so key order and spacing do not matter); a body that is not JSON is hashed as is.
-fn request_hash(body: &[u8]) -> Vec<u8> {
+pub(crate) fn request_hash(body: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Sha256::digest(canonical(v).to_string().as_bytes()).to_vec(),
         Err(_) => Sha256::digest(body).to_vec(),
@@ -727,7 +740,7 @@ fn request_hash(body: &[u8]) -> Vec<u8> {
 
 /// The answer to a request whose `Idempotency-Key` is recorded: the original status and body with
 /// `Idempotent-Replayed: true` when the body hashes the same, else 422 `idempotency_key_reuse`.
-fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
+pub(crate) fn replay(rec: &IdempotencyRecord, hash: &[u8]) -> Result<Response, ApiError> {
     if rec.request_hash != hash {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -780,6 +793,30 @@ pub async fn create_booking(
         return replay(&rec, &hash);
     }
     let req: CreateBooking = parse_json(&body)?;
+    create_checked(&state, tenant, req, idem, hash, BookingOrigin::default()).await
+}
+
+/// What a booking made from an event type adds to [`create_checked`]: the event type's id and the guest's note.
+#[derive(Debug, Default)]
+pub(crate) struct BookingOrigin {
+    /// `evt_…`.
+    pub event_type_id: Option<String>,
+    /// The guest's note.
+    pub note: Option<String>,
+}
+
+/// The create path of every booking (`POST /v1/bookings` and `POST /v1/event-types/{id}/bookings`): checks `req`
+/// (see [`create_booking`] for the errors), inserts the booking with its participants (and the `Idempotency-Key`
+/// record of `idem` for the request hashed `hash`) and answers 201 with the link tokens, or replays a concurrent
+/// request's answer. The database refuses a double booking (409 `slot_unavailable`).
+pub(crate) async fn create_checked(
+    state: &AppState,
+    tenant: String,
+    req: CreateBooking,
+    idem: Option<String>,
+    hash: Vec<u8>,
+    origin: BookingOrigin,
+) -> Result<Response, ApiError> {
     check_text("title", &req.title, 200)?;
     if let Some(x) = &req.external_id {
         check_text("external_id", x, 128)?;
@@ -894,6 +931,8 @@ pub async fn create_booking(
         max_hard_end_at: window.hard_end_at,
         rescheduled_at: None,
         extended_s: 0,
+        event_type_id: origin.event_type_id,
+        note: origin.note,
     };
     let mut link_tokens = Vec::new();
     let mut rows = Vec::new();
@@ -969,7 +1008,7 @@ pub async fn create_booking(
     }
     state.metrics.bookings.with_label_values(&["created"]).inc();
     tracing::info!(target: "booking", booking = %booking.id, start, end, status = booking.status.as_str(), "booking created");
-    let view = BookingView::of(&booking, now, Some((&state, &link_tokens)));
+    let view = BookingView::of(&booking, now, Some((state, &link_tokens)));
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 

@@ -233,6 +233,11 @@ pub struct Booking {
     /// Seconds the host added from inside the call, over all its extensions (capped by `[booking]
     /// host_extend_max`).
     pub extended_s: i64,
+    /// The event type the booking was made from (`POST /v1/event-types/{id}/bookings`), `evt_…`; `None` for
+    /// bookings made with `POST /v1/bookings`.
+    pub event_type_id: Option<String>,
+    /// The guest's note (at most 2000 characters) of a booking made from an event type.
+    pub note: Option<String>,
 }
 
 impl Booking {
@@ -359,6 +364,15 @@ pub enum StoreError {
     /// (migration 0004), on insert and on every update of a booking's times, buffers, host or status.
     #[error("the host already has a booking at this time")]
     SlotUnavailable,
+    /// The tenant already has a host with this `ref` (409 `host_ref_taken`).
+    #[error("host ref already used")]
+    HostRefTaken,
+    /// The host already has an event type with this slug (409 `slug_taken`).
+    #[error("event type slug already used")]
+    SlugTaken,
+    /// The schedule is used by an event type and cannot be deleted (409 `schedule_in_use`).
+    #[error("schedule in use")]
+    ScheduleInUse,
     /// Anything from the database.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -407,7 +421,7 @@ const SQLITE_PRAGMAS: &str =
 /// The booking store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub(super) pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
     /// Signalled after a commit that queued webhook deliveries ([`Store::wake_webhooks`]).
     pub(super) webhook_wake: std::sync::Arc<tokio::sync::Notify>,
@@ -1181,9 +1195,9 @@ async fn insert_booking(
         "INSERT INTO bookings (id, tenant_id, title, external_id, start_at, end_at, host_opens_at, opens_at, \
          join_cutoff_at, hard_end_at, status, sequence, created_at, updated_at, host_ref, buffer_before_s, \
          buffer_after_s, kind, external_url, metadata, early_join_s, host_early_join_s, overrun_grace_s, \
-         max_hard_end_at, rescheduled_at, extended_s) \
+         max_hard_end_at, rescheduled_at, extended_s, event_type_id, note) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-         $23, $24, $25, $26)",
+         $23, $24, $25, $26, $27, $28)",
     )
     .bind(&b.id)
     .bind(&b.tenant_id)
@@ -1211,6 +1225,8 @@ async fn insert_booking(
     .bind(b.max_hard_end_at.max(b.window.hard_end_at))
     .bind(b.rescheduled_at)
     .bind(b.extended_s)
+    .bind(&b.event_type_id)
+    .bind(&b.note)
     .execute(&mut **tx)
     .await;
     if let Err(e) = &r {
@@ -1304,6 +1320,8 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, StoreError> {
         max_hard_end_at: r.try_get("max_hard_end_at")?,
         rescheduled_at: r.try_get("rescheduled_at")?,
         extended_s: r.try_get("extended_s")?,
+        event_type_id: r.try_get("event_type_id")?,
+        note: r.try_get("note")?,
     })
 }
 
