@@ -3,8 +3,8 @@
 //! write is there with its acknowledged content and that nothing is half-written.
 //!
 //! The burst: `WORKERS` concurrent clients, each running chains of writes on bookings of its own: a create with an
-//! `Idempotency-Key` (half of them `pending`), then `confirm` (pending ones), then `cancel`. Reschedule
-//! (`PATCH /v1/bookings/{id}`) is not in the API yet; add it to the chains when it is. A write is *acknowledged* when
+//! `Idempotency-Key` (half of them `pending`), then `confirm` (pending ones), then a reschedule (`PATCH
+//! /v1/bookings/{id}` with `If-Match`, a later `end_at`), then `cancel`. A write is *acknowledged* when
 //! its 2xx answer arrived before the kill; a write whose request was sent but whose answer never came is *in flight*
 //! and may or may not have been applied, never partly.
 //!
@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
 
 use common::{Backend, Daemon, booking_body, participant};
 
@@ -41,6 +42,7 @@ const ACKS_BEFORE_KILL: usize = 40;
 enum Write {
     Create,
     Confirm,
+    Reschedule,
     Cancel,
 }
 
@@ -49,7 +51,7 @@ impl Write {
     fn target(self, pending_create: bool) -> &'static str {
         match self {
             Write::Create if pending_create => "pending",
-            Write::Create | Write::Confirm => "confirmed",
+            Write::Create | Write::Confirm | Write::Reschedule => "confirmed",
             Write::Cancel => "cancelled",
         }
     }
@@ -67,6 +69,8 @@ struct Chain {
     last: Option<Value>,
     /// The write sent without an answer (the kill came first).
     in_flight: Option<Write>,
+    /// The `end_at` the reschedule asks for (RFC 3339): 15 minutes after the created one.
+    new_end: String,
 }
 
 fn client() -> reqwest::Client {
@@ -83,6 +87,13 @@ async fn send(
     let (base, key) = d;
     let req = match w {
         Write::Create => c.post(format!("{base}/v1/bookings")).header("Idempotency-Key", &chain.key).json(&chain.body),
+        Write::Reschedule => {
+            let id = chain.created.as_ref().unwrap()["id"].as_str().unwrap();
+            let seq = chain.last.as_ref().unwrap()["sequence"].as_i64().unwrap();
+            c.patch(format!("{base}/v1/bookings/{id}"))
+                .header("If-Match", format!("\"{seq}\""))
+                .json(&json!({"end_at": chain.new_end}))
+        }
         Write::Confirm | Write::Cancel => {
             let id = chain.created.as_ref().unwrap()["id"].as_str().unwrap();
             let op = if w == Write::Confirm { "confirm" } else { "cancel" };
@@ -116,16 +127,22 @@ async fn worker(
         if pending {
             body["status"] = json!("pending");
         }
+        let end = time::OffsetDateTime::parse(body["end_at"].as_str().unwrap(), &Rfc3339).unwrap();
+        let new_end = (end + time::Duration::minutes(15)).format(&Rfc3339).unwrap();
         let mut chain = Chain {
             key: format!("crash-r{round}-w{w}-n{n}"),
+            new_end,
             body,
             pending,
             created: None,
             last: None,
             in_flight: None,
         };
-        let writes: &[Write] =
-            if pending { &[Write::Create, Write::Confirm, Write::Cancel] } else { &[Write::Create, Write::Cancel] };
+        let writes: &[Write] = if pending {
+            &[Write::Create, Write::Confirm, Write::Reschedule, Write::Cancel]
+        } else {
+            &[Write::Create, Write::Reschedule, Write::Cancel]
+        };
         let mut dead = false;
         for &write in writes {
             chain.in_flight = Some(write);
@@ -167,7 +184,7 @@ fn as_replayed(v: &Value) -> Value {
     v
 }
 
-/// The members of a booking that no write of the burst changes.
+/// The members of a booking that no write of the burst changes (`end_at` is the reschedule's).
 fn fixed_part(v: &Value) -> Value {
     let ps: Vec<Value> = v["participants"]
         .as_array()
@@ -175,7 +192,7 @@ fn fixed_part(v: &Value) -> Value {
         .iter()
         .map(|p| json!({"id": p["id"], "ref": p["ref"], "role": p["role"], "display_name": p["display_name"]}))
         .collect();
-    json!({"id": v["id"], "title": v["title"], "start_at": v["start_at"], "end_at": v["end_at"],
+    json!({"id": v["id"], "title": v["title"], "start_at": v["start_at"],
            "external_id": v["external_id"], "created_at": v["created_at"], "participants": ps})
 }
 
@@ -286,18 +303,26 @@ async fn check_after_restart(d: &Daemon, chains: &mut [Chain], probes: &BTreeSet
             (Some("host"), Some("guest"))
         );
         let seq = last["sequence"].as_i64().unwrap();
-        let acknowledged = (now["status"] == last["status"]) && now["sequence"].as_i64() == Some(seq);
+        let acknowledged =
+            now["status"] == last["status"] && now["sequence"].as_i64() == Some(seq) && now["end_at"] == last["end_at"];
         let one_further = chain.in_flight.is_some_and(|w| {
-            w != Write::Create && now["status"] == w.target(chain.pending) && now["sequence"].as_i64() == Some(seq + 1)
+            let end = if w == Write::Reschedule { json!(chain.new_end) } else { last["end_at"].clone() };
+            w != Write::Create
+                && now["status"] == w.target(chain.pending)
+                && now["sequence"].as_i64() == Some(seq + 1)
+                && now["end_at"] == end
         });
         assert!(
             acknowledged || one_further,
-            "booking {id} ({}): acknowledged status {} sequence {seq}, in flight {:?}; after restart {} sequence {}",
+            "booking {id} ({}): acknowledged status {} sequence {seq} end {}, in flight {:?}; after restart {} sequence \
+             {} end {}",
             chain.key,
             last["status"],
+            last["end_at"],
             chain.in_flight,
             now["status"],
-            now["sequence"]
+            now["sequence"],
+            now["end_at"]
         );
         if one_further {
             chain.last = Some(now.clone());
@@ -363,6 +388,9 @@ async fn kill9_during_writes(backend: Backend) {
             round_chains.extend(h.await.expect("worker"));
         }
         let acked = round_chains.iter().filter(|c| c.created.is_some()).count();
+        let rescheduled =
+            round_chains.iter().filter(|c| c.last.as_ref().is_some_and(|l| l["end_at"] == json!(c.new_end))).count();
+        assert!(rescheduled > 0, "round {round}: no reschedule was acknowledged before the kill");
         let in_flight = round_chains.iter().filter(|c| c.in_flight.is_some()).count();
         assert!(acked >= ACKS_BEFORE_KILL / 3, "round {round}: only {acked} creates acknowledged before the kill");
         assert!(in_flight > 0, "round {round}: the kill came with no write in flight");
@@ -372,8 +400,8 @@ async fn kill9_during_writes(backend: Backend) {
         d = d.restart();
         let (applied, not_applied) = check_after_restart(&d, &mut chains, &probes).await;
         eprintln!(
-            "{backend:?} round {round}: {acked} creates acknowledged; of {in_flight} writes in flight at the kill, \
-             {applied} were applied, {not_applied} not"
+            "{backend:?} round {round}: {acked} creates and {rescheduled} reschedules acknowledged; of {in_flight} \
+             writes in flight at the kill, {applied} were applied, {not_applied} not"
         );
         probes.insert(serves(&d).await);
     }

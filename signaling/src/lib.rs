@@ -166,6 +166,7 @@ impl fmt::Display for ConnectionId {
 ///
 /// On the wire it is `"host"` or `"guest"`. The host is the simple-peer initiator (like the Virtual Y instructor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The booking's host (clinician, trainer, support rep): the WebRTC initiator.
@@ -188,6 +189,15 @@ impl Role {
         match self {
             Role::Host => "host",
             Role::Guest => "guest",
+        }
+    }
+
+    /// Parses the wire (and stored) name; `None` for anything but `"host"` and `"guest"`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "host" => Some(Role::Host),
+            "guest" => Some(Role::Guest),
+            _ => None,
         }
     }
 

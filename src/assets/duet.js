@@ -33,7 +33,7 @@
  *   opts.joinOptions     passed to Duet.join when re-joining
  *   opts.maxRetries      signaling reconnect attempts before giving up (default 40, about 10 minutes)
  *   opts.onStatus(state, text, detail)   opts.onRemoteStream(stream|null)   opts.onEnded(reason, text)
- *   opts.onWindow({event:'closing', closes_at, in_s})                     opts.onError({kind, …})
+ *   opts.onWindow({event:'closing', closes_at, in_s} | {event:'changed', window, sequence})   opts.onError({…})
  *
  *   call.state        idle | connecting | waiting | negotiating | connected | reconnecting | ended
  *   call.pc           current RTCPeerConnection (null while alone)         call.ws  current WebSocket
@@ -51,6 +51,11 @@
  *   call.replaceTrack(kind, track) -> Promise   switch device: RTCRtpSender.replaceTrack (no renegotiation) when
  *                                    a sender exists; otherwise adds the track and renegotiates
  *   call.restartIce()                ask for an ICE restart now (the host offers with iceRestart:true)
+ *   call.extend(minutes) -> Promise<{end_at, window, sequence, extended_s, remaining_s}>   the host adds minutes
+ *                                    to the meeting (POST /v1/join/{link}/extend); rejects with a JoinError
+ *                                    (403 host_only, 409 slot_unavailable / booking_not_modifiable, 422
+ *                                    extension_limit with remaining_s). Both sides then get window 'changed'.
+ *   call.window                      the booking's window (RFC 3339 instants), updated by 'changed' frames
  *   call.getDiagnostics() -> Promise<Diagnostics>   getStats() digest: candidates by type and transport, the
  *                                    selected pair, bitrates (kbit/s since the previous call), loss, RTT, states,
  *                                    errors, hints. See `getDiagnostics` below for the shape.
@@ -293,6 +298,28 @@
       }
     }
 
+    async extend(minutes) {
+      if (!this.linkToken) throw new JoinError(0, { error: 'no_link', message: 'No link token to extend with' });
+      const o = this.joinOptions;
+      const doFetch = o.fetch || global.fetch.bind(global);
+      const url = (o.base || '') + '/v1/join/' + encodeURIComponent(this.linkToken) + '/extend';
+      let res;
+      try {
+        res = await doFetch(url, {
+          method: 'POST', body: JSON.stringify({ minutes }), cache: 'no-store', credentials: 'omit',
+          headers: { 'Content-Type': 'application/json' },
+        });
+      } catch (e) {
+        throw new JoinError(0, { message: 'Network error: ' + (e && e.message) });
+      }
+      let body = null;
+      try { body = await res.json(); } catch (_) { /* non-JSON body */ }
+      if (!res.ok) throw new JoinError(res.status, body, res.headers.get('Retry-After'));
+      if (body && body.window) this.window = body.window;
+      this._note('extended', { minutes, end_at: body && body.end_at });
+      return body;
+    }
+
     restartIce() {
       const pc = this.pc;
       if (!pc) return;
@@ -350,6 +377,12 @@
         case 'peer-left': return this._onPeerLeft(msg);
         case 'window':
           if (msg.event === 'closing') this._emit('window', { event: 'closing', closes_at: msg.closes_at, in_s: msg.in_s });
+          // Rescheduled or extended: the new instants (the session token of the old sequence is refused on the next
+          // reconnect with 4001, which re-joins for a fresh one).
+          if (msg.event === 'changed' && msg.window && typeof msg.window === 'object') {
+            this.window = msg.window;
+            this._emit('window', { event: 'changed', window: msg.window, sequence: msg.sequence });
+          }
           return;
         case 'ping': return void this._send({ type: 'pong', t: msg.t });
         case 'pong': if (typeof msg.t === 'number') this.rtt = Date.now() - msg.t; return;

@@ -824,7 +824,7 @@ pub(crate) async fn create_checked(
     let start = parse_instant("start_at", &req.start_at)?;
     let end = parse_instant("end_at", &req.end_at)?;
     let now = unix_now();
-    check_times(&state, start, end, now, true)?;
+    check_times(state, start, end, now, true)?;
     for (field, v) in [("buffer_before_s", req.buffer_before_s), ("buffer_after_s", req.buffer_after_s)] {
         if !(0..=MAX_BUFFER_S).contains(&v) {
             return Err(ApiError::new(
@@ -1259,62 +1259,111 @@ pub async fn revoke_link(
 )]
 pub async fn join(State(state): State<AppState>, Path(link_token): Path<String>) -> Result<Response, ApiError> {
     let result = join_inner(&state, &link_token).await;
-    let label = match &result {
-        Ok(_) => "ok",
-        Err(e) => match e.code {
-            "join_too_early" => "too_early",
-            "join_window_closed" => "closed",
-            "booking_cancelled" => "cancelled",
-            "booking_rejected" => "rejected",
-            "booking_pending_confirmation" => "pending",
-            "link_invalid_or_revoked" => "invalid",
-            "draining" => "draining",
-            _ => "error",
-        },
+    let outcome = match &result {
+        Ok(_) => JoinOutcome::Admitted,
+        Err(JoinRefused(outcome, _)) => *outcome,
     };
-    state.metrics.join_attempts.with_label_values(&[label]).inc();
-    result
+    state.metrics.join_attempts.with_label_values(&[outcome.label()]).inc();
+    result.map_err(|JoinRefused(_, e)| e)
 }
 
-async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, ApiError> {
-    if state.draining.is_cancelled() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "this server is shutting down; retry")
-            .header(header::RETRY_AFTER, HeaderValue::from_static("30")));
+/// The outcome of one `POST /v1/join/{link_token}`: the `result` label of `duet_join_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// 200: a session token (or the external URL).
+    Admitted,
+    /// 403 `join_too_early`.
+    TooEarly,
+    /// 410 `join_window_closed`.
+    Closed,
+    /// 410 `booking_cancelled`.
+    Cancelled,
+    /// 410 `booking_rejected`.
+    Rejected,
+    /// 409 `booking_pending_confirmation`.
+    Pending,
+    /// 404 `link_invalid_or_revoked`.
+    Invalid,
+    /// 503 `draining`.
+    Draining,
+    /// 500: the store failed.
+    Error,
+}
+
+impl JoinOutcome {
+    /// The metric label: `ok`, `too_early`, `closed`, `cancelled`, `rejected`, `pending`, `invalid`, `draining`,
+    /// `error`.
+    pub fn label(self) -> &'static str {
+        match self {
+            JoinOutcome::Admitted => "ok",
+            JoinOutcome::TooEarly => "too_early",
+            JoinOutcome::Closed => "closed",
+            JoinOutcome::Cancelled => "cancelled",
+            JoinOutcome::Rejected => "rejected",
+            JoinOutcome::Pending => "pending",
+            JoinOutcome::Invalid => "invalid",
+            JoinOutcome::Draining => "draining",
+            JoinOutcome::Error => "error",
+        }
     }
-    let invalid = || ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
+}
+
+/// A refused join: its outcome (for the metric) and the answer.
+struct JoinRefused(JoinOutcome, ApiError);
+
+impl From<StoreError> for JoinRefused {
+    fn from(e: StoreError) -> Self {
+        JoinRefused(JoinOutcome::Error, e.into())
+    }
+}
+
+async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, JoinRefused> {
+    if state.draining.is_cancelled() {
+        let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "this server is shutting down; retry")
+            .header(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        return Err(JoinRefused(JoinOutcome::Draining, e));
+    }
+    let invalid = || {
+        let e = ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
+        JoinRefused(JoinOutcome::Invalid, e)
+    };
     if link_token.is_empty() || link_token.len() > 128 {
         return Err(invalid());
     }
     let (b, p) = state.store.by_link(&tokens::link_token_hash(link_token)).await?.ok_or_else(invalid)?;
-    match b.status {
-        Status::Cancelled => {
-            return Err(ApiError::new(StatusCode::GONE, "booking_cancelled", "this meeting was cancelled"));
-        }
-        Status::Rejected => {
-            return Err(ApiError::new(StatusCode::GONE, "booking_rejected", "this meeting was rejected"));
-        }
-        Status::Pending => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "booking_pending_confirmation",
-                "this meeting is not confirmed yet",
-            ));
-        }
-        Status::Confirmed => {}
+    let refused = match b.status {
+        Status::Cancelled => Some((
+            JoinOutcome::Cancelled,
+            ApiError::new(StatusCode::GONE, "booking_cancelled", "this meeting was cancelled"),
+        )),
+        Status::Rejected => Some((
+            JoinOutcome::Rejected,
+            ApiError::new(StatusCode::GONE, "booking_rejected", "this meeting was rejected"),
+        )),
+        Status::Pending => Some((
+            JoinOutcome::Pending,
+            ApiError::new(StatusCode::CONFLICT, "booking_pending_confirmation", "this meeting is not confirmed yet"),
+        )),
+        Status::Confirmed => None,
+    };
+    if let Some((outcome, e)) = refused {
+        return Err(JoinRefused(outcome, e));
     }
     let now = unix_now();
     match b.window.admit(p.role, now, p.first_joined_at.is_some()) {
         Ok(()) => {}
         Err(JoinRefusal::TooEarly { opens_at }) => {
             let wait = (opens_at - now).max(1);
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "join_too_early", "the meeting is not open yet")
+            let e = ApiError::new(StatusCode::FORBIDDEN, "join_too_early", "the meeting is not open yet")
                 .with("opens_at", json!(rfc3339(opens_at)))
                 .with("retry_after", json!(wait))
-                .header(header::RETRY_AFTER, HeaderValue::from(wait)));
+                .header(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Err(JoinRefused(JoinOutcome::TooEarly, e));
         }
         Err(JoinRefusal::Closed) => {
-            return Err(ApiError::new(StatusCode::GONE, "join_window_closed", "the meeting's join window has closed")
-                .with("closed_at", json!(rfc3339(b.window.join_cutoff_at.min(b.window.hard_end_at)))));
+            let e = ApiError::new(StatusCode::GONE, "join_window_closed", "the meeting's join window has closed")
+                .with("closed_at", json!(rfc3339(b.window.join_cutoff_at.min(b.window.hard_end_at))));
+            return Err(JoinRefused(JoinOutcome::Closed, e));
         }
     }
     state.store.mark_joined(&p.id, now).await?;

@@ -5,33 +5,10 @@ use serde::Serialize;
 
 use crate::config::BookingPolicy;
 
-/// A participant's role in a 1-on-1 booking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The clinician / trainer / support rep; may join `host_early_join` before start.
-    Host,
-    /// The patient / client / customer; may join `early_join` before start.
-    Guest,
-}
-
-impl Role {
-    /// `"host"` or `"guest"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Host => "host",
-            Role::Guest => "guest",
-        }
-    }
-    /// Parses the stored form.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "host" => Some(Role::Host),
-            "guest" => Some(Role::Guest),
-            _ => None,
-        }
-    }
-}
+/// A participant's role in a 1-on-1 booking: the hub's own type (`duet_signaling::Role`), so the store, the API and
+/// the hub share one: `"host"` (may join `host_early_join` before start; the WebRTC initiator) or `"guest"` (may
+/// join `early_join` before start).
+pub use duet_signaling::Role;
 
 /// A booking's own join policy (`join_policy` on create and `PATCH`): each member present replaces the daemon's
 /// `[booking]` default for this booking; an absent (null) one keeps following the default.

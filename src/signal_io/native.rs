@@ -21,7 +21,6 @@ use super::{Admit, close, connection, guard};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::{ApiError, ice_servers, window_json};
 use crate::booking::store::{Kind, Status};
-use crate::booking::window::Role;
 use crate::client_ip::{IpKey, client_ip};
 
 /// Query of `GET /v1/signal`.
@@ -166,20 +165,12 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
     Ok(Admission {
         booking: booking.id.clone(),
         participant: participant.id.clone(),
-        role: core_role(participant.role),
+        role: participant.role,
         ice_servers: raw(&ice)?,
         hard_end_at_rfc3339: window["hard_end_at"].as_str().unwrap_or_default().to_string(),
         window: raw(&window)?,
         hard_end_at: instant_of(booking.window.hard_end_at),
     })
-}
-
-/// The booking role as the hub's role.
-pub(super) fn core_role(r: Role) -> duet_signaling::Role {
-    match r {
-        Role::Host => duet_signaling::Role::Host,
-        Role::Guest => duet_signaling::Role::Guest,
-    }
 }
 
 /// The monotonic instant of a Unix time (seconds) in the future; a past time maps to now.

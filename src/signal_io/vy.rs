@@ -24,11 +24,10 @@ use axum::response::{IntoResponse, Response};
 use duet_signaling::{Mode, VyAdmission};
 use serde::Deserialize;
 
-use super::native::{admitted, configure, core_role, instant_of, precheck};
+use super::native::{admitted, configure, instant_of, precheck};
 use super::{Admit, connection};
 use crate::app::{AppState, unix_now};
 use crate::booking::api::ApiError;
-use crate::booking::window::Role;
 
 #[derive(Deserialize)]
 struct VyQuery {
@@ -89,14 +88,13 @@ pub async fn fallback(
                 return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response();
             }
         };
-        let booking_role = if role == duet_signaling::Role::Host { Role::Host } else { Role::Guest };
-        let Some(b) = booking.filter(|b| now >= b.window.opens_for(booking_role)) else {
+        let Some(b) = booking.filter(|b| now >= b.window.opens_for(role)) else {
             tracing::debug!(target: "signaling", "vy upgrade outside any window");
             hub.count_refused(Mode::Vy, "outside_window");
             return ApiError::new(StatusCode::FORBIDDEN, "outside_window", "the meeting is not open").into_response();
         };
-        let participant = b.participants.iter().find(|p| p.role == booking_role).map(|p| p.id.clone());
-        VyAdmission::booking(b.id.clone(), core_role(booking_role), instant_of(b.window.hard_end_at))
+        let participant = b.participants.iter().find(|p| p.role == role).map(|p| p.id.clone());
+        VyAdmission::booking(b.id.clone(), role, instant_of(b.window.hard_end_at))
             .with_participant(participant.unwrap_or_default())
             .with_strict(cfg.strict)
     } else {
