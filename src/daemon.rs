@@ -191,6 +191,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for (booking, until) in store.live_revocations(unix_now()).await? {
         relay.revoke_booking(&booking, until);
     }
+    // Rotated or revoked links: credentials of older links stay refused.
+    for (booking, participant, epoch, keep_until) in store.live_link_epochs(unix_now()).await? {
+        relay.revoke_participant(&booking, &participant, epoch, keep_until);
+    }
     // Rescheduled bookings: credentials issued before the change carry the old hard end in their username.
     let now = unix_now();
     for (booking, hard_end, max_hard_end, host_opens_at) in store.live_reschedules(now).await? {

@@ -16,6 +16,7 @@ crate::on_both_backends!(
     participant_fields_are_validated,
     metadata_is_echoed_verbatim_and_limited,
     rotate_replaces_the_link_and_ends_old_sessions,
+    old_links_lose_their_relay_allocations,
     revoke_ends_the_link_and_the_socket,
     link_calls_are_404_outside_the_tenant,
     external_link_bookings_join_with_the_url,
@@ -425,4 +426,73 @@ async fn external_link_create_is_validated(backend: Backend) {
     assert_eq!(ok.len(), 2048);
     let (s, b) = create(&d, &external_body(600, 1800, &ok)).await;
     assert_eq!(s, 201, "2048 characters: {b}");
+}
+
+/// Allocates a TURN relay with a join answer's credentials; `Ok` or the error text.
+async fn allocate(d: &Daemon, join: &Value) -> (turn::client::Client, Result<(), String>) {
+    let (_, username, password) = common::turn_credentials(join);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = common::turn_crate_client(d.turn_udp, socket, &username, &password, "duet").await;
+    let r = match tokio::time::timeout(Duration::from_secs(10), client.allocate()).await {
+        Err(_) => Err("no answer within 10 s".to_string()),
+        Ok(Ok(_relay)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+    };
+    (client, r)
+}
+
+/// The number of live UDP allocations once it equals `want`, or after 5 s.
+async fn active_allocations(d: &Daemon, want: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = common::metric(&d.metrics().await, "duet_turn_allocations_active{transport=\"udp\"}").unwrap_or(-1.0);
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A rotation or revocation also ends the old link at the relay: its allocations are torn down at once (media
+/// relayed for it stops) and its TURN credentials are refused, also after a restart; the new link's credentials and
+/// the other participant's keep working.
+async fn old_links_lose_their_relay_allocations(backend: Backend) {
+    let Some(d) = Daemon::start_on(backend, "") else { return };
+    let b = d.booking_now(60, 1800).await;
+    let id = b["id"].as_str().unwrap().to_string();
+    let (host, guest) =
+        (participant(&b, "host")["id"].as_str().unwrap(), participant(&b, "guest")["id"].as_str().unwrap());
+    let old_host = join_as(&d, &b, "host").await;
+    let guest_join = join_as(&d, &b, "guest").await;
+    let (_c1, r) = allocate(&d, &old_host).await;
+    assert_eq!(r, Ok(()), "the host's first allocation");
+    let (_c2, r) = allocate(&d, &guest_join).await;
+    assert_eq!(r, Ok(()), "the guest's allocation");
+    assert_eq!(active_allocations(&d, 2.0).await, 2.0);
+
+    let (s, rotated) = post(&d, &format!("/v1/bookings/{id}/participants/{host}/link/rotate")).await;
+    assert_eq!(s, 200, "{rotated}");
+    assert_eq!(active_allocations(&d, 1.0).await, 1.0, "the old link's allocation is torn down at once");
+    let (_c3, r) = allocate(&d, &old_host).await;
+    assert!(r.is_err(), "the old link's TURN credentials still allocate");
+    let (s, _, new_host) = d.join(rotated["link_token"].as_str().unwrap()).await;
+    assert_eq!(s, 200, "{new_host}");
+    let (_, new_user, _) = common::turn_credentials(&new_host);
+    assert!(new_user.ends_with(&format!(":{host}.1")), "the new credentials carry the link epoch: {new_user}");
+    let (_c4, r) = allocate(&d, &new_host).await;
+    assert_eq!(r, Ok(()), "the new link's credentials allocate");
+    assert_eq!(active_allocations(&d, 2.0).await, 2.0, "the guest's allocation was untouched");
+
+    let (s, revoked) = post(&d, &format!("/v1/bookings/{id}/participants/{guest}/link/revoke")).await;
+    assert_eq!(s, 200, "{revoked}");
+    assert_eq!(active_allocations(&d, 1.0).await, 1.0, "the revoked guest's allocation is torn down at once");
+
+    // After a restart the rule is rebuilt from the database.
+    let d = d.restart();
+    let (_c5, r) = allocate(&d, &old_host).await;
+    assert!(r.is_err(), "after restart the old link's credentials allocate");
+    let (_c6, r) = allocate(&d, &guest_join).await;
+    assert!(r.is_err(), "after restart the revoked guest's credentials allocate");
+    let (_c7, r) = allocate(&d, &new_host).await;
+    assert_eq!(r, Ok(()), "after restart the new link's credentials allocate");
 }

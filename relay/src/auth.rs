@@ -61,6 +61,19 @@ pub struct RestUsername<'a> {
 }
 
 impl<'a> RestUsername<'a> {
+    /// The participant id and its link epoch: Duet writes `<participant-id>.<epoch>` once a participant's link was
+    /// rotated or revoked (epoch > 0), so the relay can refuse the credentials of older links
+    /// ([`Server::revoke_participant`](crate::Server::revoke_participant)). Without a `.<decimal>` suffix the epoch
+    /// is 0 and the whole field is the id.
+    pub fn participant_epoch(&self) -> (&'a str, u64) {
+        match self.participant.rsplit_once('.') {
+            Some((id, n)) if !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit()) => {
+                (id, n.parse().unwrap_or(0))
+            }
+            _ => (self.participant, 0),
+        }
+    }
+
     /// Parses `"<expiry-unix>:<booking-id>:<participant-id>"` or the 2-part
     /// `"<expiry-unix>:<id>"` (coturn `-W`; then `booking = id`, `participant = ""`).
     ///

@@ -479,6 +479,14 @@ struct BookingEnd {
     keep_until_unix: u64,
 }
 
+/// The oldest link epoch of a participant whose TURN credentials still work, kept until `keep_until_unix` (after it
+/// every credential of the booking has expired anyway).
+#[derive(Clone, Copy, Debug)]
+struct EpochFloor {
+    min_epoch: u64,
+    keep_until_unix: u64,
+}
+
 #[derive(Debug)]
 struct Pending {
     five_tuple: FiveTuple,
@@ -757,6 +765,9 @@ pub struct Server {
     revoked: HashMap<Box<str>, u64>,
     /// Bookings whose hard end moved after credentials were issued ([`Server::set_booking_end`]).
     booking_ends: HashMap<Box<str>, BookingEnd>,
+    /// `(booking, participant)` whose credentials of a link epoch below `min_epoch` are refused
+    /// ([`Server::revoke_participant`]).
+    participant_floors: HashMap<(Box<str>, Box<str>), EpochFloor>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     commands: VecDeque<Command>,
     limiter: SourceRateLimiter,
@@ -778,6 +789,7 @@ impl std::fmt::Debug for Server {
             .field("pending", &self.pending.len())
             .field("revoked", &self.revoked.len())
             .field("booking_ends", &self.booking_ends.len())
+            .field("participant_floors", &self.participant_floors.len())
             .field("static_credentials", &self.statics.len())
             .field("authenticated_streams", &self.authenticated_streams.len())
             .field("timers", &self.timers.len())
@@ -810,6 +822,7 @@ impl Server {
             per_source_ip: HashMap::new(),
             revoked: HashMap::new(),
             booking_ends: HashMap::new(),
+            participant_floors: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
             limiter: SourceRateLimiter::new(now),
@@ -1095,7 +1108,15 @@ impl Server {
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
         }
-        if self.revoked.get(user.booking).is_some_and(|until| unix_now < *until) {
+        let (participant, epoch) = user.participant_epoch();
+        let below_floor = || {
+            if self.participant_floors.is_empty() {
+                return false;
+            }
+            let key = (Box::<str>::from(user.booking), Box::<str>::from(participant));
+            self.participant_floors.get(&key).is_some_and(|f| epoch < f.min_epoch)
+        };
+        if self.revoked.get(user.booking).is_some_and(|until| unix_now < *until) || below_floor() {
             fail(self, |s| &mut s.allocate_revoked);
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
@@ -1713,6 +1734,53 @@ impl Server {
         }
         self.revoked.retain(|_, until| unix_secs < *until);
         self.booking_ends.retain(|_, e| unix_secs < e.keep_until_unix);
+        self.participant_floors.retain(|_, f| unix_secs < f.keep_until_unix);
+    }
+
+    /// A participant's link was rotated or revoked (DESIGN.md §3): credentials of `booking` and `participant` whose
+    /// username carries a link epoch below `min_epoch` (see [`RestUsername::participant_epoch`]) are refused from now
+    /// on (401, counted as revoked), and the allocations made with them are torn down now ([`Command::FreeRelay`]),
+    /// those waiting for a relay socket cancelled, so media through them stops at once. Credentials of the new link
+    /// (epoch `min_epoch` or later) and of the other participant keep working. The rule is kept until
+    /// `keep_until_unix` (the booking's latest hard end). A lower `min_epoch` than the one in force is ignored.
+    /// Returns how many allocations were torn down (including cancelled pending ones).
+    pub fn revoke_participant(
+        &mut self,
+        now: Instant,
+        booking: &str,
+        participant: &str,
+        min_epoch: u64,
+        keep_until_unix: u64,
+    ) -> usize {
+        let _ = now;
+        let floor = self
+            .participant_floors
+            .entry((booking.into(), participant.into()))
+            .or_insert(EpochFloor { min_epoch, keep_until_unix });
+        floor.min_epoch = floor.min_epoch.max(min_epoch);
+        floor.keep_until_unix = floor.keep_until_unix.max(keep_until_unix);
+        let min_epoch = floor.min_epoch;
+        let older = |username: &str| {
+            RestUsername::parse(username).is_some_and(|u| {
+                let (p, epoch) = u.participant_epoch();
+                u.booking == booking && p == participant && epoch < min_epoch
+            })
+        };
+        let ids: Vec<u64> = self.allocations.iter().filter(|(_, a)| older(&a.username)).map(|(id, _)| *id).collect();
+        let mut n = ids.len();
+        for id in ids {
+            self.destroy(id, EndReason::Revoked);
+        }
+        for (id, p) in self.pending.iter_mut() {
+            if !p.cancelled && older(&p.username) {
+                p.cancelled = true;
+                n += 1;
+                if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(*id)) {
+                    self.by_five_tuple.remove(&p.five_tuple);
+                }
+            }
+        }
+        n
     }
 
     /// The booking was rescheduled or extended (DESIGN.md §3): from now on every credential naming `booking` expires

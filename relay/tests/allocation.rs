@@ -541,6 +541,28 @@ fn a_shortened_booking_ends_early_and_old_credentials_stay_dead() {
 }
 
 #[test]
+fn revoking_a_participants_old_link_ends_only_its_allocations() {
+    let mut h = Harness::new(config());
+    let mut old = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
+    let mut guest = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + HOUR);
+    let old_relay = old.allocate(&mut h);
+    guest.allocate(&mut h);
+    assert_eq!(h.server.revoke_participant(h.now, "b1", "host", 1, UNIX0 + HOUR), 1);
+    assert_eq!(freed(&h.drain()), vec![old_relay]);
+    assert_eq!(h.server.allocation_count(), 1, "the guest keeps its allocation");
+    let resp = old.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(error(&resp), Some(401), "the old link's credential is refused");
+    // The rotated link's credential (epoch 1) works; a lower floor later changes nothing.
+    let mut new = Client::new("192.0.2.50:40001", "b1", "host.1", UNIX0 + HOUR);
+    new.allocate(&mut h);
+    assert_eq!(h.server.revoke_participant(h.now, "b1", "host", 0, UNIX0 + HOUR), 0);
+    assert_eq!(h.server.allocation_count(), 2);
+    // A second rotation ends epoch 1 too.
+    assert_eq!(h.server.revoke_participant(h.now, "b1", "host", 2, UNIX0 + HOUR), 1);
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
 fn expiry_is_checked_on_every_request() {
     let mut h = Harness::new(config());
     let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + 1000);

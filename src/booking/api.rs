@@ -16,8 +16,8 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::store::{
-    Booking, IdempotencyRecord, IdempotentCreate, Kind, LinkChange, ListFilter, NewParticipant, Status, StatusFilter,
-    StoreError, Transition,
+    Booking, IdempotencyRecord, IdempotentCreate, Kind, LinkChange, ListFilter, NewParticipant, Participant, Status,
+    StatusFilter, StoreError, Transition,
 };
 use super::tokens::{self, SessionClaims};
 use super::window::{JoinPolicy, JoinRefusal, JoinWindow, Role};
@@ -1175,6 +1175,8 @@ async fn change_link(
         LinkChange::Revoke => (4004, "link revoked", "link revoked"),
     };
     state.hub.close_participant(&b.id, &p.id, code, reason);
+    // TURN credentials of the old link stop now, and with them any media relayed for it.
+    state.relay.revoke_participant(&b.id, &p.id, p.link_epoch, b.max_hard_end_at);
     tracing::info!(target: "booking", booking = %b.id, participant = %p.id, "{event}");
     let index = b.participants.iter().position(|x| x.id == p.id).unwrap_or(0);
     let mut view = BookingView::of(&b, now, None).participants.swap_remove(index);
@@ -1405,7 +1407,7 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, Join
         session_token,
         expires_at: rfc3339(exp),
         signal_url: state.signal_url(),
-        ice_servers: ice_server_list(state, &b, &p.id),
+        ice_servers: ice_server_list(state, &b, &p),
         role: p.role,
         participant: JoinParticipant { id: p.id.clone(), role: p.role, display_name: p.display_name.clone() },
         booking: JoinBooking {
@@ -1510,14 +1512,15 @@ pub struct IceServer {
 
 /// The `ice_servers` array (WebRTC `RTCIceServer` shape) with per-participant TURN REST credentials that expire at
 /// the booking's `hard_end_at`.
-pub fn ice_servers(state: &AppState, b: &Booking, participant: &str) -> Value {
+pub fn ice_servers(state: &AppState, b: &Booking, participant: &Participant) -> Value {
     serde_json::to_value(ice_server_list(state, b, participant)).unwrap_or(Value::Null)
 }
 
 /// [`ice_servers`] as typed entries.
-pub fn ice_server_list(state: &AppState, b: &Booking, participant: &str) -> Vec<IceServer> {
+pub fn ice_server_list(state: &AppState, b: &Booking, participant: &Participant) -> Vec<IceServer> {
     let secret = state.turn_secret.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let (username, credential) = tokens::turn_credentials(&secret, b.window.hard_end_at, &b.id, participant);
+    let (username, credential) =
+        tokens::turn_credentials(&secret, b.window.hard_end_at, &b.id, &participant.id, participant.link_epoch);
     let (stun, turn) = &*state.ice_urls;
     vec![
         IceServer { urls: stun.clone(), username: None, credential: None },

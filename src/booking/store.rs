@@ -907,6 +907,20 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Every participant whose link was rotated or revoked (`link_epoch > 0`) in a booking whose `max_hard_end_at` is
+    /// after `now`, as `(booking, participant, link_epoch, max_hard_end_at)`: on start the daemon tells the relay to
+    /// keep refusing the TURN credentials of their older links.
+    pub async fn live_link_epochs(&self, now: i64) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.booking_id, p.id, p.link_epoch, b.max_hard_end_at FROM participants p \
+             JOIN bookings b ON b.id = p.booking_id WHERE p.link_epoch > 0 AND b.max_hard_end_at > $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
     /// Every `pending` or `confirmed` booking rescheduled at least once whose `max_hard_end_at` is after `now`, as
     /// `(id, hard_end_at, max_hard_end_at, host_opens_at)`: on start the daemon gives the relay their hard ends
     /// (credentials issued before a reschedule carry the old one) so a restart does not forget a reschedule.

@@ -129,9 +129,21 @@ impl SessionKeys {
 }
 
 /// TURN REST credentials of one participant (coturn-compatible, DESIGN §4): `username =
-/// "<expiry-unix>:<booking-id>:<participant-id>"`, `credential = base64(HMAC-SHA1(turn_secret, username))`.
-pub fn turn_credentials(secret: &[u8], expiry: i64, booking: &str, participant: &str) -> (String, String) {
-    let username = format!("{expiry}:{booking}:{participant}");
+/// "<expiry-unix>:<booking-id>:<participant-id>"` (`…:<participant-id>.<link epoch>` once the participant's link
+/// was rotated or revoked), `credential = base64(HMAC-SHA1(turn_secret, username))`.
+pub fn turn_credentials(
+    secret: &[u8],
+    expiry: i64,
+    booking: &str,
+    participant: &str,
+    link_epoch: i64,
+) -> (String, String) {
+    // The link epoch (after a rotation or revocation) lets the relay refuse credentials of older links.
+    let username = if link_epoch > 0 {
+        format!("{expiry}:{booking}:{participant}.{link_epoch}")
+    } else {
+        format!("{expiry}:{booking}:{participant}")
+    };
     let credential = duet_relay::auth::rest_password(secret, &username);
     (username, credential)
 }
@@ -217,7 +229,7 @@ mod tests {
     #[test]
     fn turn_credentials_match_coturn_rest_format() {
         // coturn: password = base64(HMAC-SHA1(secret, username)); checked against `openssl dgst -sha1 -hmac`.
-        let (u, p) = turn_credentials(b"testsecret", 1_800_000_000, "bkg_1", "par_1");
+        let (u, p) = turn_credentials(b"testsecret", 1_800_000_000, "bkg_1", "par_1", 0);
         assert_eq!(u, "1800000000:bkg_1:par_1");
         use hmac::{Hmac, Mac};
         let mut m = Hmac::<sha1::Sha1>::new_from_slice(b"testsecret").unwrap();

@@ -373,6 +373,17 @@ impl RelayHandle {
         tracing::info!(target: "relay", booking, allocations = n, hard_end_unix, "booking hard end moved");
     }
 
+    /// A participant's link was rotated or revoked: TURN credentials of its older links (`link_epoch` below
+    /// `min_epoch`) are refused and their allocations torn down now; the rule is kept until `keep_until_unix`. See
+    /// `duet_relay::Server::revoke_participant`.
+    pub fn revoke_participant(&self, booking: &str, participant: &str, min_epoch: i64, keep_until_unix: i64) {
+        let mut core = self.lock();
+        let (epoch, keep) = (min_epoch.max(0) as u64, keep_until_unix.max(0) as u64);
+        let n = core.server.revoke_participant(Instant::now(), booking, participant, epoch, keep);
+        self.drain(&mut core);
+        tracing::info!(target: "relay", booking, participant, allocations = n, "older links' credentials revoked");
+    }
+
     /// Allocations alive now.
     pub fn allocation_count(&self) -> usize {
         self.lock().server.allocation_count()

@@ -159,7 +159,7 @@ async fn admit(state: &AppState, token: &str) -> Result<Admission, (u16, &'stati
     if now >= booking.window.hard_end_at || now < booking.window.opens_for(participant.role) {
         return Err((close_code::OUTSIDE_WINDOW, "outside the meeting window"));
     }
-    let ice = ice_servers(state, &booking, &participant.id);
+    let ice = ice_servers(state, &booking, participant);
     let window = window_json(&booking.window);
     let raw = |v: &serde_json::Value| serde_json::value::to_raw_value(v).map_err(|_| (1011, "internal error"));
     Ok(Admission {
