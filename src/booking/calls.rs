@@ -303,6 +303,16 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A transaction that holds the write lock from its first statement. SQLite (WAL) answers `SQLITE_BUSY` at once,
+/// without waiting for its busy timeout, to a transaction that read and then tries to write after another connection
+/// committed (its snapshot is stale); taking the lock first makes the busy timeout apply instead. On PostgreSQL the
+/// statement changes nothing and locks nothing.
+async fn begin_write(store: &Store) -> Result<Transaction<'static, Any>, StoreError> {
+    let mut tx = store.pool.begin().await?;
+    sqlx::query("DELETE FROM call_no_show_checks WHERE 1 = 0").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 async fn next_event_n(tx: &mut Transaction<'_, Any>, booking: &str) -> Result<i64, StoreError> {
     let n: i64 = sqlx::query("SELECT COALESCE(MAX(n), 0) FROM call_events WHERE booking_id = $1")
         .bind(booking)
@@ -370,16 +380,26 @@ impl Recorder {
             Fact::RelayStarted { .. } => "relay_started",
             Fact::RelayEnded { .. } => "relay_ended",
         };
-        match self.record_inner(fact).await {
-            Ok(events) => {
-                if events > 0 {
-                    self.store.wake_webhooks();
+        // A failed transaction changed nothing: try again twice (a busy database, a serialization failure).
+        let mut last = None;
+        for attempt in 0..3 {
+            match self.record_inner(fact.clone()).await {
+                Ok(events) => {
+                    if events > 0 {
+                        self.store.wake_webhooks();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(target: "booking", fact = label, attempt, error = %e, "call fact not recorded yet");
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
-            Err(e) => {
-                self.metrics.call_fact_errors.inc();
-                tracing::warn!(target: "booking", fact = label, error = %e, "call fact not recorded");
-            }
+        }
+        self.metrics.call_fact_errors.inc();
+        if let Some(e) = last {
+            tracing::warn!(target: "booking", fact = label, error = %e, "call fact not recorded");
         }
     }
 
@@ -410,7 +430,7 @@ impl Recorder {
         if booking_id.is_empty() || booking_id.len() > 64 || booking_id.contains(':') {
             return Ok(0);
         }
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = begin_write(&self.store).await?;
         let Some(b) = booking_in(&mut tx, &booking_id).await? else {
             return Ok(0);
         };
@@ -663,7 +683,7 @@ impl Recorder {
         .await?;
         for r in idle {
             let id: String = r.try_get(0)?;
-            let mut tx = self.store.pool.begin().await?;
+            let mut tx = begin_write(&self.store).await?;
             let Some(b) = booking_in(&mut tx, &id).await? else { continue };
             let left: Option<i64> = sqlx::query("SELECT all_left_ms FROM call_sessions WHERE booking_id = $1")
                 .bind(&id)
@@ -686,7 +706,7 @@ impl Recorder {
         .await?;
         for r in stale {
             let id: String = r.try_get(0)?;
-            let mut tx = self.store.pool.begin().await?;
+            let mut tx = begin_write(&self.store).await?;
             let Some(b) = booking_in(&mut tx, &id).await? else { continue };
             let reason = if b.status == Status::Cancelled { "cancelled" } else { "window_closed" };
             let at = b.window.hard_end_at * 1000;
@@ -707,7 +727,7 @@ impl Recorder {
         .await?;
         for r in due {
             let id: String = r.try_get(0)?;
-            let mut tx = self.store.pool.begin().await?;
+            let mut tx = begin_write(&self.store).await?;
             let Some(b) = booking_in(&mut tx, &id).await? else { continue };
             if b.status != Status::Confirmed || b.window.join_cutoff_at > now_s {
                 continue;
