@@ -321,7 +321,10 @@ async fn browser_summaries_are_validated_stored_and_shown(backend: Backend) {
     let second = json!({"round_trip_time_ms": 12, "user_agent_family": "chrome"});
     assert_eq!(post_summary(&d, &guest_link, second.to_string()).await.0, 204);
     let (_, r) = report(&d, &d.api_key, &id).await;
-    assert_eq!(r["participants"][1]["browser_summary"], json!({"round_trip_time_ms": 12.0, "user_agent_family": "chrome"}));
+    assert_eq!(
+        r["participants"][1]["browser_summary"],
+        json!({"round_trip_time_ms": 12.0, "user_agent_family": "chrome"})
+    );
 
     // Before the participant's window opens: 403.
     let later = d.booking_now(86_400, 1800).await;

@@ -10,8 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::webrtc_call::{
-    Call, Ws, connect, diagnose, fetch_metrics, join_ok, link_token, next_json, open_signal,
-    selected_pair_types,
+    Call, Ws, connect, diagnose, fetch_metrics, join_ok, link_token, next_json, open_signal, selected_pair_types,
 };
 use common::{Daemon, metric, rfc3339_in, turn_server};
 use futures_util::StreamExt;
