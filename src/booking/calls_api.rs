@@ -363,7 +363,7 @@ pub async fn get_call_report(
             .map_err(StoreError::from)?;
     tx.commit().await.map_err(StoreError::from)?;
     let get = |r: &sqlx::any::AnyRow, c: &str| -> Result<Option<i64>, ApiError> {
-        r.try_get::<Option<i64>, _>(c).map_err(|e| ApiError::internal(e))
+        r.try_get::<Option<i64>, _>(c).map_err(ApiError::internal)
     };
     let (first_join, started, ended, end_reason, sessions) = match &session {
         Some(r) => (
