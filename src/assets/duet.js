@@ -54,6 +54,7 @@
  *   call.getDiagnostics() -> Promise<Diagnostics>   getStats() digest: candidates by type and transport, the
  *                                    selected pair, bitrates (kbit/s since the previous call), loss, RTT, states,
  *                                    errors, hints. See `getDiagnostics` below for the shape.
+ *   call.refreshSummary() -> Promise   refreshes call.summary from getStats() now (also runs every 5 s while connected)
  *   call.summary      the call's own summary for the server (refreshed from getStats() every 5 s while connected):
  *                     {candidate_pair:{local_type, remote_type, protocol, relay_protocol?}, round_trip_time_ms,
  *                     packet_loss, inbound_bitrate_bps, outbound_bitrate_bps, user_agent_family}. When the call
@@ -274,7 +275,7 @@
       if (global.addEventListener) global.addEventListener('online', this._onOnline);
       this.summary = null;
       this._summarySent = false;
-      this._timers.summary = setInterval(() => { this._takeSummary(); }, SUMMARY_EVERY_MS);
+      this._timers.summary = setInterval(() => { this.refreshSummary(); }, SUMMARY_EVERY_MS);
       this._connect();
     }
 
@@ -562,7 +563,13 @@
     _onPcState(pc) {
       if (pc !== this.pc) return;
       const s = pc.connectionState;
-      if (s === 'connected') { this._restarts = 0; clearTimeout(this._timers.ice); }
+      if (s === 'connected') {
+        this._restarts = 0;
+        clearTimeout(this._timers.ice);
+        // A first summary soon after connecting, so a short call has one too.
+        clearTimeout(this._timers.summaryFirst);
+        this._timers.summaryFirst = setTimeout(() => { this.refreshSummary(); }, 1000);
+      }
       if ((s === 'failed' || s === 'closed') && !this._partnerPresent) { this._closePeer(); return this._derive(); }
       if (s === 'failed' && !/failed/.test(pc.iceConnectionState)) this._recoverIce(pc); // DTLS or ICE gave up
       this._derive();
@@ -751,7 +758,7 @@
     // ---- the call summary for the server ----
 
     /** Refreshes call.summary from getStats() (the selected pair, RTT, inbound loss, average bitrates). */
-    async _takeSummary() {
+    async refreshSummary() {
       const pc = this.pc;
       if (!pc || pc.connectionState !== 'connected') return;
       let stats = null;
