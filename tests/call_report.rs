@@ -21,6 +21,7 @@ crate::on_both_backends!(
     a_relayed_call_is_reported_and_sent_as_events,
     a_guest_who_never_joins_is_a_no_show_once,
     browser_summaries_are_validated_stored_and_shown,
+    no_shows_are_decided_after_a_restart_and_sent_once,
 );
 
 /// A receiver on 127.0.0.1 may be an endpoint; a meeting both participants left ends after 1 s; timers every 200 ms.
@@ -242,6 +243,40 @@ async fn a_guest_who_never_joins_is_a_no_show_once(backend: Backend) {
     assert_eq!(guest_report["transport"], "direct", "{r}");
     assert!(r["started_at"].is_null(), "{r}");
     drop(host_ws);
+}
+
+async fn no_shows_are_decided_after_a_restart_and_sent_once(backend: Backend) {
+    let Some(mut d) = Daemon::start_on(backend, CONFIG) else { return };
+    let rx = Receiver::start().await;
+    subscribe(&d, &rx).await;
+    let booking = d.booking_now(2, 1).await;
+    let id = booking["id"].as_str().unwrap().to_string();
+    // The daemon is down when the cutoff (3 s from now) passes.
+    d.kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let d = d.restart();
+    rx.wait_for(Duration::from_secs(20), "two participant.no_show", |h| {
+        count(&events_of(h, &id), "participant.no_show") >= 2
+    })
+    .await;
+    // Another restart decides nothing again: still one event per participant (by webhook-id, as receivers dedupe).
+    let d = d.restart();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let ids: std::collections::BTreeSet<String> = rx
+        .hits()
+        .iter()
+        .filter(|h| h.json()["type"] == "participant.no_show" && h.json()["data"]["booking_id"] == id.as_str())
+        .map(|h| h.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let roles: std::collections::BTreeSet<String> = events_of(&rx.hits(), &id)
+        .iter()
+        .filter(|(t, _)| t == "participant.no_show")
+        .map(|(_, d)| d["role"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(roles, ["guest".to_string(), "host".to_string()].into(), "both never joined");
+    let (_, r) = report(&d, &d.api_key, &id).await;
+    assert!(r["participants"].as_array().unwrap().iter().all(|p| p["no_show"] == true), "{r}");
 }
 
 /// A summary as the join page sends it.

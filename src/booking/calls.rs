@@ -773,3 +773,25 @@ impl Recorder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_needs_the_threshold_in_both_directions_together() {
+        let mut t = ParticipantTotals::default();
+        assert_eq!(t.transport(), ConnectionPath::Direct);
+        t.bytes_to_peer = (RELAYED_MIN_BYTES / 2) as i64;
+        t.bytes_to_client = (RELAYED_MIN_BYTES / 2 - 1) as i64;
+        assert_eq!(t.transport(), ConnectionPath::Direct, "ICE checks over an unused relay candidate");
+        t.bytes_to_client += 1;
+        assert_eq!(t.transport(), ConnectionPath::Relayed);
+    }
+
+    #[test]
+    fn instants_have_milliseconds() {
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}
