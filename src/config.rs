@@ -97,6 +97,21 @@ pub struct RawConfig {
     /// `[webhooks]`.
     #[serde(default)]
     pub webhooks: RawWebhooks,
+    /// `[calls]`.
+    #[serde(default)]
+    pub calls: RawCalls,
+}
+
+/// `[calls]`: call facts from real connections and the events made from them (README, "Call reports").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalls {
+    /// How long both participants may be gone before the meeting counts as ended (`meeting.ended` with
+    /// `end_reason = "all_left"`, `ended_at` = the last leave). Default `2m`; 1s to 24h.
+    pub end_grace: Option<String>,
+    /// How often the durable timers run: `participant.no_show` at `join_cutoff_at`, `meeting.ended` after
+    /// `end_grace`. Default `2s`; 100ms to 1m.
+    pub sweep_interval: Option<String>,
 }
 
 /// `[webhooks]`: delivery of webhook events (README, "Webhooks").
@@ -406,6 +421,23 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Webhook delivery.
     pub webhooks: WebhookConfig,
+    /// Call facts and their events.
+    pub calls: CallsConfig,
+}
+
+/// Validated `[calls]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallsConfig {
+    /// Both participants gone this long: the meeting ended.
+    pub end_grace: Duration,
+    /// Period of the no-show and end-grace sweep.
+    pub sweep_interval: Duration,
+}
+
+impl Default for CallsConfig {
+    fn default() -> CallsConfig {
+        CallsConfig { end_grace: Duration::from_secs(120), sweep_interval: Duration::from_secs(2) }
+    }
 }
 
 /// Validated `[webhooks]`.
@@ -973,9 +1005,22 @@ impl RawConfig {
         if webhooks.rotation_overlap > Duration::from_secs(7 * 86_400) {
             return Err(invalid("webhooks.rotation_overlap", "at most 7d"));
         }
+        let calls = {
+            let d = CallsConfig::default();
+            let end_grace = duration("calls.end_grace", &self.calls.end_grace, d.end_grace)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&end_grace) {
+                return Err(invalid("calls.end_grace", "1s to 24h"));
+            }
+            let sweep_interval = duration("calls.sweep_interval", &self.calls.sweep_interval, d.sweep_interval)?;
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&sweep_interval) {
+                return Err(invalid("calls.sweep_interval", "100ms to 1m"));
+            }
+            CallsConfig { end_grace, sweep_interval }
+        };
         Ok(Config {
             database,
             webhooks,
+            calls,
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,

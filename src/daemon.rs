@@ -140,6 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     relay_cfg.max_allocations_total = config.turn.max_allocations;
     relay_cfg.max_bytes_per_second_per_allocation = config.turn.max_bps_per_allocation;
     relay_cfg.max_bytes_per_second_total = config.turn.max_bps_total;
+    relay_cfg.report_allocations = true;
     relay_cfg.static_credentials = config
         .turn
         .static_credentials
@@ -221,7 +222,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let turn_secret = Arc::new(std::sync::RwLock::new(secrets.turn_secret_bytes()?.remove(0)));
     let session_keys = Arc::new(std::sync::RwLock::new(Arc::new(secrets.session_keyring()?)));
-    let hub = HubHandle::spawn(config.signaling.clone(), metrics.clone(), shutdown.clone());
+    // Call facts from both drivers to the recorder (call reports, meeting and participant events).
+    let (facts, facts_rx) = crate::booking::calls::channel(metrics.clone());
+    relay.set_call_facts(facts.clone());
+    let hub = HubHandle::spawn(config.signaling.clone(), metrics.clone(), Some(facts), shutdown.clone());
     let state = AppState {
         store: store.clone(),
         policy: config.booking,
@@ -281,6 +285,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks.spawn(serve);
     }
     let state_store = store.clone();
+    let state_store_calls = store.clone();
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config
@@ -309,6 +314,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state_store,
         metrics.clone(),
         config.webhooks.clone(),
+        shutdown.clone(),
+    ));
+    // The call-facts recorder and its durable timers (no-shows, meetings both participants left).
+    tasks.spawn(crate::booking::calls::run(
+        state_store_calls,
+        relay.clone(),
+        facts_rx,
+        config.calls,
+        metrics.clone(),
         shutdown.clone(),
     ));
     tasks.close();

@@ -70,6 +70,15 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// `duet_webhook_backlog`: webhook deliveries not yet delivered or failed (pending or being sent), every tenant.
     pub webhook_backlog: IntGauge,
+    /// `duet_call_facts_total{source,result}`: call facts (joins, leaves, ready, room closed, TURN allocations) handed
+    /// from the signaling (`source="signaling"`) and relay (`source="relay"`) drivers to the call-facts recorder:
+    /// `queued`, or `dropped` because its bounded queue was full (the drivers never wait for it).
+    pub call_facts: IntCounterVec,
+    /// `duet_call_fact_errors_total`: call facts the recorder could not write (database error; logged).
+    pub call_fact_errors: IntCounter,
+    /// `duet_call_events_total{type}`: meeting.started, participant.joined, participant.left, meeting.ended and
+    /// participant.no_show events decided by the recorder (written to the webhook outbox when an endpoint wants them).
+    pub call_events: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -240,6 +249,23 @@ impl Metrics {
                 &["result"],
             ),
             webhook_backlog: gauge(&r, "duet_webhook_backlog", "Webhook deliveries pending or being sent."),
+            call_facts: counter_vec(
+                &r,
+                "duet_call_facts_total",
+                "Call facts handed to the recorder by source (signaling, relay) and result (queued, dropped).",
+                &["source", "result"],
+            ),
+            call_fact_errors: counter(
+                &r,
+                "duet_call_fact_errors_total",
+                "Call facts the recorder could not write to the database.",
+            ),
+            call_events: counter_vec(
+                &r,
+                "duet_call_events_total",
+                "Meeting and participant events decided from call facts, by event type.",
+                &["type"],
+            ),
             registry: r,
         }
     }

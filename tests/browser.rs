@@ -44,8 +44,33 @@ async fn call_in_netns() {
     let text = assert_relay_metrics(&d).await;
     let allocations = metric(&text, "duet_turn_allocations_total{result=\"ok\"}").unwrap_or(0.0);
     assert!(allocations >= 2.0, "expected an allocation per page, metrics count {allocations}");
+    assert_call_report(&d, &booking).await;
     assert_alive(&mut d);
     println!("{RESULT_PREFIX}{json_line}");
+}
+
+/// After both pages hung up: the call report has both participants' browser summaries (sent with `sendBeacon` by
+/// duet.js: a relay candidate pair, as the pages use relay-only ICE, and the `chrome` family), and the meeting started.
+async fn assert_call_report(d: &Daemon, booking: &serde_json::Value) {
+    let id = booking["id"].as_str().expect("booking id");
+    let mut report = serde_json::Value::Null;
+    for _ in 0..50 {
+        let r = d.client().get(d.url(&format!("/v1/bookings/{id}/report"))).bearer_auth(&d.api_key).send().await;
+        report = r.expect("GET report").json().await.expect("report JSON");
+        let parts = report["participants"].as_array().cloned().unwrap_or_default();
+        if parts.len() == 2 && parts.iter().all(|p| p["browser_summary"].is_object()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(report["started_at"].is_string(), "the meeting did not start: {report}");
+    for p in report["participants"].as_array().expect("participants") {
+        let s = &p["browser_summary"];
+        assert_eq!(s["candidate_pair"]["local_type"], "relay", "{}: {s}", p["role"]);
+        assert_eq!(s["user_agent_family"], "chrome", "{}: {s}", p["role"]);
+        assert!(s["outbound_bitrate_bps"].as_u64().is_some_and(|b| b > 0), "{}: {s}", p["role"]);
+        assert_eq!(p["transport"], "relayed", "{p}");
+    }
 }
 
 /// The pages were served with the join page's Content-Security-Policy and reported no violation of it (issue 7 item

@@ -26,6 +26,8 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/bookings/{id}/participants/{pid}/link/revoke",
     "POST /v1/join/{link_token}",
     "POST /v1/join/{link_token}/extend",
+    "POST /v1/join/{link_token}/report",
+    "GET /v1/bookings/{id}/report",
     "POST /v1/hosts",
     "GET /v1/hosts",
     "GET /v1/hosts/{ref}",

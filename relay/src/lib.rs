@@ -94,6 +94,6 @@ pub use framing::{FramingError, stream_frame_len};
 pub use policy::{IpNet, PeerDenied, PeerPolicy};
 pub use ratelimit::SourceRateLimiter;
 pub use server::{
-    AddressFamily, ClientDelivery, Command, FiveTuple, PeerTransmit, PendingAllocation, Server, ServerConfig,
-    StaticCredential, Stats, Transport, encode_data_indication,
+    AddressFamily, AllocationEvent, AllocationUsage, ClientDelivery, Command, FiveTuple, PeerTransmit,
+    PendingAllocation, Server, ServerConfig, StaticCredential, Stats, Transport, encode_data_indication,
 };

@@ -144,6 +144,11 @@ pub struct ServerConfig {
     /// Over the cap: dropped and counted in [`Stats::drops_bandwidth`]. `None` (default):
     /// unlimited.
     pub max_bytes_per_second_total: Option<u64>,
+    /// Queue an [`AllocationEvent`] when an allocation of a booking's credential (TURN REST
+    /// username `<expiry>:<booking>:<participant>`) is created and when it ends, drained with
+    /// [`Server::poll_event`] (default `false`: nothing is queued, so a driver that never
+    /// drains does not grow memory). Allocations of static credentials are never reported.
+    pub report_allocations: bool,
     /// Legacy static long-term credentials (DESIGN §4, `vy` drop-in mode only). Looked up
     /// before TURN REST credentials. Default: none. Reload with
     /// [`Server::set_static_credentials`].
@@ -174,6 +179,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("relay_families", &self.relay_families)
             .field("max_bytes_per_second_per_allocation", &self.max_bytes_per_second_per_allocation)
             .field("max_bytes_per_second_total", &self.max_bytes_per_second_total)
+            .field("report_allocations", &self.report_allocations)
             .field("static_credentials", &format_args!("[{} hidden]", self.static_credentials.len()))
             .finish()
     }
@@ -202,6 +208,7 @@ impl ServerConfig {
             relay_families: vec![AddressFamily::V4],
             max_bytes_per_second_per_allocation: None,
             max_bytes_per_second_total: None,
+            report_allocations: false,
             static_credentials: Vec::new(),
         }
     }
@@ -313,6 +320,59 @@ pub enum Command {
         /// The `bound` address given to [`Server::handle_relay_bound`].
         relay: SocketAddr,
     },
+}
+
+/// A booking's allocation began or ended, for call reports (`meeting.ended` carries relayed bytes and the transport
+/// each participant used). Queued only with [`ServerConfig::report_allocations`], drained with
+/// [`Server::poll_event`]. Only allocations made with TURN REST credentials naming a booking are reported
+/// (DESIGN §4 username `<expiry-unix>:<booking-id>:<participant-id>`; the 2-part form reports an empty participant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AllocationEvent {
+    /// A relay socket was bound and the Allocate answered with success (RFC 8656 §7.2).
+    Started {
+        /// Booking id from the username.
+        booking: Box<str>,
+        /// Participant id from the username ("" in the 2-part form).
+        participant: Box<str>,
+        /// The client's transport to the server.
+        transport: Transport,
+        /// When, on the driver's monotonic clock (the `now` of the call that created it).
+        at: Instant,
+    },
+    /// The allocation ended (lifetime passed, Refresh 0, credential expiry, revocation, client connection closed).
+    Ended {
+        /// Booking id from the username.
+        booking: Box<str>,
+        /// Participant id from the username ("" in the 2-part form).
+        participant: Box<str>,
+        /// The client's transport to the server.
+        transport: Transport,
+        /// Payload bytes relayed client → peer over the allocation's life (ChannelData and Send data).
+        bytes_to_peer: u64,
+        /// Payload bytes relayed peer → client over the allocation's life.
+        bytes_to_client: u64,
+        /// When it was created (as in [`AllocationEvent::Started`]).
+        started: Instant,
+        /// When it ended (the `now` of the call that ended it; for [`Server::set_static_credentials`], which takes no
+        /// `now`, the last [`Server::handle_timeout`] instant, but static credentials are never reported).
+        ended: Instant,
+    },
+}
+
+/// Relayed bytes of one live allocation of a booking ([`Server::booking_usage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocationUsage {
+    /// Participant id from the username ("" in the 2-part form).
+    pub participant: Box<str>,
+    /// The client's transport to the server.
+    pub transport: Transport,
+    /// Payload bytes relayed client → peer so far.
+    pub bytes_to_peer: u64,
+    /// Payload bytes relayed peer → client so far.
+    pub bytes_to_client: u64,
+    /// When it was created (driver's monotonic clock).
+    pub started: Instant,
 }
 
 /// Token for an Allocate waiting for its relay socket (see [`Command::BindRelay`]).
@@ -468,6 +528,12 @@ struct Allocation {
     allocate_response: Vec<u8>,
     /// Earliest live entry of this allocation in the timer heap.
     scheduled: Option<Instant>,
+    /// When it was created.
+    started: Instant,
+    /// Payload bytes relayed client → peer (a counter add on the allocation the data path already looked up).
+    bytes_to_peer: u64,
+    /// Payload bytes relayed peer → client.
+    bytes_to_client: u64,
 }
 
 /// The current hard end of a rescheduled booking: every credential naming the booking expires then, whatever expiry
@@ -770,6 +836,8 @@ pub struct Server {
     participant_floors: HashMap<(Box<str>, Box<str>), EpochFloor>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     commands: VecDeque<Command>,
+    /// Allocation events for the driver ([`ServerConfig::report_allocations`]).
+    events: VecDeque<AllocationEvent>,
     limiter: SourceRateLimiter,
     /// Static credentials with precomputed keys (from `config.static_credentials`).
     statics: Vec<StaticEntry>,
@@ -825,6 +893,7 @@ impl Server {
             participant_floors: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
+            events: VecDeque::new(),
             limiter: SourceRateLimiter::new(now),
             authenticated_streams: HashSet::new(),
             stats: Stats::default(),
@@ -877,6 +946,7 @@ impl Server {
             self.stats.drops_bandwidth += 1;
             return None;
         }
+        alloc.bytes_to_peer += payload.len() as u64;
         let relay = alloc.relay;
         self.stats.relayed_packets_to_peer += 1;
         self.stats.relayed_bytes_to_peer += payload.len() as u64;
@@ -932,6 +1002,7 @@ impl Server {
             self.stats.drops_bandwidth += 1;
             return None;
         }
+        alloc.bytes_to_peer += payload.len() as u64;
         let relay = alloc.relay;
         self.stats.relayed_packets_to_peer += 1;
         self.stats.relayed_bytes_to_peer += payload.len() as u64;
@@ -1422,7 +1493,21 @@ impl Server {
             allocate_tid: p.tid,
             allocate_response: response,
             scheduled: None,
+            started: now,
+            bytes_to_peer: 0,
+            bytes_to_client: 0,
         };
+        if self.config.report_allocations
+            && let Some(booking) = &alloc.booking
+        {
+            let participant = RestUsername::parse(&alloc.username).map_or("", |u| u.participant_epoch().0);
+            self.events.push_back(AllocationEvent::Started {
+                booking: booking.clone(),
+                participant: participant.into(),
+                transport: alloc.five_tuple.transport,
+                at: now,
+            });
+        }
         self.by_five_tuple.insert(p.five_tuple, Slot::Active(id));
         self.by_relay.insert(bound, id);
         *self.active_gauge(p.five_tuple.transport) += 1;
@@ -1455,10 +1540,24 @@ impl Server {
         }
     }
 
-    fn destroy(&mut self, id: u64, reason: EndReason) {
+    fn destroy(&mut self, now: Instant, id: u64, reason: EndReason) {
         let Some(a) = self.allocations.remove(&id) else {
             return;
         };
+        if self.config.report_allocations
+            && let Some(booking) = &a.booking
+        {
+            let participant = RestUsername::parse(&a.username).map_or("", |u| u.participant_epoch().0);
+            self.events.push_back(AllocationEvent::Ended {
+                booking: booking.clone(),
+                participant: participant.into(),
+                transport: a.five_tuple.transport,
+                bytes_to_peer: a.bytes_to_peer,
+                bytes_to_client: a.bytes_to_client,
+                started: a.started,
+                ended: now,
+            });
+        }
         if self.by_five_tuple.get(&a.five_tuple) == Some(&Slot::Active(id)) {
             self.by_five_tuple.remove(&a.five_tuple);
         }
@@ -1511,7 +1610,7 @@ impl Server {
         let lifetime = match req.lifetime {
             Some(0) => {
                 self.success(reply, &[Attribute::Lifetime(0)], &authed.key);
-                self.destroy(id, EndReason::Deleted);
+                self.destroy(now, id, EndReason::Deleted);
                 return;
             }
             None => self.config.default_lifetime,
@@ -1650,6 +1749,7 @@ impl Server {
             self.stats.drops_bandwidth += 1;
             return None;
         }
+        a.bytes_to_client += payload_len as u64;
         let to = a.five_tuple;
         let channel =
             a.channel_by_peer.get(&peer).filter(|c| a.channels.get(c).is_some_and(|b| now < b.expires_at)).copied();
@@ -1664,10 +1764,9 @@ impl Server {
     /// The client's TCP/TLS connection closed: its allocation ends (RFC 8656 §3.1: an
     /// allocation over TCP lives no longer than the connection). Also valid for UDP (frees it).
     pub fn handle_client_closed(&mut self, now: Instant, from: FiveTuple) {
-        let _ = now;
         self.authenticated_streams.remove(&from);
         match self.by_five_tuple.get(&from).copied() {
-            Some(Slot::Active(id)) => self.destroy(id, EndReason::ClientClosed),
+            Some(Slot::Active(id)) => self.destroy(now, id, EndReason::ClientClosed),
             Some(Slot::Pending(id)) => {
                 self.by_five_tuple.remove(&from);
                 if let Some(p) = self.pending.get_mut(&id) {
@@ -1690,6 +1789,28 @@ impl Server {
     /// The next [`Command`] for the driver, in order; `None` when there is nothing to do.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
+    }
+
+    /// The next [`AllocationEvent`] (only with [`ServerConfig::report_allocations`]), in order; `None` when there is
+    /// none. Drain it after the commands.
+    pub fn poll_event(&mut self) -> Option<AllocationEvent> {
+        self.events.pop_front()
+    }
+
+    /// The live allocations of `booking` with the bytes they relayed so far (for a call report taken while the
+    /// allocations still run). O(allocations): not for the data path.
+    pub fn booking_usage(&self, booking: &str) -> Vec<AllocationUsage> {
+        self.allocations
+            .values()
+            .filter(|a| a.booking.as_deref() == Some(booking))
+            .map(|a| AllocationUsage {
+                participant: RestUsername::parse(&a.username).map_or("", |u| u.participant_epoch().0).into(),
+                transport: a.five_tuple.transport,
+                bytes_to_peer: a.bytes_to_peer,
+                bytes_to_client: a.bytes_to_client,
+                started: a.started,
+            })
+            .collect()
     }
 
     /// Earliest instant at which [`Server::handle_timeout`] must be called (allocation,
@@ -1718,11 +1839,11 @@ impl Server {
             }
             a.scheduled = None;
             if now >= a.expires_at {
-                self.destroy(id, EndReason::Expired);
+                self.destroy(now, id, EndReason::Expired);
                 continue;
             }
             if a.credential_expiry_unix <= unix_secs {
-                self.destroy(id, EndReason::CredentialExpired);
+                self.destroy(now, id, EndReason::CredentialExpired);
                 continue;
             }
             a.permissions.retain(|_, p| now < p.expires_at);
@@ -1752,7 +1873,6 @@ impl Server {
         min_epoch: u64,
         keep_until_unix: u64,
     ) -> usize {
-        let _ = now;
         let floor = self
             .participant_floors
             .entry((booking.into(), participant.into()))
@@ -1769,7 +1889,7 @@ impl Server {
         let ids: Vec<u64> = self.allocations.iter().filter(|(_, a)| older(&a.username)).map(|(id, _)| *id).collect();
         let mut n = ids.len();
         for id in ids {
-            self.destroy(id, EndReason::Revoked);
+            self.destroy(now, id, EndReason::Revoked);
         }
         for (id, p) in self.pending.iter_mut() {
             if !p.cancelled && older(&p.username) {
@@ -1816,14 +1936,13 @@ impl Server {
     /// for a relay socket are cancelled. Returns how many allocations were torn down
     /// (including cancelled pending ones).
     pub fn revoke_booking(&mut self, now: Instant, booking: &str, until_unix: u64) -> usize {
-        let _ = now;
         let entry = self.revoked.entry(booking.into()).or_insert(0);
         *entry = (*entry).max(until_unix);
         let ids: Vec<u64> =
             self.allocations.iter().filter(|(_, a)| a.booking.as_deref() == Some(booking)).map(|(id, _)| *id).collect();
         let mut n = ids.len();
         for id in ids {
-            self.destroy(id, EndReason::Revoked);
+            self.destroy(now, id, EndReason::Revoked);
         }
         for (id, p) in self.pending.iter_mut() {
             if p.booking.as_deref() == Some(booking) && !p.cancelled {
@@ -1865,8 +1984,9 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         let mut n = ids.len();
+        let now = self.clock.base;
         for id in ids {
-            self.destroy(id, EndReason::Revoked);
+            self.destroy(now, id, EndReason::Revoked);
         }
         for (id, p) in self.pending.iter_mut() {
             if !p.cancelled && gone(&p.booking, &p.username, &self.statics) {

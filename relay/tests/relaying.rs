@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use duet_relay::channel::{parse_channel_data, write_channel_data_header};
 use duet_relay::stun::{Attribute, Class, Message, MessageEncoder, Method, TransactionId, attr};
-use duet_relay::{ClientDelivery, PeerPolicy, encode_data_indication};
+use duet_relay::{ClientDelivery, PeerPolicy, Transport, encode_data_indication};
 
 const HOUR: u64 = 3600;
 const PEER: &str = "8.8.4.4:6000";
@@ -282,4 +282,56 @@ fn data_stops_after_refresh_zero() {
     c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
     assert_eq!(h.server.handle_peer_input(h.now, relay, addr(PEER), 1), None);
     assert!(h.input(c.five_tuple, &send_indication(PEER, b"x")).0.is_none());
+}
+
+#[test]
+fn allocation_events_carry_the_bytes_relayed_each_way() {
+    let mut cfg = config();
+    cfg.report_allocations = true;
+    let mut h = Harness::new(cfg);
+    let mut c = Client::new("192.0.2.50:40000", "b1", "p-guest", UNIX0 + 10 * HOUR);
+    let relay = c.allocate(&mut h);
+    let started_at = h.now;
+    match h.server.poll_event() {
+        Some(duet_relay::AllocationEvent::Started { booking, participant, transport, at }) => {
+            assert_eq!((&*booking, &*participant, transport, at), ("b1", "p-guest", Transport::Udp, started_at));
+        }
+        other => panic!("expected Started, got {other:?}"),
+    }
+    c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(addr(PEER))]);
+    for _ in 0..3 {
+        assert!(h.input(c.five_tuple, &send_indication(PEER, b"0123456789")).0.is_some());
+    }
+    assert!(h.server.handle_peer_input(h.now, relay, addr(PEER), 700).is_some());
+    // Dropped data (no permission) is not counted.
+    assert!(h.server.handle_peer_input(h.now, relay, addr("8.8.8.8:1"), 900).is_none());
+    let usage = h.server.booking_usage("b1");
+    assert_eq!(usage.len(), 1);
+    assert_eq!((usage[0].bytes_to_peer, usage[0].bytes_to_client), (30, 700));
+    assert!(h.server.booking_usage("b2").is_empty());
+    h.advance(Duration::from_secs(5));
+    c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    match h.server.poll_event() {
+        Some(duet_relay::AllocationEvent::Ended {
+            booking,
+            participant,
+            transport,
+            bytes_to_peer,
+            bytes_to_client,
+            started,
+            ended,
+        }) => {
+            assert_eq!((&*booking, &*participant, transport), ("b1", "p-guest", Transport::Udp));
+            assert_eq!((bytes_to_peer, bytes_to_client), (30, 700));
+            assert_eq!(ended - started, Duration::from_secs(5));
+        }
+        other => panic!("expected Ended, got {other:?}"),
+    }
+    assert_eq!(h.server.poll_event(), None);
+}
+
+#[test]
+fn allocation_events_are_off_by_default() {
+    let (mut h, _c, _relay) = setup();
+    assert_eq!(h.server.poll_event(), None);
 }

@@ -59,6 +59,12 @@
  *   call.getDiagnostics() -> Promise<Diagnostics>   getStats() digest: candidates by type and transport, the
  *                                    selected pair, bitrates (kbit/s since the previous call), loss, RTT, states,
  *                                    errors, hints. See `getDiagnostics` below for the shape.
+ *   call.refreshSummary() -> Promise   refreshes call.summary from getStats() now (also runs every 5 s while connected)
+ *   call.summary      the call's own summary for the server (refreshed from getStats() every 5 s while connected):
+ *                     {candidate_pair:{local_type, remote_type, protocol, relay_protocol?}, round_trip_time_ms,
+ *                     packet_loss, inbound_bitrate_bps, outbound_bitrate_bps, user_agent_family}. When the call
+ *                     ends (hang-up, page closed, room closed) it is sent with navigator.sendBeacon to
+ *                     POST /v1/join/{linkToken}/report (the link is the capability), once.
  *
  * Duet.STATE_TEXT, Duet.END_TEXT   default human texts (the page may show its own).
  *
@@ -208,6 +214,18 @@
   const CLOSE_REASON = { 4003: 'ended', 4004: 'cancelled', 4008: 'replaced', 4009: 'full' };
   const JOIN_REASON = { join_window_closed: 'ended', booking_cancelled: 'cancelled', link_invalid_or_revoked: 'invalid' };
   const ICE_DISCONNECTED_GRACE_MS = 4000;
+  /** How often the call summary (call.summary) is refreshed from getStats() while a peer connection exists. */
+  const SUMMARY_EVERY_MS = 5000;
+
+  /** The browser family only (never the full user agent): chrome | edge | firefox | safari | other. */
+  function uaFamily() {
+    const ua = (global.navigator && global.navigator.userAgent) || '';
+    if (/Edg\//.test(ua)) return 'edge';
+    if (/Firefox\//.test(ua)) return 'firefox';
+    if (/Chrom(e|ium)\//.test(ua)) return 'chrome';
+    if (/Safari\//.test(ua)) return 'safari';
+    return 'other';
+  }
   const MAX_ICE_RESTARTS = 3;
   const PEER_GONE_GRACE_MS = 20000;
   const WELCOME_TIMEOUT_MS = 10000;
@@ -260,6 +278,9 @@
       this._statusText = null;
       this._onOnline = () => { if (this._timers.retry) { clearTimeout(this._timers.retry); this._timers.retry = null; this._connect(); } };
       if (global.addEventListener) global.addEventListener('online', this._onOnline);
+      this.summary = null;
+      this._summarySent = false;
+      this._timers.summary = setInterval(() => { this.refreshSummary(); }, SUMMARY_EVERY_MS);
       this._connect();
     }
 
@@ -575,7 +596,13 @@
     _onPcState(pc) {
       if (pc !== this.pc) return;
       const s = pc.connectionState;
-      if (s === 'connected') { this._restarts = 0; clearTimeout(this._timers.ice); }
+      if (s === 'connected') {
+        this._restarts = 0;
+        clearTimeout(this._timers.ice);
+        // A first summary soon after connecting, so a short call has one too.
+        clearTimeout(this._timers.summaryFirst);
+        this._timers.summaryFirst = setTimeout(() => { this.refreshSummary(); }, 1000);
+      }
       if ((s === 'failed' || s === 'closed') && !this._partnerPresent) { this._closePeer(); return this._derive(); }
       if (s === 'failed' && !/failed/.test(pc.iceConnectionState)) this._recoverIce(pc); // DTLS or ICE gave up
       this._derive();
@@ -747,6 +774,7 @@
       if (this.state === 'ended') return;
       text = END_TEXT[reason] || text || 'The call ended.';
       this.endReason = reason;
+      this._sendSummary();
       for (const k of Object.keys(this._timers)) { clearTimeout(this._timers[k]); clearInterval(this._timers[k]); }
       if (global.removeEventListener) global.removeEventListener('online', this._onOnline);
       this._closePeer();
@@ -758,6 +786,56 @@
       this.state = 'ended';
       this._emit('status', 'ended', text, { reason });
       this._emit('ended', reason, text);
+    }
+
+    // ---- the call summary for the server ----
+
+    /** Refreshes call.summary from getStats() (the selected pair, RTT, inbound loss, average bitrates). */
+    async refreshSummary() {
+      const pc = this.pc;
+      if (!pc || pc.connectionState !== 'connected') return;
+      let stats = null;
+      try { stats = await pc.getStats(); } catch (_) { return; }
+      const byId = new Map();
+      let pairId = null;
+      let lost = 0;
+      let received = 0;
+      stats.forEach((st) => {
+        byId.set(st.id, st);
+        if (st.type === 'transport' && st.selectedCandidatePairId) pairId = st.selectedCandidatePairId;
+        if (st.type === 'inbound-rtp') { lost += Math.max(0, st.packetsLost || 0); received += st.packetsReceived || 0; }
+      });
+      if (!pairId) stats.forEach((st) => { if (st.type === 'candidate-pair' && st.nominated && st.state === 'succeeded') pairId = pairId || st.id; });
+      const pair = pairId && byId.get(pairId);
+      const s = { user_agent_family: uaFamily() };
+      if (pair) {
+        const local = byId.get(pair.localCandidateId);
+        const remote = byId.get(pair.remoteCandidateId);
+        const types = ['host', 'srflx', 'prflx', 'relay'];
+        if (local && remote && types.includes(local.candidateType) && types.includes(remote.candidateType)
+          && ['udp', 'tcp'].includes(local.protocol)) {
+          s.candidate_pair = { local_type: local.candidateType, remote_type: remote.candidateType, protocol: local.protocol };
+          if (local.candidateType === 'relay' && ['udp', 'tcp', 'tls'].includes(local.relayProtocol)) s.candidate_pair.relay_protocol = local.relayProtocol;
+        }
+        if (pair.currentRoundTripTime != null) s.round_trip_time_ms = Math.min(60000, Math.round(pair.currentRoundTripTime * 10000) / 10);
+        const secs = (Date.now() - (this.pcCreatedAt || Date.now())) / 1000;
+        if (secs > 0) {
+          s.inbound_bitrate_bps = Math.round(((pair.bytesReceived || 0) * 8) / secs);
+          s.outbound_bitrate_bps = Math.round(((pair.bytesSent || 0) * 8) / secs);
+        }
+      }
+      if (lost + received > 0) s.packet_loss = Math.round((lost / (lost + received)) * 10000) / 10000;
+      this.summary = s;
+    }
+
+    /** Sends call.summary once with navigator.sendBeacon (survives the page closing); nothing without one. */
+    _sendSummary() {
+      if (this._summarySent || !this.summary || !this.linkToken) return;
+      const nav = global.navigator;
+      if (!nav || typeof nav.sendBeacon !== 'function') return;
+      this._summarySent = true;
+      const url = (this.joinOptions.base || '') + '/v1/join/' + encodeURIComponent(this.linkToken) + '/report';
+      try { nav.sendBeacon(url, JSON.stringify(this.summary)); } catch (_) { /* best effort */ }
     }
 
     // ---- diagnostics ----

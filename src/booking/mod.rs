@@ -2,6 +2,8 @@
 
 pub mod admin_api;
 pub mod api;
+pub mod calls;
+pub mod calls_api;
 pub mod catalog;
 pub mod catalog_api;
 pub mod reschedule;

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use duet_relay::SourceRateLimiter;
 use duet_relay::channel::write_channel_data_header;
 use duet_relay::framing::stream_frame_len;
-use duet_relay::server::{AddressFamily, ClientDelivery, Command, FiveTuple, Server, ServerConfig, Transport};
+use duet_relay::server::{
+    AddressFamily, AllocationEvent, ClientDelivery, Command, FiveTuple, Server, ServerConfig, Transport,
+};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -33,6 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::booking::calls::{Fact, FactSender};
 use crate::client_ip::IpKey;
 use crate::metrics::{Metrics, sync_counter};
 
@@ -212,12 +215,23 @@ struct Inner {
     handshakes: Arc<Semaphore>,
     /// Per-IP TLS handshake rate.
     handshake_rate: Mutex<SourceRateLimiter>,
+    /// Where allocation starts and ends go (call reports), once [`RelayHandle::set_call_facts`] was called.
+    facts: std::sync::OnceLock<FactSender>,
 }
 
 /// Control handle of the relay; cheap to clone.
 #[derive(Clone)]
 pub struct RelayHandle {
     inner: Arc<Inner>,
+}
+
+/// `udp`, `tcp` or `tls`: the client transport as call reports name it.
+fn transport_label(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    }
 }
 
 fn unix_now() -> Duration {
@@ -317,6 +331,7 @@ impl RelayHandle {
             handshake_rate: Mutex::new(SourceRateLimiter::new(Instant::now())),
             stream_limits: listen.stream.clone(),
             stream_count: Mutex::new(StreamCount::default()),
+            facts: std::sync::OnceLock::new(),
         });
         let handle = RelayHandle { inner };
         for (addr, sock) in &handle.inner.listeners {
@@ -382,6 +397,23 @@ impl RelayHandle {
         let n = core.server.revoke_participant(Instant::now(), booking, participant, epoch, keep);
         self.drain(&mut core);
         tracing::info!(target: "relay", booking, participant, allocations = n, "older links' credentials revoked");
+    }
+
+    /// Sends the starts and ends of booking allocations (with their relayed bytes) to `facts` from now on; the
+    /// server must have been built with `ServerConfig::report_allocations`. A second call is ignored.
+    pub fn set_call_facts(&self, facts: FactSender) {
+        let _ = self.inner.facts.set(facts);
+    }
+
+    /// The live allocations of `booking`, as (participant id, client transport, bytes relayed to peers, bytes relayed
+    /// to the client) so far.
+    pub fn booking_usage(&self, booking: &str) -> Vec<(String, &'static str, u64, u64)> {
+        let core = self.lock();
+        core.server
+            .booking_usage(booking)
+            .into_iter()
+            .map(|u| (u.participant.into(), transport_label(u.transport), u.bytes_to_peer, u.bytes_to_client))
+            .collect()
     }
 
     /// Allocations alive now.
@@ -525,6 +557,28 @@ impl RelayHandle {
                     }
                 }
             }
+        }
+        // Allocation starts and ends, for call reports (queued only with `report_allocations`).
+        while let Some(event) = core.server.poll_event() {
+            let Some(facts) = self.inner.facts.get() else { continue };
+            let fact = match event {
+                AllocationEvent::Started { booking, participant, transport, .. } => Fact::RelayStarted {
+                    booking: booking.into(),
+                    participant: participant.into(),
+                    transport: transport_label(transport),
+                },
+                AllocationEvent::Ended { booking, participant, transport, bytes_to_peer, bytes_to_client, .. } => {
+                    Fact::RelayEnded {
+                        booking: booking.into(),
+                        participant: participant.into(),
+                        transport: transport_label(transport),
+                        bytes_to_peer,
+                        bytes_to_client,
+                    }
+                }
+                _ => continue,
+            };
+            facts.send("relay", fact);
         }
     }
 

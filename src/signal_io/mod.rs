@@ -26,6 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::booking::calls::{Fact, FactSender, unix_ms};
 use crate::config::SignalingConfig;
 use crate::metrics::Metrics;
 
@@ -133,8 +134,14 @@ pub struct HubHandle {
 }
 
 impl HubHandle {
-    /// Starts the signaling task. It stops when `shutdown` is cancelled (closing every socket with 1001).
-    pub fn spawn(config: SignalingConfig, metrics: Metrics, shutdown: CancellationToken) -> HubHandle {
+    /// Starts the signaling task. It stops when `shutdown` is cancelled (closing every socket with 1001). Joins,
+    /// leaves, `ready` and room closes of native and Virtual Y rooms go to `facts` (call reports) when given.
+    pub fn spawn(
+        config: SignalingConfig,
+        metrics: Metrics,
+        facts: Option<FactSender>,
+        shutdown: CancellationToken,
+    ) -> HubHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let hub = Hub::new(HubConfig {
@@ -156,7 +163,7 @@ impl HubHandle {
             messages_per_second: config.messages_per_second,
             ..CorePeerjsConfig::default()
         });
-        tokio::spawn(run(Cores { hub, peerjs, conns: HashMap::new() }, rx, ctl_rx, metrics.clone(), shutdown));
+        tokio::spawn(run(Cores { hub, peerjs, conns: HashMap::new(), facts }, rx, ctl_rx, metrics.clone(), shutdown));
         HubHandle {
             tx,
             ctl,
@@ -222,6 +229,8 @@ struct Cores {
     hub: Hub,
     peerjs: PeerjsServer,
     conns: HashMap<ConnectionId, (Mode, mpsc::Sender<Outgoing>)>,
+    /// The call-facts recorder's queue (never waited on).
+    facts: Option<FactSender>,
 }
 
 async fn run(
@@ -378,11 +387,34 @@ impl Cores {
                         let _ = tx.try_send(Outgoing::Ping);
                     }
                 }
-                Output::Event(e) => match e {
-                    HubEvent::Ready { .. } => metrics.signal_ready.inc(),
-                    HubEvent::Dropped { reason } => metrics.signal_drops.with_label_values(&[reason.as_str()]).inc(),
-                    _ => {}
-                },
+                Output::Event(e) => {
+                    match &e {
+                        HubEvent::Ready { .. } => metrics.signal_ready.inc(),
+                        HubEvent::Dropped { reason } => {
+                            metrics.signal_drops.with_label_values(&[reason.as_str()]).inc()
+                        }
+                        _ => {}
+                    }
+                    if let Some(facts) = &self.facts {
+                        let at_ms = unix_ms();
+                        let fact = match e {
+                            HubEvent::Joined { booking, participant, .. } => {
+                                Some(Fact::Joined { booking, participant, at_ms })
+                            }
+                            HubEvent::Left { booking, participant, reason, .. } => {
+                                Some(Fact::Left { booking, participant, reason: reason.as_str(), at_ms })
+                            }
+                            HubEvent::Ready { booking, session } => Some(Fact::Ready { booking, session, at_ms }),
+                            HubEvent::RoomClosed { booking, reason } => {
+                                Some(Fact::RoomClosed { booking, reason: reason.as_str(), at_ms })
+                            }
+                            _ => None,
+                        };
+                        if let Some(fact) = fact {
+                            facts.send("signaling", fact);
+                        }
+                    }
+                }
             }
         }
         let stats = self.hub.stats();

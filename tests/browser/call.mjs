@@ -9,7 +9,8 @@
 // (the path of each join URL, so a `public_url` naming another host still works) with `?autojoin=1&relay=1`: they
 // join at once and use relay-only ICE. Passes when both `duetCall.state === 'connected'` and, on BOTH pages,
 // `duetCall.pc.getStats()` shows inbound-rtp video bytes and a selected candidate pair with a relay candidate, and
-// both pages were served with a Content-Security-Policy that reported no violation (cspReport).
+// both pages were served with a Content-Security-Policy that reported no violation (cspReport). Then both pages hang
+// up, which sends their call summaries to the daemon.
 // Prints one JSON line on stdout ({"ok":true|false,…}); exits 0 on success, 1 on failure (message on stderr),
 // 2 on bad usage. A hard deadline (default 60 s) means it never hangs.
 //
@@ -37,5 +38,10 @@ run('duet-join-pages', timeoutMs, async (ctx) => {
   await waitConnected(ctx, pages);
   const stats = await waitRelayedVideo(ctx, pages, 'window.duetCall && window.duetCall.pc');
   const csp = await cspReport(ctx);
+  // Hang up on both pages: each sends its call summary (POST /v1/join/{link}/report, sendBeacon); tests/browser.rs
+  // reads it back from the call report.
+  for (const p of pages) await p.evaluate(() => window.duetCall.refreshSummary());
+  for (const p of pages) await p.evaluate(() => window.duetCall.hangup());
+  await new Promise((r) => setTimeout(r, 1000));
   return { http: origin, csp, pages: Object.fromEntries(labels.map((l, i) => [l, stats[i]])) };
 });

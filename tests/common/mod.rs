@@ -15,6 +15,8 @@ pub mod coturn;
 pub mod pg;
 pub mod process;
 pub mod raw_http;
+pub mod webhook_receiver;
+pub mod webrtc_call;
 
 /// A running daemon. Killed on drop.
 pub struct Daemon {
