@@ -70,6 +70,10 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// `duet_webhook_backlog`: webhook deliveries not yet delivered or failed (pending or being sent), every tenant.
     pub webhook_backlog: IntGauge,
+    /// `duet_email_sent_total{result}`: one per outbox email handled: `sent` (the SMTP server accepted it), `retry`
+    /// (failed, another attempt scheduled), `failed` (gave up), `dropped` (no longer relevant: a reminder of a
+    /// cancelled booking or a revoked link, a start already passed).
+    pub email_sent: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -240,6 +244,12 @@ impl Metrics {
                 &["result"],
             ),
             webhook_backlog: gauge(&r, "duet_webhook_backlog", "Webhook deliveries pending or being sent."),
+            email_sent: counter_vec(
+                &r,
+                "duet_email_sent_total",
+                "Outbox emails by result: sent, retry (another attempt scheduled), failed (gave up), dropped.",
+                &["result"],
+            ),
             registry: r,
         }
     }

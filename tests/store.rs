@@ -81,6 +81,7 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
             reference: reference.map(String::from),
             display_name: name.into(),
             link_token_hash: link_hash(id, role),
+            link_token_enc: None,
             email: None,
             time_zone: None,
             locale: None,
