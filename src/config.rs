@@ -499,7 +499,8 @@ impl RawEmail {
         {
             return Err(invalid("email.reply_to", format!("{r:?} is not a mailbox")));
         }
-        let smtp_host = self.smtp_host.filter(|h| !h.is_empty()).ok_or_else(|| invalid("email.smtp_host", "required"))?;
+        let smtp_host =
+            self.smtp_host.filter(|h| !h.is_empty()).ok_or_else(|| invalid("email.smtp_host", "required"))?;
         let tls = match self.tls.as_deref().unwrap_or("starttls") {
             "starttls" => SmtpTls::StartTls,
             "tls" => SmtpTls::Tls,

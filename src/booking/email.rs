@@ -156,7 +156,13 @@ fn local(unix: i64, tz: Option<&str>) -> (chrono::DateTime<chrono_tz::Tz>, Strin
 }
 
 /// The template context of `kind` for `to` (a participant of `b`).
-pub fn context(b: &Booking, to: &Participant, kind: EmailKind, offset_s: Option<i64>, join_url: Option<String>) -> TemplateContext {
+pub fn context(
+    b: &Booking,
+    to: &Participant,
+    kind: EmailKind,
+    offset_s: Option<i64>,
+    join_url: Option<String>,
+) -> TemplateContext {
     let (start, zone) = local(b.start_at, to.time_zone.as_deref());
     let (end, _) = local(b.end_at, to.time_zone.as_deref());
     let end_text = if end.date_naive() == start.date_naive() {
@@ -448,7 +454,7 @@ mod tests {
             booking_id: "bkg_1".into(),
         };
         let html = env.get_template("body.html").unwrap().render(&ctx).unwrap();
-        assert!(html.contains("&lt;b&gt;Physio&lt;/b&gt; &amp; co"), "{html}");
+        assert!(html.contains("&lt;b&gt;Physio&lt;&#x2f;b&gt; &amp; co"), "{html}");
         assert!(html.contains("href=\"https:&#x2f;&#x2f;calls.example&#x2f;j&#x2f;abc&quot;x\""), "{html}");
         let text = env.get_template("body.txt").unwrap().render(&ctx).unwrap();
         assert!(text.contains("<b>Physio</b> & co") && text.contains("starts in 10 minutes"), "{text}");

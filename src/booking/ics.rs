@@ -301,6 +301,7 @@ mod tests {
             locale: None,
             link_epoch: 0,
             link_revoked_at: None,
+            link_token_enc: None,
         };
         Booking {
             id: "bkg_0123456789abcdef0123456789abcdef".into(),
@@ -351,7 +352,7 @@ mod tests {
             "METHOD:REQUEST",
             "UID:bkg_0123456789abcdef0123456789abcdef@calls.example",
             "SEQUENCE:3",
-            "DTSTAMP:20260829T075320Z",
+            "DTSTAMP:20260829T104000Z",
             "DTSTART:20260901T120000Z",
             "DTEND:20260901T123000Z",
             "STATUS:TENTATIVE",

@@ -64,11 +64,8 @@ pub async fn participant_invite(
     let b = state.store.booking(Some(&tenant), &id).await?.ok_or_else(ApiError::not_found)?;
     let p = b.participants.iter().find(|p| p.id == pid).ok_or_else(ApiError::not_found)?;
     let sealer = state.link_sealer();
-    let join_url = p
-        .link_token_enc
-        .as_deref()
-        .and_then(|s| sealer.open(&p.id, s))
-        .map(|t| format!("{}/j/{t}", state.public_base));
+    let join_url =
+        p.link_token_enc.as_deref().and_then(|s| sealer.open(&p.id, s)).map(|t| format!("{}/j/{t}", state.public_base));
     Ok(ics_response(&state, &b, p, join_url.as_deref()))
 }
 

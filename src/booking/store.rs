@@ -462,7 +462,13 @@ impl Store {
             .connect_with(opts)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Sqlite, webhook_wake: Default::default(), email: None, email_wake: Default::default() })
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+            webhook_wake: Default::default(),
+            email: None,
+            email_wake: Default::default(),
+        })
     }
 
     /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
@@ -487,7 +493,13 @@ impl Store {
             .connect_with(opts)
             .await?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Postgres, webhook_wake: Default::default(), email: None, email_wake: Default::default() })
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+            webhook_wake: Default::default(),
+            email: None,
+            email_wake: Default::default(),
+        })
     }
 
     /// Opens the store `[database]` configures: SQLite in `data` ([`DataDir::database`], created 0600 if missing) or
@@ -1297,8 +1309,7 @@ async fn insert_booking(
 }
 
 /// The columns [`participant_from_row`] reads.
-const PARTICIPANT_COLUMNS: &str =
-    "id, role, ref, display_name, first_joined_at, email, time_zone, locale, link_epoch, link_revoked_at, \
+const PARTICIPANT_COLUMNS: &str = "id, role, ref, display_name, first_joined_at, email, time_zone, locale, link_epoch, link_revoked_at, \
      link_token_enc";
 
 /// The columns [`api_key_from_row`] reads.
