@@ -824,7 +824,7 @@ pub(crate) async fn create_checked(
     let start = parse_instant("start_at", &req.start_at)?;
     let end = parse_instant("end_at", &req.end_at)?;
     let now = unix_now();
-    check_times(&state, start, end, now, true)?;
+    check_times(state, start, end, now, true)?;
     for (field, v) in [("buffer_before_s", req.buffer_before_s), ("buffer_after_s", req.buffer_after_s)] {
         if !(0..=MAX_BUFFER_S).contains(&v) {
             return Err(ApiError::new(
@@ -1175,8 +1175,7 @@ async fn change_link(
             &tenant,
             id,
             pid,
-            &tokens::link_token_hash(&token),
-            state.link_sealer().seal(pid, &token).as_deref(),
+            (&tokens::link_token_hash(&token), state.link_sealer().seal(pid, &token).as_deref()),
             change,
             now,
         )

@@ -1138,10 +1138,10 @@ impl Store {
     }
 
     /// Rotates or revokes the link of participant `pid` of booking `booking` of `tenant` at `now` (Unix seconds), in
-    /// one statement: `new_hash` (SHA-256 of the new link token; for [`LinkChange::Revoke`] the hash of a random token
+    /// one statement: `new_hash` (the first of the pair; SHA-256 of the new link token; for [`LinkChange::Revoke`] the hash of a random token
     /// nobody holds) replaces the stored hash, so the old link answers 404 at once; `link_epoch` goes up, so session
     /// tokens issued before stop verifying; `link_revoked_at` is set (revoke) or cleared (rotate); `link_token_enc`
-    /// becomes `sealed` (the new token sealed, rotate) or is cleared (revoke). Returns the booking
+    /// becomes `sealed` (the second of the pair: the new token sealed, rotate) or is cleared (revoke). Returns the booking
     /// and the participant after the change; `None` when the tenant has no such booking or the booking no such
     /// participant (another tenant's booking is `None` too).
     pub async fn set_link(
@@ -1149,8 +1149,7 @@ impl Store {
         tenant: &str,
         booking: &str,
         pid: &str,
-        new_hash: &[u8],
-        sealed: Option<&str>,
+        (new_hash, sealed): (&[u8], Option<&str>),
         change: LinkChange,
         now: i64,
     ) -> Result<Option<(Booking, Participant)>, StoreError> {
