@@ -1282,6 +1282,44 @@ mod tests {
     }
 
     #[test]
+    fn email_is_off_by_default_and_validated() {
+        let cfg = |t: &str| RawConfig::from_toml(t).unwrap().into_config(&Overrides::default());
+        assert_eq!(cfg("").unwrap().email, None);
+        let e = cfg("[email]\nfrom = \"Duet <noreply@duet.test>\"\nsmtp_host = \"smtp.duet.test\"\n")
+            .unwrap()
+            .email
+            .unwrap();
+        assert_eq!((e.tls, e.smtp_port), (SmtpTls::StartTls, 587));
+        assert_eq!(e.reminders, vec![Duration::from_secs(86_400), Duration::from_secs(600)]);
+        assert_eq!(e.retry_schedule, EMAIL_RETRY_SCHEDULE.to_vec());
+        let e = cfg("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"127.0.0.1\"\ntls = \"plain\"\nreminders = [\"10m\", \"1h\", \"10m\"]\n")
+            .unwrap()
+            .email
+            .unwrap();
+        assert_eq!((e.tls, e.smtp_port), (SmtpTls::Plain, 25));
+        assert_eq!(e.reminders, vec![Duration::from_secs(3600), Duration::from_secs(600)], "largest first, once");
+        for (toml, key) in [
+            ("[email]\nsmtp_host = \"smtp.duet.test\"\n", "email.from"),
+            ("[email]\nfrom = \"not a mailbox\"\nsmtp_host = \"h\"\n", "email.from"),
+            ("[email]\nfrom = \"a@b.test\"\n", "email.smtp_host"),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"smtp.duet.test\"\ntls = \"plain\"\n", "email.tls"),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\ntls = \"ssl\"\n", "email.tls"),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\nreminders = [\"30s\"]\n", "email.reminders"),
+            (
+                "[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\npassword_file = \"/nonexistent/pw\"\n",
+                "email.password_file",
+            ),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\nsmtp = 1\n", "smtp"),
+        ] {
+            let err = match RawConfig::from_toml(toml) {
+                Ok(raw) => raw.into_config(&Overrides::default()).unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn public_listener_is_not_all_loopback() {
         let o = Overrides { turn_listen: Some("0.0.0.0:3478".into()), ..Default::default() };
         let c = RawConfig::default().into_config(&o).unwrap();
