@@ -319,10 +319,11 @@ async fn kill9_during_sends_loses_none_and_sends_none_twice(backend: Backend) {
     let Some(python) = python(test) else { return };
     // Each message is accepted 1 s after its DATA: the kill lands while sends are under way.
     let sink = Sink::start(&python, Duration::from_secs(1));
-    let Some(mut d) = Daemon::start_on(backend, &sink.config("")) else { return };
+    // Reminders 1 min before a start 85 s ahead: due about 25 s from now, after the kill and the restart.
+    let Some(mut d) = Daemon::start_on(backend, &sink.config("reminders = [\"1m\"]\n")) else { return };
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let (status, b) = d.create_booking(&body_with_emails(7200, 1800)).await;
+        let (status, b) = d.create_booking(&body_with_emails(85, 1800)).await;
         assert_eq!(status, 201, "{b}");
         ids.push(b["id"].as_str().unwrap().to_string());
     }
@@ -338,27 +339,35 @@ async fn kill9_during_sends_loses_none_and_sends_none_twice(backend: Backend) {
     let before = sink.count();
     assert!(before < expected, "everything was sent before the kill: the test proves nothing");
     let d = d.restart();
-    sink.wait_for(Duration::from_secs(60), "every confirmation", |m| {
+    sink.wait_for(Duration::from_secs(90), "every confirmation and reminder", |m| {
         let ids: std::collections::BTreeSet<&str> = m.iter().map(|x| x["message_id"].as_str().unwrap()).collect();
-        ids.len() >= expected
+        ids.len() >= 2 * expected
     })
     .await;
     // Anything still coming (a resend is accepted 1 s after its DATA) has arrived after 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let msgs = sink.messages().await;
-    for id in &ids {
-        for to in ["host@clinic.test", "guest@example.test"] {
-            let found: Vec<&Value> =
-                of(&msgs, id, "confirmation").into_iter().filter(|m| m["rcpt_tos"] == json!([to])).collect();
-            assert!(!found.is_empty(), "lost: the confirmation of {id} to {to}");
+    for (id, kind, to) in ids.iter().flat_map(|id| {
+        ["confirmation", "reminder"]
+            .into_iter()
+            .flat_map(move |k| ["host@clinic.test", "guest@example.test"].into_iter().map(move |to| (id, k, to)))
+    }) {
+        {
+            let found: Vec<&Value> = of(&msgs, id, kind).into_iter().filter(|m| m["rcpt_tos"] == json!([to])).collect();
+            assert!(!found.is_empty(), "lost: the {kind} of {id} to {to}");
             // A second copy can only be the resend of a message accepted just before the kill, recognisable by
             // its Message-ID; any other repeat is a message sent twice.
             let distinct: std::collections::BTreeSet<&str> =
                 found.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
-            assert_eq!(distinct.len(), 1, "{id} to {to} was sent as two messages: {found:#?}");
+            assert_eq!(distinct.len(), 1, "the {kind} of {id} to {to} was sent as two messages: {found:#?}");
         }
     }
-    assert!(msgs.len() <= expected + 1, "more than the one resend a kill can cause: {} of {expected}", msgs.len());
+    assert!(
+        msgs.len() <= 2 * expected + 1,
+        "more than the one resend a kill can cause: {} of {}",
+        msgs.len(),
+        2 * expected
+    );
     assert_eq!(metric(&d.metrics().await, "duet_email_sent_total{result=\"failed\"}"), None);
 }
 

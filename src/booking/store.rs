@@ -934,10 +934,11 @@ impl Store {
                 obj.insert("previous".into(), previous);
             }
             queued = enqueue_event(&mut tx, &b.tenant_id, "booking.rescheduled", &data, b.updated_at).await?;
-            mailed = if e.reason == "rescheduled" {
+            let times_moved = (e.previous_start_at, e.previous_end_at) != (stored.start_at, stored.end_at);
+            mailed = if e.reason == "rescheduled" && times_moved {
                 self.enqueue_emails(&mut tx, &stored, EmailKind::Reschedule, b.updated_at).await?
             } else {
-                // An extension keeps the start: the reminders stay where they are.
+                // An extension keeps the start, a join-policy change the times: the reminders stay where they are.
                 0
             };
         }
