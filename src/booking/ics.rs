@@ -369,6 +369,12 @@ mod tests {
         assert_eq!(m.content_type(), "text/calendar; charset=utf-8; method=CANCEL");
         let u = unfold(&text);
         assert!(u.contains("METHOD:CANCEL") && u.contains("STATUS:CANCELLED"));
+        let mut ext = booking(Status::Confirmed);
+        ext.kind = Kind::ExternalLink;
+        ext.external_url = Some("https://meet.example/abc-def".into());
+        let u = unfold(&invitation(&ext, to, "https://calls.example", 0).1);
+        assert!(u.contains("LOCATION:https://meet.example/abc-def"), "{u}");
+        assert!(u.contains("URL:https://calls.example/j/GUEST"), "{u}");
         let none = Recipient { participant: &b.participants[1], join_url: None };
         let u = unfold(&invitation(&booking(Status::Confirmed), none, "https://calls.example", 0).1);
         assert!(u.contains("STATUS:CONFIRMED") && !u.contains("URL:") && u.contains("not included"));
