@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::booking::link_seal::LinkSealer;
 use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
 use crate::config::BookingPolicy;
@@ -37,12 +38,20 @@ pub struct AppState {
     pub draining: tokio_util::sync::CancellationToken,
     /// `[webhooks]`: the SSRF guard's allow list and the rotation overlap.
     pub webhooks: Arc<crate::config::WebhookConfig>,
+    /// Seals and opens the link tokens kept encrypted at rest (keys derived from the session keys; replaced on
+    /// SIGHUP), read with [`AppState::link_sealer`].
+    pub link_sealer: Arc<std::sync::RwLock<Arc<LinkSealer>>>,
 }
 
 impl AppState {
     /// The current session-token keys.
     pub fn session_keys(&self) -> Arc<SessionKeys> {
         self.session_keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current link sealer.
+    pub fn link_sealer(&self) -> Arc<LinkSealer> {
+        self.link_sealer.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The WebSocket URL of the native signaling endpoint.

@@ -97,6 +97,8 @@ pub struct RawConfig {
     /// `[webhooks]`.
     #[serde(default)]
     pub webhooks: RawWebhooks,
+    /// `[email]`: absent, no email is sent.
+    pub email: Option<RawEmail>,
     /// `[calls]`.
     #[serde(default)]
     pub calls: RawCalls,
@@ -112,6 +114,36 @@ pub struct RawCalls {
     /// How often the durable timers run: `participant.no_show` at `join_cutoff_at`, `meeting.ended` after
     /// `end_grace`. Default `2s`; 100ms to 1m.
     pub sweep_interval: Option<String>,
+}
+
+/// `[email]`: invitations, reschedules, cancellations and reminders by SMTP (README, "Email and calendar").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    /// The `From` mailbox, e.g. `"Clinic <noreply@clinic.example>"` (RFC 5322 §3.4). Required.
+    pub from: Option<String>,
+    /// The `Reply-To` mailbox, if any.
+    pub reply_to: Option<String>,
+    /// SMTP server host name (or IP address). Required.
+    pub smtp_host: Option<String>,
+    /// SMTP port (default 587 for `starttls`, 465 for `tls`, 25 for `plain`).
+    pub smtp_port: Option<u16>,
+    /// `starttls` (default: RFC 3207, refused if the server does not offer it), `tls` (implicit TLS, RFC 8314 §3.3)
+    /// or `plain` (no TLS at all: only for a server on a loopback address, e.g. a test's).
+    pub tls: Option<String>,
+    /// SMTP AUTH user name; absent: no authentication.
+    pub username: Option<String>,
+    /// File holding the SMTP password (trailing newline ignored); else the environment variable
+    /// `DUET_SMTP_PASSWORD`.
+    pub password_file: Option<PathBuf>,
+    /// Offsets before the start at which a reminder goes to each participant with an address (default
+    /// `["24h", "10m"]`; at most 10, each between 1m and 30d; `[]` for none).
+    pub reminders: Option<Vec<String>>,
+    /// Directory whose files replace the built-in templates of the same name (`confirmation.subject`,
+    /// `confirmation.txt`, `confirmation.html`, and the same for `reschedule`, `cancellation`, `reminder`).
+    pub templates_dir: Option<PathBuf>,
+    /// Delays between attempts after a failed send (default 30s, 2m, 10m, 30m, 2h, 6h; at most 20, 24h in all).
+    pub retry_schedule: Option<Vec<String>>,
 }
 
 /// `[webhooks]`: delivery of webhook events (README, "Webhooks").
@@ -421,6 +453,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Webhook delivery.
     pub webhooks: WebhookConfig,
+    /// Email delivery (`None`: off).
+    pub email: Option<EmailConfig>,
     /// Call facts and their events.
     pub calls: CallsConfig,
 }
@@ -437,6 +471,135 @@ pub struct CallsConfig {
 impl Default for CallsConfig {
     fn default() -> CallsConfig {
         CallsConfig { end_grace: Duration::from_secs(120), sweep_interval: Duration::from_secs(2) }
+    }
+}
+
+/// How the SMTP connection is secured (`[email] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS on a plain connection (RFC 3207), required.
+    StartTls,
+    /// TLS from the first byte (RFC 8314 §3.3).
+    Tls,
+    /// No TLS: accepted only for a loopback `smtp_host`.
+    Plain,
+}
+
+/// Validated `[email]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// `From` mailbox (checked to parse as a mailbox).
+    pub from: String,
+    /// `Reply-To` mailbox.
+    pub reply_to: Option<String>,
+    /// SMTP server host.
+    pub smtp_host: String,
+    /// SMTP port.
+    pub smtp_port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// SMTP AUTH user name.
+    pub username: Option<String>,
+    /// SMTP AUTH password (from `password_file` or `DUET_SMTP_PASSWORD`).
+    pub password: Option<Secret>,
+    /// Reminder offsets before the start, largest first, without repeats.
+    pub reminders: Vec<Duration>,
+    /// Directory of template overrides.
+    pub templates_dir: Option<PathBuf>,
+    /// Delays between attempts after a failed send.
+    pub retry_schedule: Vec<Duration>,
+}
+
+/// Default `[email] retry_schedule`: 30 s, 2 min, 10 min, 30 min, 2 h, 6 h (seven attempts over about 9 h).
+pub const EMAIL_RETRY_SCHEDULE: [Duration; 6] = [
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(1800),
+    Duration::from_secs(7200),
+    Duration::from_secs(21_600),
+];
+
+impl RawEmail {
+    fn validate(self) -> Result<EmailConfig, ConfigError> {
+        let from = self.from.ok_or_else(|| invalid("email.from", "required"))?;
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid("email.from", format!("{from:?} is not a mailbox")));
+        }
+        if let Some(r) = &self.reply_to
+            && r.parse::<lettre::message::Mailbox>().is_err()
+        {
+            return Err(invalid("email.reply_to", format!("{r:?} is not a mailbox")));
+        }
+        let smtp_host =
+            self.smtp_host.filter(|h| !h.is_empty()).ok_or_else(|| invalid("email.smtp_host", "required"))?;
+        let tls = match self.tls.as_deref().unwrap_or("starttls") {
+            "starttls" => SmtpTls::StartTls,
+            "tls" => SmtpTls::Tls,
+            "plain" => SmtpTls::Plain,
+            other => return Err(invalid("email.tls", format!("{other:?}: one of starttls, tls, plain"))),
+        };
+        if tls == SmtpTls::Plain {
+            let loopback = smtp_host == "localhost"
+                || smtp_host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+            if !loopback {
+                return Err(invalid("email.tls", "plain is accepted only for a loopback smtp_host"));
+            }
+        }
+        let smtp_port = self.smtp_port.unwrap_or(match tls {
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::Plain => 25,
+        });
+        let password = match &self.password_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| invalid("email.password_file", format!("{}: {e}", p.display())))?;
+                Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            None => std::env::var("DUET_SMTP_PASSWORD").ok().map(Secret),
+        };
+        let mut reminders = match &self.reminders {
+            None => vec![Duration::from_secs(86_400), Duration::from_secs(600)],
+            Some(list) => list
+                .iter()
+                .map(|d| duration("email.reminders", &Some(d.clone()), Duration::ZERO))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if reminders.len() > 10
+            || reminders.iter().any(|d| *d < Duration::from_secs(60) || *d > Duration::from_secs(30 * 86_400))
+        {
+            return Err(invalid("email.reminders", "at most 10 offsets, each between 1m and 30d"));
+        }
+        reminders.sort_unstable_by(|a, b| b.cmp(a));
+        reminders.dedup();
+        let retry_schedule = match &self.retry_schedule {
+            None => EMAIL_RETRY_SCHEDULE.to_vec(),
+            Some(list) => list
+                .iter()
+                .map(|d| duration("email.retry_schedule", &Some(d.clone()), Duration::ZERO))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if retry_schedule.len() > 20 || retry_schedule.iter().sum::<Duration>() > Duration::from_secs(86_400) {
+            return Err(invalid("email.retry_schedule", "at most 20 delays, 24h in all"));
+        }
+        if let Some(d) = &self.templates_dir
+            && !d.is_dir()
+        {
+            return Err(invalid("email.templates_dir", format!("{}: not a directory", d.display())));
+        }
+        Ok(EmailConfig {
+            from,
+            reply_to: self.reply_to,
+            smtp_host,
+            smtp_port,
+            tls,
+            username: self.username,
+            password,
+            reminders,
+            templates_dir: self.templates_dir,
+            retry_schedule,
+        })
     }
 }
 
@@ -1005,6 +1168,7 @@ impl RawConfig {
         if webhooks.rotation_overlap > Duration::from_secs(7 * 86_400) {
             return Err(invalid("webhooks.rotation_overlap", "at most 7d"));
         }
+        let email = self.email.map(RawEmail::validate).transpose()?;
         let calls = {
             let d = CallsConfig::default();
             let end_grace = duration("calls.end_grace", &self.calls.end_grace, d.end_grace)?;
@@ -1021,6 +1185,7 @@ impl RawConfig {
             database,
             webhooks,
             calls,
+            email,
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),
             http_tls: cert_pair("http", self.http.tls_cert.take(), self.http.tls_key.take())?,
@@ -1159,6 +1324,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("booking.horizon"), "{e}");
+    }
+
+    #[test]
+    fn email_is_off_by_default_and_validated() {
+        let cfg = |t: &str| RawConfig::from_toml(t).unwrap().into_config(&Overrides::default());
+        assert_eq!(cfg("").unwrap().email, None);
+        let e = cfg("[email]\nfrom = \"Duet <noreply@duet.test>\"\nsmtp_host = \"smtp.duet.test\"\n")
+            .unwrap()
+            .email
+            .unwrap();
+        assert_eq!((e.tls, e.smtp_port), (SmtpTls::StartTls, 587));
+        assert_eq!(e.reminders, vec![Duration::from_secs(86_400), Duration::from_secs(600)]);
+        assert_eq!(e.retry_schedule, EMAIL_RETRY_SCHEDULE.to_vec());
+        let e = cfg("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"127.0.0.1\"\ntls = \"plain\"\nreminders = [\"10m\", \"1h\", \"10m\"]\n")
+            .unwrap()
+            .email
+            .unwrap();
+        assert_eq!((e.tls, e.smtp_port), (SmtpTls::Plain, 25));
+        assert_eq!(e.reminders, vec![Duration::from_secs(3600), Duration::from_secs(600)], "largest first, once");
+        for (toml, key) in [
+            ("[email]\nsmtp_host = \"smtp.duet.test\"\n", "email.from"),
+            ("[email]\nfrom = \"not a mailbox\"\nsmtp_host = \"h\"\n", "email.from"),
+            ("[email]\nfrom = \"a@b.test\"\n", "email.smtp_host"),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"smtp.duet.test\"\ntls = \"plain\"\n", "email.tls"),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\ntls = \"ssl\"\n", "email.tls"),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\nreminders = [\"30s\"]\n", "email.reminders"),
+            (
+                "[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\npassword_file = \"/nonexistent/pw\"\n",
+                "email.password_file",
+            ),
+            ("[email]\nfrom = \"a@b.test\"\nsmtp_host = \"h\"\nsmtp = 1\n", "smtp"),
+        ] {
+            let err = match RawConfig::from_toml(toml) {
+                Ok(raw) => raw.into_config(&Overrides::default()).unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

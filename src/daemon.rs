@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::api_key::{AdminKey, ensure_admin_key};
 use crate::app::{AppState, unix_now};
 use crate::booking::api;
+use crate::booking::link_seal::LinkSealer;
 use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
 use crate::config::Config;
@@ -88,6 +89,7 @@ pub struct Reload {
     relay: RelayHandle,
     turn_secret: Arc<std::sync::RwLock<Vec<u8>>>,
     session_keys: Arc<std::sync::RwLock<Arc<SessionKeys>>>,
+    link_sealer: Arc<std::sync::RwLock<Arc<LinkSealer>>>,
 }
 
 impl Reload {
@@ -104,6 +106,8 @@ impl Reload {
         self.relay.set_auth_secrets(turn);
         tracing::info!(kid = session.signing_kid(), "session tokens are signed with this key");
         *self.session_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(session);
+        *self.link_sealer.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(LinkSealer::new(&secrets.session_keys()?));
         Ok(())
     }
 }
@@ -119,7 +123,11 @@ fn url_host(ip: IpAddr) -> String {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data = DataDir::open(&config.data_dir)?;
     let secrets = data.secrets()?;
-    let store = Store::open_configured(&config.database, &data).await?;
+    let mut store = Store::open_configured(&config.database, &data).await?;
+    if let Some(e) = &config.email {
+        let reminders_s = e.reminders.iter().map(|d| d.as_secs() as i64).collect();
+        store = store.with_email(crate::booking::email_outbox::EmailPlan { reminders_s });
+    }
     let api_key = ensure_admin_key(&data, &store, unix_now()).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
@@ -222,23 +230,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let turn_secret = Arc::new(std::sync::RwLock::new(secrets.turn_secret_bytes()?.remove(0)));
     let session_keys = Arc::new(std::sync::RwLock::new(Arc::new(secrets.session_keyring()?)));
+    let link_sealer = Arc::new(std::sync::RwLock::new(Arc::new(LinkSealer::new(&secrets.session_keys()?))));
     // Call facts from both drivers to the recorder (call reports, meeting and participant events).
     let (facts, facts_rx) = crate::booking::calls::channel(metrics.clone());
     relay.set_call_facts(facts.clone());
     let hub = HubHandle::spawn(config.signaling.clone(), metrics.clone(), Some(facts), shutdown.clone());
+    let public_base: Arc<str> = config.public_base(http_addr).into();
+    let email_store = store.clone();
     let state = AppState {
         store: store.clone(),
         policy: config.booking,
         session_keys: session_keys.clone(),
         session_ttl: config.session_ttl,
         turn_secret: turn_secret.clone(),
-        public_base: config.public_base(http_addr).into(),
+        public_base: public_base.clone(),
         ice_urls: Arc::new(ice_urls),
         relay: relay.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
         draining: draining.clone(),
         webhooks: Arc::new(config.webhooks.clone()),
+        link_sealer: link_sealer.clone(),
     };
     // The `/v1/` routes come with their OpenAPI document (`crate::openapi`): one list for both.
     let (api, _) = crate::openapi::api_router().route_layer(axum::middleware::map_response(no_store)).split_for_parts();
@@ -325,6 +337,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
         shutdown.clone(),
     ));
+    // Emails from the outbox (retries what a crash left in flight).
+    if let Some(email) = config.email.clone() {
+        let mailer = crate::booking::email::Mailer::new(&email, public_base)?;
+        tasks.spawn(crate::booking::email::run(
+            email_store,
+            metrics.clone(),
+            mailer,
+            email.retry_schedule,
+            link_sealer.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.close();
     Ok(Running {
         http: http_addr,
@@ -344,6 +368,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             relay: relay.clone(),
             turn_secret,
             session_keys,
+            link_sealer,
         },
         draining,
         relay,

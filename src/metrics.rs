@@ -79,6 +79,10 @@ pub struct Metrics {
     /// `duet_call_events_total{type}`: meeting.started, participant.joined, participant.left, meeting.ended and
     /// participant.no_show events decided by the recorder (written to the webhook outbox when an endpoint wants them).
     pub call_events: IntCounterVec,
+    /// `duet_email_sent_total{result}`: one per outbox email handled: `sent` (the SMTP server accepted it), `retry`
+    /// (failed, another attempt scheduled), `failed` (gave up), `dropped` (no longer relevant: a reminder of a
+    /// cancelled booking or a revoked link, a start already passed).
+    pub email_sent: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -265,6 +269,12 @@ impl Metrics {
                 "duet_call_events_total",
                 "Meeting and participant events decided from call facts, by event type.",
                 &["type"],
+            ),
+            email_sent: counter_vec(
+                &r,
+                "duet_email_sent_total",
+                "Outbox emails by result: sent, retry (another attempt scheduled), failed (gave up), dropped.",
+                &["result"],
             ),
             registry: r,
         }

@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::booking::{admin_api, api, calls_api, catalog_api, reschedule, webhook_api};
+use crate::booking::{admin_api, api, calls_api, catalog_api, invite_api, reschedule, webhook_api};
 use crate::signal_io;
 
 /// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the
@@ -127,6 +127,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(api::join))
         .routes(routes!(calls_api::send_browser_summary))
         .routes(routes!(calls_api::get_call_report))
+        .routes(routes!(invite_api::participant_invite))
+        .routes(routes!(invite_api::link_invite))
         .routes(routes!(reschedule::extend_from_call))
         .routes(routes!(catalog_api::create_host, catalog_api::list_hosts))
         .routes(routes!(catalog_api::get_host, catalog_api::update_host, catalog_api::delete_host))

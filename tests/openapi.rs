@@ -25,6 +25,8 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/bookings/{id}/participants/{pid}/link/rotate",
     "POST /v1/bookings/{id}/participants/{pid}/link/revoke",
     "POST /v1/join/{link_token}",
+    "GET /v1/bookings/{id}/participants/{pid}/invite.ics",
+    "GET /v1/join/{link_token}/invite.ics",
     "POST /v1/join/{link_token}/extend",
     "POST /v1/join/{link_token}/report",
     "GET /v1/bookings/{id}/report",

@@ -81,6 +81,7 @@ fn booking(id: &str, tenant: &str, external_id: Option<&str>) -> (Booking, Vec<N
             reference: reference.map(String::from),
             display_name: name.into(),
             link_token_hash: link_hash(id, role),
+            link_token_enc: None,
             email: None,
             time_zone: None,
             locale: None,
@@ -664,17 +665,20 @@ async fn participant_fields_links_and_kinds(backend: Backend) {
 
     // Another tenant, another booking, an unknown participant: nothing.
     let new_hash = duet::booking::tokens::link_token_hash("new");
-    assert!(s.set_link("ten_b", "bkg_1", &g.id, &new_hash, LinkChange::Rotate, T0).await.unwrap().is_none());
-    assert!(s.set_link("ten_a", "bkg_2", &g.id, &new_hash, LinkChange::Rotate, T0).await.unwrap().is_none());
-    assert!(s.set_link("ten_a", "bkg_1", "par_nope", &new_hash, LinkChange::Rotate, T0).await.unwrap().is_none());
+    assert!(s.set_link("ten_b", "bkg_1", &g.id, (&new_hash, None), LinkChange::Rotate, T0).await.unwrap().is_none());
+    assert!(s.set_link("ten_a", "bkg_2", &g.id, (&new_hash, None), LinkChange::Rotate, T0).await.unwrap().is_none());
+    assert!(
+        s.set_link("ten_a", "bkg_1", "par_nope", (&new_hash, None), LinkChange::Rotate, T0).await.unwrap().is_none()
+    );
     assert!(s.by_link(&link_hash("bkg_1", Role::Guest)).await.unwrap().is_some(), "nothing changed");
 
-    let (_, p) = s.set_link("ten_a", "bkg_1", &g.id, &new_hash, LinkChange::Rotate, T0).await.unwrap().unwrap();
+    let (_, p) = s.set_link("ten_a", "bkg_1", &g.id, (&new_hash, None), LinkChange::Rotate, T0).await.unwrap().unwrap();
     assert_eq!((p.link_epoch, p.link_revoked_at), (1, None));
     assert!(s.by_link(&link_hash("bkg_1", Role::Guest)).await.unwrap().is_none(), "old link gone");
     assert!(s.by_link(&new_hash).await.unwrap().is_some(), "new link works");
     let gone = duet::booking::tokens::link_token_hash("nobody holds this");
-    let (bk, p) = s.set_link("ten_a", "bkg_1", &g.id, &gone, LinkChange::Revoke, T0 + 5).await.unwrap().unwrap();
+    let (bk, p) =
+        s.set_link("ten_a", "bkg_1", &g.id, (&gone, None), LinkChange::Revoke, T0 + 5).await.unwrap().unwrap();
     assert_eq!((p.link_epoch, p.link_revoked_at), (2, Some(T0 + 5)));
     assert!(s.by_link(&new_hash).await.unwrap().is_none(), "revoked link gone");
     assert_eq!((bk.sequence, bk.participants[0].link_epoch), (0, 0), "the booking and the host are untouched");

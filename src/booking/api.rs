@@ -936,11 +936,14 @@ pub(crate) async fn create_checked(
     };
     let mut link_tokens = Vec::new();
     let mut rows = Vec::new();
+    let sealer = state.link_sealer();
     for p in req.participants {
         let token = tokens::new_link_token();
         let role = if p.role == "host" { Role::Host } else { Role::Guest };
+        let id = tokens::new_id("par");
         let row = NewParticipant {
-            id: tokens::new_id("par"),
+            link_token_enc: sealer.seal(&id, &token),
+            id,
             role,
             reference: p.reference,
             display_name: p.display_name,
@@ -960,6 +963,7 @@ pub(crate) async fn create_checked(
             locale: row.locale.clone(),
             link_epoch: 0,
             link_revoked_at: None,
+            link_token_enc: row.link_token_enc.clone(),
         });
         link_tokens.push(token);
         rows.push(row);
@@ -1167,7 +1171,14 @@ async fn change_link(
     let now = unix_now();
     let (b, p) = state
         .store
-        .set_link(&tenant, id, pid, &tokens::link_token_hash(&token), change, now)
+        .set_link(
+            &tenant,
+            id,
+            pid,
+            (&tokens::link_token_hash(&token), state.link_sealer().seal(pid, &token).as_deref()),
+            change,
+            now,
+        )
         .await?
         .ok_or_else(ApiError::not_found)?;
     let (code, reason, event) = match change {

@@ -18,6 +18,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 use crate::config::DatabaseConfig;
 use crate::data_dir::DataDir;
 
+use super::email_outbox::EmailKind;
 use super::webhooks::{booking_data, enqueue_event};
 use super::window::{JoinPolicy, JoinWindow, Role};
 use crate::api_key::Scope;
@@ -164,6 +165,9 @@ pub struct Participant {
     pub link_epoch: i64,
     /// When the link was revoked (Unix seconds); `None` while the participant has a working link.
     pub link_revoked_at: Option<i64>,
+    /// The link token encrypted at rest ([`super::link_seal`]), for invitations and emails; `None` when revoked or
+    /// created before migration 0009.
+    pub link_token_enc: Option<String>,
 }
 
 /// The kind of a booking.
@@ -289,6 +293,8 @@ pub struct NewParticipant {
     pub display_name: String,
     /// SHA-256 of the link token.
     pub link_token_hash: Vec<u8>,
+    /// The link token sealed by [`super::link_seal::LinkSealer::seal`] (`None`: not kept).
+    pub link_token_enc: Option<String>,
     /// Contact email.
     pub email: Option<String>,
     /// IANA time zone name.
@@ -425,6 +431,10 @@ pub struct Store {
     backend: Backend,
     /// Signalled after a commit that queued webhook deliveries ([`Store::wake_webhooks`]).
     pub(super) webhook_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// What the email outbox gets ([`Store::with_email`]); `None`: email is off and nothing is queued.
+    pub(super) email: Option<std::sync::Arc<super::email_outbox::EmailPlan>>,
+    /// Signalled after a commit that queued emails ([`Store::wake_email`]).
+    pub(super) email_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -452,7 +462,13 @@ impl Store {
             .connect_with(opts)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Sqlite, webhook_wake: Default::default() })
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+            webhook_wake: Default::default(),
+            email: None,
+            email_wake: Default::default(),
+        })
     }
 
     /// Connects to PostgreSQL at `url` (`postgres://…`) with at most `max_connections` connections (10 s to get one)
@@ -477,7 +493,13 @@ impl Store {
             .connect_with(opts)
             .await?;
         POSTGRES_MIGRATIONS.run(&pool).await?;
-        Ok(Store { pool, backend: Backend::Postgres, webhook_wake: Default::default() })
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+            webhook_wake: Default::default(),
+            email: None,
+            email_wake: Default::default(),
+        })
     }
 
     /// Opens the store `[database]` configures: SQLite in `data` ([`DataDir::database`], created 0600 if missing) or
@@ -682,9 +704,13 @@ impl Store {
         let queued =
             enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
                 .await?;
+        let mailed = self.enqueue_created_emails(&mut tx, b).await?;
         tx.commit().await?;
         if queued > 0 {
             self.wake_webhooks();
+        }
+        if mailed > 0 {
+            self.wake_email();
         }
         Ok(())
     }
@@ -736,9 +762,13 @@ impl Store {
         let queued =
             enqueue_event(&mut tx, &b.tenant_id, "booking.created", &booking_data(b, b.created_at), b.created_at)
                 .await?;
+        let mailed = self.enqueue_created_emails(&mut tx, b).await?;
         tx.commit().await?;
         if queued > 0 {
             self.wake_webhooks();
+        }
+        if mailed > 0 {
+            self.wake_email();
         }
         Ok(IdempotentCreate::Created)
     }
@@ -814,14 +844,19 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let changed = q.execute(&mut *tx).await.map_err(db_error)?.rows_affected() == 1;
-        let mut queued = 0;
+        let (mut queued, mut mailed) = (0, 0);
         if changed && let Some(b) = booking_in(&mut tx, id).await? {
             queued = enqueue_event(&mut tx, tenant, &format!("booking.{}", to.as_str()), &booking_data(&b, now), now)
                 .await?;
+            let kind = if to.is_revoked() { EmailKind::Cancellation } else { EmailKind::Confirmation };
+            mailed = self.enqueue_emails(&mut tx, &b, kind, now).await?;
         }
         tx.commit().await?;
         if queued > 0 {
             self.wake_webhooks();
+        }
+        if mailed > 0 {
+            self.wake_email();
         }
         Ok(self.booking(Some(tenant), id).await?.map(|b| {
             let t = if changed {
@@ -884,7 +919,7 @@ impl Store {
         .await
         .map_err(db_error)?
         .rows_affected();
-        let mut queued = 0;
+        let (mut queued, mut mailed) = (0, 0);
         if n == 1
             && let Some(e) = event
             && let Some(stored) = booking_in(&mut tx, &b.id).await?
@@ -899,10 +934,20 @@ impl Store {
                 obj.insert("previous".into(), previous);
             }
             queued = enqueue_event(&mut tx, &b.tenant_id, "booking.rescheduled", &data, b.updated_at).await?;
+            let times_moved = (e.previous_start_at, e.previous_end_at) != (stored.start_at, stored.end_at);
+            mailed = if e.reason == "rescheduled" && times_moved {
+                self.enqueue_emails(&mut tx, &stored, EmailKind::Reschedule, b.updated_at).await?
+            } else {
+                // An extension keeps the start, a join-policy change the times: the reminders stay where they are.
+                0
+            };
         }
         tx.commit().await?;
         if queued > 0 {
             self.wake_webhooks();
+        }
+        if mailed > 0 {
+            self.wake_email();
         }
         Ok(n == 1)
     }
@@ -1108,9 +1153,10 @@ impl Store {
     }
 
     /// Rotates or revokes the link of participant `pid` of booking `booking` of `tenant` at `now` (Unix seconds), in
-    /// one statement: `new_hash` (SHA-256 of the new link token; for [`LinkChange::Revoke`] the hash of a random token
+    /// one statement: `new_hash` (the first of the pair; SHA-256 of the new link token; for [`LinkChange::Revoke`] the hash of a random token
     /// nobody holds) replaces the stored hash, so the old link answers 404 at once; `link_epoch` goes up, so session
-    /// tokens issued before stop verifying; `link_revoked_at` is set (revoke) or cleared (rotate). Returns the booking
+    /// tokens issued before stop verifying; `link_revoked_at` is set (revoke) or cleared (rotate); `link_token_enc`
+    /// becomes `sealed` (the second of the pair: the new token sealed, rotate) or is cleared (revoke). Returns the booking
     /// and the participant after the change; `None` when the tenant has no such booking or the booking no such
     /// participant (another tenant's booking is `None` too).
     pub async fn set_link(
@@ -1118,7 +1164,7 @@ impl Store {
         tenant: &str,
         booking: &str,
         pid: &str,
-        new_hash: &[u8],
+        (new_hash, sealed): (&[u8], Option<&str>),
         change: LinkChange,
         now: i64,
     ) -> Result<Option<(Booking, Participant)>, StoreError> {
@@ -1127,8 +1173,8 @@ impl Store {
             LinkChange::Revoke => Some(now),
         };
         let changed = sqlx::query(
-            "UPDATE participants SET link_token_hash = $1, link_epoch = link_epoch + 1, link_revoked_at = $2 \
-             WHERE id = $3 AND booking_id = $4 \
+            "UPDATE participants SET link_token_hash = $1, link_epoch = link_epoch + 1, link_revoked_at = $2, \
+             link_token_enc = $6 WHERE id = $3 AND booking_id = $4 \
              AND EXISTS (SELECT 1 FROM bookings b WHERE b.id = $4 AND b.tenant_id = $5)",
         )
         .bind(new_hash)
@@ -1136,6 +1182,7 @@ impl Store {
         .bind(pid)
         .bind(booking)
         .bind(tenant)
+        .bind(if change == LinkChange::Revoke { None } else { sealed })
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -1257,7 +1304,7 @@ async fn insert_booking(
     for p in parts {
         sqlx::query(
             "INSERT INTO participants (id, booking_id, role, ref, display_name, link_token_hash, email, time_zone, \
-             locale) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             locale, link_token_enc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&p.id)
         .bind(&b.id)
@@ -1268,6 +1315,7 @@ async fn insert_booking(
         .bind(&p.email)
         .bind(&p.time_zone)
         .bind(&p.locale)
+        .bind(&p.link_token_enc)
         .execute(&mut **tx)
         .await?;
     }
@@ -1275,8 +1323,8 @@ async fn insert_booking(
 }
 
 /// The columns [`participant_from_row`] reads.
-const PARTICIPANT_COLUMNS: &str =
-    "id, role, ref, display_name, first_joined_at, email, time_zone, locale, link_epoch, link_revoked_at";
+const PARTICIPANT_COLUMNS: &str = "id, role, ref, display_name, first_joined_at, email, time_zone, locale, link_epoch, link_revoked_at, \
+     link_token_enc";
 
 /// The columns [`api_key_from_row`] reads.
 const API_KEY_COLUMNS: &str = "id, tenant_id, name, scopes, key_hash, created_at, expires_at, revoked_at";
@@ -1353,6 +1401,7 @@ fn participant_from_row(r: &AnyRow) -> Result<Participant, StoreError> {
         locale: r.try_get("locale")?,
         link_epoch: r.try_get("link_epoch")?,
         link_revoked_at: r.try_get("link_revoked_at")?,
+        link_token_enc: r.try_get("link_token_enc")?,
     })
 }
 

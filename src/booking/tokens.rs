@@ -1,5 +1,6 @@
 //! Capabilities handed to participants: link tokens (in join URLs), session tokens (JWT HS256, DESIGN §3) and TURN
-//! REST credentials (DESIGN §4). Only link-token hashes are stored; the rest is derived at join time.
+//! REST credentials (DESIGN §4). Link tokens are looked up by their SHA-256 (the only form the join path reads) and kept
+//! otherwise only encrypted, for invitations ([`super::link_seal`]); the rest is derived at join time.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
