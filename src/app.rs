@@ -37,6 +37,8 @@ pub struct AppState {
     pub draining: tokio_util::sync::CancellationToken,
     /// `[webhooks]`: the SSRF guard's allow list and the rotation overlap.
     pub webhooks: Arc<crate::config::WebhookConfig>,
+    /// `[booking_page]`, the form-token key and the per-client booking limit of the pages.
+    pub pages: Arc<crate::booking::pages::PageState>,
 }
 
 impl AppState {

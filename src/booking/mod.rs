@@ -1,9 +1,11 @@
 //! The thin booking service: REST API, store, join window, tokens (DESIGN §6).
 
 pub mod admin_api;
+pub mod agenda;
 pub mod api;
 pub mod catalog;
 pub mod catalog_api;
+pub mod pages;
 pub mod reschedule;
 pub mod store;
 pub mod tokens;
