@@ -245,25 +245,33 @@ pub async fn api_error_page(e: ApiError, heading: &str, back: Option<(&str, &str
     error_page(status, heading, &message, back)
 }
 
-/// Whether a form post came from this site: an `Origin` header, when sent, must be this daemon's public origin or
-/// the origin of the request's own `Host`; without `Origin`, a `Sec-Fetch-Site` header, when sent, must be
-/// `same-origin` or `none`. A client that sends neither (not a browser) passes: the form token still binds the post
-/// to a page this daemon served.
+/// Whether a form post came from this site (Fetch Metadata and `Origin`, RFC 6454 §7):
+/// - a `Sec-Fetch-Site` header, when sent, must be `same-origin` or `none` (a user's own navigation);
+/// - an `Origin` header other than `null`, when sent, must be this daemon's public origin or the origin of the
+///   request's own `Host`;
+/// - `Origin: null` passes only with `Sec-Fetch-Site: same-origin`: browsers send `null` for a form post from a page
+///   with `Referrer-Policy: no-referrer` (all of these pages), and also from sandboxed frames and `data:` pages,
+///   which Fetch Metadata tells apart.
+///
+/// A client that sends neither header (not a browser) passes: the form token still binds the post to a page this
+/// daemon served.
 pub fn same_origin(headers: &HeaderMap, public_base: &str) -> bool {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let Ok(origin) = origin.to_str() else { return false };
-        if origin.eq_ignore_ascii_case(origin_of(public_base)) {
-            return true;
-        }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        return !host.is_empty()
-            && (origin.eq_ignore_ascii_case(&format!("http://{host}"))
-                || origin.eq_ignore_ascii_case(&format!("https://{host}")));
+    let site = headers.get("sec-fetch-site").map(|v| v.to_str().unwrap_or(""));
+    if site.is_some_and(|s| !matches!(s, "same-origin" | "none")) {
+        return false;
     }
-    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        Some(site) => matches!(site, "same-origin" | "none"),
-        None => true,
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    if origin == "null" {
+        return site == Some("same-origin");
     }
+    if origin.eq_ignore_ascii_case(origin_of(public_base)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    !host.is_empty()
+        && (origin.eq_ignore_ascii_case(&format!("http://{host}"))
+            || origin.eq_ignore_ascii_case(&format!("https://{host}")))
 }
 
 /// The origin (`scheme://host[:port]`) of a base URL.
@@ -1077,6 +1085,10 @@ mod tests {
         assert!(!same_origin(&h, "http://127.0.0.1:8080"));
         h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
         assert!(same_origin(&h, "https://duet.example"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h, "http://127.0.0.1:8080"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h, "http://127.0.0.1:8080"));
         h.remove(header::ORIGIN);
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!same_origin(&h, "http://127.0.0.1:8080"));
