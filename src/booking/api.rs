@@ -1330,17 +1330,18 @@ impl From<StoreError> for JoinRefused {
 }
 
 /// 503 `draining` while the server shuts down.
-fn draining(state: &AppState) -> Result<(), JoinRefused> {
-    if state.draining.is_cancelled() {
+fn draining(state: &AppState) -> Option<JoinRefused> {
+    state.draining.is_cancelled().then(|| {
         let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "this server is shutting down; retry")
             .header(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        return Err(JoinRefused(JoinOutcome::Draining, e));
-    }
-    Ok(())
+        JoinRefused(JoinOutcome::Draining, e)
+    })
 }
 
 async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, JoinRefused> {
-    draining(state)?;
+    if let Some(refused) = draining(state) {
+        return Err(refused);
+    }
     let invalid = || {
         let e = ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
         JoinRefused(JoinOutcome::Invalid, e)
@@ -1361,8 +1362,8 @@ pub(crate) async fn join_participant(
     p: super::store::Participant,
 ) -> Result<Response, ApiError> {
     let result = match draining(state) {
-        Ok(()) => admit(state, b, p).await,
-        Err(e) => Err(e),
+        None => admit(state, b, p).await,
+        Some(refused) => Err(refused),
     };
     let outcome = match &result {
         Ok(_) => JoinOutcome::Admitted,

@@ -18,6 +18,9 @@
 //!   the manage actions; `GET /manage/{link_token}/reschedule?from=&tz=` the free times to move to;
 //!   `POST /manage/{link_token}/cancel` and `POST /manage/{link_token}/reschedule` (fields `token`, `start`).
 
+// The page helpers answer `Result<_, Response>`: the error is the page to send (rare, and tiny next to rendering).
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
