@@ -60,7 +60,8 @@ pub const PAGES_CSP: &str = "default-src 'none'; script-src 'self'; style-src 's
 /// form at leisure; the slot itself is checked again on submit).
 pub const FORM_TOKEN_TTL_S: i64 = 2 * 3600;
 
-/// The most client addresses the booking limit remembers; beyond, full buckets are forgotten first.
+/// The most client addresses the booking limit remembers; beyond, full buckets are forgotten first, then the least
+/// recently used.
 const MAX_BUCKETS: usize = 100_000;
 
 /// State of the pages: their config, the form-token key and the per-client booking limit.
@@ -120,8 +121,14 @@ impl PageState {
         let size = f64::from(self.config.bookings_per_hour);
         let per_s = size / 3600.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
+            // Full buckets are the same as no entry; if none is full, the least recently used goes.
             buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_s < size);
+            if buckets.len() >= MAX_BUCKETS
+                && let Some(oldest) = buckets.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k)
+            {
+                buckets.remove(&oldest);
+            }
         }
         let (tokens, at) = buckets.entry(key).or_insert((size, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_s).min(size);
@@ -588,9 +595,8 @@ fn booking_form(
             esc(&h.display_name)
         );
     }
-    if let Some((field, message)) = error {
+    if let Some((_, message)) = error {
         let _ = writeln!(body, "<p class=\"alert\" role=\"alert\" id=\"form-error\">{}</p>", esc(message));
-        let _ = field;
     }
     let invalid = |f: &str| {
         if error.is_some_and(|(x, _)| x == f) { " aria-invalid=\"true\" aria-describedby=\"form-error\"" } else { "" }
@@ -622,9 +628,9 @@ fn booking_form(
 }
 
 /// `POST /book/{tenant_id}/{host_ref}/{slug}` (`application/x-www-form-urlencoded`: `token`, `start`, `tz`,
-/// `name`, `email`, `note`): checks the origin and the form token (403 page, nothing booked), takes one booking from
-/// the client's hourly allowance (429 page with `Retry-After`), checks the fields (422: the form again with the
-/// message), then books through the create path of the API ([`catalog_api::book_offered`]: the slot is checked
+/// `name`, `email`, `note`): checks the origin and the form token (403 page, nothing booked), checks the fields (422:
+/// the form again with the message), takes one booking from the client's hourly allowance (429 page with
+/// `Retry-After`), then books through the create path of the API ([`catalog_api::book_offered`]: the slot is checked
 /// again, pending when the event type requires confirmation) and answers 303 to the guest's manage page
 /// `/manage/{link_token}`; a slot taken meanwhile gets the 409 page.
 pub async fn book(
@@ -652,16 +658,6 @@ pub async fn book(
         return forbidden();
     }
     let start = start.unwrap_or_default();
-    if let Err(wait) = state.pages.take_booking(state.pages.client(peer, &headers), Instant::now()) {
-        let mut r = error_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many bookings",
-            "Too many bookings were made from your network in the last hour. Please try again later.",
-            None,
-        );
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return r;
-    }
     let host_tz: Tz = h.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let tz: Tz = match field("tz").as_str() {
         z if valid_time_zone(z) => z.parse().unwrap_or(host_tz),
@@ -682,6 +678,17 @@ pub async fn book(
     };
     if error.is_some() {
         return booking_form(&state, &tenant, &h, &e, tz, start, &v, error, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    // Counted once the post is well-formed: a typo does not use up the allowance.
+    if let Err(wait) = state.pages.take_booking(state.pages.client(peer, &headers), Instant::now()) {
+        let mut r = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many bookings",
+            "Too many bookings were made from your network in the last hour. Please try again later.",
+            None,
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return r;
     }
     let guest = CreateParticipant {
         reference: None,
