@@ -3,7 +3,8 @@
 //! Europe/Berlin. The page's script shows the page in the browser's zone; the visitor picks a time, fills in the
 //! form, lands on the confirmation, opens the join link (the join page loads and checks it); a second visitor no
 //! longer sees that time; next year's fall-back day of Europe/Berlin lists the wall times chrono-tz computes for New
-//! York; axe-core finds no serious or critical violation on the booking page, the form and the confirmation; no
+//! York; axe-core finds no serious or critical violation on the booking page, the form and the confirmation; the
+//! host agenda's Join button opens the join page, which joins as the host with the host secret; no
 //! Content-Security-Policy violation.
 //!
 //! As in `tests/browser.rs`: the daemon and the browser share a network namespace of their own whose only interface
@@ -55,7 +56,10 @@ fn fall_back_day(year: i32) -> NaiveDate {
 /// Inside the namespace: daemon, host in Berlin with 09:00-12:00 every day, a 30-minute event type, the scenario.
 async fn book_in_netns() {
     let mut d = Daemon::start("[booking]\nhorizon = \"800d\"\n");
-    api(&d, "/v1/hosts", json!({"ref": "dr-berlin", "display_name": "Dr. Berlin", "time_zone": "Europe/Berlin"})).await;
+    let host =
+        api(&d, "/v1/hosts", json!({"ref": "dr-berlin", "display_name": "Dr. Berlin", "time_zone": "Europe/Berlin"}))
+            .await;
+    let secret = host["secret"].as_str().unwrap();
     let days = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
     let weekly: Vec<Value> =
         days.iter().map(|day| json!({"day": day, "intervals": [{"start": "09:00", "end": "12:00"}]})).collect();
@@ -91,7 +95,21 @@ async fn book_in_netns() {
     }
     // Berlin is on UTC+1 again, New York still on UTC-4: 09:00 in Berlin is 04:00 in New York (03:00 the day before).
     assert_eq!(expected.first().map(String::as_str), Some("04:00"), "{expected:?}");
+    // A meeting of the host starting in two minutes (its window is open for the host): the agenda's Join.
+    let start = now + 120;
+    let soon = api(
+        &d,
+        "/v1/bookings",
+        json!({"title": "Soon", "start_at": chrono::Utc.timestamp_opt(start, 0).unwrap().to_rfc3339(),
+               "end_at": chrono::Utc.timestamp_opt(start + 1800, 0).unwrap().to_rfc3339(),
+               "participants": [{"role": "host", "ref": "dr-berlin", "display_name": "Dr. Berlin"},
+                                {"role": "guest", "display_name": "Early Guest"}]}),
+    )
+    .await;
+    let soon_id = soon["id"].as_str().unwrap();
     let config = json!({
+        "agendaPath": format!("/agenda/{secret}?date={}", chrono::Utc.timestamp_opt(start, 0).unwrap().with_timezone(&berlin).date_naive()),
+        "agendaBooking": soon_id,
         "origin": format!("http://{}", d.http),
         "bookPath": "/book/ten_default/dr-berlin/consult",
         "timezoneId": VISITOR_ZONE,
@@ -106,11 +124,13 @@ async fn book_in_netns() {
     let r = d.client().get(d.url("/v1/bookings")).bearer_auth(&d.api_key).send().await.unwrap();
     let list: Value = r.json().await.unwrap();
     let bookings = list["bookings"].as_array().unwrap();
-    assert_eq!(bookings.len(), 1, "{list}");
-    let guest = bookings[0]["participants"].as_array().unwrap().iter().find(|p| p["role"] == "guest").unwrap();
+    assert_eq!(bookings.len(), 2, "{list}");
+    let booked = bookings.iter().find(|b| b["id"] != soon_id).unwrap();
+    let guest = booked["participants"].as_array().unwrap().iter().find(|p| p["role"] == "guest").unwrap();
     assert_eq!(guest["display_name"], "Playwright Guest");
     assert_eq!(guest["time_zone"], VISITOR_ZONE);
-    assert_eq!(bookings[0]["start_at"], result["slot"]["start"], "{result}");
+    assert_eq!(booked["start_at"], result["slot"]["start"], "{result}");
+    assert_eq!(result["agenda"]["role"], "host", "{result}");
     assert_alive(&mut d);
     println!("{RESULT_PREFIX}{json_line}");
 }

@@ -4,6 +4,7 @@
 //   node book.mjs [--timeout-ms N] CONFIG_JSON
 //
 // CONFIG_JSON: {"origin": "http://127.0.0.1:PORT", "bookPath": "/book/{tenant}/{host_ref}/{slug}",
+//               "agendaPath": "/agenda/{host_secret}", "agendaBooking": "bkg_…",
 //               "timezoneId": "America/New_York", "dstDate": "YYYY-MM-DD", "dstHeading": "Sunday 31 October 2027",
 //               "dstTimes": ["04:00", …]}
 // Passes when:
@@ -14,8 +15,10 @@
 //  3. the confirmation's join link opens the join page, whose script checks the link (its status line changes);
 //  4. a second visitor (a browser context of its own) no longer sees that time;
 //  5. the page of `dstDate` (a DST change of the schedule's zone) lists exactly `dstTimes` under `dstHeading`;
-//  6. axe-core finds no serious or critical violation on the booking page, the form and the confirmation page,
-//     and no page reports a Content-Security-Policy violation.
+//  6. the host agenda's Join button (row `agendaBooking` of `agendaPath`) opens the join page, which joins as the
+//     host (duetCall.join.role) through the host-secret join endpoint;
+//  7. axe-core finds no serious or critical violation on the booking page, the form, the confirmation page and the
+//     agenda, and no page reports a Content-Security-Policy violation.
 // Prints one JSON line on stdout ({"ok":true|false,…}); exits 0 on success, 1 on failure, 2 on bad usage.
 
 import { readFile } from 'node:fs/promises';
@@ -26,7 +29,7 @@ import { Failure, cspReport, launch, newPage, parseConfigArgs, run } from './har
 const { timeoutMs, config } = parseConfigArgs(
   'book.mjs',
   'The booking page in chromium: zone detection, booking, confirmation, join link, DST day, axe-core.',
-  ['origin', 'bookPath', 'timezoneId', 'dstDate', 'dstHeading', 'dstTimes'],
+  ['origin', 'bookPath', 'timezoneId', 'dstDate', 'dstHeading', 'dstTimes', 'agendaPath', 'agendaBooking'],
 );
 const require = createRequire(import.meta.url);
 const AXE = await readFile(require.resolve('axe-core/axe.min.js'), 'utf8');
@@ -136,7 +139,18 @@ run('book', timeoutMs, async (ctx) => {
     throw new Failure(`${config.dstHeading}: the page lists ${JSON.stringify(dstTimes)}, expected ${JSON.stringify(config.dstTimes)}`);
   }
 
-  // 6. No CSP violation on any page.
+  // 6. The host agenda (axe-core too): Join opens the join page, which joins as the host with the host secret.
+  ctx.phase = 'host agenda';
+  const host = await visitor(ctx, 'host', timezoneId);
+  await host.goto(`${origin}${config.agendaPath}`, { waitUntil: 'load', timeout: 15000 });
+  axeReports.agenda = await axe(host, 'the host agenda');
+  const join = host.locator(`tr[data-booking="${config.agendaBooking}"] a`, { hasText: 'Join' });
+  await Promise.all([host.waitForNavigation({ timeout: 15000 }), join.click()]);
+  await host.getByRole('button', { name: 'Join' }).click({ timeout: 15000 });
+  await host.waitForFunction(() => window.duetCall && ['waiting', 'connecting'].includes(window.duetCall.state), null, { timeout: 15000 });
+  const agenda = await host.evaluate(() => ({ state: window.duetCall.state, role: window.duetCall.join.role }));
+
+  // 7. No CSP violation on any page.
   const csp = await cspReport(ctx);
-  return { slot, pagePolicy, confirmation: { when: confirmation.when, status: confirmation.status }, joinStatus, dstTimes, axe: axeReports, csp };
+  return { slot, pagePolicy, agenda, confirmation: { when: confirmation.when, status: confirmation.status }, joinStatus, dstTimes, axe: axeReports, csp };
 });
