@@ -41,6 +41,8 @@ pub struct AppState {
     /// Seals and opens the link tokens kept encrypted at rest (keys derived from the session keys; replaced on
     /// SIGHUP), read with [`AppState::link_sealer`].
     pub link_sealer: Arc<std::sync::RwLock<Arc<LinkSealer>>>,
+    /// `[booking_page]`, the form-token key and the per-client booking limit of the pages.
+    pub pages: Arc<crate::booking::pages::PageState>,
 }
 
 impl AppState {

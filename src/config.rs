@@ -102,6 +102,24 @@ pub struct RawConfig {
     /// `[calls]`.
     #[serde(default)]
     pub calls: RawCalls,
+    /// `[booking_page]`.
+    #[serde(default)]
+    pub booking_page: RawBookingPage,
+}
+
+/// `[booking_page]`: the booking page, the guest's manage page and the host agenda (README, "Booking page and
+/// agenda").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBookingPage {
+    /// How long before the start a guest may still cancel or move a booking on the manage page (default `24h`;
+    /// `0s`: until the start).
+    pub manage_notice: Option<String>,
+    /// Bookings one client address (IPv4, or IPv6 /64) may make on booking pages per hour (default 10, at least 1);
+    /// more get a 429 page.
+    pub bookings_per_hour: Option<u32>,
+    /// Days of free times one booking page shows (default 7, 1 to 31).
+    pub days: Option<u32>,
 }
 
 /// `[calls]`: call facts from real connections and the events made from them (README, "Call reports").
@@ -457,6 +475,25 @@ pub struct Config {
     pub email: Option<EmailConfig>,
     /// Call facts and their events.
     pub calls: CallsConfig,
+    /// Booking page, manage page and agenda.
+    pub booking_page: BookingPageConfig,
+}
+
+/// Validated `[booking_page]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookingPageConfig {
+    /// A guest may cancel or move a booking until this long before its start.
+    pub manage_notice: Duration,
+    /// Booking-page bookings per client address per hour (a token bucket of this size, refilled over an hour).
+    pub bookings_per_hour: u32,
+    /// Days of free times one booking page shows.
+    pub days: u32,
+}
+
+impl Default for BookingPageConfig {
+    fn default() -> BookingPageConfig {
+        BookingPageConfig { manage_notice: Duration::from_secs(86_400), bookings_per_hour: 10, days: 7 }
+    }
 }
 
 /// Validated `[calls]`.
@@ -1181,10 +1218,29 @@ impl RawConfig {
             }
             CallsConfig { end_grace, sweep_interval }
         };
+        let booking_page = {
+            let p = &self.booking_page;
+            let defaults = BookingPageConfig::default();
+            BookingPageConfig {
+                manage_notice: duration("booking_page.manage_notice", &p.manage_notice, defaults.manage_notice)?,
+                bookings_per_hour: p.bookings_per_hour.unwrap_or(defaults.bookings_per_hour),
+                days: p.days.unwrap_or(defaults.days),
+            }
+        };
+        if booking_page.bookings_per_hour == 0 {
+            return Err(invalid("booking_page.bookings_per_hour", "must be positive"));
+        }
+        if !(1..=31).contains(&booking_page.days) {
+            return Err(invalid("booking_page.days", "1 to 31"));
+        }
+        if booking_page.manage_notice > Duration::from_secs(365 * 86_400) {
+            return Err(invalid("booking_page.manage_notice", "at most 365d"));
+        }
         Ok(Config {
             database,
             webhooks,
             calls,
+            booking_page,
             email,
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_string()),

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use duet_relay::policy::PeerPolicy;
 use duet_relay::server::ServerConfig;
 use tokio::net::TcpListener;
@@ -20,8 +20,10 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::api_key::{AdminKey, ensure_admin_key};
 use crate::app::{AppState, unix_now};
+use crate::booking::agenda;
 use crate::booking::api;
 use crate::booking::link_seal::LinkSealer;
+use crate::booking::pages::{self, PageState};
 use crate::booking::store::Store;
 use crate::booking::tokens::SessionKeys;
 use crate::config::Config;
@@ -251,6 +253,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         draining: draining.clone(),
         webhooks: Arc::new(config.webhooks.clone()),
         link_sealer: link_sealer.clone(),
+        pages: Arc::new(PageState::new(
+            config.booking_page,
+            &secrets.nonce_key_bytes()?,
+            config.trusted_proxies.clone(),
+            config.signaling.forwarded_header,
+        )),
     };
     // The `/v1/` routes come with their OpenAPI document (`crate::openapi`): one list for both.
     let (api, _) = crate::openapi::api_router().route_layer(axum::middleware::map_response(no_store)).split_for_parts();
@@ -260,6 +268,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .route("/duet.js", get(duet_js))
         .route("/join.js", get(join_js))
         .route("/join.css", get(join_css))
+        .route("/book/{tenant_id}/{host_ref}/{slug}", get(pages::booking_page).post(pages::book))
+        .route("/manage/{link_token}", get(pages::manage_page))
+        .route("/manage/{link_token}/cancel", post(pages::manage_cancel))
+        .route("/manage/{link_token}/reschedule", get(pages::reschedule_page).post(pages::manage_reschedule))
+        .route("/agenda/{host_secret}", get(agenda::agenda))
+        .route("/agenda/{host_secret}/cancel/{booking_id}", post(agenda::cancel))
+        .route("/agenda/{host_secret}/call/{booking_id}", get(agenda::call_page))
+        .route("/agenda/{host_secret}/join/{booking_id}", post(agenda::join))
+        .route("/pages.css", get(pages::pages_css))
+        .route("/book.js", get(pages::book_js))
         .merge(if config.signaling.peerjs.enabled {
             signal_io::peerjs::routes(&config.signaling.peerjs.path)
         } else {
@@ -468,7 +486,7 @@ pub const JOIN_PAGE_PERMISSIONS: &str =
 /// The join page, from the binary, with its security headers: [`JOIN_PAGE_CSP`], [`JOIN_PAGE_PERMISSIONS`],
 /// `X-Frame-Options: DENY` (frame-ancestors for old browsers), `nosniff`, no referrer (the URL holds the link token),
 /// not stored (the same).
-async fn join_page() -> impl axum::response::IntoResponse {
+pub(crate) async fn join_page() -> impl axum::response::IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

@@ -9,7 +9,8 @@
  * Duet.join(linkToken, opts?) -> Promise<JoinResponse>
  *     POST /v1/join/{linkToken}. Resolves to the server's join response ({session_token, signal_url, ice_servers,
  *     role, participant, booking, window, expires_at}) plus `link_token`. opts.base: API URL prefix (default same
- *     origin); opts.fetch: fetch override. Rejects with a Duet.JoinError.
+ *     origin); opts.url: the whole join URL instead (the host agenda's `/agenda/{secret}/join/{booking_id}`, which
+ *     answers the same JSON); opts.fetch: fetch override. Rejects with a Duet.JoinError.
  *
  * Duet.JoinError  (Error)
  *     .status       HTTP status, 0 = network error
@@ -107,7 +108,7 @@
 
   async function join(linkToken, opts = {}) {
     const doFetch = opts.fetch || global.fetch.bind(global);
-    const url = (opts.base || '') + '/v1/join/' + encodeURIComponent(linkToken);
+    const url = opts.url || (opts.base || '') + '/v1/join/' + encodeURIComponent(linkToken);
     let res;
     try {
       res = await doFetch(url, {

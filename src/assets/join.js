@@ -3,7 +3,10 @@
   'use strict';
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
-  const token = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
+  // The host agenda's join page (/agenda/{secret}/call/{booking_id}) joins with the host secret instead of a link.
+  const agenda = location.pathname.match(/^\/agenda\/([^/]+)\/call\/([^/]+)$/);
+  const joinOptions = agenda ? { url: '/agenda/' + agenda[1] + '/join/' + agenda[2] } : {};
+  const token = agenda ? agenda[1] : decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
   const relayOnly = params.get('relay') === '1';
   const debug = params.get('debug') === '1';
   const autojoin = params.get('autojoin') === '1';
@@ -233,7 +236,7 @@
     status('Checking your meeting link…', 'busy');
     $('join').disabled = true;
     try {
-      joinResp = await Duet.join(token);
+      joinResp = await Duet.join(token, joinOptions);
     } catch (e) {
       joinResp = null;
       if (e.tooEarly) { waitUntilOpen(e); return null; }
@@ -306,7 +309,7 @@
     const j = joinResp;
     joinResp = null; // a later rejoin asks for a fresh session
     call = window.duetCall = new Duet.Call({
-      join: j, localStream: stream, relayOnly, onStatus, onRemoteStream, onEnded, onWindow,
+      join: j, localStream: stream, relayOnly, joinOptions, onStatus, onRemoteStream, onEnded, onWindow,
     });
     $('hangup').focus(); // keep keyboard focus on the controls (Join is gone)
     // Joined in the last five minutes: the hub's T-5 warning is already past, so warn from the window we know.

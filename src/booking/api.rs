@@ -1058,27 +1058,39 @@ async fn transition(
         return Err(ApiError::not_found());
     }
     let now = unix_now();
-    let (b, t) = state.store.transition(&tenant, id, to, from, now).await?.ok_or_else(ApiError::not_found)?;
-    match t {
-        Transition::Refused => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "invalid_transition",
-                format!("a {} booking cannot become {}", b.status.as_str(), to.as_str()),
-            )
-            .with("status", json!(b.status_at(now))));
-        }
-        Transition::Unchanged => {}
-        Transition::Changed => {
-            state.metrics.bookings.with_label_values(&[to.as_str()]).inc();
-            if to.is_revoked() {
-                state.hub.cancel_booking(&b.id);
-                state.relay.revoke_booking(&b.id, b.window.hard_end_at);
-            }
-            tracing::info!(target: "booking", booking = %b.id, status = to.as_str(), "booking status changed");
-        }
+    let (b, t) = apply_transition(state, &tenant, id, to, from, now).await?.ok_or_else(ApiError::not_found)?;
+    if t == Transition::Refused {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_transition",
+            format!("a {} booking cannot become {}", b.status.as_str(), to.as_str()),
+        )
+        .with("status", json!(b.status_at(now))));
     }
     Ok(booking_response(StatusCode::OK, &b))
+}
+
+/// The status transition of booking `id` of `tenant` (see [`Store::transition`](super::store::Store::transition))
+/// with its effects when it happened: the metric, and for a revoked status the room closed (4004) and the booking's
+/// TURN credentials revoked. `None` when the tenant has no such booking. Used by the API and by the pages.
+pub(crate) async fn apply_transition(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+    to: Status,
+    from: &[Status],
+    now: i64,
+) -> Result<Option<(Booking, Transition)>, ApiError> {
+    let Some((b, t)) = state.store.transition(tenant, id, to, from, now).await? else { return Ok(None) };
+    if t == Transition::Changed {
+        state.metrics.bookings.with_label_values(&[to.as_str()]).inc();
+        if to.is_revoked() {
+            state.hub.cancel_booking(&b.id);
+            state.relay.revoke_booking(&b.id, b.window.hard_end_at);
+        }
+        tracing::info!(target: "booking", booking = %b.id, status = to.as_str(), "booking status changed");
+    }
+    Ok(Some((b, t)))
 }
 
 /// `POST /v1/bookings/{id}/confirm`: pending -> confirmed; confirmed -> 200 unchanged; rejected or cancelled -> 409
@@ -1330,11 +1342,18 @@ impl From<StoreError> for JoinRefused {
     }
 }
 
-async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, JoinRefused> {
-    if state.draining.is_cancelled() {
+/// 503 `draining` while the server shuts down.
+fn draining(state: &AppState) -> Option<JoinRefused> {
+    state.draining.is_cancelled().then(|| {
         let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "this server is shutting down; retry")
             .header(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        return Err(JoinRefused(JoinOutcome::Draining, e));
+        JoinRefused(JoinOutcome::Draining, e)
+    })
+}
+
+async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, JoinRefused> {
+    if let Some(refused) = draining(state) {
+        return Err(refused);
     }
     let invalid = || {
         let e = ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
@@ -1344,6 +1363,31 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, Join
         return Err(invalid());
     }
     let (b, p) = state.store.by_link(&tokens::link_token_hash(link_token)).await?.ok_or_else(invalid)?;
+    admit(state, b, p).await
+}
+
+/// The join of participant `p` of booking `b` found by another capability than its link (the host agenda's host
+/// secret, `POST /agenda/{secret}/join/{booking_id}`): the same rules, answers and metric as
+/// `POST /v1/join/{link_token}`.
+pub(crate) async fn join_participant(
+    state: &AppState,
+    b: Booking,
+    p: super::store::Participant,
+) -> Result<Response, ApiError> {
+    let result = match draining(state) {
+        None => admit(state, b, p).await,
+        Some(refused) => Err(refused),
+    };
+    let outcome = match &result {
+        Ok(_) => JoinOutcome::Admitted,
+        Err(JoinRefused(outcome, _)) => *outcome,
+    };
+    state.metrics.join_attempts.with_label_values(&[outcome.label()]).inc();
+    result.map_err(|JoinRefused(_, e)| e)
+}
+
+/// Admits participant `p` of booking `b` (status, then join window): the body of a join answer.
+async fn admit(state: &AppState, b: Booking, p: super::store::Participant) -> Result<Response, JoinRefused> {
     let refused = match b.status {
         Status::Cancelled => Some((
             JoinOutcome::Cancelled,

@@ -1159,7 +1159,7 @@ pub const DEFAULT_SLOT_RANGE_DAYS: i64 = 7;
 
 /// The free slots of event type `e` (schedule `s`) in `[from, to)` at `now`, from the host's pending and confirmed
 /// bookings.
-async fn compute_slots(
+pub(crate) async fn compute_slots(
     state: &AppState,
     h: &Host,
     e: &EventType,
@@ -1465,9 +1465,47 @@ pub async fn book_slot(
         }
     }
     let start = parse_instant("start_at", &req.start_at)?;
+    let guest = CreateParticipant {
+        reference: req.guest.reference,
+        role: "guest".into(),
+        display_name: req.guest.display_name,
+        email: req.guest.email,
+        time_zone: req.guest.time_zone,
+        locale: req.guest.locale,
+    };
+    let slot = OfferedSlot { start, guest, note: req.note, metadata: req.metadata };
+    book_offered(&state, tenant, &h, &e, slot, idem, hash).await
+}
+
+/// What a guest asks for when booking a slot: the start (Unix seconds), the guest participant (its fields checked
+/// by the caller), the note (checked) and the metadata.
+pub(crate) struct OfferedSlot {
+    /// The start, Unix seconds.
+    pub start: i64,
+    /// The guest participant (role `guest`).
+    pub guest: CreateParticipant,
+    /// The guest's note.
+    pub note: Option<String>,
+    /// The app's metadata.
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Books `slot` of event type `e` of host `h`: 409 `slot_unavailable` unless its start is a free slot now (the slot
+/// computation of `GET /v1/slots`), else the booking of [`book_slot`] through [`api::create_checked`] (the answer
+/// of `POST /v1/bookings`). Shared by `POST /v1/event-types/{id}/bookings` and the booking page.
+pub(crate) async fn book_offered(
+    state: &AppState,
+    tenant: String,
+    h: &Host,
+    e: &EventType,
+    slot: OfferedSlot,
+    idem: Option<String>,
+    hash: Vec<u8>,
+) -> Result<Response, ApiError> {
+    let start = slot.start;
     let now = unix_now();
     let s = state.store.schedule(&tenant, &h.id, &e.schedule_id).await?.ok_or_else(ApiError::not_found)?;
-    let offered = compute_slots(&state, &h, &e, &s, start, start.saturating_add(1), now).await?;
+    let offered = compute_slots(state, h, e, &s, start, start.saturating_add(1), now).await?;
     if !offered.iter().any(|x| x.start_at == start) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1484,30 +1522,22 @@ pub async fn book_slot(
         time_zone: Some(h.time_zone.clone()),
         locale: None,
     };
-    let guest = CreateParticipant {
-        reference: req.guest.reference,
-        role: "guest".into(),
-        display_name: req.guest.display_name,
-        email: req.guest.email,
-        time_zone: req.guest.time_zone,
-        locale: req.guest.locale,
-    };
     let create = CreateBooking {
         title: e.title.clone(),
         start_at: rfc3339(start),
         end_at: rfc3339(start + e.duration_minutes * 60),
         external_id: None,
-        participants: vec![host, guest],
+        participants: vec![host, slot.guest],
         status: if e.requires_confirmation { CreateStatus::Pending } else { CreateStatus::Confirmed },
         buffer_before_s: e.buffer_before_minutes * 60,
         buffer_after_s: e.buffer_after_minutes * 60,
         kind: booking_kind(e.kind),
         external_url: e.external_url.clone(),
-        metadata: req.metadata,
+        metadata: slot.metadata,
         join_policy: None,
     };
-    let origin = BookingOrigin { event_type_id: Some(e.id.clone()), note: req.note };
-    api::create_checked(&state, tenant, create, idem, hash, origin).await
+    let origin = BookingOrigin { event_type_id: Some(e.id.clone()), note: slot.note };
+    api::create_checked(state, tenant, create, idem, hash, origin).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The thin booking service: REST API, store, join window, tokens (DESIGN §6).
 
 pub mod admin_api;
+pub mod agenda;
 pub mod api;
 pub mod calls;
 pub mod calls_api;
@@ -11,6 +12,7 @@ pub mod email_outbox;
 pub mod ics;
 pub mod invite_api;
 pub mod link_seal;
+pub mod pages;
 pub mod reschedule;
 pub mod store;
 pub mod tokens;

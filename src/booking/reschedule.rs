@@ -218,6 +218,46 @@ pub async fn patch_booking(
     Ok(booking_response(StatusCode::OK, &b))
 }
 
+/// Moves booking `old` to `[start, end)` (Unix seconds) the way `PATCH /v1/bookings/{id}` does: the times checked
+/// as on create, the window computed again with the booking's join policy, `sequence` up by one, the write
+/// conditional on the sequence read ([`Store::update_booking`](super::store::Store::update_booking), which writes
+/// the `booking.rescheduled` event), then the live call follows ([`follow_window`]). Used by the guest's manage page.
+/// Errors: 409 `booking_not_modifiable`, 412 `precondition_failed` (changed meanwhile), 409 `slot_unavailable`, the
+/// 422s of the time checks.
+pub(crate) async fn reschedule_to(state: &AppState, old: &Booking, start: i64, end: i64) -> Result<Booking, ApiError> {
+    let now = unix_now();
+    if !modifiable(old, now) {
+        return Err(not_modifiable(old, now));
+    }
+    check_times(state, start, end, now, start != old.start_at)?;
+    let window = JoinWindow::compute(start, end, &old.join_policy.apply(&state.policy));
+    if (start, end) == (old.start_at, old.end_at) {
+        return Ok(old.clone());
+    }
+    let mut new = old.clone();
+    new.start_at = start;
+    new.end_at = end;
+    new.window = window;
+    new.rescheduled_at = Some(now);
+    new.max_hard_end_at = old.max_hard_end_at.max(window.hard_end_at);
+    new.sequence = old.sequence + 1;
+    new.updated_at = now;
+    let event = RescheduleEvent { reason: "rescheduled", previous_start_at: old.start_at, previous_end_at: old.end_at };
+    match state.store.update_booking(&new, old.sequence, Some(&event)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let cur = state.store.booking(Some(&old.tenant_id), &old.id).await?.ok_or_else(ApiError::not_found)?;
+            return Err(if modifiable(&cur, now) { stale(cur.sequence) } else { not_modifiable(&cur, now) });
+        }
+        Err(StoreError::SlotUnavailable) => return Err(conflict(state, &new).await),
+        Err(e) => return Err(e.into()),
+    }
+    state.metrics.bookings.with_label_values(&["rescheduled"]).inc();
+    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = "rescheduled", "booking changed");
+    follow_window(state, &new);
+    Ok(state.store.booking(Some(&old.tenant_id), &old.id).await?.unwrap_or(new))
+}
+
 /// 409 `slot_unavailable` naming the caller's booking in the way, when it can still be found.
 async fn conflict(state: &AppState, b: &Booking) -> ApiError {
     let host = b.participants.iter().find(|p| p.role == Role::Host).and_then(|p| p.reference.clone());

@@ -165,9 +165,12 @@ export async function launch(ctx, extraArgs = []) {
   return ctx.browser;
 }
 
-/** A page in a browser context of its own (separate storage, as two people on two machines), logging to ctx.log. */
-export async function newPage(ctx, label) {
-  const context = await ctx.browser.newContext({ permissions: ['camera', 'microphone'] });
+/**
+ * A page in a browser context of its own (separate storage, as two people on two machines), logging to ctx.log;
+ * `contextOptions` go to playwright's newContext (e.g. `timezoneId`).
+ */
+export async function newPage(ctx, label, contextOptions = {}) {
+  const context = await ctx.browser.newContext({ permissions: ['camera', 'microphone'], ...contextOptions });
   // Every Content-Security-Policy violation the page reports (see cspReport); init scripts are not subject to the CSP.
   await context.addInitScript(() => {
     window.__cspViolations = [];
