@@ -273,6 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .route("/manage/{link_token}/cancel", post(pages::manage_cancel))
         .route("/manage/{link_token}/reschedule", get(pages::reschedule_page).post(pages::manage_reschedule))
         .route("/agenda/{host_secret}", get(agenda::agenda))
+        .route("/calendar/{file}", get(crate::booking::feed::host_calendar))
         .route("/agenda/{host_secret}/cancel/{booking_id}", post(agenda::cancel))
         .route("/agenda/{host_secret}/call/{booking_id}", get(agenda::call_page))
         .route("/agenda/{host_secret}/join/{booking_id}", post(agenda::join))

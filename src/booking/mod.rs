@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod catalog_api;
 pub mod email;
 pub mod email_outbox;
+pub mod feed;
 pub mod ics;
 pub mod invite_api;
 pub mod link_seal;
