@@ -106,13 +106,13 @@
   }
   const FINAL_JOIN_CODES = ['join_window_closed', 'booking_cancelled', 'link_invalid_or_revoked'];
 
-  async function join(linkToken, opts = {}) {
+  /** POSTs `payload` as JSON; resolves to the JSON answer (null when not JSON), throws a JoinError otherwise. */
+  async function postJson(url, payload, opts) {
     const doFetch = opts.fetch || global.fetch.bind(global);
-    const url = opts.url || (opts.base || '') + '/v1/join/' + encodeURIComponent(linkToken);
     let res;
     try {
       res = await doFetch(url, {
-        method: 'POST', body: '{}', cache: 'no-store', credentials: 'omit',
+        method: 'POST', body: JSON.stringify(payload), cache: 'no-store', credentials: 'omit',
         headers: { 'Content-Type': 'application/json' },
       });
     } catch (e) {
@@ -121,6 +121,12 @@
     let body = null;
     try { body = await res.json(); } catch (_) { /* non-JSON body */ }
     if (!res.ok) throw new JoinError(res.status, body, res.headers.get('Retry-After'));
+    return body;
+  }
+
+  async function join(linkToken, opts = {}) {
+    const url = opts.url || (opts.base || '') + '/v1/join/' + encodeURIComponent(linkToken);
+    const body = await postJson(url, {}, opts);
     // An external-link booking (Zoom, Meet, Teams): no token, no room; the caller opens external_url.
     if (body && body.kind === 'external_link' && typeof body.external_url === 'string'
         && body.external_url.startsWith('https://')) {
@@ -323,20 +329,8 @@
     async extend(minutes) {
       if (!this.linkToken) throw new JoinError(0, { error: 'no_link', message: 'No link token to extend with' });
       const o = this.joinOptions;
-      const doFetch = o.fetch || global.fetch.bind(global);
       const url = (o.base || '') + '/v1/join/' + encodeURIComponent(this.linkToken) + '/extend';
-      let res;
-      try {
-        res = await doFetch(url, {
-          method: 'POST', body: JSON.stringify({ minutes }), cache: 'no-store', credentials: 'omit',
-          headers: { 'Content-Type': 'application/json' },
-        });
-      } catch (e) {
-        throw new JoinError(0, { message: 'Network error: ' + (e && e.message) });
-      }
-      let body = null;
-      try { body = await res.json(); } catch (_) { /* non-JSON body */ }
-      if (!res.ok) throw new JoinError(res.status, body, res.headers.get('Retry-After'));
+      const body = await postJson(url, { minutes }, o);
       if (body && body.window) this.window = body.window;
       this._note('extended', { minutes, end_at: body && body.end_at });
       return body;

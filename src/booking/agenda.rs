@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
-use super::api::{ApiError, apply_transition, plausible_id};
+use super::api::{apply_transition, plausible_id};
 use super::catalog::Host;
 use super::pages::{
     api_error_page, day_heading, error_page, esc, forbidden, form_fields, not_found, page, query_fields, same_origin,
@@ -209,9 +209,7 @@ pub async fn call_page(State(state): State<AppState>, Path((secret, id)): Path<(
 /// unknown secret or a booking that is not the host's: 404 `link_invalid_or_revoked`. A revoked host link does
 /// not matter here: the host secret is the capability.
 pub async fn join(State(state): State<AppState>, Path((secret, id)): Path<(String, String)>) -> Response {
-    let invalid = || {
-        ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid").into_response()
-    };
+    let invalid = || super::api::link_invalid().into_response();
     let Some(h) = host_of(&state, &secret).await else { return invalid() };
     let Some((b, p)) = booking_of(&state, &h, &id).await else { return invalid() };
     let mut r = super::api::join_participant(&state, b, p).await.into_response();

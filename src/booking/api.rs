@@ -1355,15 +1355,26 @@ async fn join_inner(state: &AppState, link_token: &str) -> Result<Response, Join
     if let Some(refused) = draining(state) {
         return Err(refused);
     }
-    let invalid = || {
-        let e = ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
-        JoinRefused(JoinOutcome::Invalid, e)
+    let (b, p) = match by_link_token(state, link_token).await {
+        Ok(found) => found,
+        Err(e) if e.code == "link_invalid_or_revoked" => return Err(JoinRefused(JoinOutcome::Invalid, e)),
+        Err(e) => return Err(JoinRefused(JoinOutcome::Error, e)),
     };
-    if link_token.is_empty() || link_token.len() > 128 {
-        return Err(invalid());
-    }
-    let (b, p) = state.store.by_link(&tokens::link_token_hash(link_token)).await?.ok_or_else(invalid)?;
     admit(state, b, p).await
+}
+
+/// 404 `link_invalid_or_revoked`: the answer to any unknown, malformed, rotated or revoked link.
+pub(crate) fn link_invalid() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid")
+}
+
+/// The booking and participant a link token belongs to (the capability of every `/v1/join/{link_token}…` route):
+/// looked up by its SHA-256; an empty or over-long token, or one nobody holds, is [`link_invalid`].
+pub(crate) async fn by_link_token(state: &AppState, link_token: &str) -> Result<(Booking, Participant), ApiError> {
+    if link_token.is_empty() || link_token.len() > 128 {
+        return Err(link_invalid());
+    }
+    state.store.by_link(&tokens::link_token_hash(link_token)).await?.ok_or_else(link_invalid)
 }
 
 /// The join of participant `p` of booking `b` found by another capability than its link (the host agenda's host

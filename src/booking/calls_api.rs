@@ -14,7 +14,6 @@ use utoipa::ToSchema;
 use super::api::{ApiError, authenticate, body_error, parse_json, plausible_id, rfc3339};
 use super::calls::{ConnectionPath, participant_totals, rfc3339_ms, unix_ms};
 use super::store::StoreError;
-use super::tokens;
 use crate::api_key::Scope;
 use crate::app::AppState;
 use crate::openapi::ErrorBody;
@@ -188,15 +187,14 @@ pub async fn send_browser_summary(
     Path(link_token): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let invalid = || ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
     if link_token.is_empty() || link_token.len() > 128 {
-        return Err(invalid());
+        return Err(super::api::link_invalid());
     }
     let body = body.map_err(body_error)?;
     if body.len() > MAX_SUMMARY_BYTES {
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the summary is over 4 KiB"));
     }
-    let (b, p) = state.store.by_link(&tokens::link_token_hash(&link_token)).await?.ok_or_else(invalid)?;
+    let (b, p) = super::api::by_link_token(&state, &link_token).await?;
     let summary: BrowserSummary = parse_json(&body)?;
     summary.validate()?;
     let now_ms = unix_ms();

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use super::api::{ApiError, authenticate, plausible_id};
 use super::ics::{self, Recipient};
 use super::store::{Booking, Participant};
-use super::tokens;
 use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
 use crate::openapi::ErrorBody;
@@ -85,11 +84,7 @@ pub async fn participant_invite(
     )
 )]
 pub async fn link_invite(State(state): State<AppState>, Path(link_token): Path<String>) -> Result<Response, ApiError> {
-    let invalid = || ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
-    if link_token.is_empty() || link_token.len() > 128 {
-        return Err(invalid());
-    }
-    let (b, p) = state.store.by_link(&tokens::link_token_hash(&link_token)).await?.ok_or_else(invalid)?;
+    let (b, p) = super::api::by_link_token(&state, &link_token).await?;
     // The token in the path is the participant's live link (a revoked link's hash is replaced: it finds nothing).
     let join_url = format!("{}/j/{link_token}", state.public_base);
     Ok(ics_response(&state, &b, &p, Some(&join_url)))

@@ -23,7 +23,6 @@ use super::api::{
     parse_instant, parse_json, plausible_id, rfc3339, slot_unavailable, window_json,
 };
 use super::store::{Booking, Kind, RescheduleEvent, Status, StoreError};
-use super::tokens;
 use super::window::{JoinPolicy, JoinWindow, Role};
 use crate::api_key::Scope;
 use crate::app::{AppState, unix_now};
@@ -363,9 +362,8 @@ pub async fn extend_from_call(
     Path(link_token): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let invalid = || ApiError::new(StatusCode::NOT_FOUND, "link_invalid_or_revoked", "this join link is not valid");
     if link_token.is_empty() || link_token.len() > 128 {
-        return Err(invalid());
+        return Err(super::api::link_invalid());
     }
     let body = body.map_err(body_error)?;
     let req: ExtendRequest = parse_json(&body)?;
@@ -377,11 +375,10 @@ pub async fn extend_from_call(
         )
         .field("minutes"));
     }
-    let hash = tokens::link_token_hash(&link_token);
     let max = i64::try_from(state.policy.host_extend_max.as_secs()).unwrap_or(i64::MAX);
     // A concurrent change of the booking (another extension, a PATCH) makes the write miss: read and try again.
     for _ in 0..3 {
-        let (old, p) = state.store.by_link(&hash).await?.ok_or_else(invalid)?;
+        let (old, p) = super::api::by_link_token(&state, &link_token).await?;
         if p.role != Role::Host {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "host_only", "only the host may extend the meeting"));
         }
