@@ -133,7 +133,7 @@ impl Subject {
 pub struct ErasedCounts {
     /// Participant rows cleared (name, ref, email, time zone, locale; link replaced, so it answers 404).
     pub participants: i64,
-    /// Bookings the person was in (title, note and metadata cleared; times, status and figures kept).
+    /// Bookings the person was in (title, note, metadata and external id cleared; times, status and figures kept).
     pub bookings: i64,
     /// Host profiles cleared (name, email; ref and agenda secret replaced).
     pub hosts: i64,
@@ -467,8 +467,8 @@ impl Store {
 
     /// Erases `subject` in `tenant` at `now` (Unix seconds), in one transaction: the person's participant rows
     /// (name becomes [`ERASED_TEXT`]; ref, email, time zone, locale cleared; link hash replaced by a random one, sealed
-    /// copy cleared, `link_epoch` + 1, `link_revoked_at` set), the title (becomes [`ERASED_TEXT`]), note and
-    /// metadata of their bookings (and `host_ref` where they are the host), the payloads of webhook deliveries about
+    /// copy cleared, `link_epoch` + 1, `link_revoked_at` set), the title (becomes [`ERASED_TEXT`]), note, metadata
+    /// and external id of their bookings (and `host_ref` where they are the host), the payloads of webhook deliveries about
     /// those bookings, their email outbox rows and browser summaries, the bookings' stored idempotent responses, and
     /// host profiles matching the selector (name [`ERASED_TEXT`], email cleared, ref and agenda secret replaced).
     /// When anything was erased, a `data_subject.erased` event with the counts (and nothing else) is written to the
@@ -549,7 +549,9 @@ impl Store {
             }
         }
         for bid in &bookings {
-            sqlx::query("UPDATE bookings SET title = $1, note = NULL, metadata = NULL WHERE id = $2")
+            sqlx::query(
+                "UPDATE bookings SET title = $1, note = NULL, metadata = NULL, external_id = NULL WHERE id = $2",
+            )
                 .bind(ERASED_TEXT)
                 .bind(bid)
                 .execute(&mut *tx)
