@@ -1269,8 +1269,7 @@ impl RawConfig {
         }
         let retention = {
             let d = RetentionConfig::default();
-            let personal_data =
-                duration("retention.personal_data", &self.retention.personal_data, d.personal_data)?;
+            let personal_data = duration("retention.personal_data", &self.retention.personal_data, d.personal_data)?;
             if personal_data > Duration::from_secs(100 * 365 * 86_400) {
                 return Err(invalid("retention.personal_data", "at most 100y"));
             }

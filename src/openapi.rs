@@ -13,9 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::booking::{
-    admin_api, api, calls_api, catalog_api, invite_api, personal_data, reschedule, webhook_api,
-};
+use crate::booking::{admin_api, api, calls_api, catalog_api, invite_api, personal_data, reschedule, webhook_api};
 use crate::signal_io;
 
 /// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the

@@ -124,8 +124,7 @@ async fn metric_at_least(d: &Daemon, name: &str, min: f64) -> f64 {
 fn personal_booking(start_in_s: i64, len_s: i64, guest_name: &str, guest_email: &str, guest_ref: &str) -> Value {
     let mut b = booking_body(start_in_s, len_s);
     b["title"] = json!(format!("Therapy with {guest_name}"));
-    b["metadata"] =
-        json!({"patient_file": format!("file-of-{guest_ref}"), "remark": format!("{guest_name} asked about knee pain")});
+    b["metadata"] = json!({"patient_file": format!("file-of-{guest_ref}"), "remark": format!("{guest_name} asked about knee pain")});
     b["external_id"] = json!(format!("ext-{guest_ref}-{start_in_s}-{len_s}"));
     b["join_policy"] = json!({"overrun_grace_s": 0});
     b["participants"][0]["email"] = json!("dr.ana@clinic.example");
@@ -175,26 +174,17 @@ async fn retention_purges_personal_data_and_keeps_figures(backend: Backend) {
     assert_eq!((status, &r), (200, &json!({"retention_s": 3600})));
     let (status, r) = call(&d, &d.api_key, "GET", &format!("/v1/admin/tenants/{other}/retention"), None).await;
     assert_eq!((status, &r), (200, &json!({"retention_s": 3600})));
-    let (status, r) = call(
-        &d,
-        &d.api_key,
-        "PUT",
-        &format!("/v1/admin/tenants/{other}/retention"),
-        Some(json!({"retention_s": -1})),
-    )
-    .await;
+    let (status, r) =
+        call(&d, &d.api_key, "PUT", &format!("/v1/admin/tenants/{other}/retention"), Some(json!({"retention_s": -1})))
+            .await;
     assert_eq!((status, &r["field"]), (422, &json!("retention_s")), "{r}");
 
     // Ends 4 s from now (hard end = end: no overrun grace); personal data goes 1 s later.
     let body = personal_booking(1, 3, "Rosa Retention", "rosa.retention@example.org", "patient:rosa");
     let b = create(&d, &d.api_key, &body).await;
     let id = b["id"].as_str().unwrap().to_string();
-    let kept = create(
-        &d,
-        &other_key,
-        &personal_booking(1, 3, "Karl Kept", "karl.kept@example.org", "patient:karl"),
-    )
-    .await;
+    let kept =
+        create(&d, &other_key, &personal_booking(1, 3, "Karl Kept", "karl.kept@example.org", "patient:karl")).await;
     let kept_id = kept["id"].as_str().unwrap().to_string();
     // A browser summary of the guest, before the hard end.
     let summary = json!({"round_trip_time_ms": 42.0, "packet_loss": 0.01, "user_agent_family": "firefox",
@@ -215,7 +205,8 @@ async fn retention_purges_personal_data_and_keeps_figures(backend: Backend) {
     metric_at_least(&d, "duet_retention_purged_bookings_total", 1.0).await;
     let after = stored(&mut c, &id).await;
     let text = after.to_string();
-    for v in ["Rosa", "rosa.retention", "patient:rosa", "knee", "file-of", "ext-", "Berlin", "de-DE", "dr.ana", "firefox"]
+    for v in
+        ["Rosa", "rosa.retention", "patient:rosa", "knee", "file-of", "ext-", "Berlin", "de-DE", "dr.ana", "firefox"]
     {
         assert!(!text.contains(v), "{v} still stored after the purge: {after}");
     }
@@ -246,9 +237,8 @@ async fn retention_purges_personal_data_and_keeps_figures(backend: Backend) {
     // The call report keeps its figures; the browser summary keeps only quality figures.
     let (status, report) = call(&d, &d.api_key, "GET", &format!("/v1/bookings/{id}/report"), None).await;
     assert_eq!(status, 200, "{report}");
-    let guest_of = |r: &Value| {
-        r["participants"].as_array().unwrap().iter().find(|p| p["role"] == "guest").cloned().unwrap()
-    };
+    let guest_of =
+        |r: &Value| r["participants"].as_array().unwrap().iter().find(|p| p["role"] == "guest").cloned().unwrap();
     let (g0, g1) = (guest_of(&report_before), guest_of(&report));
     assert_eq!(g1["browser_summary"], json!({"round_trip_time_ms": 42.0, "packet_loss": 0.01}), "{report}");
     for k in ["joined", "connected_ms", "relay_bytes_to_peer", "relay_bytes_to_client"] {
@@ -296,8 +286,8 @@ async fn erasure_by_email_removes_the_person_everywhere(backend: Backend) {
     assert_eq!(status, 201, "{ep2}");
     let b2 = create(&d, &d.api_key, &personal_booking(7200, 1800, name, email, reference)).await;
     let b3 = create(&d, &d.api_key, &personal_booking(14_400, 1800, name, email, reference)).await;
-    let other = create(&d, &d.api_key, &personal_booking(60, 1800, "Olga Other", "olga@example.org", "patient:olga"))
-        .await;
+    let other =
+        create(&d, &d.api_key, &personal_booking(60, 1800, "Olga Other", "olga@example.org", "patient:olga")).await;
     let ids: Vec<&str> = [&b1, &b2, &b3].iter().map(|b| b["id"].as_str().unwrap()).collect();
     let summary = json!({"round_trip_time_ms": 30.0, "user_agent_family": "chrome"});
     let r = d.client().post(d.url(&format!("/v1/join/{}/report", link(&b1, "guest")))).json(&summary).send().await;
@@ -338,7 +328,8 @@ async fn erasure_by_email_removes_the_person_everywhere(backend: Backend) {
         .await;
     let (status, export) = call(&d, &d.api_key, "POST", "/v1/data-subjects/export", Some(by_email.clone())).await;
     assert_eq!(status, 200, "{export}");
-    let guest_ids: Vec<&str> = [&b1, &b2, &b3].iter().map(|b| participant(b, "guest")["id"].as_str().unwrap()).collect();
+    let guest_ids: Vec<&str> =
+        [&b1, &b2, &b3].iter().map(|b| participant(b, "guest")["id"].as_str().unwrap()).collect();
     // Sorted: bookings made in one second may come in any order.
     let got_ids = |k: &str, f: &str| -> Vec<String> {
         let mut v: Vec<String> =
@@ -421,9 +412,8 @@ async fn erasure_by_email_removes_the_person_everywhere(backend: Backend) {
     let (_, report) = call(&d, &d.api_key, "GET", &format!("/v1/bookings/{}/report", ids[0]), None).await;
     assert!(!report.to_string().contains("chrome"), "{report}");
     // The event carries the counts and nothing erased.
-    let hits = rx
-        .wait_for(Duration::from_secs(10), "data_subject.erased", |h| h.iter().any(|h| h.path == "/erased"))
-        .await;
+    let hits =
+        rx.wait_for(Duration::from_secs(10), "data_subject.erased", |h| h.iter().any(|h| h.path == "/erased")).await;
     let event = hits.iter().find(|h| h.path == "/erased").unwrap();
     assert_eq!(event.json()["type"], "data_subject.erased");
     assert_eq!(event.json()["data"]["erased"], e["erased"]);
@@ -459,9 +449,11 @@ async fn the_cli_erases_like_the_api(backend: Backend) {
     };
     // Neither or both selectors, or an unknown tenant: refused, nothing erased.
     assert!(!run_duet(args(&["--tenant", "ten_default"])).status.success());
-    assert!(!run_duet(args(&["--tenant", "ten_default", "--ref", reference, "--email", "cleo@example.org"]))
-        .status
-        .success());
+    assert!(
+        !run_duet(args(&["--tenant", "ten_default", "--ref", reference, "--email", "cleo@example.org"]))
+            .status
+            .success()
+    );
     let run = run_duet(args(&["--tenant", "ten_nobody", "--ref", reference]));
     assert!(!run.status.success() && run.stderr.contains("no tenant"), "{}", run.stderr);
     let (_, export) = call(&d, &d.api_key, "POST", "/v1/data-subjects/export", Some(json!({"ref": reference}))).await;

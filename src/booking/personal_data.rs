@@ -329,11 +329,7 @@ fn opt_time(v: Option<i64>) -> Option<String> {
 
 /// Replaces the payload of every webhook delivery about `booking` with `{"type", "timestamp", "data":
 /// {"booking_id", <marker>: true}}`; returns how many rows changed (rows already replaced are skipped).
-async fn redact_deliveries(
-    tx: &mut Transaction<'_, Any>,
-    booking: &str,
-    marker: &str,
-) -> Result<i64, StoreError> {
+async fn redact_deliveries(tx: &mut Transaction<'_, Any>, booking: &str, marker: &str) -> Result<i64, StoreError> {
     let rows = sqlx::query("SELECT id, event_type, created_at, payload FROM webhook_deliveries WHERE booking_id = $1")
         .bind(booking)
         .fetch_all(&mut **tx)
@@ -419,10 +415,8 @@ impl Store {
             if claimed != 1 {
                 continue; // purged by another node meanwhile
             }
-            let pids = sqlx::query("SELECT id FROM participants WHERE booking_id = $1")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
+            let pids =
+                sqlx::query("SELECT id FROM participants WHERE booking_id = $1").bind(id).fetch_all(&mut *tx).await?;
             for p in &pids {
                 let pid: String = p.try_get("id")?;
                 sqlx::query(
@@ -452,12 +446,14 @@ impl Store {
                         "round_trip_time_ms" | "packet_loss" | "inbound_bitrate_bps" | "outbound_bitrate_bps"
                     )
                 });
-                sqlx::query("UPDATE call_client_reports SET summary = $1 WHERE booking_id = $2 AND participant_id = $3")
-                    .bind(Value::Object(v).to_string())
-                    .bind(id)
-                    .bind(&pid)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE call_client_reports SET summary = $1 WHERE booking_id = $2 AND participant_id = $3",
+                )
+                .bind(Value::Object(v).to_string())
+                .bind(id)
+                .bind(&pid)
+                .execute(&mut *tx)
+                .await?;
             }
             run.bookings += 1;
         }
@@ -552,10 +548,10 @@ impl Store {
             sqlx::query(
                 "UPDATE bookings SET title = $1, note = NULL, metadata = NULL, external_id = NULL WHERE id = $2",
             )
-                .bind(ERASED_TEXT)
-                .bind(bid)
-                .execute(&mut *tx)
-                .await?;
+            .bind(ERASED_TEXT)
+            .bind(bid)
+            .execute(&mut *tx)
+            .await?;
             counts.bookings += 1;
             counts.webhook_deliveries += redact_deliveries(&mut tx, bid, "erased").await?;
             counts.idempotency_records +=
@@ -566,14 +562,12 @@ impl Store {
                     .await?
                     .rows_affected() as i64;
         }
-        let hosts = sqlx::query(&format!(
-            "SELECT h.id FROM hosts h WHERE h.tenant_id = $1 AND {}",
-            subject.condition("h", 2)
-        ))
-        .bind(tenant)
-        .bind(subject.value())
-        .fetch_all(&mut *tx)
-        .await?;
+        let hosts =
+            sqlx::query(&format!("SELECT h.id FROM hosts h WHERE h.tenant_id = $1 AND {}", subject.condition("h", 2)))
+                .bind(tenant)
+                .bind(subject.value())
+                .fetch_all(&mut *tx)
+                .await?;
         for h in &hosts {
             let hid: String = h.try_get("id")?;
             sqlx::query(

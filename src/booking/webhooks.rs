@@ -514,8 +514,15 @@ impl Store {
     pub async fn enqueue_test_event(&self, e: &Endpoint, now: i64) -> Result<Delivery, StoreError> {
         let mut tx = self.pool.begin().await?;
         let data = json!({"endpoint_id": e.id, "message": "a test event sent by POST /v1/webhook-endpoints/{id}/test"});
-        let d = insert_delivery(&mut tx, e, (&tokens::new_id("msg"), None), TEST_EVENT, &envelope(TEST_EVENT, now, &data), now)
-            .await?;
+        let d = insert_delivery(
+            &mut tx,
+            e,
+            (&tokens::new_id("msg"), None),
+            TEST_EVENT,
+            &envelope(TEST_EVENT, now, &data),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         self.wake_webhooks();
         Ok(d)
