@@ -35,6 +35,28 @@ pub enum Cmd {
     /// Create or list tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Erase one person (by `--ref` or `--email`) across every booking, webhook delivery, email, call report and
+    /// host profile of a tenant, as `POST /v1/data-subjects/erase` does; prints the counts as JSON. Works on the
+    /// database while the daemon runs: the person's links answer 404 at once (a call already running ends at its
+    /// hard end; the API also closes it).
+    Erase(EraseArgs),
+}
+
+/// `duet erase …`.
+#[derive(Args, Debug)]
+pub struct EraseArgs {
+    /// The tenant (`ten_…`).
+    #[arg(long)]
+    pub tenant: String,
+    /// The person's `ref`.
+    #[arg(long = "ref", conflicts_with = "email", required_unless_present = "email")]
+    pub reference: Option<String>,
+    /// The person's email address (matched case-insensitively).
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Where the data directory and database are.
+    #[command(flatten)]
+    pub target: DataDirArgs,
 }
 
 /// `duet tenant …`.
@@ -188,6 +210,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Erase(args) => match store_command(StoreCmd::Erase(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Tenant(cmd) => match store_command(StoreCmd::Tenant(cmd)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -227,6 +256,7 @@ pub fn main() -> ExitCode {
 enum StoreCmd {
     ApiKey(ApiKeyCmd),
     Tenant(TenantCmd),
+    Erase(EraseArgs),
 }
 
 /// Runs `duet api-key …` or `duet tenant …` against the data directory and the database (`[database]`: SQLite in
@@ -241,7 +271,8 @@ fn store_command(cmd: StoreCmd) -> anyhow::Result<()> {
             | ApiKeyCmd::Rotate { target, .. }
             | ApiKeyCmd::Revoke { target, .. },
         )
-        | StoreCmd::Tenant(TenantCmd::Create { target, .. } | TenantCmd::List { target, .. }) => target,
+        | StoreCmd::Tenant(TenantCmd::Create { target, .. } | TenantCmd::List { target, .. })
+        | StoreCmd::Erase(EraseArgs { target, .. }) => target,
     };
     let raw = match &target.config {
         Some(p) => RawConfig::from_file(p)?,
@@ -264,6 +295,7 @@ fn store_command(cmd: StoreCmd) -> anyhow::Result<()> {
         let result = match cmd {
             StoreCmd::ApiKey(cmd) => api_key_command(cmd, &data, &store).await,
             StoreCmd::Tenant(cmd) => tenant_command(cmd, &store).await,
+            StoreCmd::Erase(args) => erase_command(args, &store).await,
         };
         store.close().await;
         result
@@ -286,6 +318,20 @@ fn parse_expires(v: &str, now: i64) -> anyhow::Result<i64> {
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// `duet erase`: validates the selector as the API does, erases, prints `{"erased": {…}}`.
+async fn erase_command(args: EraseArgs, store: &crate::booking::store::Store) -> anyhow::Result<()> {
+    use crate::booking::personal_data::{ErasureView, SubjectSelector};
+    if store.tenant(&args.tenant).await?.is_none() {
+        anyhow::bail!("no tenant {}", args.tenant);
+    }
+    let subject = SubjectSelector { reference: args.reference, email: args.email }
+        .validate()
+        .map_err(|_| anyhow::anyhow!("give --ref (1 to 200 characters) or --email (an email address)"))?;
+    let (erased, _) = store.erase_subject(&args.tenant, &subject, crate::app::unix_now()).await?;
+    eprintln!("duet: erased {} participant rows and {} host profiles", erased.participants, erased.hosts);
+    print_json(&ErasureView { erased })
 }
 
 async fn tenant_command(cmd: TenantCmd, store: &crate::booking::store::Store) -> anyhow::Result<()> {

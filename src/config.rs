@@ -105,6 +105,20 @@ pub struct RawConfig {
     /// `[booking_page]`.
     #[serde(default)]
     pub booking_page: RawBookingPage,
+    /// `[retention]`.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// `[retention]`: how long personal data is kept after a booking's hard end (README, "Retention and erasure").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Time after a booking's `hard_end_at` when its personal data is purged (default `90d`; `0s` to `100y`). A
+    /// tenant's `retention_s` (`PUT /v1/admin/tenants/{id}/retention`) overrides it.
+    pub personal_data: Option<String>,
+    /// How often the purge looks for bookings past their retention time (default `1h`; 100ms to 24h).
+    pub interval: Option<String>,
 }
 
 /// `[booking_page]`: the booking page, the guest's manage page and the host agenda (README, "Booking page and
@@ -477,6 +491,23 @@ pub struct Config {
     pub calls: CallsConfig,
     /// Booking page, manage page and agenda.
     pub booking_page: BookingPageConfig,
+    /// Retention of personal data.
+    pub retention: RetentionConfig,
+}
+
+/// Validated `[retention]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Personal data of a booking is purged this long after its `hard_end_at` (unless its tenant overrides it).
+    pub personal_data: Duration,
+    /// Period of the purge task.
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> RetentionConfig {
+        RetentionConfig { personal_data: Duration::from_secs(90 * 86_400), interval: Duration::from_secs(3600) }
+    }
 }
 
 /// Validated `[booking_page]`.
@@ -1236,10 +1267,23 @@ impl RawConfig {
         if booking_page.manage_notice > Duration::from_secs(365 * 86_400) {
             return Err(invalid("booking_page.manage_notice", "at most 365d"));
         }
+        let retention = {
+            let d = RetentionConfig::default();
+            let personal_data = duration("retention.personal_data", &self.retention.personal_data, d.personal_data)?;
+            if personal_data > Duration::from_secs(100 * 365 * 86_400) {
+                return Err(invalid("retention.personal_data", "at most 100y"));
+            }
+            let interval = duration("retention.interval", &self.retention.interval, d.interval)?;
+            if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&interval) {
+                return Err(invalid("retention.interval", "100ms to 24h"));
+            }
+            RetentionConfig { personal_data, interval }
+        };
         Ok(Config {
             database,
             webhooks,
             calls,
+            retention,
             booking_page,
             email,
             data_dir: o.data_dir.clone().or(self.data_dir).unwrap_or_else(|| PathBuf::from("./duet-data")),

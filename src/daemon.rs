@@ -317,6 +317,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let state_store = store.clone();
     let state_store_calls = store.clone();
+    let retention_store = store.clone();
     let admin_app =
         admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
     let http_tls = config
@@ -353,6 +354,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay.clone(),
         facts_rx,
         config.calls,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    // The retention purge of personal data (safe on several nodes: each booking is claimed in its transaction).
+    tasks.spawn(crate::booking::personal_data::run(
+        retention_store,
+        config.retention,
         metrics.clone(),
         shutdown.clone(),
     ));

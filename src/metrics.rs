@@ -83,6 +83,12 @@ pub struct Metrics {
     /// (failed, another attempt scheduled), `failed` (gave up), `dropped` (no longer relevant: a reminder of a
     /// cancelled booking or a revoked link, a start already passed).
     pub email_sent: IntCounterVec,
+    /// `duet_retention_runs_total`: runs of the retention purge (each looks for bookings past their retention time).
+    pub retention_runs: IntCounter,
+    /// `duet_retention_purged_bookings_total`: bookings whose personal data this node purged.
+    pub retention_purged: IntCounter,
+    /// `duet_erasures_total`: erasures of a data subject through the API.
+    pub erasures: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -276,6 +282,13 @@ impl Metrics {
                 "Outbox emails by result: sent, retry (another attempt scheduled), failed (gave up), dropped.",
                 &["result"],
             ),
+            retention_runs: counter(&r, "duet_retention_runs_total", "Runs of the retention purge."),
+            retention_purged: counter(
+                &r,
+                "duet_retention_purged_bookings_total",
+                "Bookings whose personal data the retention purge removed on this node.",
+            ),
+            erasures: counter(&r, "duet_erasures_total", "Erasures of a data subject through the API."),
             registry: r,
         }
     }

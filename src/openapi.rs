@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::booking::{admin_api, api, calls_api, catalog_api, invite_api, reschedule, webhook_api};
+use crate::booking::{admin_api, api, calls_api, catalog_api, invite_api, personal_data, reschedule, webhook_api};
 use crate::signal_io;
 
 /// The body of every API error (README, "API (v1)"): a machine-readable code, a message for people, the
@@ -94,6 +94,8 @@ impl Modify for BearerAuth {
         (name = "admin", description = "Tenants and API keys (scope `admin`)."),
         (name = "webhooks", description = "Webhook endpoints of the caller's tenant, their delivery log, redeliver and \
                                            a test ping (scope `bookings:write`)."),
+        (name = "personal data", description = "Erasure and export of one person's data in the caller's tenant \
+                                                (scope `bookings:write` or `admin`)."),
         (name = "meta", description = "This document.")
     )
 )]
@@ -142,6 +144,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_api::create_tenant, admin_api::list_tenants))
         .routes(routes!(admin_api::create_api_key, admin_api::list_api_keys))
         .routes(routes!(admin_api::revoke_api_key))
+        .routes(routes!(personal_data::get_tenant_retention, personal_data::set_tenant_retention))
+        .routes(routes!(personal_data::erase_data_subject))
+        .routes(routes!(personal_data::export_data_subject))
         .routes(routes!(webhook_api::create_endpoint, webhook_api::list_endpoints))
         .routes(routes!(webhook_api::get_endpoint, webhook_api::update_endpoint, webhook_api::delete_endpoint))
         .routes(routes!(webhook_api::rotate_secret))

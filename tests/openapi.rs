@@ -53,6 +53,10 @@ const OPERATIONS: &[&str] = &[
     "POST /v1/admin/api-keys",
     "GET /v1/admin/api-keys",
     "POST /v1/admin/api-keys/{id}/revoke",
+    "GET /v1/admin/tenants/{id}/retention",
+    "PUT /v1/admin/tenants/{id}/retention",
+    "POST /v1/data-subjects/erase",
+    "POST /v1/data-subjects/export",
     "POST /v1/webhook-endpoints",
     "GET /v1/webhook-endpoints",
     "GET /v1/webhook-endpoints/{id}",
@@ -174,7 +178,7 @@ async fn openapi_document(backend: Backend) {
             Some("admin")
         } else if booking_api && key.starts_with("GET ") {
             Some("bookings:read")
-        } else if booking_api || key.contains("/v1/webhook-") {
+        } else if booking_api || key.contains("/v1/webhook-") || key.contains("/v1/data-subjects/") {
             Some("bookings:write")
         } else {
             None

@@ -14,6 +14,7 @@ pub mod ics;
 pub mod invite_api;
 pub mod link_seal;
 pub mod pages;
+pub mod personal_data;
 pub mod reschedule;
 pub mod store;
 pub mod tokens;

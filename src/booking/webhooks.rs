@@ -62,6 +62,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "participant.left",
     "meeting.ended",
     "participant.no_show",
+    "data_subject.erased",
 ];
 
 /// The ping event of `POST /v1/webhook-endpoints/{id}/test`.
@@ -270,11 +271,19 @@ fn delivery_from_row(r: &AnyRow) -> Result<Delivery, StoreError> {
     })
 }
 
-/// Inserts one pending delivery of `payload` for `endpoint`, due now.
+/// The booking an event with `data` is about, stored with each delivery (`webhook_deliveries.booking_id`) so the
+/// retention purge and an erasure find the deliveries that carry the booking's data: `data.booking_id` (meeting and
+/// participant events), else `data.id` of a `booking.*` event; `None` for events about no booking.
+pub fn event_booking_id(event_type: &str, data: &Value) -> Option<String> {
+    let id = data.get("booking_id").or_else(|| event_type.starts_with("booking.").then(|| data.get("id")).flatten());
+    id.and_then(Value::as_str).map(str::to_string)
+}
+
+/// Inserts one pending delivery of `payload` for `endpoint`, due now, about booking `booking_id` (if any).
 async fn insert_delivery(
     tx: &mut Transaction<'_, Any>,
     endpoint: &Endpoint,
-    message_id: &str,
+    (message_id, booking_id): (&str, Option<&str>),
     event_type: &str,
     payload: &str,
     now: i64,
@@ -295,7 +304,8 @@ async fn insert_delivery(
     };
     sqlx::query(
         "INSERT INTO webhook_deliveries (id, message_id, tenant_id, endpoint_id, event_type, payload, status, \
-         attempts, failures, next_attempt_ms, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, $7, $8)",
+         attempts, failures, next_attempt_ms, created_at, booking_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, $7, $8, $9)",
     )
     .bind(&d.id)
     .bind(&d.message_id)
@@ -305,6 +315,7 @@ async fn insert_delivery(
     .bind(&d.payload)
     .bind(d.next_attempt_ms)
     .bind(d.created_at)
+    .bind(booking_id)
     .execute(&mut **tx)
     .await?;
     Ok(d)
@@ -335,8 +346,9 @@ pub async fn enqueue_event(
     }
     let message_id = tokens::new_id("msg");
     let payload = envelope(event_type, now, data);
+    let booking_id = event_booking_id(event_type, data);
     for e in &wanted {
-        insert_delivery(tx, e, &message_id, event_type, &payload, now).await?;
+        insert_delivery(tx, e, (&message_id, booking_id.as_deref()), event_type, &payload, now).await?;
     }
     Ok(wanted.len() as u64)
 }
@@ -502,8 +514,15 @@ impl Store {
     pub async fn enqueue_test_event(&self, e: &Endpoint, now: i64) -> Result<Delivery, StoreError> {
         let mut tx = self.pool.begin().await?;
         let data = json!({"endpoint_id": e.id, "message": "a test event sent by POST /v1/webhook-endpoints/{id}/test"});
-        let d = insert_delivery(&mut tx, e, &tokens::new_id("msg"), TEST_EVENT, &envelope(TEST_EVENT, now, &data), now)
-            .await?;
+        let d = insert_delivery(
+            &mut tx,
+            e,
+            (&tokens::new_id("msg"), None),
+            TEST_EVENT,
+            &envelope(TEST_EVENT, now, &data),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         self.wake_webhooks();
         Ok(d)
