@@ -499,6 +499,53 @@ async fn run(backend: Backend, format: &str, python: &Path) -> bool {
     let (status, _, agenda) = http.page(&d, &format!("/agenda/{host_secret}")).await;
     assert_eq!(status, 200, "{agenda}");
 
+    // Bad input carrying personal values and wrong secrets: refused, and not logged either. A wrong link or secret
+    // may be a real one mistyped by a character, so it is as secret as a right one.
+    let bad_email = "qz-bad 7f3 Quintessa@@hygiene";
+    needles.add("invalid email", bad_email);
+    let mut bad = json!({"title": TITLE, "start_at": rfc3339_in(7200), "end_at": rfc3339_in(9000),
+        "participants": [{"ref": GUEST_REF, "role": "guest", "display_name": GUEST_NAME, "email": bad_email},
+                         {"ref": "hyg-host-api", "role": "host", "display_name": HOST_NAME}]});
+    let (status, _, answer) = http.api(&d, "POST", "/v1/bookings", Some(bad.clone()), &[]).await;
+    assert_eq!(status, 422, "{answer}");
+    bad["participants"][0]["email"] = json!(GUEST_EMAIL);
+    bad["start_at"] = json!(format!("{}-Quintessa", rfc3339_in(7200)));
+    let (status, _, answer) = http.api(&d, "POST", "/v1/bookings", Some(bad), &[]).await;
+    assert_eq!(status, 422, "{answer}");
+    let req = http
+        .client
+        .post(d.url("/v1/bookings"))
+        .bearer_auth(&d.api_key)
+        .header("content-type", "application/json")
+        .body(format!("{{\"title\": \"{TITLE}\", \"participants\": [{{\"email\": \"{GUEST_EMAIL}\""));
+    let (status, _, text) = http.send("POST /v1/bookings (broken JSON)".into(), req).await;
+    assert_eq!(status, 400, "{text}");
+    let wrong_link = format!("{}x", &new_link[..new_link.len() - 1]);
+    let wrong_secret = format!("{}x", &host_secret[..host_secret.len() - 1]);
+    needles.add("wrong link token", &wrong_link);
+    needles.add("wrong host secret", &wrong_secret);
+    let path = format!("/v1/join/{wrong_link}");
+    let (status, _, _) = http.send(format!("POST {path}"), http.client.post(d.url(&path)).json(&json!({}))).await;
+    assert_eq!(status, 404);
+    // The join page is static (its script asks the API); the manage page and the agenda answer 404.
+    let (status, _, _) = http.page(&d, &format!("/j/{wrong_link}")).await;
+    assert_eq!(status, 200);
+    for path in [format!("/manage/{wrong_link}"), format!("/agenda/{wrong_secret}")] {
+        let (status, _, _) = http.page(&d, &path).await;
+        assert_eq!(status, 404, "GET {path}");
+    }
+    let wrong_session = format!("{}x", &j["session_token"].as_str().unwrap()[..40]);
+    needles.add("forged session token", &wrong_session);
+    let forged = json!({"signal_url": j["signal_url"], "session_token": wrong_session});
+    assert!(common::signal_first_frame(&forged).await.is_err(), "a forged session token is refused");
+    let (status, _, _) = http.api(&d, "GET", "/v1/bookings", None, &[]).await;
+    assert_eq!(status, 200);
+    let wrong_key = format!("{}x", &d.api_key[..d.api_key.len() - 1]);
+    needles.add("wrong API key", &wrong_key);
+    let req = http.client.get(d.url("/v1/bookings")).bearer_auth(&wrong_key);
+    let (status, _, _) = http.send("GET /v1/bookings (wrong key)".into(), req).await;
+    assert_eq!(status, 401);
+
     // Cancel the first booking.
     let (status, _, cancelled) = http.api(&d, "POST", &format!("/v1/bookings/{id}/cancel"), None, &[]).await;
     assert_eq!(status, 200, "{cancelled}");
