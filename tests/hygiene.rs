@@ -373,15 +373,6 @@ async fn run(backend: Backend, format: &str, python: &Path) -> bool {
     let (status, _, text) = http.send(format!("POST {path}"), req).await;
     assert_eq!(status, 204, "{text}");
 
-    // Reschedule with the ETag of a GET.
-    let (status, headers, _) = http.api(&d, "GET", &format!("/v1/bookings/{id}"), None, &[]).await;
-    assert_eq!(status, 200);
-    let etag = headers.get("etag").expect("ETag").to_str().unwrap().to_string();
-    let patch = json!({"end_at": rfc3339_in(60 + 2400)});
-    let (status, _, moved) =
-        http.api(&d, "PATCH", &format!("/v1/bookings/{id}"), Some(patch), &[("If-Match", &etag)]).await;
-    assert_eq!(status, 200, "{moved}");
-
     // Link rotation: the new link works, the old one is gone.
     let path = format!("/v1/bookings/{id}/participants/{guest_id}/link/rotate");
     let (status, _, rotated) = http.api(&d, "POST", &path, None, &[]).await;
@@ -534,6 +525,18 @@ async fn run(backend: Backend, format: &str, python: &Path) -> bool {
         let (status, _, _) = http.page(&d, &path).await;
         assert_eq!(status, 404, "GET {path}");
     }
+    // A signaling upgrade with the new session token: its response headers are recorded too.
+    let url = format!("{}?token={}", j["signal_url"].as_str().unwrap(), j["session_token"].as_str().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(url.as_str()).await.expect("WebSocket upgrade");
+    http.seen.push(Seen {
+        what: "GET /v1/signal (upgrade)".into(),
+        headers: response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+    });
+    let _ = ws.close(None).await;
     let wrong_session = format!("{}x", &j["session_token"].as_str().unwrap()[..40]);
     needles.add("forged session token", &wrong_session);
     let forged = json!({"signal_url": j["signal_url"], "session_token": wrong_session});
@@ -545,6 +548,15 @@ async fn run(backend: Backend, format: &str, python: &Path) -> bool {
     let req = http.client.get(d.url("/v1/bookings")).bearer_auth(&wrong_key);
     let (status, _, _) = http.send("GET /v1/bookings (wrong key)".into(), req).await;
     assert_eq!(status, 401);
+
+    // Reschedule (a new start, a new title) with the ETag of a GET.
+    let (status, headers, _) = http.api(&d, "GET", &format!("/v1/bookings/{id}"), None, &[]).await;
+    assert_eq!(status, 200);
+    let etag = headers.get("etag").expect("ETag").to_str().unwrap().to_string();
+    let patch = json!({"start_at": rfc3339_in(5400), "end_at": rfc3339_in(7200), "title": format!("{TITLE} moved")});
+    let (status, _, moved) =
+        http.api(&d, "PATCH", &format!("/v1/bookings/{id}"), Some(patch), &[("If-Match", &etag)]).await;
+    assert_eq!(status, 200, "{moved}");
 
     // Cancel the first booking.
     let (status, _, cancelled) = http.api(&d, "POST", &format!("/v1/bookings/{id}/cancel"), None, &[]).await;
