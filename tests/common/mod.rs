@@ -387,6 +387,9 @@ pub fn start_on_captured(backend: Backend, extra_config: &str) -> Option<(Daemon
     let ready = wait_ready_into(&mut child, Some(stdout.clone()));
     let api_key_file = PathBuf::from(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
     let mut d = from_ready(child, &ready, &api_key_file, data_dir);
+    if backend == Backend::Postgres {
+        assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create SQLite files");
+    }
     d._tmp = Some(tmp);
     d.db = db;
     Some((d, Captured { stderr, stdout }))
