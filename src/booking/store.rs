@@ -437,6 +437,13 @@ pub struct Store {
     pub(super) email_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// sqlx logs every statement it runs at DEBUG (target `sqlx::query`, the SQL text with its `$n` placeholders) and
+/// statements slower than 1 s at WARN. Duet binds every value, so the text holds no personal data, but at `debug` it
+/// is one line per query of every background task: moved to TRACE, where only someone tracing sqlx sees it.
+fn quiet_statements(opts: AnyConnectOptions) -> AnyConnectOptions {
+    opts.log_statements(log::LevelFilter::Trace)
+}
+
 impl Store {
     /// Opens (creating if missing) the SQLite database at `path` with the default pool size (8) and applies the SQLite
     /// migrations.
@@ -450,7 +457,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let path = std::path::absolute(path).map_err(sqlx::Error::Io)?;
         let sqlite = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-        let opts = AnyConnectOptions::from_url(&sqlite.to_url_lossy())?;
+        let opts = quiet_statements(AnyConnectOptions::from_url(&sqlite.to_url_lossy())?);
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .after_connect(|conn, _| {
@@ -477,7 +484,7 @@ impl Store {
     pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
         const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-        let opts: AnyConnectOptions = url.parse()?;
+        let opts = quiet_statements(url.parse()?);
         // One connection first, so an unreachable server or a refused login is reported as such (the pool would only
         // say that it timed out).
         let first =

@@ -347,13 +347,69 @@ fn from_ready(child: Child, ready: &Value, api_key_file: &Path, data_dir: PathBu
     }
 }
 
+/// What a daemon started by [`start_on_captured`] wrote: its stderr (the log) in a file, its stdout lines in memory.
+pub struct Captured {
+    /// The file the daemon's stderr goes to.
+    pub stderr: PathBuf,
+    /// Every line the daemon printed on stdout so far (the ready line included).
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Captured {
+    /// Everything captured so far: the stderr file's text, then the stdout lines.
+    pub fn text(&self) -> String {
+        let mut text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        for line in self.stdout.lock().unwrap().iter() {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// Like [`Daemon::start_on`], but with `RUST_LOG` removed from the daemon's environment (so `[log]` of
+/// `extra_config` decides) and its stderr and stdout captured ([`Captured`]) instead of inherited.
+pub fn start_on_captured(backend: Backend, extra_config: &str) -> Option<(Daemon, Captured)> {
+    let (db_config, db) = database_for(backend)?;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data_dir = tmp.path().join("data");
+    let config_path = write_config(&data_dir, &format!("{extra_config}\n{db_config}"));
+    let stderr = tmp.path().join("duet.stderr");
+    let stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).expect("create the stderr file"))
+        .spawn()
+        .expect("spawn duet");
+    let ready = wait_ready_into(&mut child, Some(stdout.clone()));
+    let api_key_file = PathBuf::from(ready["api_key_file"].as_str().expect("ready line names api_key_file"));
+    let mut d = from_ready(child, &ready, &api_key_file, data_dir);
+    if backend == Backend::Postgres {
+        assert!(!d.data_dir.join("duet.sqlite3").exists(), "a daemon on PostgreSQL must not create SQLite files");
+    }
+    d._tmp = Some(tmp);
+    d.db = db;
+    Some((d, Captured { stderr, stdout }))
+}
+
 /// Waits (30 s at most) for the one JSON `ready` line on the child's stdout; kills the child if it never comes.
 fn wait_ready(child: &mut Child) -> Value {
+    wait_ready_into(child, None)
+}
+
+/// [`wait_ready`], also appending every stdout line (before and after the ready line) to `keep` when given.
+fn wait_ready_into(child: &mut Child, keep: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>) -> Value {
     let stdout = child.stdout.take().expect("stdout piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
+            if let Some(keep) = &keep {
+                keep.lock().unwrap().push(line.clone());
+            }
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v["event"] == "ready"
             {
