@@ -210,9 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let now = unix_now();
     for (booking, hard_end, max_hard_end, host_opens_at) in store.live_reschedules(now).await? {
         relay.set_booking_end(&booking, hard_end, max_hard_end);
-        if now < host_opens_at {
-            relay.revoke_booking(&booking, host_opens_at);
-        }
+        relay.set_booking_not_before(&booking, host_opens_at);
     }
 
     // ICE server URLs handed to clients.

@@ -200,6 +200,14 @@ async fn page_lists_slots_in_the_asked_zone(backend: Backend) {
     // A zone that is not IANA: 400 page.
     let (status, _, _) = get(&d, &format!("{path}?tz=Mars/Olympus")).await;
     assert_eq!(status, 400);
+    // The last date chrono knows (date arithmetic past it would panic) and other far dates: a 400 page, and the
+    // daemon still serves.
+    for from in ["%2B262142-12-31", "9999-12-31"] {
+        let (status, _, html) = get(&d, &format!("{path}?from={from}")).await;
+        assert_eq!(status, 400, "from={from}: {html}");
+    }
+    let (status, _, _) = get(&d, &path).await;
+    assert_eq!(status, 200);
 }
 
 async fn form_posts_need_token_and_origin(backend: Backend) {

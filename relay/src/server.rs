@@ -831,6 +831,9 @@ pub struct Server {
     revoked: HashMap<Box<str>, u64>,
     /// Bookings whose hard end moved after credentials were issued ([`Server::set_booking_end`]).
     booking_ends: HashMap<Box<str>, BookingEnd>,
+    /// Bookings moved to a window that has not opened: credentials refused before the instant (Unix seconds;
+    /// [`Server::set_booking_not_before`]).
+    not_before: HashMap<Box<str>, u64>,
     /// `(booking, participant)` whose credentials of a link epoch below `min_epoch` are refused
     /// ([`Server::revoke_participant`]).
     participant_floors: HashMap<(Box<str>, Box<str>), EpochFloor>,
@@ -890,6 +893,7 @@ impl Server {
             per_source_ip: HashMap::new(),
             revoked: HashMap::new(),
             booking_ends: HashMap::new(),
+            not_before: HashMap::new(),
             participant_floors: HashMap::new(),
             timers: BinaryHeap::new(),
             commands: VecDeque::new(),
@@ -1187,7 +1191,8 @@ impl Server {
             let key = (Box::<str>::from(user.booking), Box::<str>::from(participant));
             self.participant_floors.get(&key).is_some_and(|f| epoch < f.min_epoch)
         };
-        if self.revoked.get(user.booking).is_some_and(|until| unix_now < *until) || below_floor() {
+        let not_open = self.not_before.get(user.booking).is_some_and(|t| unix_now < *t);
+        if self.revoked.get(user.booking).is_some_and(|until| unix_now < *until) || not_open || below_floor() {
             fail(self, |s| &mut s.allocate_revoked);
             self.error_unauthenticated(now, reply, error_code::UNAUTHENTICATED, req);
             return None;
@@ -1856,6 +1861,36 @@ impl Server {
         self.revoked.retain(|_, until| unix_secs < *until);
         self.booking_ends.retain(|_, e| unix_secs < e.keep_until_unix);
         self.participant_floors.retain(|_, f| unix_secs < f.keep_until_unix);
+        self.not_before.retain(|_, t| unix_secs < *t);
+    }
+
+    /// The booking was moved to a window that opens at `not_before_unix` (Unix seconds): until then its credentials
+    /// are refused (401, counted as revoked) and its allocations, live or waiting, are torn down now. Unlike
+    /// [`Server::revoke_booking`] a later call **replaces** the instant, so moving the booking back to an earlier
+    /// window lifts the refusal; an instant at or before now removes it. Returns how many allocations were torn
+    /// down.
+    pub fn set_booking_not_before(&mut self, now: Instant, booking: &str, not_before_unix: u64) -> usize {
+        if not_before_unix <= self.clock.unix_secs(now) {
+            self.not_before.remove(booking);
+            return 0;
+        }
+        self.not_before.insert(booking.into(), not_before_unix);
+        let ids: Vec<u64> =
+            self.allocations.iter().filter(|(_, a)| a.booking.as_deref() == Some(booking)).map(|(id, _)| *id).collect();
+        let mut n = ids.len();
+        for id in ids {
+            self.destroy(now, id, EndReason::Revoked);
+        }
+        for (id, p) in self.pending.iter_mut() {
+            if p.booking.as_deref() == Some(booking) && !p.cancelled {
+                p.cancelled = true;
+                n += 1;
+                if self.by_five_tuple.get(&p.five_tuple) == Some(&Slot::Pending(*id)) {
+                    self.by_five_tuple.remove(&p.five_tuple);
+                }
+            }
+        }
+        n
     }
 
     /// A participant's link was rotated or revoked (DESIGN.md §3): credentials of `booking` and `participant` whose
@@ -1914,6 +1949,12 @@ impl Server {
     pub fn set_booking_end(&mut self, now: Instant, booking: &str, hard_end_unix: u64, keep_until_unix: u64) -> usize {
         let end = BookingEnd { hard_end_unix, keep_until_unix: keep_until_unix.max(hard_end_unix) };
         self.booking_ends.insert(booking.into(), end);
+        // Refusals of a participant's older links must outlive every credential of the booking, now longer too.
+        for ((b, _), floor) in self.participant_floors.iter_mut() {
+            if &**b == booking {
+                floor.keep_until_unix = floor.keep_until_unix.max(end.keep_until_unix);
+            }
+        }
         let ids: Vec<u64> =
             self.allocations.iter().filter(|(_, a)| a.booking.as_deref() == Some(booking)).map(|(id, _)| *id).collect();
         let mut n = ids.len();

@@ -563,6 +563,44 @@ fn revoking_a_participants_old_link_ends_only_its_allocations() {
 }
 
 #[test]
+fn a_booking_moved_later_and_back_is_usable_again() {
+    let mut h = Harness::new(config());
+    let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + HOUR);
+    let relay = c.allocate(&mut h);
+    // Moved to a window opening in 30 minutes: torn down and refused.
+    assert_eq!(h.server.set_booking_not_before(h.now, "b1", UNIX0 + 1800), 1);
+    assert_eq!(freed(&h.drain()), vec![relay]);
+    let mut again = Client::new("192.0.2.50:40001", "b1", "host", UNIX0 + HOUR);
+    let req = again.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    let (_, cmds) = h.input(again.five_tuple, &req);
+    again.learn_nonce(&only_message(&cmds));
+    let resp = again.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(error(&resp), Some(401), "refused before the new window");
+    // Moved back to a window that is open now: the refusal is replaced, not kept at the later instant.
+    assert_eq!(h.server.set_booking_not_before(h.now, "b1", UNIX0 - 60), 0);
+    again.allocate(&mut h);
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn an_extension_keeps_old_links_refused_until_the_new_end() {
+    let mut h = Harness::new(config());
+    // The booking ends at +200 s; the guest's old link is revoked until then.
+    h.server.revoke_participant(h.now, "b1", "guest", 1, UNIX0 + 200);
+    // Extended to +500 s: the old credential (username expiry 200 s) now lives until 500 s, so must its refusal.
+    h.server.set_booking_end(h.now, "b1", UNIX0 + 500, UNIX0 + 500);
+    h.advance(Duration::from_secs(250));
+    let mut old = Client::new("192.0.2.51:40000", "b1", "guest", UNIX0 + 200);
+    let req = old.unauthenticated(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    let (_, cmds) = h.input(old.five_tuple, &req);
+    old.learn_nonce(&only_message(&cmds));
+    let resp = old.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(error(&resp), Some(401), "the revoked link's credential works again after the extension");
+    let mut new = Client::new("192.0.2.51:40001", "b1", "guest.1", UNIX0 + 200);
+    new.allocate(&mut h);
+}
+
+#[test]
 fn expiry_is_checked_on_every_request() {
     let mut h = Harness::new(config());
     let mut c = Client::new("192.0.2.50:40000", "b1", "host", UNIX0 + 1000);

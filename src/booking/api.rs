@@ -1086,7 +1086,7 @@ pub(crate) async fn apply_transition(
         state.metrics.bookings.with_label_values(&[to.as_str()]).inc();
         if to.is_revoked() {
             state.hub.cancel_booking(&b.id);
-            state.relay.revoke_booking(&b.id, b.window.hard_end_at);
+            state.relay.revoke_booking(&b.id, b.max_hard_end_at.max(b.window.hard_end_at));
         }
         tracing::info!(target: "booking", booking = %b.id, status = to.as_str(), "booking status changed");
     }

@@ -369,11 +369,20 @@ fn zone_param(q: &HashMap<String, String>, default: Tz) -> Result<Tz, Response> 
     }
 }
 
-/// The first local date of the days shown: query field `from` (`YYYY-MM-DD`, not before `today`) or `today`.
+/// The furthest `from` a page accepts, days after today (beyond any booking horizon; keeps date arithmetic far
+/// from chrono's limits).
+const MAX_FROM_DAYS: u64 = 1000;
+
+/// The first local date of the days shown: query field `from` (`YYYY-MM-DD`, not before `today`, at most
+/// [`MAX_FROM_DAYS`] after it) or `today`.
 fn from_param(q: &HashMap<String, String>, today: NaiveDate) -> Result<NaiveDate, Response> {
+    let latest = today.checked_add_days(chrono::Days::new(MAX_FROM_DAYS)).unwrap_or(today);
     match q.get("from").map(String::as_str) {
         None | Some("") => Ok(today),
         Some(v) => match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+            Ok(d) if d > latest => {
+                Err(error_page(StatusCode::BAD_REQUEST, "Date too far ahead", "Pick a date closer to today.", None))
+            }
             Ok(d) => Ok(d.max(today)),
             Err(_) => {
                 Err(error_page(StatusCode::BAD_REQUEST, "Unknown date", "The date must be written YYYY-MM-DD.", None))

@@ -196,7 +196,8 @@ pub async fn patch_booking(
     new.sequence = old.sequence + 1;
     new.updated_at = now;
     let reason = if start == old.start_at && end > old.end_at { "extended" } else { "rescheduled" };
-    let event = RescheduleEvent { reason, previous_start_at: old.start_at, previous_end_at: old.end_at };
+    let event =
+        RescheduleEvent { reason, from_call: false, previous_start_at: old.start_at, previous_end_at: old.end_at };
     match state.store.update_booking(&new, expected, rescheduled.then_some(&event)).await {
         Ok(true) => {}
         Ok(false) => {
@@ -211,7 +212,7 @@ pub async fn patch_booking(
     state.metrics.bookings.with_label_values(&[label]).inc();
     tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = label, "booking changed");
     if rescheduled {
-        follow_window(&state, &new);
+        follow_window(&state, &new.tenant_id, &new.id).await;
     }
     let b = state.store.booking(Some(&tenant), &id).await?.unwrap_or(new);
     Ok(booking_response(StatusCode::OK, &b))
@@ -241,7 +242,12 @@ pub(crate) async fn reschedule_to(state: &AppState, old: &Booking, start: i64, e
     new.max_hard_end_at = old.max_hard_end_at.max(window.hard_end_at);
     new.sequence = old.sequence + 1;
     new.updated_at = now;
-    let event = RescheduleEvent { reason: "rescheduled", previous_start_at: old.start_at, previous_end_at: old.end_at };
+    let event = RescheduleEvent {
+        reason: "rescheduled",
+        from_call: false,
+        previous_start_at: old.start_at,
+        previous_end_at: old.end_at,
+    };
     match state.store.update_booking(&new, old.sequence, Some(&event)).await {
         Ok(true) => {}
         Ok(false) => {
@@ -253,7 +259,7 @@ pub(crate) async fn reschedule_to(state: &AppState, old: &Booking, start: i64, e
     }
     state.metrics.bookings.with_label_values(&["rescheduled"]).inc();
     tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = "rescheduled", "booking changed");
-    follow_window(state, &new);
+    follow_window(state, &old.tenant_id, &old.id).await;
     Ok(state.store.booking(Some(&old.tenant_id), &old.id).await?.unwrap_or(new))
 }
 
@@ -268,20 +274,31 @@ async fn conflict(state: &AppState, b: &Booking) -> ApiError {
     slot_unavailable(conflicting)
 }
 
-/// Makes the live call of hosted booking `b` follow its new window (after the write):
+/// Makes the live call of hosted booking `id` follow its window as stored now (after a write). The booking is read
+/// again here, so of two changes committed back to back the later one wins even if their requests finish in the
+/// other order:
 /// - the relay ends the booking's credentials and allocations at the new hard end (kept until `max_hard_end_at`);
 /// - if the window now opens later than now, nobody may be in the call: the rooms close with 4003 and the booking's
-///   TURN credentials are refused until the host's new opening instant;
+///   TURN credentials are refused until the host's new opening instant (a later move back to an earlier time lifts
+///   that at once: the relay's not-before instant is replaced, never only raised);
 /// - otherwise the rooms take the new hard end and both sockets get `{"type":"window","event":"changed",…}`; a
 ///   guest whose own opening moved past now is closed with 4003.
-pub(crate) fn follow_window(state: &AppState, b: &Booking) {
-    if b.kind != Kind::Hosted {
+pub(crate) async fn follow_window(state: &AppState, tenant: &str, id: &str) {
+    let b = match state.store.booking(Some(tenant), id).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(target: "booking", booking = id, error = %e, "reading a rescheduled booking");
+            return;
+        }
+    };
+    if b.kind != Kind::Hosted || b.status.is_revoked() {
         return;
     }
     let now = unix_now();
     state.relay.set_booking_end(&b.id, b.window.hard_end_at, b.max_hard_end_at);
+    state.relay.set_booking_not_before(&b.id, b.window.host_opens_at);
     if now < b.window.host_opens_at {
-        state.relay.revoke_booking(&b.id, b.window.host_opens_at);
         state.hub.close_booking(&b.id, CloseReason::WindowClosed);
         return;
     }
@@ -415,8 +432,12 @@ pub async fn extend_from_call(
         new.max_hard_end_at = old.max_hard_end_at.max(new.window.hard_end_at);
         new.sequence = old.sequence + 1;
         new.updated_at = now;
-        let event =
-            RescheduleEvent { reason: "extended", previous_start_at: old.start_at, previous_end_at: old.end_at };
+        let event = RescheduleEvent {
+            reason: "extended",
+            from_call: true,
+            previous_start_at: old.start_at,
+            previous_end_at: old.end_at,
+        };
         match state.store.update_booking(&new, old.sequence, Some(&event)).await {
             Ok(true) => {}
             Ok(false) => continue,
@@ -426,7 +447,7 @@ pub async fn extend_from_call(
         }
         state.metrics.bookings.with_label_values(&["extended"]).inc();
         tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, added_s = add, "booking extended by its host");
-        follow_window(&state, &new);
+        follow_window(&state, &new.tenant_id, &new.id).await;
         let answer = ExtendAnswer {
             end_at: rfc3339(new.end_at),
             window: WindowView::of(&new.window),

@@ -274,6 +274,9 @@ impl Booking {
 pub struct RescheduleEvent {
     /// `rescheduled` (new times or join policy) or `extended` (the same start, a later end).
     pub reason: &'static str,
+    /// The host extended the meeting from inside the call (`POST /v1/join/{link}/extend`): both sockets already got
+    /// the new window, so no reschedule email goes out. Any other change of the times mails both participants.
+    pub from_call: bool,
     /// The start before the change, Unix seconds.
     pub previous_start_at: i64,
     /// The end before the change, Unix seconds.
@@ -942,10 +945,10 @@ impl Store {
             }
             queued = enqueue_event(&mut tx, &b.tenant_id, "booking.rescheduled", &data, b.updated_at).await?;
             let times_moved = (e.previous_start_at, e.previous_end_at) != (stored.start_at, stored.end_at);
-            mailed = if e.reason == "rescheduled" && times_moved {
+            mailed = if !e.from_call && times_moved {
                 self.enqueue_emails(&mut tx, &stored, EmailKind::Reschedule, b.updated_at).await?
             } else {
-                // An extension keeps the start, a join-policy change the times: the reminders stay where they are.
+                // An extension from the call, or a join-policy change: the reminders stay where they are.
                 0
             };
         }
@@ -1211,11 +1214,12 @@ impl Store {
         Ok(())
     }
 
-    /// Cancelled or rejected bookings whose window has not ended yet, as `(id, hard_end_at)`: fed to the relay's
-    /// revocation set at start so a restart does not forget a revocation.
+    /// Cancelled or rejected bookings whose latest hard end has not passed, as `(id, max_hard_end_at)`: fed to the
+    /// relay's revocation set at start so a restart does not forget a revocation (credentials issued before a
+    /// shortening carry the longer hard end).
     pub async fn live_revocations(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, hard_end_at FROM bookings WHERE status IN ('cancelled', 'rejected') AND hard_end_at > $1",
+            "SELECT id, max_hard_end_at FROM bookings WHERE status IN ('cancelled', 'rejected') AND max_hard_end_at > $1",
         )
         .bind(now)
         .fetch_all(&self.pool)

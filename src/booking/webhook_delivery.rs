@@ -240,8 +240,14 @@ impl Sender {
             Some(url::Host::Ipv6(a)) => self.guard.check_ip(IpAddr::V6(a), https).map_err(|r| r.to_string())?,
             _ => {}
         }
+        // The payload as stored now: an erasure or purge since the claim has redacted it.
+        let payload = match self.store.webhook_payload(&d.id).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err("the delivery was deleted".to_string()),
+            Err(err) => return Err(format!("reading the payload: {err}")),
+        };
         let now = unix_now();
-        let signature = e.signature_header(&d.message_id, now, d.payload.as_bytes(), now);
+        let signature = e.signature_header(&d.message_id, now, payload.as_bytes(), now);
         let client = if https { &self.https } else { &self.http };
         let resp = client
             .post(url)
@@ -249,7 +255,7 @@ impl Sender {
             .header("webhook-id", &d.message_id)
             .header("webhook-timestamp", now.to_string())
             .header("webhook-signature", signature)
-            .body(d.payload.clone())
+            .body(payload)
             .send()
             .await
             .map_err(|err| describe(&err.without_url()))?;

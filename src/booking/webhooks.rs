@@ -690,6 +690,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The payload of delivery `id` as stored now: read again just before each attempt, so a payload redacted by a
+    /// retention purge or an erasure after the delivery was claimed is what goes out. `None` when the row is gone.
+    pub async fn webhook_payload(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT payload FROM webhook_deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Logs attempt `a` of delivery `id` (numbered after the attempts logged so far) and applies `outcome`, in one
     /// transaction. Returns the attempt's number.
     pub async fn record_webhook_attempt(

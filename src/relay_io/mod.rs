@@ -416,6 +416,18 @@ impl RelayHandle {
             .collect()
     }
 
+    /// A booking rescheduled to a window that opens at `not_before_unix`: its TURN credentials are refused before
+    /// then and its allocations torn down now; an instant already past lifts the refusal. See
+    /// `duet_relay::Server::set_booking_not_before`.
+    pub fn set_booking_not_before(&self, booking: &str, not_before_unix: i64) {
+        let mut core = self.lock();
+        let n = core.server.set_booking_not_before(Instant::now(), booking, not_before_unix.max(0) as u64);
+        self.drain(&mut core);
+        if n > 0 {
+            tracing::info!(target: "relay", booking, allocations = n, "booking moved to a later window");
+        }
+    }
+
     /// Allocations alive now.
     pub fn allocation_count(&self) -> usize {
         self.lock().server.allocation_count()
