@@ -216,6 +216,17 @@ impl ParticipantTotals {
             ConnectionPath::Direct
         }
     }
+
+    /// [`ParticipantTotals::transport`], corrected by the participant's browser: when its own selected candidate is
+    /// a relay one (`local_relay`, from the browser summary) and its allocations on Duet's relay carried bytes, its
+    /// media went through Duet's relay even below [`RELAYED_MIN_BYTES`] (a call of a second or two).
+    pub fn transport_seen_by(&self, local_relay: bool) -> ConnectionPath {
+        if local_relay && self.bytes_to_peer + self.bytes_to_client > 0 {
+            ConnectionPath::Relayed
+        } else {
+            self.transport()
+        }
+    }
 }
 
 /// How a participant's media went: straight to the other participant (or through a relay that is not Duet's), or
@@ -777,6 +788,20 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_relayed_call_is_relayed_when_the_browser_says_so() {
+        let mut t = ParticipantTotals::default();
+        assert_eq!(
+            t.transport_seen_by(true),
+            ConnectionPath::Direct,
+            "nothing relayed: the browser alone decides nothing"
+        );
+        t.bytes_to_peer = 15_000;
+        t.bytes_to_client = 15_000;
+        assert_eq!(t.transport_seen_by(false), ConnectionPath::Direct);
+        assert_eq!(t.transport_seen_by(true), ConnectionPath::Relayed);
+    }
 
     #[test]
     fn relayed_needs_the_threshold_in_both_directions_together() {

@@ -398,6 +398,10 @@ pub async fn get_call_report(
             None => (None, None),
         };
         let joined = t.joins > 0 || p.first_joined_at.is_some();
+        let local_relay = browser_summary
+            .as_ref()
+            .and_then(|s| s.candidate_pair.as_ref())
+            .is_some_and(|c| c.local_type == CandidateType::Relay);
         participants.push(ParticipantReport {
             participant_id: pid.clone(),
             role: p.role.as_str().to_string(),
@@ -410,7 +414,7 @@ pub async fn get_call_report(
             leaves,
             reconnects: (t.joins - 1).max(0),
             connected_s: t.connected_ms / 1000,
-            transport: t.transport(),
+            transport: t.transport_seen_by(local_relay),
             relay_transport: t.relay_transport.clone(),
             relay_allocations: t.relay_allocations,
             relayed_bytes_to_peer: t.bytes_to_peer,
