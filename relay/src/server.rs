@@ -325,7 +325,7 @@ pub enum Command {
 /// A booking's allocation began or ended, for call reports (`meeting.ended` carries relayed bytes and the transport
 /// each participant used). Queued only with [`ServerConfig::report_allocations`], drained with
 /// [`Server::poll_event`]. Only allocations made with TURN REST credentials naming a booking are reported
-/// (DESIGN §4 username `<expiry-unix>:<booking-id>:<participant-id>`; the 2-part form reports an empty participant).
+/// (README, "Join window": username `<expiry-unix>:<booking-id>:<participant-id>`; the 2-part form reports an empty participant).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AllocationEvent {
@@ -1893,7 +1893,7 @@ impl Server {
         n
     }
 
-    /// A participant's link was rotated or revoked (DESIGN.md §3): credentials of `booking` and `participant` whose
+    /// A participant's link was rotated or revoked (README, "Participants, links, metadata, kinds"): credentials of `booking` and `participant` whose
     /// username carries a link epoch below `min_epoch` (see [`RestUsername::participant_epoch`]) are refused from now
     /// on (401, counted as revoked), and the allocations made with them are torn down now ([`Command::FreeRelay`]),
     /// those waiting for a relay socket cancelled, so media through them stops at once. Credentials of the new link
@@ -1938,7 +1938,7 @@ impl Server {
         n
     }
 
-    /// The booking was rescheduled or extended (DESIGN.md §3): from now on every credential naming `booking` expires
+    /// The booking was rescheduled or extended (README, "Reschedule and extend"): from now on every credential naming `booking` expires
     /// at `hard_end_unix` (Unix seconds) instead of the expiry in its username, on Allocate and on every later
     /// request, and the booking's allocations (and those waiting for a relay socket) end then ([`Command::FreeRelay`]
     /// at the new instant; an instant already past ends them at the next [`Server::handle_timeout`]). So a call

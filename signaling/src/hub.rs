@@ -543,7 +543,7 @@ impl Hub {
         }
     }
 
-    /// The booking's window moved (a reschedule or an extension; DESIGN.md §3, booking research §7.4 rule 4). The
+    /// The booking's window moved (a reschedule or an extension; README, "Reschedule and extend"). The
     /// booking's native and vy rooms keep their sockets and session and take the new hard end: the `closing` warnings
     /// are planned again from `now` (a warning already sent for the old end is sent again before the new one), and
     /// the room closes with 4003 at the new hard end instead of the old one. Every socket of the native room gets

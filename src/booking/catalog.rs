@@ -53,7 +53,7 @@ pub struct Schedule {
     pub updated_at: i64,
 }
 
-/// An event type: what a guest books with a host (cal.com's `EventType`, research/booking.md §3.1).
+/// An event type: what a guest books with a host (cal.com's `EventType`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventType {
     /// `evt_…`.

@@ -4,7 +4,7 @@
 //! Each message goes to one participant: a text and an HTML part rendered from templates (built in, each replaceable
 //! by a file of the same name in `[email] templates_dir`; minijinja, HTML auto-escaped), and that participant's own
 //! invitation attached as `invite.ics` with `Content-Type: text/calendar; charset=utf-8; method=REQUEST|CANCEL`
-//! (the `method` parameter is what makes Gmail apply a cancellation, research/booking.md §3.4). The `Message-ID` is
+//! (the `method` parameter is what makes Gmail apply a cancellation). The `Message-ID` is
 //! the outbox row's, the same on every attempt, so a resend after a crash (sent, then killed before the row was marked)
 //! is recognisable as the same message.
 //!

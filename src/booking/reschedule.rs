@@ -1,7 +1,7 @@
 //! Reschedule and extend: `PATCH /v1/bookings/{id}` (an API key, `If-Match`) and `POST /v1/join/{link}/extend` (the
 //! host, from inside the call). Both keep the booking id, raise `sequence` and make the live call follow the new
 //! window: the hub moves the room's warnings and close and sends both sockets a `window` `changed` frame, the relay
-//! ends the booking's credentials and allocations at the new hard end (DESIGN.md §3, research booking.md §7.4 rule 4).
+//! ends the booking's credentials and allocations at the new hard end (README, "Reschedule and extend").
 //!
 //! Concurrency is optimistic (RFC 9110 §13.1.1): the write succeeds only if the stored `sequence` is still the one
 //! the change was computed from ([`Store::update_booking`](super::store::Store::update_booking)); the database still

@@ -888,7 +888,7 @@ impl Store {
     ///
     /// With `event` (a change of the times or window) the `booking.rescheduled` webhook event is written in the
     /// same transaction: the booking as now, plus `reason` (`rescheduled` or `extended`) and `previous`
-    /// `{start_at, end_at}` (research booking.md §7.4 rule 4).
+    /// `{start_at, end_at}` (README, "Reschedule and extend").
     ///
     /// Returns `true` when written, `false` when the row changed since (or is gone): the caller reads it again to
     /// tell 404, 412 and 409 apart. Errors: [`StoreError::SlotUnavailable`] (nothing written), [`StoreError::Db`].

@@ -1,5 +1,5 @@
 //! Capabilities handed to participants: link tokens (in join URLs), session tokens (JWT HS256, DESIGN §3) and TURN
-//! REST credentials (DESIGN §4). Link tokens are looked up by their SHA-256 (the only form the join path reads) and kept
+//! REST credentials (README, "Join window"). Link tokens are looked up by their SHA-256 (the only form the join path reads) and kept
 //! otherwise only encrypted, for invitations ([`super::link_seal`]); the rest is derived at join time.
 
 use base64::Engine;

@@ -39,7 +39,7 @@ pub const RETRY_SCHEDULE: [Duration; 6] = [
     Duration::from_secs(10 * 3600),
 ];
 
-/// Time allowed for one attempt, connect to response headers: 10 s (research/booking.md §7.5); longer counts as a
+/// Time allowed for one attempt, connect to response headers: 10 s (README, "Webhooks"); longer counts as a
 /// failed attempt.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -30,9 +30,9 @@ pub struct JoinPolicy {
 }
 
 impl JoinPolicy {
-    /// The largest `early_join_s` and `host_early_join_s`, seconds (research booking.md §7.4: at most 60 minutes).
+    /// The largest `early_join_s` and `host_early_join_s`, seconds (60 minutes, as Jitsi and cal.com bound early join).
     pub const MAX_EARLY_JOIN_S: i64 = 3600;
-    /// The largest `overrun_grace_s`, seconds (research booking.md §7.4: 0 to 120 minutes).
+    /// The largest `overrun_grace_s`, seconds (two hours).
     pub const MAX_OVERRUN_GRACE_S: i64 = 7200;
 
     /// The first member out of its range, as `(name, max)`.

@@ -98,7 +98,7 @@ pub fn format_hhmm(m: u16) -> String {
 }
 
 /// A host's availability: weekly rules and date overrides in one IANA time zone (cal.com's `Schedule` with its
-/// `Availability` rows, research/booking.md §3.1).
+/// `Availability` rows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Availability {
     /// The zone the local times and dates are in.
