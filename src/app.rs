@@ -43,6 +43,8 @@ pub struct AppState {
     pub link_sealer: Arc<std::sync::RwLock<Arc<LinkSealer>>>,
     /// `[booking_page]`, the form-token key and the per-client booking limit of the pages.
     pub pages: Arc<crate::booking::pages::PageState>,
+    /// The cluster link (`None`: a single node).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl AppState {

@@ -108,6 +108,19 @@ pub struct RawConfig {
     /// `[retention]`.
     #[serde(default)]
     pub retention: RawRetention,
+    /// `[cluster]`: absent, the node runs alone (no Redis).
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: several nodes sharing PostgreSQL and Redis (README, "Several nodes").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Redis URL (`redis://[user:password@]host:port[/db]`; no TLS: keep Redis on a private network). The environment variable
+    /// `DUET_CLUSTER_REDIS_URL` overrides it.
+    pub redis_url: Option<String>,
+    /// This node's name in logs and `/readyz` (default: the host name). 1 to 64 characters of `[A-Za-z0-9._-]`.
+    pub node_id: Option<String>,
 }
 
 /// `[retention]`: how long personal data is kept after a booking's hard end (README, "Retention and erasure").
@@ -493,6 +506,23 @@ pub struct Config {
     pub booking_page: BookingPageConfig,
     /// Retention of personal data.
     pub retention: RetentionConfig,
+    /// Cluster mode (`None`: a single node).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Validated `[cluster]`.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// Redis connection URL (may hold a password: never printed).
+    pub redis_url: Secret,
+    /// This node's name.
+    pub node_id: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig").field("redis_url", &"<redacted>").field("node_id", &self.node_id).finish()
+    }
 }
 
 /// Validated `[retention]`.
@@ -1279,7 +1309,44 @@ impl RawConfig {
             }
             RetentionConfig { personal_data, interval }
         };
+        let cluster = match self.cluster.take() {
+            None => None,
+            Some(c) => {
+                let url = std::env::var("DUET_CLUSTER_REDIS_URL")
+                    .ok()
+                    .or(c.redis_url)
+                    .ok_or_else(|| invalid("cluster.redis_url", "required in cluster mode"))?;
+                let parsed =
+                    url::Url::parse(&url).map_err(|e| invalid("cluster.redis_url", format!("not a URL ({e})")))?;
+                if parsed.scheme() != "redis" {
+                    return Err(invalid(
+                        "cluster.redis_url",
+                        "use redis://host:port (TLS to Redis is not supported: keep Redis on a private network)",
+                    ));
+                }
+                if !matches!(database, DatabaseConfig::Postgres { .. }) {
+                    return Err(invalid(
+                        "cluster",
+                        "cluster mode needs the bookings in PostgreSQL: set [database] url = \"postgres://…\"",
+                    ));
+                }
+                let node_id = match c.node_id {
+                    Some(n) => n,
+                    None => std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_string())
+                        .ok()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| "node".to_string()),
+                };
+                let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+                if node_id.is_empty() || node_id.len() > 64 || !node_id.chars().all(ok) {
+                    return Err(invalid("cluster.node_id", "1 to 64 characters of A-Z a-z 0-9 . _ -"));
+                }
+                Some(ClusterConfig { redis_url: Secret(url), node_id })
+            }
+        };
         Ok(Config {
+            cluster,
             database,
             webhooks,
             calls,

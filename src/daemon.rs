@@ -199,19 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the TURN listeners {listeners:?}"))?;
     let turn_udp = relay.listen_addrs();
-    for (booking, until) in store.live_revocations(unix_now()).await? {
-        relay.revoke_booking(&booking, until);
-    }
-    // Rotated or revoked links: credentials of older links stay refused.
-    for (booking, participant, epoch, keep_until) in store.live_link_epochs(unix_now()).await? {
-        relay.revoke_participant(&booking, &participant, epoch, keep_until);
-    }
-    // Rescheduled bookings: credentials issued before the change carry the old hard end in their username.
-    let now = unix_now();
-    for (booking, hard_end, max_hard_end, host_opens_at) in store.live_reschedules(now).await? {
-        relay.set_booking_end(&booking, hard_end, max_hard_end);
-        relay.set_booking_not_before(&booking, host_opens_at);
-    }
+    sync_relay(&store, &relay).await?;
 
     // ICE server URLs handed to clients.
     let turn_port = turn_udp.first().map_or(3478, |a| a.port());
@@ -234,7 +222,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Call facts from both drivers to the recorder (call reports, meeting and participant events).
     let (facts, facts_rx) = crate::booking::calls::channel(metrics.clone());
     relay.set_call_facts(facts.clone());
-    let hub = HubHandle::spawn(config.signaling.clone(), metrics.clone(), Some(facts), shutdown.clone());
+    // Cluster mode: the Redis link (a Redis that is down now is a degraded start, not a failed one).
+    let (cluster, cluster_inbound) = match &config.cluster {
+        Some(c) => {
+            let (cluster, inbound) = crate::cluster::Cluster::start(c, &metrics, shutdown.clone())?;
+            (Some(cluster), Some(inbound))
+        }
+        None => (None, None),
+    };
+    let (bus_rx, feed_rx) = match cluster_inbound {
+        Some(i) => (Some(i.bus), Some(i.feed)),
+        None => (None, None),
+    };
+    let hub = HubHandle::spawn(
+        config.signaling.clone(),
+        metrics.clone(),
+        Some(facts),
+        cluster.clone().zip(bus_rx),
+        shutdown.clone(),
+    );
     let public_base: Arc<str> = config.public_base(http_addr).into();
     let email_store = store.clone();
     let state = AppState {
@@ -257,7 +263,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.trusted_proxies.clone(),
             config.signaling.forwarded_header,
         )),
+        cluster: cluster.clone(),
     };
+    if let (Some(c), Some(rx)) = (cluster.clone(), feed_rx) {
+        tasks.spawn(crate::cluster::feed::run(state.clone(), c, rx, shutdown.clone()));
+    }
     // The `/v1/` routes come with their OpenAPI document (`crate::openapi`): one list for both.
     let (api, _) = crate::openapi::api_router().route_layer(axum::middleware::map_response(no_store)).split_for_parts();
     let app = Router::new()
@@ -399,6 +409,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relay,
         metrics,
     })
+}
+
+/// Builds the relay's view of the bookings from the store (at start, and in cluster mode after every reconnect of the
+/// Redis link): cancelled bookings' credentials refused until their latest hard end, rotated or revoked links' older
+/// credentials refused, rescheduled bookings' credentials ending at the new hard end and refused before the host's
+/// opening. Every rule replaces or raises, so running it again is harmless. Returns the ids of the cancelled bookings.
+pub async fn sync_relay(store: &Store, relay: &RelayHandle) -> anyhow::Result<Vec<String>> {
+    let now = unix_now();
+    let mut cancelled = Vec::new();
+    for (booking, until) in store.live_revocations(now).await? {
+        relay.revoke_booking(&booking, until);
+        cancelled.push(booking);
+    }
+    // Rotated or revoked links: credentials of older links stay refused.
+    for (booking, participant, epoch, keep_until) in store.live_link_epochs(now).await? {
+        relay.revoke_participant(&booking, &participant, epoch, keep_until);
+    }
+    // Rescheduled bookings: credentials issued before the change carry the old hard end in their username.
+    for (booking, hard_end, max_hard_end, host_opens_at) in store.live_reschedules(now).await? {
+        relay.set_booking_end(&booking, hard_end, max_hard_end);
+        relay.set_booking_not_before(&booking, host_opens_at);
+    }
+    Ok(cancelled)
 }
 
 /// Relay socket addresses from `[turn]`: IPv4 relays on `relay_ip` (default: the first IPv4 UDP listener's IP,

@@ -11,6 +11,7 @@ pub mod app;
 pub mod booking;
 pub mod cli;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;

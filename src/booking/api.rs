@@ -1085,8 +1085,12 @@ pub(crate) async fn apply_transition(
     if t == Transition::Changed {
         state.metrics.bookings.with_label_values(&[to.as_str()]).inc();
         if to.is_revoked() {
-            state.hub.cancel_booking(&b.id);
-            state.relay.revoke_booking(&b.id, b.max_hard_end_at.max(b.window.hard_end_at));
+            let until = b.max_hard_end_at.max(b.window.hard_end_at);
+            crate::cluster::feed::announce(
+                state,
+                crate::cluster::feed::FeedEvent::Revoked { booking: b.id.clone(), until },
+            )
+            .await;
         }
         tracing::info!(target: "booking", booking = %b.id, status = to.as_str(), "booking status changed");
     }
@@ -1193,13 +1197,23 @@ async fn change_link(
         )
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let (code, reason, event) = match change {
-        LinkChange::Rotate => (4001, "link rotated, join again", "link rotated"),
-        LinkChange::Revoke => (4004, "link revoked", "link revoked"),
+    let event = match change {
+        LinkChange::Rotate => "link rotated",
+        LinkChange::Revoke => "link revoked",
     };
-    state.hub.close_participant(&b.id, &p.id, code, reason);
-    // TURN credentials of the old link stop now, and with them any media relayed for it.
-    state.relay.revoke_participant(&b.id, &p.id, p.link_epoch, b.max_hard_end_at);
+    // The socket closes (4001: join again; 4004), and TURN credentials of the old link stop now, with any media
+    // relayed for it, on every node.
+    crate::cluster::feed::announce(
+        state,
+        crate::cluster::feed::FeedEvent::Participant {
+            booking: b.id.clone(),
+            participant: p.id.clone(),
+            epoch: p.link_epoch,
+            keep_until: b.max_hard_end_at,
+            rotated: change == LinkChange::Rotate,
+        },
+    )
+    .await;
     tracing::info!(target: "booking", booking = %b.id, participant = %p.id, "{event}");
     let index = b.participants.iter().position(|x| x.id == p.id).unwrap_or(0);
     let mut view = BookingView::of(&b, now, None).participants.swap_remove(index);

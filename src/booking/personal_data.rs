@@ -830,8 +830,18 @@ pub async fn erase_data_subject(
     let subject = parse_json::<SubjectSelector>(&body.map_err(body_error)?)?.validate()?;
     let (counts, links) = state.store.erase_subject(&tenant, &subject, unix_now()).await?;
     for l in &links {
-        state.hub.close_participant(&l.booking_id, &l.participant_id, ERASED_CLOSE_CODE, "link revoked");
-        state.relay.revoke_participant(&l.booking_id, &l.participant_id, l.link_epoch, l.max_hard_end_at);
+        // Closed with 4004 (ERASED_CLOSE_CODE) on every node.
+        crate::cluster::feed::announce(
+            &state,
+            crate::cluster::feed::FeedEvent::Participant {
+                booking: l.booking_id.clone(),
+                participant: l.participant_id.clone(),
+                epoch: l.link_epoch,
+                keep_until: l.max_hard_end_at,
+                rotated: false,
+            },
+        )
+        .await;
     }
     state.metrics.erasures.inc();
     tracing::info!(target: "booking", tenant = %tenant, participants = counts.participants, hosts = counts.hosts,

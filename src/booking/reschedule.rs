@@ -283,7 +283,15 @@ async fn conflict(state: &AppState, b: &Booking) -> ApiError {
 ///   that at once: the relay's not-before instant is replaced, never only raised);
 /// - otherwise the rooms take the new hard end and both sockets get `{"type":"window","event":"changed",…}`; a
 ///   guest whose own opening moved past now is closed with 4003.
+///
+/// In cluster mode every other node does the same ([`crate::cluster::feed`]).
 pub(crate) async fn follow_window(state: &AppState, tenant: &str, id: &str) {
+    let event = crate::cluster::feed::FeedEvent::Window { tenant: tenant.to_string(), booking: id.to_string() };
+    crate::cluster::feed::announce(state, event).await;
+}
+
+/// [`follow_window`] on this node only (its relay and hub).
+pub(crate) async fn follow_window_local(state: &AppState, tenant: &str, id: &str) {
     let b = match state.store.booking(Some(tenant), id).await {
         Ok(Some(b)) => b,
         Ok(None) => return,

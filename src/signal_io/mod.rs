@@ -12,9 +12,10 @@
 //! Admission (token, booking and window checks, `Origin`, per-client limits) happens before the upgrade, in
 //! [`native`], [`vy`] and [`peerjs`]; the cores trust what they are handed.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -27,9 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::booking::calls::{Fact, FactSender, unix_ms};
+use crate::cluster::Cluster;
 use crate::config::SignalingConfig;
 use crate::metrics::Metrics;
 
+pub mod bus;
 pub mod guard;
 pub mod native;
 pub mod peerjs;
@@ -47,10 +50,31 @@ const CLOSE_QUEUE_FULL: u16 = 1008;
 
 enum Outgoing {
     Text(String),
-    Close(u16, &'static str),
+    Close(u16, Cow<'static, str>),
     /// A liveness probe asked for by the hub ([`Output::Ping`]).
     Ping,
 }
+
+/// Where the outputs for a connection go.
+enum Sink {
+    /// A socket of this node: its task's queue.
+    Local(mpsc::Sender<Outgoing>),
+    /// A socket of another node (cluster mode): that node's bus channel, by node number.
+    Remote(u32),
+}
+
+/// A connection the cores know.
+struct ConnEntry {
+    mode: Mode,
+    sink: Sink,
+    /// The room key whose home lease this node holds for it (cluster mode only).
+    room: Option<Arc<str>>,
+}
+
+/// Close code for sockets this node lets go so that their clients reconnect to another node (IANA WebSocket registry:
+/// 1012 "Service Restart"; duet.js and the join page reconnect on it): their room's home is another node, or their
+/// home node died.
+pub const CLOSE_MOVED: u16 = 1012;
 
 /// What a new socket is admitted as.
 pub enum Admit {
@@ -72,6 +96,17 @@ impl Admit {
             Admit::Peerjs(_) | Admit::PeerjsReject(_) => Mode::Peerjs,
         }
     }
+
+    /// The key of the room this socket joins, by which cluster mode finds the room's home: `n:<booking>` (native),
+    /// `v:<room>` (Virtual Y), `p:<namespace>` (PeerJS). `None` for a refusal, which never leaves its node.
+    fn room_key(&self) -> Option<String> {
+        match self {
+            Admit::Native(a) => Some(format!("n:{}", a.booking)),
+            Admit::Vy(a) => Some(format!("v:{}", a.room)),
+            Admit::Peerjs(r) => Some(format!("p:{}", r.namespace)),
+            Admit::PeerjsReject(_) => None,
+        }
+    }
 }
 
 /// What socket tasks tell the signaling task (bounded channel).
@@ -79,7 +114,7 @@ enum Input {
     Connect {
         conn: ConnectionId,
         admit: Admit,
-        out: mpsc::Sender<Outgoing>,
+        out: Sink,
     },
     Text {
         conn: ConnectionId,
@@ -109,12 +144,39 @@ enum Input {
 
 /// What the rest of the daemon asks of the signaling task (rare, from authenticated callers: unbounded).
 enum Control {
-    CloseBooking { booking: String, reason: CloseReason },
-    CloseParticipant { booking: String, participant: String, code: u16, reason: &'static str },
+    CloseBooking {
+        booking: String,
+        reason: CloseReason,
+    },
+    CloseParticipant {
+        booking: String,
+        participant: String,
+        code: u16,
+        reason: &'static str,
+    },
     CloseAll,
-    UpdateWindow { booking: String, update: WindowUpdate },
-    PeerjsIds { namespace: String, reply: oneshot::Sender<Vec<String>> },
+    UpdateWindow {
+        booking: String,
+        update: WindowUpdate,
+    },
+    PeerjsIds {
+        namespace: String,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Cluster mode: the live nodes. Remote sockets of any other node are gone (their node died).
+    NodesAlive(Arc<HashSet<u32>>),
+    /// Cluster mode: another node holds these rooms' home leases (after a Redis outage): their sockets here go (1012).
+    LeasesLost(Vec<String>),
 }
+
+/// A socket of this node whose room is homed on another node (cluster mode).
+struct Proxy {
+    home: u32,
+    out: mpsc::Sender<Outgoing>,
+}
+
+/// Sockets of this node proxied to another node's room, by connection id.
+type Proxies = Arc<Mutex<HashMap<ConnectionId, Proxy>>>;
 
 /// Control handle of the signaling task; cheap to clone.
 #[derive(Clone)]
@@ -131,15 +193,26 @@ pub struct HubHandle {
     /// Refused Virtual Y upgrades per client (`signaling.vy.refused_upgrades_per_minute`).
     pub refusals: guard::RefusalLimiter,
     metrics: Metrics,
+    /// The cluster link (`None`: a single node).
+    cluster: Option<Cluster>,
+    /// Sockets of this node whose room is homed on another node.
+    proxies: Proxies,
+    /// Proxied sockets per mode (for `duet_signal_connections`), indexed like [`Mode::ALL`].
+    proxied: Arc<[AtomicI64; 3]>,
 }
 
 impl HubHandle {
     /// Starts the signaling task. It stops when `shutdown` is cancelled (closing every socket with 1001). Joins,
     /// leaves, `ready` and room closes of native and Virtual Y rooms go to `facts` (call reports) when given.
+    ///
+    /// In cluster mode (`cluster` with its bus receiver), connection ids carry this node's number, sockets whose room
+    /// is homed on another node are proxied there, and remote sockets of rooms homed here are served like local ones
+    /// ([`bus`]).
     pub fn spawn(
         config: SignalingConfig,
         metrics: Metrics,
         facts: Option<FactSender>,
+        cluster: Option<(Cluster, mpsc::Receiver<Vec<u8>>)>,
         shutdown: CancellationToken,
     ) -> HubHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
@@ -163,11 +236,36 @@ impl HubHandle {
             messages_per_second: config.messages_per_second,
             ..CorePeerjsConfig::default()
         });
-        tokio::spawn(run(Cores { hub, peerjs, conns: HashMap::new(), facts }, rx, ctl_rx, metrics.clone(), shutdown));
+        let (cluster, bus_rx) = match cluster {
+            Some((c, rx)) => (Some(c), Some(rx)),
+            None => (None, None),
+        };
+        let proxies: Proxies = Default::default();
+        let proxied: Arc<[AtomicI64; 3]> = Default::default();
+        let cores = Cores {
+            hub,
+            peerjs,
+            conns: HashMap::new(),
+            facts,
+            cluster: cluster.clone(),
+            homed: HashMap::new(),
+            remote: [0; 3],
+            proxied: proxied.clone(),
+            ctl: ctl.clone(),
+        };
+        tokio::spawn(run(cores, rx, ctl_rx, metrics.clone(), shutdown.clone()));
+        if let (Some(c), Some(bus_rx)) = (&cluster, bus_rx) {
+            tokio::spawn(bus_inbound(c.clone(), bus_rx, tx.clone(), proxies.clone(), metrics.clone()));
+            tokio::spawn(watch_nodes(c.clone(), ctl.clone(), proxies.clone(), shutdown));
+        }
+        let first_id = cluster.as_ref().map_or(0, |c| u64::from(c.node()) << bus::NODE_SHIFT);
         HubHandle {
+            cluster,
+            proxies,
+            proxied,
             tx,
             ctl,
-            next_id: Default::default(),
+            next_id: Arc::new(AtomicU64::new(first_id)),
             guard: guard::ConnectionGuard::new(config.max_connections_per_ip),
             pending: guard::ConnectionGuard::new(config.max_pending_upgrades_per_ip),
             refusals: guard::RefusalLimiter::new(config.vy.refused_upgrades_per_minute),
@@ -228,9 +326,27 @@ impl HubHandle {
 struct Cores {
     hub: Hub,
     peerjs: PeerjsServer,
-    conns: HashMap<ConnectionId, (Mode, mpsc::Sender<Outgoing>)>,
+    conns: HashMap<ConnectionId, ConnEntry>,
     /// The call-facts recorder's queue (never waited on).
     facts: Option<FactSender>,
+    /// Cluster mode: the link, for outputs to remote sockets and the room leases.
+    cluster: Option<Cluster>,
+    /// Cluster mode: rooms homed here, with how many of the cores' connections (local or remote) are in each.
+    homed: HashMap<Arc<str>, usize>,
+    /// Remote connections per mode, indexed like [`Mode::ALL`] (they are another node's sockets).
+    remote: [i64; 3],
+    /// Proxied sockets of this node per mode (they are this node's sockets, in another node's cores).
+    proxied: Arc<[AtomicI64; 3]>,
+    /// The control queue, for answers of spawned lease renewals.
+    ctl: mpsc::UnboundedSender<Control>,
+}
+
+fn mode_index(mode: Mode) -> usize {
+    match mode {
+        Mode::Native => 0,
+        Mode::Vy => 1,
+        Mode::Peerjs => 2,
+    }
 }
 
 async fn run(
@@ -240,6 +356,7 @@ async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let mut leases = tokio::time::interval(crate::cluster::LEASE_REFRESH_EVERY);
     loop {
         let deadline = match (c.hub.poll_timeout(), c.peerjs.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -265,6 +382,7 @@ async fn run(
                 c.hub.handle_timeout(now);
                 c.peerjs.handle_timeout(now);
             }
+            _ = leases.tick(), if c.cluster.is_some() => c.renew_leases(),
             _ = shutdown.cancelled() => {
                 let now = Instant::now();
                 c.hub.close_all(now, CloseReason::Shutdown);
@@ -278,10 +396,88 @@ async fn run(
 }
 
 impl Cores {
+    /// Registers a connection (and, in cluster mode, counts it in its room's lease).
+    fn add(&mut self, conn: ConnectionId, mode: Mode, sink: Sink, room: Option<String>) {
+        if matches!(sink, Sink::Remote(_)) {
+            self.remote[mode_index(mode)] += 1;
+        }
+        let room: Option<Arc<str>> = match (&self.cluster, room) {
+            (Some(_), Some(r)) => {
+                let key: Arc<str> = self.homed.keys().find(|k| ***k == *r).cloned().unwrap_or_else(|| r.into());
+                *self.homed.entry(key.clone()).or_default() += 1;
+                Some(key)
+            }
+            _ => None,
+        };
+        self.conns.insert(conn, ConnEntry { mode, sink, room });
+    }
+
+    /// Forgets a connection (and its share of its room's lease).
+    fn forget(&mut self, conn: ConnectionId) -> Option<ConnEntry> {
+        let entry = self.conns.remove(&conn)?;
+        if matches!(entry.sink, Sink::Remote(_)) {
+            self.remote[mode_index(entry.mode)] -= 1;
+        }
+        if let Some(room) = &entry.room
+            && let Some(n) = self.homed.get_mut(room)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.homed.remove(room);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Tells a core that a connection is gone.
+    fn gone(&mut self, now: Instant, conn: ConnectionId, mode: Mode, timed_out: bool) {
+        match mode {
+            Mode::Peerjs => self.peerjs.handle_disconnect(now, conn),
+            _ if timed_out => self.hub.handle_liveness_timeout(now, conn),
+            _ => self.hub.handle_disconnect(now, conn),
+        }
+    }
+
+    /// Sends `out` to a connection's socket, wherever it is. `false` when a local queue is full (a slow reader).
+    fn deliver(cluster: Option<&Cluster>, conn: ConnectionId, sink: &Sink, out: Outgoing) -> Result<(), Outgoing> {
+        match sink {
+            Sink::Local(tx) => tx.try_send(out).map_err(|e| e.into_inner()),
+            Sink::Remote(node) => {
+                if let Some(c) = cluster {
+                    let msg = match out {
+                        Outgoing::Text(t) => bus::ToProxy::Text(t),
+                        Outgoing::Close(code, reason) => bus::ToProxy::Close(code, reason.into_owned()),
+                        Outgoing::Ping => bus::ToProxy::Ping,
+                    };
+                    c.publish_bus(*node, bus::encode_proxy(conn, &msg));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Renews the home leases of the rooms homed here, in a task of its own; rooms another node holds come back as
+    /// [`Control::LeasesLost`].
+    fn renew_leases(&self) {
+        let Some(cluster) = self.cluster.clone() else { return };
+        if self.homed.is_empty() || !cluster.is_up() {
+            return;
+        }
+        let rooms: Vec<String> = self.homed.keys().map(|k| k.to_string()).collect();
+        let ctl = self.ctl.clone();
+        tokio::spawn(async move {
+            let lost = cluster.refresh_leases(&rooms).await;
+            if !lost.is_empty() {
+                let _ = ctl.send(Control::LeasesLost(lost));
+            }
+        });
+    }
+
     fn handle(&mut self, now: Instant, input: Input, metrics: &Metrics) {
         match input {
             Input::Connect { conn, admit, out } => {
-                self.conns.insert(conn, (admit.mode(), out));
+                let room = admit.room_key();
+                self.add(conn, admit.mode(), out, room);
                 match admit {
                     Admit::Native(a) => self.hub.handle_connect(now, conn, a),
                     Admit::Vy(a) => self.hub.handle_connect_vy(now, conn, a),
@@ -290,34 +486,33 @@ impl Cores {
                 }
             }
             Input::Text { conn, text } => {
-                let Some((mode, _)) = self.conns.get(&conn) else { return };
-                metrics.signal_messages.with_label_values(&["in", message_type(*mode, &text)]).inc();
-                match mode {
+                let Some(entry) = self.conns.get(&conn) else { return };
+                metrics.signal_messages.with_label_values(&["in", message_type(entry.mode, &text)]).inc();
+                match entry.mode {
                     Mode::Peerjs => self.peerjs.handle_text(now, conn, &text),
                     _ => self.hub.handle_text(now, conn, &text),
                 }
             }
-            Input::Ping { conn } => match self.conns.get(&conn) {
-                Some((Mode::Peerjs, _)) => self.peerjs.handle_ping(now, conn),
+            Input::Ping { conn } => match self.conns.get(&conn).map(|e| e.mode) {
+                Some(Mode::Peerjs) => self.peerjs.handle_ping(now, conn),
                 Some(_) => self.hub.handle_ping(now, conn),
                 None => {}
             },
             Input::Pong { conn } => self.hub.handle_pong(now, conn),
             Input::PingSent { conn } => self.hub.handle_ping_sent(now, conn),
             Input::Binary { conn, len } => {
-                let Some((mode, _)) = self.conns.get(&conn) else { return };
+                let Some(entry) = self.conns.get(&conn) else { return };
                 metrics.signal_messages.with_label_values(&["in", "binary"]).inc();
-                match mode {
+                match entry.mode {
                     Mode::Peerjs => self.peerjs.handle_binary(now, conn, len),
                     _ => self.hub.handle_binary(now, conn, len),
                 }
             }
-            Input::Disconnect { conn, timed_out } => match self.conns.remove(&conn) {
-                Some((Mode::Peerjs, _)) => self.peerjs.handle_disconnect(now, conn),
-                Some(_) if timed_out => self.hub.handle_liveness_timeout(now, conn),
-                Some(_) => self.hub.handle_disconnect(now, conn),
-                None => {}
-            },
+            Input::Disconnect { conn, timed_out } => {
+                if let Some(entry) = self.forget(conn) {
+                    self.gone(now, conn, entry.mode, timed_out);
+                }
+            }
         }
     }
 
@@ -342,10 +537,45 @@ impl Cores {
             Control::PeerjsIds { namespace, reply } => {
                 let _ = reply.send(self.peerjs.peer_ids(&namespace).into_iter().map(str::to_string).collect());
             }
+            Control::NodesAlive(alive) => {
+                let dead: Vec<ConnectionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, e)| matches!(e.sink, Sink::Remote(n) if !alive.contains(&n)))
+                    .map(|(c, _)| *c)
+                    .collect();
+                if !dead.is_empty() {
+                    tracing::warn!(target: "duet::cluster", sockets = dead.len(), "sockets of a node that stopped beating are gone");
+                }
+                for conn in dead {
+                    if let Some(entry) = self.forget(conn) {
+                        self.gone(now, conn, entry.mode, true);
+                    }
+                }
+            }
+            Control::LeasesLost(rooms) => {
+                let rooms: HashSet<&str> = rooms.iter().map(String::as_str).collect();
+                let moved: Vec<ConnectionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, e)| e.room.as_deref().is_some_and(|r| rooms.contains(r)))
+                    .map(|(c, _)| *c)
+                    .collect();
+                tracing::warn!(target: "duet::cluster", rooms = rooms.len(), sockets = moved.len(),
+                    "rooms homed on another node: their sockets here reconnect there");
+                // Forget them all first, so that the cores' goodbyes to each other reach nobody.
+                let entries: Vec<(ConnectionId, ConnEntry)> =
+                    moved.into_iter().filter_map(|c| self.forget(c).map(|e| (c, e))).collect();
+                for (conn, entry) in entries {
+                    self.gone(now, conn, entry.mode, false);
+                    let close = Outgoing::Close(CLOSE_MOVED, Cow::Borrowed("room moved to another node"));
+                    let _ = Cores::deliver(self.cluster.as_ref(), conn, &entry.sink, close);
+                }
+            }
         }
     }
 
-    /// Routes every pending output of both cores to its socket's queue.
+    /// Routes every pending output of both cores to its socket (a local queue, or another node's bus channel).
     fn drain(&mut self, metrics: &Metrics) {
         let now = Instant::now();
         loop {
@@ -358,17 +588,17 @@ impl Cores {
             };
             match out {
                 Output::Send { conn, text } => {
-                    let Some((mode, tx)) = self.conns.get(&conn) else { continue };
-                    let mode = *mode;
+                    let Some(entry) = self.conns.get(&conn) else { continue };
+                    let mode = entry.mode;
                     metrics.signal_messages.with_label_values(&["out", message_type(mode, &text)]).inc();
-                    if let Err(e) = tx.try_send(Outgoing::Text(text)) {
+                    if let Err(e) = Cores::deliver(self.cluster.as_ref(), conn, &entry.sink, Outgoing::Text(text)) {
                         // A full queue: that reader is too slow. Forget it; dropping the sender makes its task
                         // close the socket with 1008 "queue full".
                         metrics.signal_drops.with_label_values(&["queue_full"]).inc();
-                        self.conns.remove(&conn);
+                        self.forget(conn);
                         match mode {
                             Mode::Peerjs => {
-                                if let Outgoing::Text(text) = e.into_inner() {
+                                if let Outgoing::Text(text) = e {
                                     self.peerjs.handle_send_failed(now, conn, &text);
                                 }
                             }
@@ -378,13 +608,14 @@ impl Cores {
                 }
                 Output::Close { conn, code, reason } => {
                     metrics.signal_closes.with_label_values(&[&code.to_string()]).inc();
-                    if let Some((_, tx)) = self.conns.remove(&conn) {
-                        let _ = tx.try_send(Outgoing::Close(code, reason));
+                    if let Some(entry) = self.forget(conn) {
+                        let close = Outgoing::Close(code, Cow::Borrowed(reason));
+                        let _ = Cores::deliver(self.cluster.as_ref(), conn, &entry.sink, close);
                     }
                 }
                 Output::Ping { conn } => {
-                    if let Some((_, tx)) = self.conns.get(&conn) {
-                        let _ = tx.try_send(Outgoing::Ping);
+                    if let Some(entry) = self.conns.get(&conn) {
+                        let _ = Cores::deliver(self.cluster.as_ref(), conn, &entry.sink, Outgoing::Ping);
                     }
                 }
                 Output::Event(e) => {
@@ -417,15 +648,106 @@ impl Cores {
                 }
             }
         }
+        // The sockets of this node: the cores' connections that are not another node's, plus this node's sockets
+        // served by another node's cores.
         let stats = self.hub.stats();
+        let here = |mode: Mode, in_cores: usize| {
+            let i = mode_index(mode);
+            in_cores as i64 - self.remote[i] + self.proxied[i].load(Ordering::Relaxed)
+        };
         for mode in [Mode::Native, Mode::Vy] {
-            metrics.signal_connections.with_label_values(&[mode.as_str()]).set(stats.mode(mode).connections as i64);
+            metrics
+                .signal_connections
+                .with_label_values(&[mode.as_str()])
+                .set(here(mode, stats.mode(mode).connections));
         }
         metrics
             .signal_connections
             .with_label_values(&[Mode::Peerjs.as_str()])
-            .set(self.peerjs.connection_count() as i64);
+            .set(here(Mode::Peerjs, self.peerjs.connection_count()));
         metrics.rooms_active.set(self.hub.room_count() as i64);
+    }
+}
+
+/// Cluster mode: frames from other nodes' bus. Inputs of remote sockets go to the cores like local ones; outputs for
+/// this node's proxied sockets go to their queues (a full queue closes that socket, 1008, and tells its home).
+async fn bus_inbound(
+    cluster: Cluster,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::Sender<Input>,
+    proxies: Proxies,
+    metrics: Metrics,
+) {
+    while let Some(bytes) = rx.recv().await {
+        let Some(frame) = bus::decode(&bytes) else {
+            metrics.signal_drops.with_label_values(&["bus_malformed"]).inc();
+            continue;
+        };
+        let input = match frame {
+            bus::Frame::Home(conn, msg) => match msg {
+                bus::ToHome::Connect(wire) => {
+                    Input::Connect { conn, admit: wire.into_admit(), out: Sink::Remote(bus::node_of(conn)) }
+                }
+                bus::ToHome::Text(text) => Input::Text { conn, text: text.into() },
+                bus::ToHome::Binary(len) => Input::Binary { conn, len },
+                bus::ToHome::Ping => Input::Ping { conn },
+                bus::ToHome::Pong => Input::Pong { conn },
+                bus::ToHome::PingSent => Input::PingSent { conn },
+                bus::ToHome::Disconnect { timed_out } => Input::Disconnect { conn, timed_out },
+            },
+            bus::Frame::Proxy(conn, msg) => {
+                let out = match msg {
+                    bus::ToProxy::Text(t) => Outgoing::Text(t),
+                    bus::ToProxy::Close(code, reason) => Outgoing::Close(code, Cow::Owned(reason)),
+                    bus::ToProxy::Ping => Outgoing::Ping,
+                };
+                let mut map = proxies.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(p) = map.get(&conn)
+                    && p.out.try_send(out).is_err()
+                {
+                    // Slow reader: dropping its sender closes it with 1008 "queue full"; its home forgets it.
+                    metrics.signal_drops.with_label_values(&["queue_full"]).inc();
+                    if let Some(p) = map.remove(&conn) {
+                        let bye = bus::encode_home(conn, &bus::ToHome::Disconnect { timed_out: false });
+                        cluster.publish_bus(p.home, bye);
+                    }
+                }
+                continue;
+            }
+        };
+        if tx.send(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Cluster mode: follows the live nodes. Remote sockets of a dead node leave their rooms here; this node's sockets
+/// whose room was homed on a dead node are closed with [`CLOSE_MOVED`] so that their clients reconnect (their room
+/// then gets a new home).
+async fn watch_nodes(
+    cluster: Cluster,
+    ctl: mpsc::UnboundedSender<Control>,
+    proxies: Proxies,
+    shutdown: CancellationToken,
+) {
+    let mut alive = cluster.alive_nodes();
+    loop {
+        tokio::select! {
+            r = alive.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(set) = alive.borrow_and_update().clone() else { continue };
+        let _ = ctl.send(Control::NodesAlive(set.clone()));
+        let mut map = proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let lost: Vec<ConnectionId> = map.iter().filter(|(_, p)| !set.contains(&p.home)).map(|(c, _)| *c).collect();
+        if !lost.is_empty() {
+            tracing::warn!(target: "duet::cluster", sockets = lost.len(), "the home node of these sockets' rooms stopped beating: they reconnect");
+        }
+        for conn in lost {
+            if let Some(p) = map.remove(&conn) {
+                let _ = p.out.try_send(Outgoing::Close(CLOSE_MOVED, Cow::Borrowed("signaling node lost")));
+            }
+        }
     }
 }
 
@@ -480,14 +802,18 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str, _slot: gu
 /// `HEARTBEAT` frames, which the core checks. Every write has `send_timeout`; a socket whose write does not complete
 /// in that time is dropped. A Virtual Y socket the hub refuses because its slot is taken (4009) counts as a refused
 /// upgrade of its client ([`guard::RefusalLimiter`]).
+///
+/// In cluster mode the socket's room may be homed on another node: the socket's inputs then go to that node over the
+/// bus and its outputs come back the same way ([`bus`]); everything else here is the same.
 async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard::Slot) {
     let conn = ConnectionId(hub.next_id.fetch_add(1, Ordering::Relaxed));
     let mode = admit.mode();
     let pings = mode != Mode::Peerjs;
     let (out_tx, mut out_rx) = mpsc::channel(QUEUE_PER_CONNECTION);
-    if hub.tx.send(Input::Connect { conn, admit, out: out_tx }).await.is_err() {
-        return;
-    }
+    let upstream = match Upstream::open(&hub, conn, admit, out_tx).await {
+        Some(u) => u,
+        None => return,
+    };
     let send_timeout = hub.config.send_timeout;
     let (mut sink, mut stream) = socket.split();
     // A write that does not finish within `send_timeout` (the client stopped reading and the TCP window is full)
@@ -508,8 +834,9 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
     let mut unanswered = 0u32;
     let mut closed_by_core = false;
     let mut timed_out = false;
-    let close_frame =
-        |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let close_frame = |code: u16, reason: Cow<'static, str>| {
+        Message::Close(Some(CloseFrame { code, reason: reason.as_ref().into() }))
+    };
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -535,15 +862,15 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
                         let text = e.to_string().to_ascii_lowercase();
                         let too_big = ["too long", "too big", "size", "space limit"].iter().any(|w| text.contains(w));
                         let frame = if too_big {
-                            close_frame(close_code::TOO_BIG, "message too big")
+                            close_frame(close_code::TOO_BIG, "message too big".into())
                         } else {
-                            close_frame(1002, "protocol error")
+                            close_frame(1002, "protocol error".into())
                         };
                         let _ = send!(frame);
                         break;
                     }
                 };
-                if hub.tx.send(input).await.is_err() {
+                if !upstream.send(input).await {
                     break;
                 }
             }
@@ -553,7 +880,7 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
                 }
                 Some(Outgoing::Ping) => {
                     if !send!(Message::Ping(Vec::new().into())) { break; }
-                    let _ = hub.tx.send(Input::PingSent { conn }).await;
+                    let _ = upstream.send(Input::PingSent { conn }).await;
                 }
                 Some(Outgoing::Close(code, reason)) => {
                     closed_by_core = true;
@@ -569,24 +896,80 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
                 }
                 None => {
                     closed_by_core = true;
-                    let _ = send!(close_frame(CLOSE_QUEUE_FULL, "queue full"));
+                    let _ = send!(close_frame(CLOSE_QUEUE_FULL, "queue full".into()));
                     break;
                 }
             },
             _ = ping.tick(), if pings => {
                 if unanswered >= 2 {
                     timed_out = true;
-                    let _ = send!(close_frame(1001, "ping timeout"));
+                    let _ = send!(close_frame(1001, "ping timeout".into()));
                     break;
                 }
                 unanswered += 1;
                 if !send!(Message::Ping(Vec::new().into())) { break; }
-                let _ = hub.tx.send(Input::PingSent { conn }).await;
+                let _ = upstream.send(Input::PingSent { conn }).await;
             }
         }
     }
     if !closed_by_core {
-        let _ = hub.tx.send(Input::Disconnect { conn, timed_out }).await;
+        let _ = upstream.send(Input::Disconnect { conn, timed_out }).await;
     }
+    upstream.close(conn);
     drop(slot);
+}
+
+/// Where a socket's inputs go: this node's cores, or (cluster mode) the home node of its room.
+enum Upstream {
+    Local(mpsc::Sender<Input>),
+    Remote { cluster: Cluster, home: u32, proxies: Proxies, proxied: Arc<[AtomicI64; 3]>, mode: Mode },
+}
+
+impl Upstream {
+    /// Finds the socket's room's home and announces the socket there. `None` when the cores are gone (shutdown).
+    async fn open(hub: &HubHandle, conn: ConnectionId, admit: Admit, out: mpsc::Sender<Outgoing>) -> Option<Upstream> {
+        let home = match (&hub.cluster, admit.room_key()) {
+            (Some(c), Some(room)) => c.acquire_home(&room).await.filter(|&h| h != c.node()).map(|h| (c.clone(), h)),
+            _ => None,
+        };
+        let mode = admit.mode();
+        let Some((cluster, home)) = home else {
+            hub.tx.send(Input::Connect { conn, admit, out: Sink::Local(out) }).await.ok()?;
+            return Some(Upstream::Local(hub.tx.clone()));
+        };
+        let wire = bus::WireAdmit::of(&admit)?;
+        hub.proxies.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, Proxy { home, out });
+        hub.proxied[mode_index(mode)].fetch_add(1, Ordering::Relaxed);
+        cluster.publish_bus(home, bus::encode_home(conn, &bus::ToHome::Connect(wire)));
+        Some(Upstream::Remote { cluster, home, proxies: hub.proxies.clone(), proxied: hub.proxied.clone(), mode })
+    }
+
+    /// Hands one input on; `false` when the cores are gone. Over the bus nothing waits: a frame that cannot be
+    /// published (Redis down) is dropped, as on a broken socket.
+    async fn send(&self, input: Input) -> bool {
+        match self {
+            Upstream::Local(tx) => tx.send(input).await.is_ok(),
+            Upstream::Remote { cluster, home, .. } => {
+                let (conn, msg) = match input {
+                    Input::Text { conn, text } => (conn, bus::ToHome::Text(text.as_str().to_string())),
+                    Input::Binary { conn, len } => (conn, bus::ToHome::Binary(len)),
+                    Input::Ping { conn } => (conn, bus::ToHome::Ping),
+                    Input::Pong { conn } => (conn, bus::ToHome::Pong),
+                    Input::PingSent { conn } => (conn, bus::ToHome::PingSent),
+                    Input::Disconnect { conn, timed_out } => (conn, bus::ToHome::Disconnect { timed_out }),
+                    Input::Connect { .. } => return true,
+                };
+                cluster.publish_bus(*home, bus::encode_home(conn, &msg));
+                true
+            }
+        }
+    }
+
+    /// The socket is gone: a proxied one leaves the proxy table.
+    fn close(&self, conn: ConnectionId) {
+        if let Upstream::Remote { proxies, proxied, mode, .. } = self {
+            proxies.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+            proxied[mode_index(*mode)].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
