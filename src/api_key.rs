@@ -194,6 +194,10 @@ pub enum AdminKey {
     Generated,
     /// The admin key is revoked: the API answers 401 until `duet api-key rotate`.
     Revoked,
+    /// Cluster mode, no file here, and the shared database holds a live admin key (another node's): it is kept, not
+    /// replaced (a new node must not lock the others out). Copy that node's `api-key` file here to use it from this
+    /// node's data directory.
+    Elsewhere,
 }
 
 /// Makes the `api-key` file and the database agree at start (see the module doc). Errors: an unreadable or
@@ -221,6 +225,15 @@ pub async fn ensure_admin_key(data: &DataDir, store: &Store, now: i64) -> anyhow
             Ok(AdminKey::Generated)
         }
     }
+}
+
+/// Whether this data directory has no `api-key` file while the database holds a live admin key (in cluster mode:
+/// another node's, see [`AdminKey::Elsewhere`]).
+pub async fn live_key_elsewhere(data: &DataDir, store: &Store) -> anyhow::Result<bool> {
+    if data.read_api_key()?.is_some() {
+        return Ok(false);
+    }
+    Ok(store.api_key(ADMIN_KEY_ID).await?.is_some_and(|row| row.revoked_at.is_none()))
 }
 
 /// Issues a new admin key: written to `api-key.new`, recorded in the database (the old key fails from the next

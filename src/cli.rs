@@ -475,6 +475,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match running.api_key {
         AdminKey::Generated => eprintln!("duet: generated an admin API key in {key_file} (mode 0600)"),
         AdminKey::Loaded => eprintln!("duet: admin API key in {key_file}"),
+        AdminKey::Elsewhere => eprintln!(
+            "duet: the cluster's admin API key was made by another node; copy its api-key file to {key_file} to use it here"
+        ),
         AdminKey::Revoked => {
             tracing::warn!("the admin API key is revoked: the API answers 401; `duet api-key rotate` issues a new key");
             eprintln!("duet: the admin API key is revoked; run `duet api-key rotate` to write a new one to {key_file}");

@@ -130,7 +130,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let reminders_s = e.reminders.iter().map(|d| d.as_secs() as i64).collect();
         store = store.with_email(crate::booking::email_outbox::EmailPlan { reminders_s });
     }
-    let api_key = ensure_admin_key(&data, &store, unix_now()).await?;
+    let api_key = if config.cluster.is_some() && crate::api_key::live_key_elsewhere(&data, &store).await? {
+        AdminKey::Elsewhere
+    } else {
+        ensure_admin_key(&data, &store, unix_now()).await?
+    };
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let draining = CancellationToken::new();
