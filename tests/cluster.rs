@@ -12,15 +12,12 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::webrtc_call::{Events, Log, Ws, join_ok, next_json, open_signal, relay_only_peer};
-use common::{Daemon, metric, metric_sum, pg};
+use common::{Daemon, metric_sum};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -28,123 +25,6 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
-
-/// A `redis-server` of the test's own on a free loopback port, keeping nothing on disk. Killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok()?;
-        let mut r = Redis { port, child: None };
-        r.resume();
-        Some(r)
-    }
-
-    /// Starts the server (again) on its port and waits until it answers.
-    fn resume(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen within 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server (SIGKILL: everything it held is gone, as after a crash).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Three nodes, their database and their Redis. `nodes[i]` is `None` once killed.
-struct Cluster {
-    nodes: Vec<Option<Daemon>>,
-    redis: Redis,
-    _db: pg::TestDb,
-    _tmp: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Boots three nodes; the second and third get the first one's `secrets.toml` and `api-key` (every node of a
-    /// cluster shares them: README, "Several nodes"). `None` (SKIPPED) without PostgreSQL or `redis-server`.
-    async fn start(test: &str) -> Option<Cluster> {
-        let Some(db) = pg::TestDb::create() else {
-            eprintln!("SKIPPED {test}: set {} to run the cluster tests", pg::ENV);
-            return None;
-        };
-        let Some(redis) = Redis::start() else {
-            eprintln!("SKIPPED {test}: redis-server is not installed");
-            return None;
-        };
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let config =
-            |i: usize| format!("{}\n[cluster]\nredis_url = \"{}\"\nnode_id = \"node-{i}\"\n", db.config(), redis.url());
-        let first_dir = tmp.path().join("n1").join("data");
-        let first = Daemon::start_in(&first_dir, &config(1));
-        let mut nodes = vec![Some(first)];
-        for i in 2..=3 {
-            let dir = tmp.path().join(format!("n{i}")).join("data");
-            std::fs::create_dir_all(&dir).expect("data dir");
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-            for file in ["secrets.toml", "api-key"] {
-                copy_private(&first_dir.join(file), &dir.join(file));
-            }
-            nodes.push(Some(Daemon::start_in(&dir, &config(i))));
-        }
-        let c = Cluster { nodes, redis, _db: db, _tmp: tmp };
-        for i in 0..3 {
-            c.wait_metric(i, "duet_cluster_redis_up", 1.0).await;
-        }
-        Some(c)
-    }
-
-    fn node(&self, i: usize) -> &Daemon {
-        self.nodes[i].as_ref().expect("node is running")
-    }
-
-    /// Polls node `i`'s metrics until `name` (with labels) reads `value`; panics after 10 s.
-    async fn wait_metric(&self, i: usize, name: &str, value: f64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = self.node(i).metrics().await;
-            if metric(&text, name) == Some(value) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "node {} never showed {name} = {value}:\n{text}", i + 1);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn copy_private(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
 
 /// The host of `url` (`ws://127.0.0.1:port/…` or a `turn:` URL) as `127.0.0.1:port`.
 fn addr_in(url: &str) -> String {
@@ -618,4 +498,79 @@ async fn failures(c: &mut Cluster) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     flow.stop();
+}
+
+/// A raw WebSocket client.
+async fn raw(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}")).0
+}
+
+/// The next text frame, within 5 s.
+async fn text(ws: &mut Ws, what: &str) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("{what}: expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_y_and_peerjs_rooms_span_nodes() {
+    let extra = "[signaling.vy]\nenabled = true\n\n[signaling.peerjs]\nenabled = true\n";
+    let Some(c) = Cluster::start_with("virtual_y_and_peerjs_rooms_span_nodes", extra).await else { return };
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+
+    // Virtual Y: the customer on node 2, the instructor on node 1; both get `ready`, frames pass verbatim both ways.
+    let meeting = format!("m-{}", std::process::id());
+    let mut body = common::booking_body(60, 1800);
+    body["external_id"] = json!(meeting);
+    let (status, booking) = n3.create_booking(&body).await;
+    assert_eq!(status, 201, "{booking}");
+    let vy =
+        |d: &Daemon, instructor: bool| format!("ws://{}/?meetingId={meeting}&isInstructorRole={instructor}", d.http);
+    let mut customer = raw(&vy(n2, false)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut instructor = raw(&vy(n1, true)).await;
+    assert_eq!(text(&mut customer, "vy ready (customer, node 2)").await, "ready");
+    assert_eq!(text(&mut instructor, "vy ready (instructor, node 1)").await, "ready");
+    let offer = r#"{"type":"offer","sdp":"v=0\r\n\u00e9"}"#;
+    instructor.send(Message::text(offer)).await.expect("send");
+    assert_eq!(text(&mut customer, "vy relay 1 → 2").await, offer, "byte-identical across nodes");
+    let answer = r#"{ "type" : "answer", "sdp":"v=0" }"#;
+    customer.send(Message::text(answer)).await.expect("send");
+    assert_eq!(text(&mut instructor, "vy relay 2 → 1").await, answer, "byte-identical across nodes");
+
+    // PeerJS (legacy key): alice on node 1, bob on node 3; an OFFER reaches bob with src forced, payload verbatim.
+    let pj = |d: &Daemon, id: &str| format!("ws://{}/peerjs?key=peerjs&id={id}&token=t{id}&version=1.5.5", d.http);
+    let mut alice = raw(&pj(n1, "alice")).await;
+    assert_eq!(text(&mut alice, "OPEN alice").await, r#"{"type":"OPEN"}"#);
+    let mut bob = raw(&pj(n3, "bob")).await;
+    assert_eq!(text(&mut bob, "OPEN bob").await, r#"{"type":"OPEN"}"#);
+    let payload = r#"{"sdp":{"type":"offer","sdp":"v=0"},"type":"media","connectionId":"mc_1"}"#;
+    alice
+        .send(Message::text(format!(r#"{{"type":"OFFER","src":"mallory","dst":"bob","payload":{payload}}}"#)))
+        .await
+        .expect("send");
+    assert_eq!(
+        text(&mut bob, "peerjs OFFER 1 → 3").await,
+        format!(r#"{{"type":"OFFER","src":"alice","dst":"bob","payload":{payload}}}"#)
+    );
+    // The id is taken cluster-wide: a second "bob" with another token, on node 2, gets ID-TAKEN.
+    let mut bob2 = raw(&pj(n2, "bob").replace("token=tbob", "token=other")).await;
+    let taken = text(&mut bob2, "ID-TAKEN").await;
+    assert!(taken.contains("ID-TAKEN"), "{taken}");
+
+    // Cancelling the Virtual Y booking on node 2 closes both vy sockets with 4004.
+    let (status, body) = common::cancel_booking(n2, booking["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    for (who, ws) in [("instructor", &mut instructor), ("customer", &mut customer)] {
+        let end = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("closed in time");
+        let code = match end {
+            Some(Ok(Message::Close(Some(f)))) => Some(u16::from(f.code)),
+            other => panic!("{who}: {other:?}"),
+        };
+        assert_eq!(code, Some(4004), "{who}");
+    }
 }

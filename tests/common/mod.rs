@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod browser;
+pub mod cluster;
 pub mod coturn;
 pub mod pg;
 pub mod process;
