@@ -574,3 +574,37 @@ async fn virtual_y_and_peerjs_rooms_span_nodes() {
         assert_eq!(code, Some(4004), "{who}");
     }
 }
+
+/// A socket that goes while Redis is down (its goodbye to the home node is lost) still leaves its room once Redis is
+/// back: its node's hold lists no longer name it (README, "Several nodes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goodbye_lost_in_a_redis_outage_is_repaired() {
+    let Some(mut c) = Cluster::start("a_goodbye_lost_in_a_redis_outage_is_repaired").await else { return };
+    let booking = c.node(0).booking_now(60, 1800).await;
+    let host_join = join_ok(c.node(0), &booking, "host").await;
+    let guest_join = join_ok(c.node(1), &booking, "guest").await;
+    let mut host = welcomed(&host_join, "host").await;
+    let mut guest = welcomed(&guest_join, "guest").await;
+    ready(&mut host, "host").await;
+    ready(&mut guest, "guest").await;
+
+    c.redis.stop();
+    c.wait_metric(1, "duet_cluster_redis_up", 0.0).await;
+    guest.close(None).await.expect("close");
+    drop(guest);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.redis.resume();
+    let back = Instant::now();
+    let left = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match host.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"peer-left\"") => return t.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("the host's socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the host hears that the guest left within 30 s of Redis coming back");
+    eprintln!("peer-left {:?} after Redis came back: {left}", back.elapsed());
+}

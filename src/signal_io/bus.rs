@@ -9,7 +9,13 @@
 //! One frame is `<kind><conn> <arg>\n<payload>`: `kind` one ASCII letter, `conn` and `arg` decimal, `payload` the
 //! rest, verbatim (a relayed text frame is never re-encoded). Kinds to the home: `C` connect (payload: the admission
 //! as JSON), `T` text, `B` binary (`arg`: length), `P` client ping, `O` pong, `S` ping sent, `D` disconnect (`arg`:
-//! 1 after a ping timeout). Kinds to the proxy: `t` text, `c` close (`arg`: code, payload: reason), `p` ping.
+//! 1 after a ping timeout), `H` hold (`conn`: the sender's node number in the top bits, payload: the ids of the sockets
+//! the sender proxies to this home, comma-separated). Kinds to the proxy: `t` text, `c` close (`arg`: code, payload:
+//! reason), `p` ping.
+//!
+//! The hold list repairs what a lost frame would leave: a `D` dropped during a Redis outage would keep a socket that
+//! is gone in its room. Every proxy node sends each live node its hold list every few seconds; a remote socket
+//! missing from two lists in a row (a socket that connects between the two is in the second) leaves its room.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +54,8 @@ pub enum ToHome {
         /// After a ping timeout.
         timed_out: bool,
     },
+    /// The sockets (ids) the sending node proxies to this home now; sent with the sender's node number as `conn`.
+    Hold(Vec<u64>),
 }
 
 /// A home's output for a proxied socket.
@@ -91,6 +99,10 @@ pub fn encode_home(conn: ConnectionId, msg: &ToHome) -> Vec<u8> {
         ToHome::Pong => frame(b'O', conn, 0, b""),
         ToHome::PingSent => frame(b'S', conn, 0, b""),
         ToHome::Disconnect { timed_out } => frame(b'D', conn, u64::from(*timed_out), b""),
+        ToHome::Hold(ids) => {
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            frame(b'H', conn, 0, list.join(",").as_bytes())
+        }
     }
 }
 
@@ -121,6 +133,15 @@ pub fn decode(bytes: &[u8]) -> Option<Frame> {
         b'O' => Frame::Home(conn, ToHome::Pong),
         b'S' => Frame::Home(conn, ToHome::PingSent),
         b'D' => Frame::Home(conn, ToHome::Disconnect { timed_out: arg == 1 }),
+        b'H' => {
+            let text = std::str::from_utf8(payload).ok()?;
+            let ids = if text.is_empty() {
+                Vec::new()
+            } else {
+                text.split(',').map(|i| i.parse().ok()).collect::<Option<Vec<u64>>>()?
+            };
+            Frame::Home(conn, ToHome::Hold(ids))
+        }
         b't' => Frame::Proxy(conn, ToProxy::Text(text()?)),
         b'c' => Frame::Proxy(conn, ToProxy::Close(u16::try_from(arg).ok()?, text()?)),
         b'p' => Frame::Proxy(conn, ToProxy::Ping),
@@ -276,6 +297,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match decode(&encode_home(conn, &ToHome::Hold(vec![1, 2 << 40]))) {
+            Some(Frame::Home(_, ToHome::Hold(ids))) => assert_eq!(ids, vec![1, 2 << 40]),
+            other => panic!("{other:?}"),
+        }
+        match decode(&encode_home(conn, &ToHome::Hold(Vec::new()))) {
+            Some(Frame::Home(_, ToHome::Hold(ids))) => assert!(ids.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            decode(
+                b"H1 0
+1,x"
+            )
+            .is_none()
+        );
         match decode(&encode_home(conn, &ToHome::Disconnect { timed_out: true })) {
             Some(Frame::Home(_, ToHome::Disconnect { timed_out })) => assert!(timed_out),
             other => panic!("{other:?}"),

@@ -71,6 +71,9 @@ struct ConnEntry {
     room: Option<Arc<str>>,
 }
 
+/// How often a node tells every other live node which sockets it proxies to it ([`bus`], hold list).
+const HOLD_EVERY: Duration = Duration::from_secs(5);
+
 /// Close code for sockets this node lets go so that their clients reconnect to another node (IANA WebSocket registry:
 /// 1012 "Service Restart"; duet.js and the join page reconnect on it): their room's home is another node, or their
 /// home node died.
@@ -139,6 +142,11 @@ enum Input {
     Disconnect {
         conn: ConnectionId,
         timed_out: bool,
+    },
+    /// Cluster mode: the sockets node `node` proxies to this node's rooms now ([`bus::ToHome::Hold`]).
+    Hold {
+        node: u32,
+        conns: HashSet<ConnectionId>,
     },
 }
 
@@ -252,6 +260,7 @@ impl HubHandle {
             remote: [0; 3],
             proxied: proxied.clone(),
             ctl: ctl.clone(),
+            missing: HashSet::new(),
         };
         tokio::spawn(run(cores, rx, ctl_rx, metrics.clone(), shutdown.clone()));
         if let (Some(c), Some(bus_rx)) = (&cluster, bus_rx) {
@@ -339,6 +348,8 @@ struct Cores {
     proxied: Arc<[AtomicI64; 3]>,
     /// The control queue, for answers of spawned lease renewals.
     ctl: mpsc::UnboundedSender<Control>,
+    /// Remote connections missing from their node's last hold list (they leave at the second miss).
+    missing: HashSet<ConnectionId>,
 }
 
 fn mode_index(mode: Mode) -> usize {
@@ -511,6 +522,32 @@ impl Cores {
             Input::Disconnect { conn, timed_out } => {
                 if let Some(entry) = self.forget(conn) {
                     self.gone(now, conn, entry.mode, timed_out);
+                }
+            }
+            Input::Hold { node, conns } => {
+                let absent: Vec<ConnectionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(c, e)| matches!(e.sink, Sink::Remote(n) if n == node) && !conns.contains(c))
+                    .map(|(c, _)| *c)
+                    .collect();
+                let mut gone = Vec::new();
+                let mut missing = HashSet::new();
+                for conn in absent {
+                    if self.missing.contains(&conn) {
+                        gone.push(conn);
+                    } else {
+                        missing.insert(conn);
+                    }
+                }
+                // Misses of other nodes' sockets are kept; this node's are replaced by this list's.
+                self.missing.retain(|c| bus::node_of(*c) != node);
+                self.missing.extend(missing);
+                for conn in gone {
+                    tracing::info!(target: "duet::cluster", %conn, "a remote socket its node no longer holds leaves its room");
+                    if let Some(entry) = self.forget(conn) {
+                        self.gone(now, conn, entry.mode, false);
+                    }
                 }
             }
         }
@@ -694,6 +731,9 @@ async fn bus_inbound(
                 bus::ToHome::Pong => Input::Pong { conn },
                 bus::ToHome::PingSent => Input::PingSent { conn },
                 bus::ToHome::Disconnect { timed_out } => Input::Disconnect { conn, timed_out },
+                bus::ToHome::Hold(ids) => {
+                    Input::Hold { node: bus::node_of(conn), conns: ids.into_iter().map(ConnectionId).collect() }
+                }
             },
             bus::Frame::Proxy(conn, msg) => {
                 let out = match msg {
@@ -731,9 +771,25 @@ async fn watch_nodes(
     shutdown: CancellationToken,
 ) {
     let mut alive = cluster.alive_nodes();
+    let mut hold = tokio::time::interval(HOLD_EVERY);
     loop {
         tokio::select! {
             r = alive.changed() => if r.is_err() { return },
+            _ = hold.tick() => {
+                // Every live node hears which of its rooms' sockets this node holds (see `bus`, hold list).
+                let Some(set) = alive.borrow().clone() else { continue };
+                let mut by_home: HashMap<u32, Vec<u64>> = set.iter().filter(|&&n| n != cluster.node()).map(|&n| (n, Vec::new())).collect();
+                for (conn, p) in proxies.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    if let Some(list) = by_home.get_mut(&p.home) {
+                        list.push(conn.0);
+                    }
+                }
+                let me = ConnectionId(u64::from(cluster.node()) << bus::NODE_SHIFT);
+                for (home, ids) in by_home {
+                    cluster.publish_bus(home, bus::encode_home(me, &bus::ToHome::Hold(ids)));
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         }
         let Some(set) = alive.borrow_and_update().clone() else { continue };
@@ -957,7 +1013,7 @@ impl Upstream {
                     Input::Pong { conn } => (conn, bus::ToHome::Pong),
                     Input::PingSent { conn } => (conn, bus::ToHome::PingSent),
                     Input::Disconnect { conn, timed_out } => (conn, bus::ToHome::Disconnect { timed_out }),
-                    Input::Connect { .. } => return true,
+                    Input::Connect { .. } | Input::Hold { .. } => return true,
                 };
                 cluster.publish_bus(*home, bus::encode_home(conn, &msg));
                 true
