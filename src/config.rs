@@ -1464,6 +1464,33 @@ mod tests {
     }
 
     #[test]
+    fn cluster_needs_postgres_a_redis_url_and_a_clean_node_id() {
+        let parse = |t: &str| RawConfig::from_toml(t).unwrap().into_config(&Overrides::default());
+        let pg = "[database]\nurl = \"postgres://u:p@127.0.0.1/duet\"\n";
+        let c = parse(&format!("{pg}[cluster]\nredis_url = \"redis://:pw@10.0.0.5:6379/0\"\nnode_id = \"duet-1\"\n"))
+            .unwrap();
+        let cl = c.cluster.expect("cluster mode");
+        assert_eq!(cl.node_id, "duet-1");
+        assert!(!format!("{cl:?}").contains("pw"), "the Redis URL is never printed: {cl:?}");
+        assert!(parse(pg).unwrap().cluster.is_none(), "no [cluster]: a single node");
+        for (text, key) in [
+            ("[cluster]\nredis_url = \"redis://127.0.0.1\"\n".to_string(), "cluster"),
+            (format!("{pg}[cluster]\n"), "cluster.redis_url"),
+            (format!("{pg}[cluster]\nredis_url = \"rediss://h\"\n"), "cluster.redis_url"),
+            (format!("{pg}[cluster]\nredis_url = \"nope\"\n"), "cluster.redis_url"),
+            (format!("{pg}[cluster]\nredis_url = \"redis://h\"\nnode_id = \"a b\"\n"), "cluster.node_id"),
+            (format!("{pg}[cluster]\nredis_url = \"redis://h\"\nnode_id = \"\"\n"), "cluster.node_id"),
+        ] {
+            if std::env::var_os("DUET_CLUSTER_REDIS_URL").is_some() && key == "cluster.redis_url" {
+                continue;
+            }
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(!e.contains(":pw@"), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_it() {
         let e = RawConfig::from_toml("[turn]\nrelm = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("relm"), "{e}");
