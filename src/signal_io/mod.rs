@@ -414,7 +414,8 @@ impl Cores {
         }
         let room: Option<Arc<str>> = match (&self.cluster, room) {
             (Some(_), Some(r)) => {
-                let key: Arc<str> = self.homed.keys().find(|k| ***k == *r).cloned().unwrap_or_else(|| r.into());
+                let key: Arc<str> =
+                    self.homed.get_key_value(r.as_str()).map_or_else(|| Arc::from(r.as_str()), |(k, _)| k.clone());
                 *self.homed.entry(key.clone()).or_default() += 1;
                 Some(key)
             }
