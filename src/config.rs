@@ -253,6 +253,11 @@ pub struct RawHttp {
 pub struct RawAdmin {
     /// Listen address (default `127.0.0.1:9464`).
     pub listen: Option<String>,
+    /// When set, `/metrics` asks for HTTP Basic auth with this user name (`/healthz` and `/readyz` stay open).
+    pub metrics_basic_auth_user: Option<String>,
+    /// File holding the Basic auth password of `/metrics` (trailing newline trimmed; e.g. a systemd credential,
+    /// `/run/credentials/duet.service/metrics-password`). The environment variable `DUET_METRICS_PASSWORD` wins.
+    pub metrics_basic_auth_password_file: Option<PathBuf>,
 }
 
 /// `[turn]`: the STUN/TURN relay.
@@ -480,6 +485,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// Admin listen address.
     pub admin_listen: SocketAddr,
+    /// HTTP Basic credentials `/metrics` asks for (`None`: open, as the listener should be private).
+    pub metrics_auth: Option<(String, Secret)>,
     /// TURN settings.
     pub turn: TurnConfig,
     /// Join-window policy.
@@ -1025,6 +1032,48 @@ impl RawConfig {
             "admin.listen",
             o.admin_listen.as_deref().or(self.admin.listen.as_deref()).unwrap_or("127.0.0.1:9464"),
         )?;
+        let metrics_auth = {
+            let password =
+                match (std::env::var("DUET_METRICS_PASSWORD").ok(), &self.admin.metrics_basic_auth_password_file) {
+                    (Some(p), _) => Some(p),
+                    (None, Some(path)) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| {
+                                invalid("admin.metrics_basic_auth_password_file", format!("{}: {e}", path.display()))
+                            })?
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string(),
+                    ),
+                    (None, None) => None,
+                };
+            match (self.admin.metrics_basic_auth_user.take(), password) {
+                (None, None) => None,
+                (Some(user), Some(password)) => {
+                    if user.is_empty() || user.contains(':') {
+                        return Err(invalid("admin.metrics_basic_auth_user", "must be non-empty and without ':'"));
+                    }
+                    if password.len() < 16 {
+                        return Err(invalid(
+                            "admin.metrics_basic_auth_password_file",
+                            "the password must be at least 16 characters",
+                        ));
+                    }
+                    Some((user, Secret(password)))
+                }
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "admin.metrics_basic_auth_password_file",
+                        "metrics_basic_auth_user needs a password (this file or DUET_METRICS_PASSWORD)",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "admin.metrics_basic_auth_user",
+                        "a metrics password is set (file or DUET_METRICS_PASSWORD) without a user",
+                    ));
+                }
+            }
+        };
         let listen_udp = match (&o.turn_listen, &self.turn.listen_udp) {
             (Some(a), _) => vec![addr("turn.listen_udp", a)?],
             (None, Some(list)) => list.iter().map(|a| addr("turn.listen_udp", a)).collect::<Result<_, _>>()?,
@@ -1360,6 +1409,7 @@ impl RawConfig {
             http_limits,
             http_listen,
             admin_listen,
+            metrics_auth,
             turn,
             booking,
             session_ttl,

@@ -229,6 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Cluster mode: the Redis link (a Redis that is down now is a degraded start, not a failed one).
     let (cluster, cluster_inbound) = match &config.cluster {
         Some(c) => {
+            crate::cluster::set_node_name(&c.node_id);
             let (cluster, inbound) = crate::cluster::Cluster::start(c, &metrics, shutdown.clone())?;
             (Some(cluster), Some(inbound))
         }
@@ -318,6 +319,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .transpose()?;
     // One set of connection caps for both public listeners (http_serve).
     let limits = ConnectionLimits::new(config.http_limits, config.trusted_proxies.clone(), metrics.clone());
+    // `/readyz` reports a public listener whose serve task ended before shutdown.
+    let listeners = admin::Listeners::default();
+    let watched = |name: &'static str, serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+        let (listeners, shutdown) = (listeners.clone(), shutdown.clone());
+        listeners.up(name);
+        async move {
+            serve.await;
+            if !shutdown.is_cancelled() {
+                tracing::error!(listener = name, "a listener stopped serving");
+                listeners.down(name);
+            }
+        }
+    };
     if let Some(listener) = vy_listener {
         let vy_app = Router::new()
             .fallback(signal_io::vy::fallback)
@@ -325,26 +339,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_state(state);
         let serve =
             http_serve::serve(listener, vy_tls.clone(), vy_app, limits.clone(), shutdown.clone(), tasks.clone(), "vy");
-        tasks.spawn(serve);
+        tasks.spawn(watched("vy", Box::pin(serve)));
     }
     let state_store = store.clone();
     let state_store_calls = store.clone();
     let retention_store = store.clone();
-    let admin_app =
-        admin::router(AdminState { metrics: metrics.clone(), relay: relay.clone(), store, draining: draining.clone() });
+    let admin_app = admin::router(AdminState {
+        metrics: metrics.clone(),
+        relay: relay.clone(),
+        store,
+        draining: draining.clone(),
+        cluster: cluster.clone(),
+        listeners: listeners.clone(),
+        metrics_auth: config.metrics_auth.clone().map(Arc::new),
+    });
     let http_tls = config
         .http_tls
         .as_ref()
         .map(|(c, k)| TlsConfig::load(c, k).context("[http] tls_cert / tls_key"))
         .transpose()?;
-    tasks.spawn(http_serve::serve(
-        http_listener,
-        http_tls.clone(),
-        app,
-        limits,
-        shutdown.clone(),
-        tasks.clone(),
+    tasks.spawn(watched(
         "http",
+        Box::pin(http_serve::serve(
+            http_listener,
+            http_tls.clone(),
+            app,
+            limits,
+            shutdown.clone(),
+            tasks.clone(),
+            "http",
+        )),
     ));
     let sd = shutdown.clone();
     tasks.spawn(async move {

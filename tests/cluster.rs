@@ -460,6 +460,13 @@ async fn failures(c: &mut Cluster) {
     let before = Instant::now();
     c.redis.stop();
     c.wait_metric(0, "duet_cluster_redis_up", 0.0).await;
+    let r = reqwest::get(format!("http://{}/readyz", c.node(0).admin)).await.expect("readyz");
+    assert_eq!(r.status().as_u16(), 200, "a Redis outage degrades readiness, it does not take the node out");
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["reasons"], json!(["redis_down"]), "{body}");
+    assert_eq!(body["checks"]["redis"], "down", "{body}");
+    assert_eq!(body["checks"]["node"], "node-1", "{body}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.redis.resume();
     for i in [0, 2] {

@@ -1011,7 +1011,8 @@ pub(crate) async fn create_checked(
         Err(e) => return Err(e.into()),
     }
     state.metrics.bookings.with_label_values(&["created"]).inc();
-    tracing::info!(target: "booking", booking = %booking.id, start, end, status = booking.status.as_str(), "booking created");
+    tracing::info!(target: "booking", booking = %booking.id, tenant = %booking.tenant_id, start, end,
+        status = booking.status.as_str(), node = crate::cluster::node_name(), "booking created");
     let view = BookingView::of(&booking, now, Some((state, &link_tokens)));
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
@@ -1092,7 +1093,8 @@ pub(crate) async fn apply_transition(
             )
             .await;
         }
-        tracing::info!(target: "booking", booking = %b.id, status = to.as_str(), "booking status changed");
+        tracing::info!(target: "booking", booking = %b.id, tenant = %b.tenant_id, status = to.as_str(),
+            node = crate::cluster::node_name(), "booking status changed");
     }
     Ok(Some((b, t)))
 }

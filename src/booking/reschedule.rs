@@ -210,7 +210,7 @@ pub async fn patch_booking(
     }
     let label = if rescheduled { reason } else { "updated" };
     state.metrics.bookings.with_label_values(&[label]).inc();
-    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = label, "booking changed");
+    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = label, node = crate::cluster::node_name(), "booking changed");
     if rescheduled {
         follow_window(&state, &new.tenant_id, &new.id).await;
     }
@@ -258,7 +258,7 @@ pub(crate) async fn reschedule_to(state: &AppState, old: &Booking, start: i64, e
         Err(e) => return Err(e.into()),
     }
     state.metrics.bookings.with_label_values(&["rescheduled"]).inc();
-    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = "rescheduled", "booking changed");
+    tracing::info!(target: "booking", booking = %new.id, sequence = new.sequence, start, end, event = "rescheduled", node = crate::cluster::node_name(), "booking changed");
     follow_window(state, &old.tenant_id, &old.id).await;
     Ok(state.store.booking(Some(&old.tenant_id), &old.id).await?.unwrap_or(new))
 }

@@ -434,6 +434,19 @@ impl Cluster {
     }
 }
 
+/// This node's name for logs: `[cluster] node_id`, or `"local"` for a single node. Set once at start.
+static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets [`node_name`] (the first call wins).
+pub fn set_node_name(name: &str) {
+    let _ = NODE_NAME.set(name.to_string());
+}
+
+/// This node's name in log lines (`node=…`): `[cluster] node_id`, or `"local"`.
+pub fn node_name() -> &'static str {
+    NODE_NAME.get().map_or("local", String::as_str)
+}
+
 /// The Redis key of a room's home lease.
 fn lease_key(room: &str) -> String {
     format!("duet:home:{room}")

@@ -572,6 +572,7 @@ impl RelayHandle {
         }
         // Allocation starts and ends, for call reports (queued only with `report_allocations`).
         while let Some(event) = core.server.poll_event() {
+            log_allocation(&event);
             let Some(facts) = self.inner.facts.get() else { continue };
             let fact = match event {
                 AllocationEvent::Started { booking, participant, transport, .. } => Fact::RelayStarted {
@@ -885,6 +886,25 @@ impl RelayHandle {
         {
             m.turn_allocations_active.with_label_values(&[transport]).set(v as i64);
         }
+    }
+}
+
+/// One `duet::call` log line per allocation start and end (README, "Logs"): booking, participant, transport, and at
+/// the end its duration and bytes each way. Never credentials or addresses.
+fn log_allocation(event: &AllocationEvent) {
+    let node = crate::cluster::node_name();
+    match event {
+        AllocationEvent::Started { booking, participant, transport, .. } => {
+            tracing::info!(target: "duet::call", event = "relay_started", booking = %booking, participant = %participant,
+                transport = transport_label(*transport), node, "TURN allocation started");
+        }
+        AllocationEvent::Ended { booking, participant, transport, bytes_to_peer, bytes_to_client, started, ended } => {
+            let duration_ms = ended.saturating_duration_since(*started).as_millis() as u64;
+            tracing::info!(target: "duet::call", event = "relay_ended", booking = %booking, participant = %participant,
+                transport = transport_label(*transport), duration_ms, bytes_to_peer, bytes_to_client, node,
+                "TURN allocation ended");
+        }
+        _ => {}
     }
 }
 

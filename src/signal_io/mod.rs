@@ -261,6 +261,7 @@ impl HubHandle {
             proxied: proxied.clone(),
             ctl: ctl.clone(),
             missing: HashSet::new(),
+            joined_at: HashMap::new(),
         };
         tokio::spawn(run(cores, rx, ctl_rx, metrics.clone(), shutdown.clone()));
         if let (Some(c), Some(bus_rx)) = (&cluster, bus_rx) {
@@ -350,6 +351,8 @@ struct Cores {
     ctl: mpsc::UnboundedSender<Control>,
     /// Remote connections missing from their node's last hold list (they leave at the second miss).
     missing: HashSet<ConnectionId>,
+    /// When each occupied slot's participant joined (for `in_room_ms` in the `left` log line).
+    joined_at: HashMap<(String, duet_signaling::Role), Instant>,
 }
 
 fn mode_index(mode: Mode) -> usize {
@@ -465,6 +468,35 @@ impl Cores {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// One `duet::call` log line per room lifecycle event (README, "Logs"): who joined or left which booking's room,
+    /// in which role, how long they were in it, why they left; sessions formed; rooms closed. Never tokens or SDP.
+    fn log_event(&mut self, e: &HubEvent) {
+        let node = crate::cluster::node_name();
+        match e {
+            HubEvent::Joined { booking, participant, role } => {
+                self.joined_at.insert((booking.clone(), *role), Instant::now());
+                tracing::info!(target: "duet::call", event = "joined", booking = %booking, participant = %participant,
+                    role = role.as_str(), node, "participant joined the room");
+            }
+            HubEvent::Left { booking, participant, role, reason } => {
+                let in_room_ms =
+                    self.joined_at.remove(&(booking.clone(), *role)).map_or(0, |t| t.elapsed().as_millis() as u64);
+                tracing::info!(target: "duet::call", event = "left", booking = %booking, participant = %participant,
+                    role = role.as_str(), reason = reason.as_str(), in_room_ms, node, "participant left the room");
+            }
+            HubEvent::Ready { booking, session } => {
+                tracing::info!(target: "duet::call", event = "ready", booking = %booking, session, node,
+                    "both participants are in the room");
+            }
+            HubEvent::RoomClosed { booking, reason } => {
+                self.joined_at.retain(|(b, _), _| b != booking);
+                tracing::info!(target: "duet::call", event = "room_closed", booking = %booking,
+                    reason = reason.as_str(), node, "room closed");
+            }
+            _ => {}
         }
     }
 
@@ -657,6 +689,7 @@ impl Cores {
                     }
                 }
                 Output::Event(e) => {
+                    self.log_event(&e);
                     match &e {
                         HubEvent::Ready { .. } => metrics.signal_ready.inc(),
                         HubEvent::Dropped { reason } => {
