@@ -65,6 +65,10 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct RawConfig {
     /// Directory of the SQLite database, generated secrets and the admin API key (default `./duet-data`).
     pub data_dir: Option<PathBuf>,
+    /// Read the secrets (TURN secrets, session keys, nonce key) from this file instead of `<data_dir>/secrets.toml`;
+    /// it is never generated and must be private (0600 or 0400), e.g. a systemd credential
+    /// (`/run/credentials/duet.service/secrets.toml`). `DUET_SECRETS_FILE` wins.
+    pub secrets_file: Option<PathBuf>,
     /// Base URL that join links and `signal_url` are built from (default `http://<http.listen>`).
     pub public_url: Option<String>,
     /// `[http]`.
@@ -119,6 +123,8 @@ pub struct RawCluster {
     /// Redis URL (`redis://[user:password@]host:port[/db]`; no TLS: keep Redis on a private network). The environment variable
     /// `DUET_CLUSTER_REDIS_URL` overrides it.
     pub redis_url: Option<String>,
+    /// File holding the Redis URL (trailing newline trimmed). Not together with `redis_url`.
+    pub redis_url_file: Option<PathBuf>,
     /// This node's name in logs and `/readyz` (default: the host name). 1 to 64 characters of `[A-Za-z0-9._-]`.
     pub node_id: Option<String>,
 }
@@ -211,8 +217,11 @@ pub struct RawWebhooks {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     /// `postgres://user:password@host:port/database` for PostgreSQL; absent for the embedded SQLite database in
-    /// `data_dir`. A secret (it may carry a password): never printed.
+    /// `data_dir`. A secret (it may carry a password): never printed. `DUET_DATABASE_URL` wins; `url_file` instead
+    /// reads it from a file.
     pub url: Option<Secret>,
+    /// File holding the URL (trailing newline trimmed), e.g. a systemd credential. Not together with `url`.
+    pub url_file: Option<PathBuf>,
     /// Most open connections of the pool (default 8 for SQLite, 16 for PostgreSQL; 1 to 1000).
     pub max_connections: Option<u32>,
 }
@@ -473,6 +482,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Data directory (database, secrets, api-key).
     pub data_dir: PathBuf,
+    /// Where the secrets are read from instead of `<data_dir>/secrets.toml` (`None`: there).
+    pub secrets_file: Option<PathBuf>,
     /// Explicit public base URL, if configured.
     pub public_url: Option<String>,
     /// HTTP listen address.
@@ -1361,10 +1372,14 @@ impl RawConfig {
         let cluster = match self.cluster.take() {
             None => None,
             Some(c) => {
-                let url = std::env::var("DUET_CLUSTER_REDIS_URL")
-                    .ok()
-                    .or(c.redis_url)
-                    .ok_or_else(|| invalid("cluster.redis_url", "required in cluster mode"))?;
+                let url = secret_setting(
+                    "cluster.redis_url",
+                    "cluster.redis_url_file",
+                    "DUET_CLUSTER_REDIS_URL",
+                    c.redis_url,
+                    c.redis_url_file.as_deref(),
+                )?
+                .ok_or_else(|| invalid("cluster.redis_url", "required in cluster mode"))?;
                 let parsed =
                     url::Url::parse(&url).map_err(|e| invalid("cluster.redis_url", format!("not a URL ({e})")))?;
                 if parsed.scheme() != "redis" {
@@ -1394,7 +1409,9 @@ impl RawConfig {
                 Some(ClusterConfig { redis_url: Secret(url), node_id })
             }
         };
+        let secrets_file = std::env::var_os("DUET_SECRETS_FILE").map(PathBuf::from).or(self.secrets_file.take());
         Ok(Config {
+            secrets_file,
             cluster,
             database,
             webhooks,
@@ -1432,14 +1449,47 @@ impl RawDatabase {
         {
             return Err(invalid("database.max_connections", format!("{n}: between 1 and 1000")));
         }
-        Ok(match &self.url {
+        let url = secret_setting(
+            "database.url",
+            "database.url_file",
+            "DUET_DATABASE_URL",
+            self.url.as_ref().map(|s| s.expose().to_string()),
+            self.url_file.as_deref(),
+        )?;
+        Ok(match url {
             None => DatabaseConfig::Sqlite { max_connections: self.max_connections.unwrap_or(8) },
             Some(url) => DatabaseConfig::Postgres {
-                url: DatabaseUrl::parse(url.expose())?,
+                url: DatabaseUrl::parse(&url)?,
                 max_connections: self.max_connections.unwrap_or(16),
             },
         })
     }
+}
+
+/// A secret setting `key` (e.g. `database.url`) from, in this order: the environment variable `env` (containers), the
+/// file `<key>_file` (its content, trailing newline trimmed: systemd `LoadCredential=`, Docker or Kubernetes secrets),
+/// the inline value. Errors name the key, never the value: both inline and a file given, or a file that cannot be
+/// read.
+fn secret_setting(
+    key: &'static str,
+    file_key: &'static str,
+    env: &str,
+    inline: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, ConfigError> {
+    if inline.is_some() && file.is_some() {
+        return Err(invalid(key, format!("give either `{key}` or `{file_key}`, not both")));
+    }
+    if let Ok(v) = std::env::var(env)
+        && !v.is_empty()
+    {
+        return Ok(Some(v));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(file_key, format!("{}: {e}", path.display())))?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    Ok(inline)
 }
 
 impl Config {
@@ -1510,6 +1560,36 @@ mod tests {
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_both_forms_at_once_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("db-url");
+        std::fs::write(&f, "postgres://duet:s3cret@127.0.0.1:5432/duet\n").unwrap();
+        let parse = |x: &str| RawConfig::from_toml(x).unwrap().into_config(&Overrides::default());
+        if std::env::var_os("DUET_DATABASE_URL").is_none() {
+            let c = parse(&format!("[database]\nurl_file = {:?}\n", f.display().to_string())).unwrap();
+            let DatabaseConfig::Postgres { url, .. } = &c.database else { panic!("postgres from the file") };
+            assert!(!format!("{url:?}").contains("s3cret"), "{url:?}");
+        }
+        let both = format!("[database]\nurl = \"postgres://h/d\"\nurl_file = {:?}\n", f.display().to_string());
+        let e = parse(&both).unwrap_err().to_string();
+        assert!(e.contains("database.url") && e.contains("not both"), "{e}");
+        let e = parse("[database]\nurl_file = \"/nonexistent/db-url\"\n").unwrap_err().to_string();
+        assert!(e.contains("database.url_file") && e.contains("/nonexistent/db-url"), "{e}");
+        let pg = "[database]\nurl = \"postgres://h/d\"\n";
+        let e = parse(&format!("{pg}[cluster]\nredis_url_file = \"/nonexistent/r\"\n")).unwrap_err().to_string();
+        if std::env::var_os("DUET_CLUSTER_REDIS_URL").is_none() {
+            assert!(e.contains("cluster.redis_url_file"), "{e}");
+        }
+        if std::env::var_os("DUET_SECRETS_FILE").is_none() {
+            let c = parse("secrets_file = \"/run/credentials/duet.service/secrets.toml\"\n").unwrap();
+            assert_eq!(
+                c.secrets_file.as_deref(),
+                Some(std::path::Path::new("/run/credentials/duet.service/secrets.toml"))
+            );
         }
     }
 

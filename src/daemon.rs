@@ -123,7 +123,7 @@ fn url_host(ip: IpAddr) -> String {
 
 /// Starts everything and returns once all listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let data = DataDir::open(&config.data_dir)?;
+    let data = DataDir::open(&config.data_dir)?.with_secrets_file(config.secrets_file.clone());
     let secrets = data.secrets()?;
     let mut store = Store::open_configured(&config.database, &data).await?;
     if let Some(e) = &config.email {

@@ -143,6 +143,9 @@ fn random_b64() -> String {
 pub struct DataDir {
     /// Its path.
     pub path: PathBuf,
+    /// `secrets_file` (or `DUET_SECRETS_FILE`): the secrets come from this file instead of `<path>/secrets.toml`, and
+    /// are never generated (e.g. a systemd credential, or the same file mounted on every node of a cluster).
+    secrets_file: Option<PathBuf>,
 }
 
 impl DataDir {
@@ -169,7 +172,7 @@ impl DataDir {
                 path.display()
             );
         }
-        Ok(DataDir { path: path.to_path_buf() })
+        Ok(DataDir { path: path.to_path_buf(), secrets_file: None })
     }
 
     /// Path of the SQLite database, created empty with mode 0600 if missing (SQLite gives its `-wal` and `-shm`
@@ -187,9 +190,19 @@ impl DataDir {
         self.path.join("api-key")
     }
 
-    /// Loads `secrets.toml`, generating it (0600) on first start.
+    /// Reads the secrets from `file` instead of `secrets.toml` in the directory ([`DataDir::secrets`]).
+    pub fn with_secrets_file(mut self, file: Option<PathBuf>) -> DataDir {
+        self.secrets_file = file;
+        self
+    }
+
+    /// Loads `secrets.toml`, generating it (0600) on first start; or the configured `secrets_file`, which must exist
+    /// (it is never generated) and be private like `secrets.toml`.
     pub fn secrets(&self) -> anyhow::Result<Secrets> {
-        let p = self.path.join("secrets.toml");
+        let p = self.secrets_file.clone().unwrap_or_else(|| self.path.join("secrets.toml"));
+        if self.secrets_file.is_some() && !p.exists() {
+            bail!("secrets_file {} does not exist (it is never generated: copy a secrets.toml there)", p.display());
+        }
         if p.exists() {
             check_private(&p)?;
             let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;

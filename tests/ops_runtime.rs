@@ -128,3 +128,64 @@ async fn one_log_line_per_call_lifecycle_event() {
         assert!(!all.contains(secret), "the log holds a token, credential or SDP");
     }
 }
+
+/// `secrets_file`: the secrets come from a file outside the data directory (a systemd credential, or one file for
+/// every node of a cluster); it is never generated, and a missing one is refused at start.
+#[tokio::test]
+async fn secrets_come_from_a_secrets_file() {
+    let first = Daemon::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let creds = tmp.path().join("credentials");
+    std::fs::create_dir(&creds).expect("mkdir");
+    let file = creds.join("secrets.toml");
+    std::fs::copy(first.data_dir.join("secrets.toml"), &file).expect("copy");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod");
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nsecrets_file = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [turn]\nlisten_udp = [\"127.0.0.1:0\"]\n",
+            data.display().to_string(),
+            file.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let second = common::start_with_args(&["serve", "--config", config.to_str().expect("utf-8")], tmp.path());
+    assert!(!data.join("secrets.toml").exists(), "no secrets.toml is generated next to the database");
+    // The same session keys: a session token issued by the first daemon is accepted by the second's hub.
+    let booking = first.booking_now(60, 1800).await;
+    let join = join_as(&first, &booking, "host").await;
+    let url =
+        format!("ws://{}/v1/signal?token={}", second.http, join["session_token"].as_str().expect("session token"));
+    let r = tokio_tungstenite::connect_async(&url).await;
+    // The second daemon has its own database: the token verifies (same key), then the booking is unknown there.
+    match r {
+        Ok((mut ws, _)) => {
+            let frame = ws.next().await;
+            assert!(
+                !matches!(&frame, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 4001),
+                "a token signed with the shared key is not refused as a bad token: {frame:?}"
+            );
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_ne!(resp.status().as_u16(), 401, "a token signed with the shared key verifies")
+        }
+        Err(e) => panic!("{e}"),
+    }
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "data_dir = {:?}\nsecrets_file = \"/nonexistent/secrets.toml\"\n",
+            tmp.path().join("d2").display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_duet"));
+    cmd.args(["serve", "--config"]).arg(&bad).env("RUST_LOG", "warn");
+    let run = common::process::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(!run.status.success(), "a missing secrets_file is refused");
+    assert!(run.stderr.contains("/nonexistent/secrets.toml"), "{}", run.stderr);
+}
