@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -614,4 +615,49 @@ async fn a_goodbye_lost_in_a_redis_outage_is_repaired() {
     .await
     .expect("the host hears that the guest left within 30 s of Redis coming back");
     eprintln!("peer-left {:?} after Redis came back: {left}", back.elapsed());
+}
+
+/// SIGTERM drains one node: it refuses new joins (503, so the balancer sends them to the others) while its running
+/// call goes on, signaling across nodes included; once its last socket is gone it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_takes_no_new_joins_and_lets_its_call_finish() {
+    let Some(mut c) = Cluster::start("a_draining_node_takes_no_new_joins_and_lets_its_call_finish").await else {
+        return;
+    };
+    let booking = c.node(0).booking_now(60, 1800).await;
+    let host_join = join_ok(c.node(0), &booking, "host").await;
+    let guest_join = join_ok(c.node(1), &booking, "guest").await;
+    let mut host = welcomed(&host_join, "host").await;
+    let mut guest = welcomed(&guest_join, "guest").await;
+    ready(&mut host, "host").await;
+    ready(&mut guest, "guest").await;
+
+    let pid = c.node(1).child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = booking["participants"][1]["link_token"].as_str().expect("link token");
+    let (status, _, body) = c.node(1).join(token).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("draining")), "{body}");
+    let (status, _, body) = c.node(2).join(token).await;
+    assert_eq!(status, 200, "the other nodes take the join: {body}");
+
+    // The call on the draining node goes on: a signal from the guest (node 2) reaches the host (node 1), and back.
+    let data = json!({"type": "signal", "session": 1, "data": {"candidate": {"candidate": "c1"}}});
+    guest.send(Message::text(data.to_string())).await.expect("send");
+    let got = text(&mut host, "the guest's signal while its node drains").await;
+    assert!(got.contains("\"c1\""), "{got}");
+    host.send(Message::text(data.to_string().replace("c1", "c2"))).await.expect("send");
+    let got = text(&mut guest, "the host's signal to the draining node").await;
+    assert!(got.contains("\"c2\""), "{got}");
+
+    // The guest leaves: node 2 has nothing left to wait for and exits.
+    guest.close(None).await.expect("close");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let n2 = c.nodes[1].as_mut().expect("node 2");
+    while n2.child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "the drained node did not exit within 15 s of its last socket");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = text(&mut host, "peer-left").await;
+    assert!(left.contains("peer-left"), "{left}");
 }

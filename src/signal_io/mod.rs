@@ -175,6 +175,8 @@ enum Control {
     NodesAlive(Arc<HashSet<u32>>),
     /// Cluster mode: another node holds these rooms' home leases (after a Redis outage): their sockets here go (1012).
     LeasesLost(Vec<String>),
+    /// Cluster mode: a proxied socket came or went; the connection gauges (which a drain waits on) are recomputed.
+    Recount,
 }
 
 /// A socket of this node whose room is homed on another node (cluster mode).
@@ -623,6 +625,7 @@ impl Cores {
                     }
                 }
             }
+            Control::Recount => {}
             Control::LeasesLost(rooms) => {
                 let rooms: HashSet<&str> = rooms.iter().map(String::as_str).collect();
                 let moved: Vec<ConnectionId> = self
@@ -1012,7 +1015,14 @@ async fn connection(socket: WebSocket, hub: HubHandle, admit: Admit, slot: guard
 /// Where a socket's inputs go: this node's cores, or (cluster mode) the home node of its room.
 enum Upstream {
     Local(mpsc::Sender<Input>),
-    Remote { cluster: Cluster, home: u32, proxies: Proxies, proxied: Arc<[AtomicI64; 3]>, mode: Mode },
+    Remote {
+        cluster: Cluster,
+        home: u32,
+        proxies: Proxies,
+        proxied: Arc<[AtomicI64; 3]>,
+        mode: Mode,
+        ctl: mpsc::UnboundedSender<Control>,
+    },
 }
 
 impl Upstream {
@@ -1031,7 +1041,15 @@ impl Upstream {
         hub.proxies.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, Proxy { home, out });
         hub.proxied[mode_index(mode)].fetch_add(1, Ordering::Relaxed);
         cluster.publish_bus(home, bus::encode_home(conn, &bus::ToHome::Connect(wire)));
-        Some(Upstream::Remote { cluster, home, proxies: hub.proxies.clone(), proxied: hub.proxied.clone(), mode })
+        let _ = hub.ctl.send(Control::Recount);
+        Some(Upstream::Remote {
+            cluster,
+            home,
+            proxies: hub.proxies.clone(),
+            proxied: hub.proxied.clone(),
+            mode,
+            ctl: hub.ctl.clone(),
+        })
     }
 
     /// Hands one input on; `false` when the cores are gone. Over the bus nothing waits: a frame that cannot be
@@ -1057,9 +1075,10 @@ impl Upstream {
 
     /// The socket is gone: a proxied one leaves the proxy table.
     fn close(&self, conn: ConnectionId) {
-        if let Upstream::Remote { proxies, proxied, mode, .. } = self {
+        if let Upstream::Remote { proxies, proxied, mode, ctl, .. } = self {
             proxies.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
             proxied[mode_index(*mode)].fetch_sub(1, Ordering::Relaxed);
+            let _ = ctl.send(Control::Recount);
         }
     }
 }
