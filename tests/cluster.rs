@@ -661,3 +661,48 @@ async fn a_draining_node_takes_no_new_joins_and_lets_its_call_finish() {
     let left = text(&mut host, "peer-left").await;
     assert!(left.contains("peer-left"), "{left}");
 }
+
+/// `kill -9` of the node that homes a room: the partner's socket on another node is closed with 1012 once the dead
+/// node's heartbeat stops (3 s), its client reconnects, the room gets a new home, and the killed side's participant
+/// rejoins through a third node: both get `ready` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_home_node_hands_its_room_to_a_live_one() {
+    let Some(mut c) = Cluster::start("a_killed_home_node_hands_its_room_to_a_live_one").await else { return };
+    let booking = c.node(0).booking_now(60, 1800).await;
+    // The host arrives first, on node 1: node 1 is the room's home; the guest on node 2 is proxied there.
+    let host_join = join_ok(c.node(0), &booking, "host").await;
+    let guest_join = join_ok(c.node(1), &booking, "guest").await;
+    let mut host = welcomed(&host_join, "host").await;
+    let mut guest = welcomed(&guest_join, "guest").await;
+    ready(&mut host, "host").await;
+    ready(&mut guest, "guest").await;
+
+    c.nodes[0].as_mut().expect("node 1").kill9();
+    c.nodes[0] = None;
+    drop(host);
+    let killed = Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match guest.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("the guest's socket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the guest's socket is closed within 15 s of its room's home dying");
+    assert_eq!(code, Some(1012), "1012: reconnect");
+    eprintln!("the guest was told to reconnect {:?} after the home node died", killed.elapsed());
+
+    // The guest reconnects with its token (node 2 now homes the room); the host rejoins through node 3.
+    let mut guest = welcomed(&guest_join, "guest").await;
+    let host_join3 = join_ok(c.node(2), &booking, "host").await;
+    let mut host = welcomed(&host_join3, "host").await;
+    let (h, g) = (ready(&mut host, "host").await, ready(&mut guest, "guest").await);
+    assert_eq!(h["session"], g["session"], "one room again: {h} {g}");
+    let data = json!({"type": "signal", "session": h["session"], "data": {"candidate": {"candidate": "c9"}}});
+    host.send(Message::text(data.to_string())).await.expect("send");
+    let got = text(&mut guest, "a signal in the re-homed room").await;
+    assert!(got.contains("\"c9\""), "{got}");
+}
