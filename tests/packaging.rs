@@ -180,7 +180,10 @@ fn deb_installs_runs_and_purges() {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !Command::new(&cargo).args(["deb", "--version"]).output().is_ok_and(|o| o.status.success()) {
-        skip_or_fail(TEST, "`cargo deb` is missing; install it with `cargo install cargo-deb --version 3.8.0 --locked`");
+        skip_or_fail(
+            TEST,
+            "`cargo deb` is missing; install it with `cargo install cargo-deb --version 3.8.0 --locked`",
+        );
         return;
     }
     if let Some(why) = real_install() {
@@ -210,17 +213,15 @@ fn deb_installs_runs_and_purges() {
     let version = format!("{}-{TEST_REVISION}", env!("CARGO_PKG_VERSION"));
 
     // What it holds.
-    let fields = ok(Command::new("dpkg-deb").args(["-f"]).arg(&deb).args(["Package", "Version", "Depends"]), T30).stdout;
+    let fields =
+        ok(Command::new("dpkg-deb").args(["-f"]).arg(&deb).args(["Package", "Version", "Depends"]), T30).stdout;
     assert!(fields.contains("Package: duet\n"), "{fields}");
     assert!(fields.contains(&format!("Version: {version}\n")), "{fields}");
     assert!(fields.contains("libc6"), "Depends lists the shared libraries: {fields}");
     assert!(fields.contains("systemd-sysusers"), "Depends names who runs sysusers.d: {fields}");
     let listing = ok(Command::new("dpkg-deb").arg("-c").arg(&deb), T30).stdout;
-    let files: BTreeSet<&str> = listing
-        .lines()
-        .filter(|l| !l.starts_with('d'))
-        .filter_map(|l| l.split_whitespace().last())
-        .collect();
+    let files: BTreeSet<&str> =
+        listing.lines().filter(|l| !l.starts_with('d')).filter_map(|l| l.split_whitespace().last()).collect();
     let expected: BTreeSet<&str> = [
         "./usr/bin/duet",
         "./etc/duet/config.toml",
@@ -298,7 +299,8 @@ fn deb_installs_runs_and_purges() {
     let mut start = argv(&unit_values(&unit, "ExecStart").pop().expect("ExecStart="));
     assert_eq!(start[0], "/usr/bin/duet");
     start.extend(
-        ["--http-listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"].map(String::from),
+        ["--http-listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+            .map(String::from),
     );
     let mut daemon = Running(
         as_service(&start).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn"),
