@@ -100,6 +100,7 @@ fn credentials_match(headers: &HeaderMap, user: &str, password: &str) -> bool {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     s.relay.export_metrics();
+    s.metrics.database_up.set(i64::from(s.store.ping().await));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
 

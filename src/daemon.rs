@@ -152,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     relay_cfg.max_allocations_per_credential = config.turn.allocations_per_credential;
     relay_cfg.max_allocations_per_source_ip = config.turn.allocations_per_ip;
     relay_cfg.max_allocations_total = config.turn.max_allocations;
+    metrics.turn_allocations_limit.set(i64::from(config.turn.max_allocations));
     relay_cfg.max_bytes_per_second_per_allocation = config.turn.max_bps_per_allocation;
     relay_cfg.max_bytes_per_second_total = config.turn.max_bps_total;
     relay_cfg.report_allocations = true;
@@ -185,7 +186,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         p
     };
     let tls = match &config.turn.tls {
-        Some((cert, key)) => Some(TlsConfig::load(cert, key).context("[turn] tls_cert / tls_key")?),
+        Some((cert, key)) => Some(
+            TlsConfig::load(cert, key)
+                .context("[turn] tls_cert / tls_key")?
+                .export_expiry(metrics.tls_certificate_expiry.with_label_values(&["turn"])),
+        ),
         None => None,
     };
     let listeners = Listeners {
@@ -316,7 +321,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .tls
         .as_ref()
         .map(|(c, k)| TlsConfig::load(c, k).context("[signaling.vy] tls_cert / tls_key"))
-        .transpose()?;
+        .transpose()?
+        .map(|t| t.export_expiry(metrics.tls_certificate_expiry.with_label_values(&["vy"])));
     // One set of connection caps for both public listeners (http_serve).
     let limits = ConnectionLimits::new(config.http_limits, config.trusted_proxies.clone(), metrics.clone());
     // `/readyz` reports a public listener whose serve task ended before shutdown.
@@ -357,7 +363,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .http_tls
         .as_ref()
         .map(|(c, k)| TlsConfig::load(c, k).context("[http] tls_cert / tls_key"))
-        .transpose()?;
+        .transpose()?
+        .map(|t| t.export_expiry(metrics.tls_certificate_expiry.with_label_values(&["http"])));
     tasks.spawn(watched(
         "http",
         Box::pin(http_serve::serve(

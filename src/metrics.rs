@@ -89,6 +89,16 @@ pub struct Metrics {
     pub retention_purged: IntCounter,
     /// `duet_erasures_total`: erasures of a data subject through the API.
     pub erasures: IntCounter,
+    /// `duet_turn_allocations_limit`: the configured `[turn] max_allocations` (allocations in total; over it 508), so
+    /// that alerts can compare `duet_turn_allocations_active` with it.
+    pub turn_allocations_limit: IntGauge,
+    /// `duet_tls_certificate_expiry_timestamp_seconds{listener}`: notAfter (Unix seconds) of the leaf certificate
+    /// each TLS listener serves: `http`, `vy`, `turn` (TURNS). Set at start and after each SIGHUP reload; absent for a
+    /// listener without TLS.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// `duet_database_up`: 1 when the database answered `SELECT 1` within 2 s at the last scrape of `/metrics`, else
+    /// 0 (the `database_unreachable` reason of `/readyz`).
+    pub database_up: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -289,6 +299,28 @@ impl Metrics {
                 "Bookings whose personal data the retention purge removed on this node.",
             ),
             erasures: counter(&r, "duet_erasures_total", "Erasures of a data subject through the API."),
+            turn_allocations_limit: gauge(
+                &r,
+                "duet_turn_allocations_limit",
+                "Configured maximum of TURN allocations in total ([turn] max_allocations).",
+            ),
+            tls_certificate_expiry: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "duet_tls_certificate_expiry_timestamp_seconds",
+                        "notAfter of the certificate a TLS listener serves, Unix seconds, by listener (http, vy, turn).",
+                    ),
+                    &["listener"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            database_up: gauge(
+                &r,
+                "duet_database_up",
+                "1 when the database answered a ping at this scrape (within 2 s), else 0.",
+            ),
             registry: r,
         }
     }
