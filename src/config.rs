@@ -116,7 +116,7 @@ pub struct RawConfig {
     pub cluster: Option<RawCluster>,
 }
 
-/// `[cluster]`: several nodes sharing PostgreSQL and Redis (README, "Several nodes").
+/// `[cluster]`: several nodes sharing PostgreSQL and Redis (README, "Cluster mode").
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {

@@ -584,7 +584,7 @@ async fn virtual_y_and_peerjs_rooms_span_nodes() {
 }
 
 /// A socket that goes while Redis is down (its goodbye to the home node is lost) still leaves its room once Redis is
-/// back: its node's hold lists no longer name it (README, "Several nodes").
+/// back: its node's hold lists no longer name it (README, "Cluster mode").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_goodbye_lost_in_a_redis_outage_is_repaired() {
     let Some(mut c) = Cluster::start("a_goodbye_lost_in_a_redis_outage_is_repaired").await else { return };

@@ -1,4 +1,4 @@
-//! Cluster mode (README, "Several nodes"): several Duet nodes behind one load balancer, sharing the bookings in
+//! Cluster mode (README, "Cluster mode"): several Duet nodes behind one load balancer, sharing the bookings in
 //! PostgreSQL and what must be shared live in Redis. This module is the node's Redis link; it knows nothing of
 //! signaling or bookings, which use it:
 //!

@@ -1,4 +1,4 @@
-//! The signaling bus between nodes (cluster mode, README "Several nodes"): the wire form of what a proxy node (the
+//! The signaling bus between nodes (cluster mode, README "Cluster mode"): the wire form of what a proxy node (the
 //! node holding a socket) and a home node (the node holding the socket's room) tell each other over Redis.
 //!
 //! A room's state machine lives on its home. A socket that lands on another node is proxied: its node forwards the

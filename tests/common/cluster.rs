@@ -1,5 +1,5 @@
 //! Cluster-mode harness: a `redis-server` of the test's own and three Duet nodes sharing it and one PostgreSQL
-//! database (README, "Several nodes").
+//! database (README, "Cluster mode").
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -72,7 +72,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Boots three nodes; the second and third get the first one's `secrets.toml` and `api-key` (every node of a
-    /// cluster shares them: README, "Several nodes"). `None` (SKIPPED) without PostgreSQL or `redis-server`.
+    /// cluster shares them: README, "Cluster mode"). `None` (SKIPPED) without PostgreSQL or `redis-server`.
     pub async fn start(test: &str) -> Option<Cluster> {
         Cluster::start_with(test, "").await
     }
