@@ -14,7 +14,8 @@
 //!   latency p50/p99.
 //! - **joins**: first `--join-bookings` bookings are created that are joinable now; then `POST /v1/join/{link_token}`
 //!   is sent at a fixed rate of `--join-rate` per second (open loop: request i is due at start + i / rate whatever
-//!   the earlier answers did) for `--join-secs` seconds, cycling over both participants' link tokens. Latency counts
+//!   the earlier answers did) for `--join-secs` seconds (after `--join-warmup-secs` seconds of the same load that
+//!   are not counted, default 0), cycling over both participants' link tokens. Latency counts
 //!   from the due instant (so a stalled server or generator shows in it: no coordinated omission). Every join reads
 //!   the booking by link hash and writes the participant's `first_joined_at` (a write per join). Reports the achieved
 //!   rate of 200s, latency p50/p99/max, and errors (any other status or transport error).
@@ -29,7 +30,8 @@
 //! ```text
 //! cargo bench --bench booking_load -- run --url http://127.0.0.1:8080 [--url http://127.0.0.1:8090 …] \
 //!     --api-key-file DATA/api-key --label sqlite [--clients 16] [--create-secs 10] [--join-rate 1000] \
-//!     [--join-secs 10] [--join-bookings 200] [--join-clients 0] [--join-max-secs 10]
+//!     [--join-secs 10] [--join-warmup-secs 0] [--timeline] [--join-bookings 200] [--join-clients 0] \
+//!     [--join-max-secs 10]
 //! ```
 //! The last line is `RESULT {json}` for the wrapper script: `label`, `nodes`, `creates_per_s`, `create_p50_ms`,
 //! `create_p99_ms`, `create_errors`, `joins_per_s`, `join_rate`, `join_p50_ms`, `join_p99_ms`, `join_max_ms`,
@@ -84,6 +86,12 @@ struct RunArgs {
     /// Seconds of joins measured.
     #[arg(long, default_value_t = 10)]
     join_secs: u64,
+    /// Seconds of open-loop joins sent before the measured ones, at the same rate, not counted (0: none).
+    #[arg(long, default_value_t = 0)]
+    join_warmup_secs: u64,
+    /// Print the open-loop joins' latency per second (warm-up included) to stderr.
+    #[arg(long)]
+    timeline: bool,
     /// Bookings created beforehand for the joins (two link tokens each).
     #[arg(long, default_value_t = 200)]
     join_bookings: usize,
@@ -107,6 +115,7 @@ struct Report {
     create_p99_ms: f64,
     create_errors: u64,
     join_rate: u64,
+    join_warmup_secs: u64,
     joins: usize,
     joins_per_s: f64,
     join_p50_ms: f64,
@@ -277,28 +286,58 @@ async fn join_once(t: &Target, i: u64, token: &str, errors: &AtomicU64) -> bool 
     ok
 }
 
+/// Open-loop joins: `--join-warmup-secs` of load not counted, then `--join-secs` measured. Returns the measured
+/// latencies (µs, sorted), the errors among the measured requests and the measured seconds.
 async fn joins(t: &Arc<Target>, args: &RunArgs, tokens: &Arc<Vec<String>>) -> (Vec<u64>, u64, f64) {
     let errors = Arc::new(AtomicU64::new(0));
-    let total = args.join_rate * args.join_secs;
+    let warmup = args.join_rate * args.join_warmup_secs;
+    let total = warmup + args.join_rate * args.join_secs;
     let period = Duration::from_nanos(1_000_000_000 / args.join_rate.max(1));
-    let start = Instant::now() + Duration::from_millis(50);
+    let first = Instant::now() + Duration::from_millis(50);
+    let start = first + period * warmup as u32;
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
-        let due = start + period * i as u32;
+        let due = first + period * i as u32;
         tokio::time::sleep_until(due).await;
         let (t, tokens, errors) = (t.clone(), tokens.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let token = &tokens[i as usize % tokens.len()];
-            join_once(&t, i, token, &errors).await.then(|| due.elapsed().as_micros() as u64)
+            let ok = join_once(&t, i, token, &errors).await;
+            (due, ok.then(|| due.elapsed().as_micros() as u64))
         }));
     }
     let mut lat = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    // Per second of the run (warm-up included), for --timeline: answered joins and their latencies.
+    let mut seconds: Vec<Vec<u64>> = Vec::new();
     for task in tasks {
-        lat.extend(task.await.expect("join task"));
+        let (due, answered) = task.await.expect("join task");
+        if args.timeline {
+            let second = (due - first).as_secs() as usize;
+            seconds.resize_with(seconds.len().max(second + 1), Vec::new);
+            seconds[second].extend(answered);
+        }
+        if due >= start {
+            match answered {
+                Some(us) => lat.push(us),
+                None => failed += 1,
+            }
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    (lat, errors.load(Ordering::Relaxed), secs)
+    for (i, mut s) in seconds.into_iter().enumerate() {
+        s.sort_unstable();
+        let phase = if (i as u64) < args.join_warmup_secs { " (warm-up)" } else { "" };
+        eprintln!(
+            "  second {i}{phase}: {} answered, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+            s.len(),
+            quantile_ms(&s, 0.5),
+            quantile_ms(&s, 0.99),
+            s.last().map_or(f64::NAN, |&m| m as f64 / 1000.0)
+        );
+    }
+    (lat, failed, secs)
 }
 
 /// Saturated joins: `--join-clients` clients in a closed loop for `--join-max-secs`; latency from each send.
@@ -383,6 +422,7 @@ async fn run(args: RunArgs) -> Result<()> {
         create_p99_ms: quantile_ms(&cl, 0.99),
         create_errors,
         join_rate: args.join_rate,
+        join_warmup_secs: args.join_warmup_secs,
         joins: jl.len(),
         joins_per_s: jl.len() as f64 / jsecs,
         join_p50_ms: quantile_ms(&jl, 0.50),

@@ -14,6 +14,8 @@
 #
 # Usage: benches/cluster_load.sh [rounds]        (default 3)
 #   env: JOIN_RATE=1000 JOIN_SECS=10 JOIN_BOOKINGS=200   open-loop joins (over 2 × JOIN_BOOKINGS link tokens)
+#        JOIN_WARMUP=3 TIMELINE=0                         seconds of open-loop joins not counted; 1: print the
+#                                                         open loop's latency per second on stderr
 #        JOIN_CLIENTS=32 JOIN_MAX_SECS=10                 closed-loop (saturated) joins; JOIN_CLIENTS=0 skips them
 #        CREATE_SECS=0 CLIENTS=16                         closed-loop creates before the joins (0: skipped)
 #        RATES="1000 5000" PAIRS=100 DURATION=20 WARMUP=3 signaling: total signals/s, pairs, seconds measured
@@ -31,6 +33,8 @@ rounds=${1:-3}
 JOIN_RATE=${JOIN_RATE:-1000}
 JOIN_SECS=${JOIN_SECS:-10}
 JOIN_BOOKINGS=${JOIN_BOOKINGS:-200}
+JOIN_WARMUP=${JOIN_WARMUP:-3}
+TIMELINE=${TIMELINE:-0}
 JOIN_CLIENTS=${JOIN_CLIENTS:-32}
 JOIN_MAX_SECS=${JOIN_MAX_SECS:-10}
 CREATE_SECS=${CREATE_SECS:-0}
@@ -199,9 +203,12 @@ booking_round() { # run
     urls=()
     for i in $(seq "$n"); do urls+=(--url "$(http_of "$i")"); done
     echo "== round $run: booking $label (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    local timeline=()
+    [[ $TIMELINE == 1 ]] && timeline=(--timeline)
     line=$(timeout 300 "$booking_load" run "${urls[@]}" --api-key-file "$work/n1/data/api-key" --label "$label" \
       --clients "$CLIENTS" --create-secs "$CREATE_SECS" --join-rate "$JOIN_RATE" --join-secs "$JOIN_SECS" \
-      --join-bookings "$JOIN_BOOKINGS" --join-clients "$JOIN_CLIENTS" --join-max-secs "$JOIN_MAX_SECS" |
+      --join-warmup-secs "$JOIN_WARMUP" ${timeline[@]+"${timeline[@]}"} --join-bookings "$JOIN_BOOKINGS" \
+      --join-clients "$JOIN_CLIENTS" --join-max-secs "$JOIN_MAX_SECS" |
       grep '^RESULT ' | tail -1) || true
     stop_all
     [[ -n $line ]] || echo "no RESULT from booking $label" >&2
@@ -242,7 +249,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
   "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "versions: $("$DUET_BIN" --version) ($DUET_BIN); $(psql -tA "$PG_URL" -c 'SHOW server_version' | sed 's/^/PostgreSQL /');" \
   "$(redis-server --version | cut -d' ' -f1-3)"
-echo "booking: joins at $JOIN_RATE/s for $JOIN_SECS s over $JOIN_BOOKINGS bookings, then $JOIN_CLIENTS clients" \
+echo "booking: joins at $JOIN_RATE/s for $JOIN_WARMUP s (warm-up) + $JOIN_SECS s over $JOIN_BOOKINGS bookings, then $JOIN_CLIENTS clients" \
   "closed-loop for $JOIN_MAX_SECS s; signaling: $PAIRS+ pairs at ${RATES// //s, }/s, $WARMUP s warm-up + $DURATION s"
 for run in $(seq "$rounds"); do
   if [[ $PARTS == *booking* ]]; then booking_round "$run"; fi
