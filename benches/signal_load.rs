@@ -23,14 +23,17 @@
 //!
 //! `--proto native` runs either mode against Duet's native protocol instead: one booking per pair is created with the
 //! admin API key, both participants join (`POST /v1/join/{link_token}`), and the sockets connect to
-//! `{signal_url}?token={session_token}`; relay messages are `{"type":"signal","session":N,"data":{…}}`.
+//! `{signal_url}?token={session_token}`; relay messages are `{"type":"signal","session":N,"data":{…}}`. In cluster
+//! mode `--guest-url` names another node for the guests' joins: their sockets land there while the hosts' stay on
+//! `--url`'s node, so every signal crosses nodes over Redis (issue 10, `benches/cluster_load.sh`); `--server-pid`,
+//! repeated, sums CPU and memory over the nodes and their redis-server.
 //!
 //! Usage (cargo appends `--bench`, which is ignored):
 //! ```text
 //! cargo bench --bench signal_load -- idle --url ws://127.0.0.1:9000/ --server-pid PID [--connections 20000]
 //! cargo bench --bench signal_load -- relay --url ws://127.0.0.1:9000/ --server-pid PID [--pairs 100] [--rate 5000]
 //! cargo bench --bench signal_load -- relay --proto native --url http://127.0.0.1:8080 --api-key-file DATA/api-key \
-//!     --server-pid PID
+//!     --server-pid PID [--guest-url http://127.0.0.1:8090 --server-pid PID2 …]
 //! ```
 //! `--url` is the PeerJS base (the server's `path`, ending in `/`) or, with `--proto native`, Duet's HTTP root. The
 //! last line of every run is `RESULT {json}` for the wrapper script.
@@ -108,9 +111,14 @@ struct Target {
     /// Duet's admin API key file (native only).
     #[arg(long)]
     api_key_file: Option<PathBuf>,
-    /// The server's pid, for VmRSS and CPU time from /proc.
+    /// The server's pid, for VmRSS and CPU time from /proc; repeat it for a server of several processes (the nodes
+    /// of a cluster and their redis-server): their CPU times and VmRSS are summed.
+    #[arg(long, required = true)]
+    server_pid: Vec<u32>,
+    /// Native only: the HTTP root through which each pair's guest joins (default: `--url`). Another node of the same
+    /// cluster puts the guests' sockets there, the hosts' staying on `--url`'s node (cross-node signaling).
     #[arg(long)]
-    server_pid: u32,
+    guest_url: Option<String>,
     /// Name of the server in the output.
     #[arg(long, default_value = "server")]
     label: String,
@@ -219,6 +227,7 @@ async fn endpoints(target: &Target, pairs: usize) -> Result<Vec<[Endpoint; 2]>> 
     match target.proto {
         Proto::Peerjs => {
             ensure!(target.url.ends_with('/'), "--url must end with '/' (the PeerJS path)");
+            ensure!(target.guest_url.is_none(), "--guest-url needs --proto native");
             let run = std::process::id();
             Ok((0..pairs)
                 .map(|k| {
@@ -232,14 +241,17 @@ async fn endpoints(target: &Target, pairs: usize) -> Result<Vec<[Endpoint; 2]>> 
         Proto::Native => {
             let file = target.api_key_file.as_ref().context("--api-key-file is required with --proto native")?;
             let api_key = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            native_endpoints(target.url.trim_end_matches('/'), api_key.trim(), pairs).await
+            let guest = target.guest_url.as_deref().unwrap_or(&target.url).trim_end_matches('/');
+            native_endpoints(target.url.trim_end_matches('/'), guest, api_key.trim(), pairs).await
         }
     }
 }
 
-/// Creates `pairs` bookings (starting in a minute, one hour long) and joins host and guest of each.
-async fn native_endpoints(http: &str, api_key: &str, pairs: usize) -> Result<Vec<[Endpoint; 2]>> {
+/// Creates `pairs` bookings (starting in a minute, one hour long) through `http` and joins the host of each through
+/// `http` and the guest through `guest_http` (the same node, or another node of the cluster).
+async fn native_endpoints(http: &str, guest_http: &str, api_key: &str, pairs: usize) -> Result<Vec<[Endpoint; 2]>> {
     check_local(&http.parse::<Uri>()?)?;
+    check_local(&guest_http.parse::<Uri>()?)?;
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
     let out: Vec<Result<[Endpoint; 2]>> = futures_util::stream::iter(0..pairs)
@@ -262,13 +274,13 @@ async fn native_endpoints(http: &str, api_key: &str, pairs: usize) -> Result<Vec
                 ensure!(r.status().as_u16() == 201, "POST /v1/bookings: {}", r.status());
                 let booking: Value = r.json().await?;
                 let mut ends = Vec::with_capacity(2);
-                for role in ["host", "guest"] {
+                for (role, via) in [("host", http), ("guest", guest_http)] {
                     let link = booking["participants"]
                         .as_array()
                         .and_then(|ps| ps.iter().find(|p| p["role"] == role))
                         .and_then(|p| p["link_token"].as_str())
                         .with_context(|| format!("no {role} link_token in {booking}"))?;
-                    let r = client.post(format!("{http}/v1/join/{link}")).json(&json!({})).send().await?;
+                    let r = client.post(format!("{via}/v1/join/{link}")).json(&json!({})).send().await?;
                     ensure!(r.status().as_u16() == 200, "POST /v1/join: {}", r.status());
                     let join: Value = r.json().await?;
                     let (Some(url), Some(token)) = (join["signal_url"].as_str(), join["session_token"].as_str()) else {
@@ -362,6 +374,28 @@ async fn hold(mut ws: Ws, heartbeat: bool, first_beat: Instant) {
 // ---------------------------------------------------------------------------------------------------------------
 // /proc readings.
 
+impl Target {
+    /// `Vm*` line `field` (e.g. `VmRSS`) summed over the server's processes, KiB.
+    fn server_kib(&self, field: &str) -> Result<u64> {
+        kib_sum(&self.server_pid, field)
+    }
+
+    /// CPU time (utime + stime) summed over the server's processes, seconds.
+    fn server_cpu(&self) -> Result<f64> {
+        cpu_sum(&self.server_pid)
+    }
+}
+
+/// `Vm*` line `field` summed over `pids`, KiB.
+fn kib_sum(pids: &[u32], field: &str) -> Result<u64> {
+    pids.iter().map(|&pid| vm_kib(pid, field)).sum()
+}
+
+/// [`cpu_secs`] summed over `pids`.
+fn cpu_sum(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|&pid| cpu_secs(pid)).sum()
+}
+
 /// VmRSS (or another `Vm*` line) of `pid`, KiB.
 fn vm_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("pid {pid}"))?;
@@ -409,8 +443,8 @@ fn idle(a: IdleArgs) -> Result<()> {
     std::fs::write(&file, urls.join("\n") + "\n")?;
     source_ip(a.source_base, a.connections.saturating_sub(1), a.per_source_ip)?; // enough source addresses?
 
-    let rss_before = vm_kib(t.server_pid, "VmRSS")?;
-    let cpu_before = cpu_secs(t.server_pid)?;
+    let rss_before = t.server_kib("VmRSS")?;
+    let cpu_before = t.server_cpu()?;
     let started = std::time::Instant::now();
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
@@ -443,7 +477,7 @@ fn idle(a: IdleArgs) -> Result<()> {
     }
     let open_secs = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&file);
-    let rss_open = vm_kib(t.server_pid, "VmRSS")?;
+    let rss_open = t.server_kib("VmRSS")?;
     eprintln!(
         "{}: opened {opened} of {} in {open_secs:.1} s ({failed} failed{}), server VmRSS {rss_before} -> {rss_open} \
          KiB; holding {} s",
@@ -460,9 +494,9 @@ fn idle(a: IdleArgs) -> Result<()> {
         stdin.flush()?;
         held += w.read_json()?["alive"].as_u64().unwrap_or(0);
     }
-    let rss_held = vm_kib(t.server_pid, "VmRSS")?;
-    let rss_peak = vm_kib(t.server_pid, "VmHWM")?;
-    let cpu = cpu_secs(t.server_pid)? - cpu_before;
+    let rss_held = t.server_kib("VmRSS")?;
+    let rss_peak = t.server_kib("VmHWM")?;
+    let cpu = t.server_cpu()? - cpu_before;
     for w in &mut workers {
         w.stdin.take(); // EOF: the worker closes its sockets and exits.
     }
@@ -936,13 +970,13 @@ async fn relay(a: RelayArgs) -> Result<()> {
         senders.push(tokio::spawn(send_loop(sink, frames, first + phase, period, end, w)));
         receivers.push(tokio::spawn(receive_loop(stream, ep.partner, end + Duration::from_secs(2), w)));
     }
-    let pid = t.server_pid;
+    let pids = t.server_pid.clone();
     let sampler = tokio::spawn(async move {
         sleep_until(start).await;
-        let before = (cpu_secs(pid), cpu_secs(std::process::id()));
+        let before = (cpu_sum(&pids), cpu_secs(std::process::id()));
         sleep_until(end).await;
-        let after = (cpu_secs(pid), cpu_secs(std::process::id()));
-        Ok::<_, anyhow::Error>((after.0? - before.0?, after.1? - before.1?, vm_kib(pid, "VmRSS")?))
+        let after = (cpu_sum(&pids), cpu_secs(std::process::id()));
+        Ok::<_, anyhow::Error>((after.0? - before.0?, after.1? - before.1?, kib_sum(&pids, "VmRSS")?))
     });
 
     let mut total = SideStats::default();

@@ -295,7 +295,8 @@ export async function waitFor(what, ms, check, { intervalMs = 250 } = {}) {
  * the peer connection, e.g. `page.evaluate(pcSummary, 'window.duetCall && window.duetCall.pc')` (only property paths
  * joined by `&&`: it is walked, not evaluated, so it works under a CSP without 'unsafe-eval').
  * Returns { connection, inbound:{video,audio}, outbound:{video,audio} (bytes), pair:{state, local, remote} } where
- * local/remote are {type, protocol, relayProtocol, address, port}, or null without a peer connection.
+ * local/remote are {type, protocol, relayProtocol, address, port, url} (`url`: the STUN or TURN server a local
+ * candidate was gathered from, else null), or null without a peer connection.
  */
 export async function pcSummary(pcExpr) {
   // eslint-disable-next-line no-new-func
@@ -326,7 +327,7 @@ export async function pcSummary(pcExpr) {
     const cand = (id) => {
       const c = byId.get(id);
       return c ? { type: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol || null,
-        address: c.address || c.ip || null, port: c.port } : null;
+        address: c.address || c.ip || null, port: c.port, url: c.url || null } : null;
     };
     out.pair = { state: pair.state, local: cand(pair.localCandidateId), remote: cand(pair.remoteCandidateId),
       bytes_sent: pair.bytesSent || 0, bytes_received: pair.bytesReceived || 0,

@@ -71,6 +71,19 @@ pub async fn netns_test<F: Future<Output = ()>>(
     one_at_a_time: Option<&'static Mutex<()>>,
     inside: impl FnOnce() -> F,
 ) {
+    netns_test_env(test, in_netns, limit, one_at_a_time, &[], inside).await
+}
+
+/// [`netns_test`] with `env` (name, value) set in the re-executed child's environment, e.g. a database URL that
+/// works from inside the namespace (see `pg::UnixBridge`).
+pub async fn netns_test_env<F: Future<Output = ()>>(
+    test: &str,
+    in_netns: &str,
+    limit: Duration,
+    one_at_a_time: Option<&'static Mutex<()>>,
+    env: &[(&str, String)],
+    inside: impl FnOnce() -> F,
+) {
     if std::env::var_os(in_netns).is_some() {
         return inside().await;
     }
@@ -80,6 +93,9 @@ pub async fn netns_test<F: Future<Output = ()>>(
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(browser_dir().join("run-in-netns.sh"));
     cmd.arg(&exe).args([test, "--exact", "--nocapture", "--test-threads=1"]).env(in_netns, "1");
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
     let done = tokio::task::spawn_blocking(move || {
         let _one = one_at_a_time.map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
         run_bounded(&mut cmd, limit)

@@ -80,3 +80,57 @@ impl Drop for TestDb {
         self.drop_database();
     }
 }
+
+/// A Unix-socket door to the PostgreSQL server of `DUET_TEST_DATABASE_URL`, for daemons in a network namespace of
+/// their own (the browser tests: only `lo` there, so the server's TCP port is out of reach, while the file system is
+/// shared). Listens on `<temporary dir>/.s.PGSQL.<port>` (libpq's socket name) and forwards each connection to the
+/// server's TCP address; [`UnixBridge::url`] names that directory in the `host` query parameter, which sqlx takes
+/// for a socket directory. Stops accepting when dropped. Needs a tokio runtime.
+pub struct UnixBridge {
+    /// `DUET_TEST_DATABASE_URL` with `host=<dir>`: the same server, user and database, through the socket.
+    pub url: String,
+    accept: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl UnixBridge {
+    /// `None` when `DUET_TEST_DATABASE_URL` is unset (SKIPPED; panics under CI, as [`TestDb::create`]). Panics when
+    /// the variable is not a TCP `postgres://` URL or the socket cannot be made.
+    pub fn start() -> Option<UnixBridge> {
+        let test = std::thread::current().name().unwrap_or("a PostgreSQL test").to_string();
+        let Some(server) = std::env::var(ENV).ok().filter(|v| !v.is_empty()) else {
+            skip_or_fail(&test, &format!("{ENV} not set"));
+            return None;
+        };
+        let mut url = url::Url::parse(&server).unwrap_or_else(|e| panic!("{ENV} is not a URL: {e}"));
+        assert!(
+            !url.query_pairs().any(|(k, _)| k == "host" || k == "hostaddr"),
+            "{ENV} names its host in the query; the bridge needs a TCP URL (postgres://user@host:port/db)"
+        );
+        let host = url.host_str().unwrap_or_else(|| panic!("{ENV} has no host")).to_string();
+        let port = url.port().unwrap_or(5432);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}")))
+            .unwrap_or_else(|e| panic!("bind the PostgreSQL bridge socket: {e}"));
+        let target = format!("{host}:{port}");
+        let accept = tokio::spawn(async move {
+            while let Ok((mut unix, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tcp) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tcp.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
+                    }
+                });
+            }
+        });
+        url.query_pairs_mut().append_pair("host", &dir.path().display().to_string());
+        Some(UnixBridge { url: url.to_string(), accept, _dir: dir })
+    }
+}
+
+impl Drop for UnixBridge {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
