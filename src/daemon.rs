@@ -235,7 +235,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (cluster, cluster_inbound) = match &config.cluster {
         Some(c) => {
             crate::cluster::set_node_name(&c.node_id);
-            let (cluster, inbound) = crate::cluster::Cluster::start(c, &metrics, shutdown.clone())?;
+            let (cluster, inbound) =
+                crate::cluster::Cluster::start(c, &secrets.nonce_key_bytes()?, &metrics, shutdown.clone())?;
             (Some(cluster), Some(inbound))
         }
         None => (None, None),

@@ -570,6 +570,19 @@ async fn virtual_y_and_peerjs_rooms_span_nodes() {
     let taken = text(&mut bob2, "ID-TAKEN").await;
     assert!(taken.contains("ID-TAKEN"), "{taken}");
 
+    // A forged feed message (a Redis client without the nodes' secrets) cancels nothing: the frames still pass, and
+    // every node counts a message with a bad signature. (redis-server comes with redis-cli.)
+    let forged =
+        format!(r#"{{"from":1,"event":"revoked","booking":"{}","until":4102444800}}"#, booking["id"].as_str().unwrap());
+    let published = Command::new("redis-cli")
+        .args(["-p", &c.redis.port.to_string(), "PUBLISH", "duet:feed", &forged])
+        .output()
+        .expect("redis-cli");
+    assert!(published.status.success(), "{published:?}");
+    c.wait_metric(0, "duet_cluster_bus_dropped_total{reason=\"bad_signature\"}", 1.0).await;
+    instructor.send(Message::text("still here")).await.expect("send");
+    assert_eq!(text(&mut customer, "a frame after the forged cancel").await, "still here");
+
     // Cancelling the Virtual Y booking on node 2 closes both vy sockets with 4004.
     let (status, body) = common::cancel_booking(n2, booking["id"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{body}");

@@ -19,6 +19,12 @@
 //!   ([`Cluster::publish_feed`]), so every node's relay and hub follow within milliseconds. After every (re)connect the
 //!   consumers rebuild from PostgreSQL ([`Cluster::link_epochs`]), so a node that missed messages is still right.
 //!
+//! **Signed messages.** Every bus and feed message starts with a 16-byte tag, HMAC-SHA256 over the channel name and
+//! the body, keyed with a key derived from the `nonce_key` of `secrets.toml` (which every node shares); a message
+//! whose tag does not verify is dropped and counted (`duet_cluster_bus_dropped_total{reason="bad_signature"}`). So a
+//! client of Redis without the nodes' secrets cannot put a socket into a room or cancel a call; Redis should stay
+//! private all the same (a recorded message can be replayed).
+//!
 //! **Redis outage.** Nothing waits on Redis: a frame for another node is dropped while the link is down
 //! (`duet_cluster_bus_dropped_total`), rooms that start meanwhile are homed locally, and calls in progress keep their
 //! media (TURN needs nothing from Redis) and their same-node signaling. The link reconnects with backoff (250 ms to
@@ -38,6 +44,9 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
@@ -156,6 +165,8 @@ struct Inner {
     /// The live nodes, once the link has been up for [`WATCH_GRACE`]; `None` while that is not known.
     alive: watch::Sender<Option<Arc<HashSet<u32>>>>,
     publish: mpsc::Sender<(String, Vec<u8>)>,
+    /// The key of the messages' tags.
+    key: [u8; 32],
     lease: redis::Script,
     metrics: ClusterMetrics,
 }
@@ -169,8 +180,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the link tasks (connect with retries, subscribe, heartbeat, watch the live nodes, publish) and returns
     /// at once: a Redis that is down at start is a degraded start, not a failed one. The tasks end with `shutdown`.
+    ///
+    /// `secret` is the `nonce_key` of `secrets.toml`, the same on every node: the messages' tag key is derived from it.
     pub fn start(
         config: &ClusterConfig,
+        secret: &[u8],
         metrics: &Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Cluster, Inbound)> {
@@ -191,6 +205,7 @@ impl Cluster {
             epochs: watch::Sender::new(0),
             alive: watch::Sender::new(None),
             publish,
+            key: derive_key(secret),
             lease: redis::Script::new(LEASE_SCRIPT),
             metrics: ClusterMetrics::new(metrics),
         });
@@ -251,6 +266,7 @@ impl Cluster {
             self.inner.metrics.dropped.with_label_values(&["redis_down"]).inc();
             return;
         }
+        let payload = sign(&self.inner.key, &channel, &payload);
         if self.inner.publish.try_send((channel, payload)).is_err() {
             self.inner.metrics.dropped.with_label_values(&["queue_full"]).inc();
         }
@@ -346,7 +362,10 @@ impl Cluster {
                         msg = futures_util::StreamExt::next(&mut stream) => {
                             let Some(msg) = msg else { break };
                             self.inner.metrics.bus.with_label_values(&["in"]).inc();
-                            let payload = msg.get_payload_bytes().to_vec();
+                            let Some(payload) = verify(&self.inner.key, msg.get_channel_name(), msg.get_payload_bytes()) else {
+                                self.inner.metrics.dropped.with_label_values(&["bad_signature"]).inc();
+                                continue;
+                            };
                             if msg.get_channel_name() == FEED_CHANNEL {
                                 let _ = feed.send(payload).await;
                             } else {
@@ -447,7 +466,65 @@ pub fn node_name() -> &'static str {
     NODE_NAME.get().map_or("local", String::as_str)
 }
 
+/// Bytes of a message's tag.
+const TAG_BYTES: usize = 16;
+
+/// The tag key: HMAC-SHA256(secret, "duet cluster messages v1").
+fn derive_key(secret: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"duet cluster messages v1");
+    mac.finalize().into_bytes().into()
+}
+
+fn tag(key: &[u8; 32], channel: &str, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&(channel.len() as u64).to_be_bytes());
+    mac.update(channel.as_bytes());
+    mac.update(body);
+    mac
+}
+
+/// `tag ‖ body`, the tag the first 16 bytes of HMAC-SHA256(key, len(channel) ‖ channel ‖ body).
+fn sign(key: &[u8; 32], channel: &str, body: &[u8]) -> Vec<u8> {
+    let full = tag(key, channel, body).finalize().into_bytes();
+    let mut out = Vec::with_capacity(TAG_BYTES + body.len());
+    out.extend_from_slice(&full[..TAG_BYTES]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The body of a signed message when its tag verifies (constant time), else `None`.
+fn verify(key: &[u8; 32], channel: &str, message: &[u8]) -> Option<Vec<u8>> {
+    if message.len() < TAG_BYTES {
+        return None;
+    }
+    let (t, body) = message.split_at(TAG_BYTES);
+    tag(key, channel, body).verify_truncated_left(t).ok()?;
+    Some(body.to_vec())
+}
+
 /// The Redis key of a room's home lease.
 fn lease_key(room: &str) -> String {
     format!("duet:home:{room}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_signed_per_channel_and_forgeries_are_dropped() {
+        let key = derive_key(&[7u8; 32]);
+        let other = derive_key(&[8u8; 32]);
+        let m = sign(&key, "duet:bus:5", b"T42 0\nhello");
+        assert_eq!(verify(&key, "duet:bus:5", &m).as_deref(), Some(&b"T42 0\nhello"[..]));
+        assert!(verify(&other, "duet:bus:5", &m).is_none(), "another cluster's key");
+        assert!(verify(&key, "duet:bus:6", &m).is_none(), "replayed on another node's channel");
+        let mut flipped = m.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(verify(&key, "duet:bus:5", &flipped).is_none(), "a changed body");
+        assert!(verify(&key, "duet:bus:5", b"short").is_none());
+        assert!(verify(&key, "duet:bus:5", b"T42 0\nhello, no tag at all").is_none());
+    }
 }
