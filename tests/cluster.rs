@@ -389,27 +389,7 @@ async fn across_nodes(c: &Cluster) {
 
     // A cancel made through node 2 (no socket of this booking there any more): both sockets close with 4004 and the
     // allocations on nodes 1 and 3 are gone, within one second.
-    let sent = Instant::now();
-    let (status, body) = common::cancel_booking(n2, id).await;
-    assert_eq!(status, 200, "{body}");
-    for (who, task) in [("host", s.host), ("guest", s.guest)] {
-        let end = tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .unwrap_or_else(|_| panic!("the {who}'s socket stayed open 1 s after the cancel"))
-            .unwrap();
-        assert!(matches!(end, Ok(Ended::Closed(Some(4004)))), "{who}: {end:?}");
-    }
-    loop {
-        let (a1, a3) = (allocations(n1).await, allocations(n3).await);
-        if a1 == 0.0 && a3 == 0.0 {
-            break;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(1),
-            "allocations left 1 s after the cancel: node 1 {a1}, node 3 {a3}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cancel_ends_everything_within_a_second(n2, id, s, [n1, n3]).await;
     eprintln!("cancel closed both sockets and both allocations within {:?}", sent.elapsed());
     flow.stop();
 }
@@ -487,8 +467,15 @@ async fn failures(c: &mut Cluster) {
     .await;
 
     // And a cancel through node 3 still reaches both sockets and both relays within one second.
+    cancel_ends_everything_within_a_second(c.node(2), &id, s, [c.node(0), c.node(2)]).await;
+    flow.stop();
+}
+
+/// Cancels booking `id` through node `via`: both sides' sockets close with 4004 and the allocations on `relays` are
+/// gone, all within one second of the request.
+async fn cancel_ends_everything_within_a_second(via: &Daemon, id: &str, s: Session, relays: [&Daemon; 2]) {
     let sent = Instant::now();
-    let (status, body) = common::cancel_booking(c.node(2), &id).await;
+    let (status, body) = common::cancel_booking(via, id).await;
     assert_eq!(status, 200, "{body}");
     for (who, task) in [("host", s.host), ("guest", s.guest)] {
         let end = tokio::time::timeout(Duration::from_secs(1), task)
@@ -498,14 +485,27 @@ async fn failures(c: &mut Cluster) {
         assert!(matches!(end, Ok(Ended::Closed(Some(4004)))), "{who}: {end:?}");
     }
     loop {
-        let (a1, a3) = (allocations(c.node(0)).await, allocations(c.node(2)).await);
-        if a1 == 0.0 && a3 == 0.0 {
+        let (a, b) = (allocations(relays[0]).await, allocations(relays[1]).await);
+        if a == 0.0 && b == 0.0 {
             break;
         }
-        assert!(sent.elapsed() < Duration::from_secs(1), "allocations left 1 s after the cancel: {a1}, {a3}");
+        assert!(sent.elapsed() < Duration::from_secs(1), "allocations left 1 s after the cancel: {a}, {b}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    flow.stop();
+    eprintln!("the cancel closed both sockets and both relays' allocations within {:?}", sent.elapsed());
+}
+
+/// A booking with its host's socket on node 1 (the room's home) and its guest's on node 2 (proxied), both past
+/// `ready`: (booking, host join, guest join, host socket, guest socket).
+async fn paired_on_nodes_1_and_2(c: &Cluster) -> (Value, Value, Value, Ws, Ws) {
+    let booking = c.node(0).booking_now(60, 1800).await;
+    let host_join = join_ok(c.node(0), &booking, "host").await;
+    let guest_join = join_ok(c.node(1), &booking, "guest").await;
+    let mut host = welcomed(&host_join, "host").await;
+    let mut guest = welcomed(&guest_join, "guest").await;
+    let (h, g) = (ready(&mut host, "host").await, ready(&mut guest, "guest").await);
+    assert_eq!(h["session"], g["session"], "one room across nodes: {h} {g}");
+    (booking, host_join, guest_join, host, guest)
 }
 
 /// A raw WebSocket client.
@@ -601,13 +601,7 @@ async fn virtual_y_and_peerjs_rooms_span_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_goodbye_lost_in_a_redis_outage_is_repaired() {
     let Some(mut c) = Cluster::start("a_goodbye_lost_in_a_redis_outage_is_repaired").await else { return };
-    let booking = c.node(0).booking_now(60, 1800).await;
-    let host_join = join_ok(c.node(0), &booking, "host").await;
-    let guest_join = join_ok(c.node(1), &booking, "guest").await;
-    let mut host = welcomed(&host_join, "host").await;
-    let mut guest = welcomed(&guest_join, "guest").await;
-    ready(&mut host, "host").await;
-    ready(&mut guest, "guest").await;
+    let (_, _, _, mut host, mut guest) = paired_on_nodes_1_and_2(&c).await;
 
     c.redis.stop();
     c.wait_metric(1, "duet_cluster_redis_up", 0.0).await;
@@ -637,13 +631,7 @@ async fn a_draining_node_takes_no_new_joins_and_lets_its_call_finish() {
     let Some(mut c) = Cluster::start("a_draining_node_takes_no_new_joins_and_lets_its_call_finish").await else {
         return;
     };
-    let booking = c.node(0).booking_now(60, 1800).await;
-    let host_join = join_ok(c.node(0), &booking, "host").await;
-    let guest_join = join_ok(c.node(1), &booking, "guest").await;
-    let mut host = welcomed(&host_join, "host").await;
-    let mut guest = welcomed(&guest_join, "guest").await;
-    ready(&mut host, "host").await;
-    ready(&mut guest, "guest").await;
+    let (booking, _, _, mut host, mut guest) = paired_on_nodes_1_and_2(&c).await;
 
     let pid = c.node(1).child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
@@ -681,14 +669,8 @@ async fn a_draining_node_takes_no_new_joins_and_lets_its_call_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_home_node_hands_its_room_to_a_live_one() {
     let Some(mut c) = Cluster::start("a_killed_home_node_hands_its_room_to_a_live_one").await else { return };
-    let booking = c.node(0).booking_now(60, 1800).await;
     // The host arrives first, on node 1: node 1 is the room's home; the guest on node 2 is proxied there.
-    let host_join = join_ok(c.node(0), &booking, "host").await;
-    let guest_join = join_ok(c.node(1), &booking, "guest").await;
-    let mut host = welcomed(&host_join, "host").await;
-    let mut guest = welcomed(&guest_join, "guest").await;
-    ready(&mut host, "host").await;
-    ready(&mut guest, "guest").await;
+    let (booking, _, guest_join, host, mut guest) = paired_on_nodes_1_and_2(&c).await;
 
     c.nodes[0].as_mut().expect("node 1").kill9();
     c.nodes[0] = None;

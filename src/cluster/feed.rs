@@ -68,7 +68,7 @@ pub async fn announce(state: &AppState, event: FeedEvent) {
     if let Some(cluster) = &state.cluster
         && let Ok(bytes) = serde_json::to_vec(&Envelope { from: cluster.node(), event: event.clone() })
     {
-        cluster.publish_feed(bytes);
+        cluster.publish_feed(&bytes);
     }
     apply(state, event).await;
 }

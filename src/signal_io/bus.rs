@@ -78,40 +78,44 @@ pub enum Frame {
     Proxy(ConnectionId, ToProxy),
 }
 
-fn frame(kind: u8, conn: ConnectionId, arg: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 32);
+fn frame(out: &mut Vec<u8>, kind: u8, conn: ConnectionId, arg: u64, payload: &[u8]) {
+    out.reserve(payload.len() + 32);
     out.push(kind);
     out.extend_from_slice(conn.0.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(arg.to_string().as_bytes());
     out.push(b'\n');
     out.extend_from_slice(payload);
-    out
 }
 
-/// Encodes an input for the home.
-pub fn encode_home(conn: ConnectionId, msg: &ToHome) -> Vec<u8> {
+/// Appends an input for the home to `out`.
+pub fn encode_home(out: &mut Vec<u8>, conn: ConnectionId, msg: &ToHome) {
     match msg {
-        ToHome::Connect(a) => frame(b'C', conn, 0, &serde_json::to_vec(a).unwrap_or_default()),
-        ToHome::Text(t) => frame(b'T', conn, 0, t.as_bytes()),
-        ToHome::Binary(n) => frame(b'B', conn, *n as u64, b""),
-        ToHome::Ping => frame(b'P', conn, 0, b""),
-        ToHome::Pong => frame(b'O', conn, 0, b""),
-        ToHome::PingSent => frame(b'S', conn, 0, b""),
-        ToHome::Disconnect { timed_out } => frame(b'D', conn, u64::from(*timed_out), b""),
+        ToHome::Connect(a) => frame(out, b'C', conn, 0, &serde_json::to_vec(a).unwrap_or_default()),
+        ToHome::Text(t) => encode_text_home(out, conn, t),
+        ToHome::Binary(n) => frame(out, b'B', conn, *n as u64, b""),
+        ToHome::Ping => frame(out, b'P', conn, 0, b""),
+        ToHome::Pong => frame(out, b'O', conn, 0, b""),
+        ToHome::PingSent => frame(out, b'S', conn, 0, b""),
+        ToHome::Disconnect { timed_out } => frame(out, b'D', conn, u64::from(*timed_out), b""),
         ToHome::Hold(ids) => {
             let list: Vec<String> = ids.iter().map(u64::to_string).collect();
-            frame(b'H', conn, 0, list.join(",").as_bytes())
+            frame(out, b'H', conn, 0, list.join(",").as_bytes())
         }
     }
 }
 
-/// Encodes an output for the proxy.
-pub fn encode_proxy(conn: ConnectionId, msg: &ToProxy) -> Vec<u8> {
+/// Appends a text frame for the home to `out` ([`ToHome::Text`] without owning the text: the relay path).
+pub fn encode_text_home(out: &mut Vec<u8>, conn: ConnectionId, text: &str) {
+    frame(out, b'T', conn, 0, text.as_bytes());
+}
+
+/// Appends an output for the proxy to `out`.
+pub fn encode_proxy(out: &mut Vec<u8>, conn: ConnectionId, msg: &ToProxy) {
     match msg {
-        ToProxy::Text(t) => frame(b't', conn, 0, t.as_bytes()),
-        ToProxy::Close(code, reason) => frame(b'c', conn, u64::from(*code), reason.as_bytes()),
-        ToProxy::Ping => frame(b'p', conn, 0, b""),
+        ToProxy::Text(t) => frame(out, b't', conn, 0, t.as_bytes()),
+        ToProxy::Close(code, reason) => frame(out, b'c', conn, u64::from(*code), reason.as_bytes()),
+        ToProxy::Ping => frame(out, b'p', conn, 0, b""),
     }
 }
 
@@ -285,23 +289,35 @@ impl WireAdmit {
 mod tests {
     use super::*;
 
+    fn home(conn: ConnectionId, msg: &ToHome) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_home(&mut out, conn, msg);
+        out
+    }
+
+    fn proxy(conn: ConnectionId, msg: &ToProxy) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_proxy(&mut out, conn, msg);
+        out
+    }
+
     #[test]
     fn frames_round_trip_and_garbage_is_refused() {
         let conn = ConnectionId((5u64 << NODE_SHIFT) | 42);
         assert_eq!(node_of(conn), 5);
         let text = r#"{"type":"signal","data":{"sdp":"v=0\r\n…"}}"#;
-        match decode(&encode_home(conn, &ToHome::Text(text.into()))) {
+        match decode(&home(conn, &ToHome::Text(text.into()))) {
             Some(Frame::Home(c, ToHome::Text(t))) => {
                 assert_eq!(c, conn);
                 assert_eq!(t, text);
             }
             other => panic!("{other:?}"),
         }
-        match decode(&encode_home(conn, &ToHome::Hold(vec![1, 2 << 40]))) {
+        match decode(&home(conn, &ToHome::Hold(vec![1, 2 << 40]))) {
             Some(Frame::Home(_, ToHome::Hold(ids))) => assert_eq!(ids, vec![1, 2 << 40]),
             other => panic!("{other:?}"),
         }
-        match decode(&encode_home(conn, &ToHome::Hold(Vec::new()))) {
+        match decode(&home(conn, &ToHome::Hold(Vec::new()))) {
             Some(Frame::Home(_, ToHome::Hold(ids))) => assert!(ids.is_empty()),
             other => panic!("{other:?}"),
         }
@@ -312,12 +328,12 @@ mod tests {
             )
             .is_none()
         );
-        match decode(&encode_home(conn, &ToHome::Disconnect { timed_out: true })) {
+        match decode(&home(conn, &ToHome::Disconnect { timed_out: true })) {
             Some(Frame::Home(_, ToHome::Disconnect { timed_out })) => assert!(timed_out),
             other => panic!("{other:?}"),
         }
         let close = ToProxy::Close(4008, "replaced".into());
-        match decode(&encode_proxy(conn, &close)) {
+        match decode(&proxy(conn, &close)) {
             Some(Frame::Proxy(c, m)) => {
                 assert_eq!(c, conn);
                 assert_eq!(m, close);
@@ -342,7 +358,7 @@ mod tests {
             hard_end_at_rfc3339: "2026-12-08T10:00:00Z".into(),
         });
         let wire = WireAdmit::of(&admit).expect("proxied");
-        let bytes = encode_home(ConnectionId(1), &ToHome::Connect(wire));
+        let bytes = home(ConnectionId(1), &ToHome::Connect(wire));
         let Some(Frame::Home(_, ToHome::Connect(w))) = decode(&bytes) else { panic!("decodes") };
         let Admit::Native(a) = w.into_admit() else { panic!("native") };
         assert_eq!((a.booking.as_str(), a.participant.as_str(), a.role), ("bkg_1", "par_1", Role::Guest));

@@ -466,7 +466,7 @@ impl Cores {
                         Outgoing::Close(code, reason) => bus::ToProxy::Close(code, reason.into_owned()),
                         Outgoing::Ping => bus::ToProxy::Ping,
                     };
-                    c.publish_bus(*node, bus::encode_proxy(conn, &msg));
+                    c.publish_bus(*node, |buf| bus::encode_proxy(buf, conn, &msg));
                 }
                 Ok(())
             }
@@ -785,8 +785,8 @@ async fn bus_inbound(
                     // Slow reader: dropping its sender closes it with 1008 "queue full"; its home forgets it.
                     metrics.signal_drops.with_label_values(&["queue_full"]).inc();
                     if let Some(p) = map.remove(&conn) {
-                        let bye = bus::encode_home(conn, &bus::ToHome::Disconnect { timed_out: false });
-                        cluster.publish_bus(p.home, bye);
+                        let bye = bus::ToHome::Disconnect { timed_out: false };
+                        cluster.publish_bus(p.home, |buf| bus::encode_home(buf, conn, &bye));
                     }
                 }
                 continue;
@@ -823,7 +823,8 @@ async fn watch_nodes(
                 }
                 let me = ConnectionId(u64::from(cluster.node()) << bus::NODE_SHIFT);
                 for (home, ids) in by_home {
-                    cluster.publish_bus(home, bus::encode_home(me, &bus::ToHome::Hold(ids)));
+                    let hold = bus::ToHome::Hold(ids);
+                    cluster.publish_bus(home, |buf| bus::encode_home(buf, me, &hold));
                 }
                 continue;
             }
@@ -1040,7 +1041,8 @@ impl Upstream {
         let wire = bus::WireAdmit::of(&admit)?;
         hub.proxies.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, Proxy { home, out });
         hub.proxied[mode_index(mode)].fetch_add(1, Ordering::Relaxed);
-        cluster.publish_bus(home, bus::encode_home(conn, &bus::ToHome::Connect(wire)));
+        let connect = bus::ToHome::Connect(wire);
+        cluster.publish_bus(home, |buf| bus::encode_home(buf, conn, &connect));
         let _ = hub.ctl.send(Control::Recount);
         Some(Upstream::Remote {
             cluster,
@@ -1059,7 +1061,10 @@ impl Upstream {
             Upstream::Local(tx) => tx.send(input).await.is_ok(),
             Upstream::Remote { cluster, home, .. } => {
                 let (conn, msg) = match input {
-                    Input::Text { conn, text } => (conn, bus::ToHome::Text(text.as_str().to_string())),
+                    Input::Text { conn, text } => {
+                        cluster.publish_bus(*home, |buf| bus::encode_text_home(buf, conn, text.as_str()));
+                        return true;
+                    }
                     Input::Binary { conn, len } => (conn, bus::ToHome::Binary(len)),
                     Input::Ping { conn } => (conn, bus::ToHome::Ping),
                     Input::Pong { conn } => (conn, bus::ToHome::Pong),
@@ -1067,7 +1072,7 @@ impl Upstream {
                     Input::Disconnect { conn, timed_out } => (conn, bus::ToHome::Disconnect { timed_out }),
                     Input::Connect { .. } | Input::Hold { .. } => return true,
                 };
-                cluster.publish_bus(*home, bus::encode_home(conn, &msg));
+                cluster.publish_bus(*home, |buf| bus::encode_home(buf, conn, &msg));
                 true
             }
         }
