@@ -424,7 +424,19 @@ impl Recorder {
         now_s: i64,
     ) -> Result<u64, StoreError> {
         self.metrics.call_events.with_label_values(&[event_type]).inc();
-        enqueue_event(tx, &b.tenant_id, event_type, &Value::Object(data), now_s).await
+        // A booking whose personal data was purged (README, "Retention and erasure") keeps only the purge marker in
+        // its webhook payloads, also for an event decided after the purge (a no-show at a cutoff the purge beat).
+        // The no-op UPDATE takes the booking's row lock first (PostgreSQL; SQLite has one writer): a purge running at
+        // the same time either committed before it (then `purged_at` is seen here) or waits for this transaction (then
+        // its redaction sees this delivery).
+        sqlx::query("UPDATE bookings SET purged_at = purged_at WHERE id = $1").bind(&b.id).execute(&mut **tx).await?;
+        let purged: Option<i64> = sqlx::query_scalar("SELECT purged_at FROM bookings WHERE id = $1")
+            .bind(&b.id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten();
+        let data = if purged.is_some() { json!({"booking_id": b.id, "purged": true}) } else { Value::Object(data) };
+        enqueue_event(tx, &b.tenant_id, event_type, &data, now_s).await
     }
 
     /// Writes one fact and its events; returns how many webhook deliveries were queued.
